@@ -1,0 +1,95 @@
+"""Exception hierarchy and the mapping from exceptions to error categories.
+
+Error categories are what the progress JSON records per instrument, as
+``{instrument}_{y_scale}_{z_scale}_error-{reason}``. The category is chosen from
+the exception *type*, never from its message text.
+"""
+
+from __future__ import annotations
+
+from os import PathLike
+
+__all__ = [
+    "ERROR_REASONS",
+    "EmptyDataError",
+    "FastSpectroError",
+    "InvalidCDFError",
+    "PlottingError",
+    "RenderTimeoutError",
+    "error_reason",
+]
+
+#: Every reason that can appear in an ``..._error-{reason}`` key.
+ERROR_REASONS: tuple[str, ...] = (
+    "timeout",
+    "invalid-cdf",
+    "divide-by-zero",
+    "plotting",
+    "generic",
+    "worker-lost",
+)
+
+
+class FastSpectroError(Exception):
+    """Base class of every error raised on purpose by fastspectro_dask."""
+
+
+class InvalidCDFError(FastSpectroError, ValueError):
+    """A file is not a usable FAST ESA L2 CDF.
+
+    Raised for files that are not CDF at all (an HTML page saved as ``.cdf``),
+    empty or truncated files, missing required variables, wrong ranks or
+    shapes, and inconsistent record counts.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The offending file.
+    cause : str
+        What is wrong with it, in words a user can act on.
+    """
+
+    def __init__(self, path: str | PathLike[str], cause: str) -> None:
+        self.path = str(path)
+        self.cause = cause
+        super().__init__(f"{self.path}: {cause}")
+
+    def __reduce__(self):  # keep the two-argument constructor picklable (Dask ships errors)
+        return (type(self), (self.path, self.cause))
+
+
+class EmptyDataError(FastSpectroError, ValueError):
+    """A reduction (e.g. a percentile) was asked of data with no usable value."""
+
+
+class PlottingError(FastSpectroError):
+    """An error raised while drawing or saving a figure."""
+
+
+class RenderTimeoutError(FastSpectroError, TimeoutError):
+    """A render task ran longer than its timeout and was stopped."""
+
+
+def error_reason(exc: BaseException) -> str:
+    """Map an exception to its error category.
+
+    Parameters
+    ----------
+    exc : BaseException
+        The exception raised by a task.
+
+    Returns
+    -------
+    str
+        One of :data:`ERROR_REASONS` (``"worker-lost"`` is assigned by the
+        pipeline, not by this function).
+    """
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, InvalidCDFError):
+        return "invalid-cdf"
+    if isinstance(exc, (ZeroDivisionError, FloatingPointError)):
+        return "divide-by-zero"
+    if isinstance(exc, PlottingError):
+        return "plotting"
+    return "generic"

@@ -1,0 +1,605 @@
+"""FAST ESA L2 CDF files as lazy xarray Datasets.
+
+One file becomes one :class:`xarray.Dataset` whose variables keep their CDF names and
+attributes. Record-varying variables are read lazily, through an xarray
+``BackendArray``: opening a file reads only its header, the record-time variable and the
+two per-record block sizes (``nbins``, ``nenergy``); nothing big is decoded until the
+data are computed. The same reader is registered as the xarray backend ``"fastesa"``.
+
+Conventions of the returned Dataset
+-----------------------------------
+* dimensions ``("time", "pitch_angle_bin", "energy_channel")`` for the per-record
+  ``(angle, energy)`` arrays (``data``, ``eflux``, ``pitch_angle``, ``domega``,
+  ``energy_full``, ``denergy_full``), whatever order the ``DEPEND_1``/``DEPEND_2``
+  attributes give (real files have them swapped) and whatever the storage order;
+* coordinate ``time`` (``datetime64[ns]``, centre of the accumulation) from ``time_unix``;
+* values equal to ``FILLVAL`` are NaN, and so is every bin outside a record's valid block
+  ``[:nbins, :nenergy]`` for the float variables and for ``data``, which is returned as
+  ``float32``. A ``data`` byte of 255 is the fill value, except in records whose
+  ``data_quality`` has the counter-overflow bit (2) set: there 255 inside the valid block
+  is a saturated measurement and is kept as 255;
+* energies and pitch angles stay per record and per bin (the mode changes inside an orbit);
+* the per-mode tables (``energy``, ``denergy``, ``theta``, ``dtheta``) are variables on
+  ``("mode", "table_angle_bin", "energy_channel")``; scalar metadata (``orbit``,
+  ``mass``, ``charge``, ``instrument``) and the global attributes are Dataset attributes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import cdflib
+import numpy as np
+import xarray as xr
+from xarray.backends import BackendArray, BackendEntrypoint
+from xarray.core import indexing
+
+from fastspectro_dask.errors import InvalidCDFError
+
+__all__ = ["BIG_VARIABLES", "FastEsaBackendEntrypoint", "open_esa"]
+
+logger = logging.getLogger(__name__)
+
+#: The per-record (angle, energy) variables.
+BIG_VARIABLES: tuple[str, ...] = (
+    "data",
+    "eflux",
+    "pitch_angle",
+    "domega",
+    "energy_full",
+    "denergy_full",
+)
+#: Variables every file must have (besides the big variables asked for).
+_REQUIRED_SUPPORT = ("time_unix", "nbins", "nenergy")
+_TABLES = ("energy", "denergy", "theta", "dtheta")
+_SCALARS = {"mass": float, "charge": int, "dead": float, "orbit_start": int, "num_dists": int}
+#: Record-varying variables that are not on the ``epoch`` time axis, or are replaced.
+_SKIP_RV = {"epoch", "orbit_number", "orbit_number_time", "orbit_number_epoch"}
+_CDF_MAGIC = {b"\xcd\xf3\x00\x01", b"\xcd\xf2\x60\x02", b"\x00\x00\xff\xff"}
+_FLOAT_TYPES = {"CDF_FLOAT", "CDF_REAL4", "CDF_DOUBLE", "CDF_REAL8"}
+_DIMS = ("time", "pitch_angle_bin", "energy_channel")
+_NAME_RE = re.compile(r"fa_esa_l2_(ees|eeb|ies|ieb)_")
+
+
+# --------------------------------------------------------------------------------------
+# Low-level checks
+# --------------------------------------------------------------------------------------
+
+
+def _check_container(path: Path) -> int:
+    """Cheap checks before cdflib sees the file; returns its size."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise InvalidCDFError(path, f"cannot be read: {exc}") from exc
+    if size == 0:
+        raise InvalidCDFError(path, "empty file (0 bytes); an interrupted download?")
+    with open(path, "rb") as fh:
+        head = fh.read(64)
+    if head[:4] not in _CDF_MAGIC:
+        text = head.lstrip().lower()
+        if text.startswith((b"<!doctype html", b"<html", b"<?xml", b"<")):
+            raise InvalidCDFError(
+                path,
+                "not a CDF file: it is an HTML/XML page (an error "
+                "page saved as .cdf by a failed download?)",
+            )
+        raise InvalidCDFError(path, f"not a CDF file (starts with bytes {head[:8]!r})")
+    if head[:4] == b"\xcd\xf3\x00\x01" and len(head) >= 28:
+        # CDF v3: the CDR (at byte 8) points to the GDR, whose field at +36 is the
+        # end-of-file offset the writer recorded; a shorter file was cut off.
+        gdr = int.from_bytes(head[20:28], "big", signed=True)
+        if gdr + 44 > size:
+            raise InvalidCDFError(path, f"truncated: {size} bytes, its header is incomplete")
+        with open(path, "rb") as fh:
+            fh.seek(gdr + 36)
+            eof = int.from_bytes(fh.read(8), "big", signed=True)
+        if eof > size:
+            raise InvalidCDFError(
+                path, f"truncated: the CDF header records {eof} bytes but the file has {size}"
+            )
+    return size
+
+
+def _open_cdf(path: Path) -> cdflib.CDF:
+    try:
+        return cdflib.CDF(str(path))
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # cdflib raises OSError/ValueError/struct errors on junk
+        raise InvalidCDFError(path, f"cdflib cannot open it ({type(exc).__name__}: {exc})") from exc
+
+
+def _read(cdf: cdflib.CDF, path: Path, name: str, **kw: Any) -> np.ndarray:
+    """``cdf.varget`` with every failure turned into an InvalidCDFError naming the file."""
+    try:
+        out = cdf.varget(name, **kw)
+    except Exception as exc:
+        raise InvalidCDFError(
+            path,
+            f"reading variable {name!r} failed "
+            f"({type(exc).__name__}: {exc}); truncated or corrupt?",
+        ) from exc
+    if out is None:
+        raise InvalidCDFError(path, f"variable {name!r} has no records")
+    return np.asarray(out)
+
+
+def _plain(value: Any) -> Any:
+    """CDF attribute values as plain Python / small numpy values."""
+    if isinstance(value, np.ndarray):
+        return value.item() if value.size == 1 else value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, list) and len(value) == 1:
+        return _plain(value[0])
+    return value
+
+
+# --------------------------------------------------------------------------------------
+# File structure
+# --------------------------------------------------------------------------------------
+
+
+class _FileInfo:
+    """Everything the lazy arrays need, read once at open time (small)."""
+
+    def __init__(self, path: Path, big: Iterable[str]) -> None:
+        self.path = path
+        self.size = _check_container(path)
+        cdf = _open_cdf(path)
+        try:
+            self._inspect(cdf, tuple(big))
+        except InvalidCDFError:
+            raise
+        except Exception as exc:  # garbage inside a CDF container
+            raise InvalidCDFError(
+                path, f"unreadable CDF structure ({type(exc).__name__}: {exc})"
+            ) from exc
+
+    def _inspect(self, cdf: cdflib.CDF, big: tuple[str, ...]) -> None:
+        path = self.path
+        names = list(cdf.cdf_info().zVariables)
+        missing = [v for v in (*_REQUIRED_SUPPORT, *big) if v not in names]
+        if missing:
+            raise InvalidCDFError(path, f"missing required variable(s) {', '.join(missing)}")
+        self.inq = {v: cdf.varinq(v) for v in names}
+        self.attrs = {
+            v: {k: _plain(a) for k, a in (cdf.varattsget(v) or {}).items()} for v in names
+        }
+        self.global_attrs = {k: _plain(v) for k, v in (cdf.globalattsget() or {}).items()}
+
+        n = self.inq["time_unix"].Last_Rec + 1
+        if n <= 0:
+            raise InvalidCDFError(path, "contains no records (time_unix is empty)")
+        self.n = n
+        time = _read(cdf, path, "time_unix").astype(np.float64).reshape(-1)
+        fill = self.attrs["time_unix"].get("FILLVAL")
+        if time.size != n:
+            raise InvalidCDFError(path, f"time_unix has {time.size} values, expected {n}")
+        bad = ~np.isfinite(time) | ((time == fill) if fill is not None else False)
+        if bad.any():
+            raise InvalidCDFError(
+                path,
+                f"time_unix holds {int(bad.sum())} fill/non-finite "
+                "values; records cannot be placed in time",
+            )
+        self.time_unix = time
+
+        # Which variables share the record axis, and do they agree on its length?
+        self.rv = [
+            v
+            for v in names
+            if self.inq[v].Rec_Vary
+            and v not in _SKIP_RV
+            and self.inq[v].Last_Rec >= 0
+            and self.attrs[v].get("DEPEND_0", "epoch") == "epoch"
+            and self.attrs[v].get("VIRTUAL") != "true"
+        ]
+        counts = {v: self.inq[v].Last_Rec + 1 for v in self.rv}
+        wrong = {v: c for v, c in counts.items() if c != n}
+        if wrong:
+            listed = ", ".join(f"{v}={c}" for v, c in sorted(wrong.items()))
+            raise InvalidCDFError(
+                path, f"inconsistent record counts: time_unix has {n}, but {listed}"
+            )
+        for v in _REQUIRED_SUPPORT:
+            if self.inq[v].Num_Dims != 0:
+                raise InvalidCDFError(
+                    path, f"{v} has rank {self.inq[v].Num_Dims + 1}, expected one value per record"
+                )
+
+        self.n_angle = self._axis_len(cdf, "pitch_angle_bin", 64)
+        self.n_energy = self._axis_len(cdf, "energy_channel", 96)
+        self.transposed: dict[str, bool] = {}
+        for v in (b for b in BIG_VARIABLES if b in names and self.inq[b].Rec_Vary):
+            self.transposed[v] = self._orientation(v, self.inq[v].Dim_Sizes)
+        self.big = [b for b in BIG_VARIABLES if b in self.transposed]
+
+        self.nbins = _read(cdf, path, "nbins").astype(np.int64).reshape(-1)
+        self.nenergy = _read(cdf, path, "nenergy").astype(np.int64).reshape(-1)
+        if (self.nbins > self.n_angle).any() or (self.nenergy > self.n_energy).any():
+            raise InvalidCDFError(
+                path,
+                f"nbins/nenergy exceed the record size ({self.n_angle}x{self.n_energy}):"
+                f" max nbins {self.nbins.max()}, max nenergy {self.nenergy.max()}",
+            )
+
+        self.scalars: dict[str, Any] = {}
+        for name, kind in _SCALARS.items():
+            if name in names and not self.inq[name].Rec_Vary:
+                try:
+                    self.scalars[name] = kind(np.asarray(cdf.varget(name)).reshape(-1)[0])
+                except Exception:  # optional metadata: never fatal
+                    logger.debug("%s: scalar %s unreadable", path, name)
+        self.tables = [
+            t
+            for t in _TABLES
+            if t in names and not self.inq[t].Rec_Vary and self.inq[t].Num_Dims in (2, 3)
+        ]
+
+    def _axis_len(self, cdf: cdflib.CDF, name: str, default: int) -> int:
+        inq = self.inq.get(name)
+        if inq is not None and not inq.Rec_Vary and inq.Num_Dims == 1:
+            return int(inq.Dim_Sizes[0])
+        return default
+
+    def _orientation(self, name: str, dims: list[int]) -> bool:
+        """False for (angle, energy) records, True for (energy, angle); else an error."""
+        dims = list(dims)
+        if len(dims) != 2:
+            raise InvalidCDFError(
+                self.path,
+                f"{name} has rank {len(dims) + 1} "
+                f"(records x {dims}); expected records x angle x energy",
+            )
+        a, e = self.n_angle, self.n_energy
+        if a == e:  # sizes cannot tell: trust the DEPEND attributes (ISTP meaning)
+            return self.attrs[name].get("DEPEND_1") == "energy_channel"
+        if dims == [a, e]:
+            return False
+        if dims == [e, a]:
+            return True
+        raise InvalidCDFError(
+            self.path,
+            f"{name} has records of shape {tuple(dims)}; expected ({a}, {e}) angle x energy",
+        )
+
+    def block_mask_groups(self, start: int, stop: int) -> list[tuple[np.ndarray, int, int]]:
+        """Records [start, stop) grouped by (nbins, nenergy) as (selector, nb, ne)."""
+        nb = self.nbins[start:stop]
+        ne = self.nenergy[start:stop]
+        key = nb * 4096 + ne
+        return [(key == k, int(k // 4096), int(k % 4096)) for k in np.unique(key)]
+
+
+# --------------------------------------------------------------------------------------
+# Lazy arrays
+# --------------------------------------------------------------------------------------
+
+# cdflib.CDF objects hold an open file and cannot be pickled: each process keeps its own.
+_local = threading.local()
+
+
+def _cdf_for(path: Path) -> cdflib.CDF:
+    cache: dict[str, cdflib.CDF] = getattr(_local, "cdfs", None) or {}
+    _local.cdfs = cache
+    key = str(path)
+    cdf = cache.get(key)
+    if cdf is None:
+        if len(cache) > 16:
+            cache.clear()
+        cdf = cache[key] = _open_cdf(path)
+    return cdf
+
+
+class _RecordArray(BackendArray):
+    """A record-varying CDF variable, read on demand, with fills and blocks masked."""
+
+    def __init__(self, info: _FileInfo, name: str) -> None:
+        self.path = info.path
+        self.name = name
+        inq = info.inq[name]
+        self.cdf_type = inq.Data_Type_Description
+        self.is_big = name in info.big
+        self.transposed = info.transposed.get(name, False)
+        rec_shape = (info.n_angle, info.n_energy) if self.is_big else tuple(inq.Dim_Sizes)
+        self.shape = (info.n, *rec_shape)
+        self.fill = info.attrs[name].get("FILLVAL")
+        self.float_out = self.is_big or self.cdf_type in _FLOAT_TYPES
+        raw = np.dtype(np.float64 if self.cdf_type in ("CDF_DOUBLE", "CDF_REAL8") else np.float32)
+        self.dtype = raw if self.float_out else _numpy_dtype(self.cdf_type)
+        # Only what masking needs travels with the array (it is pickled into graphs).
+        self.nbins = info.nbins if self.is_big else None
+        self.nenergy = info.nenergy if self.is_big else None
+        self._info_groups = info.block_mask_groups if self.is_big else None
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_info_groups"] = None
+        return state
+
+    def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
+        return indexing.explicit_indexing_adapter(
+            key, self.shape, indexing.IndexingSupport.BASIC, self._getitem
+        )
+
+    def _getitem(self, key: tuple) -> np.ndarray:
+        rec_key, rest = key[0], key[1:]
+        if isinstance(rec_key, (int, np.integer)):
+            start, stop, step, squeeze = int(rec_key), int(rec_key) + 1, 1, True
+        else:
+            start, stop, step = rec_key.indices(self.shape[0])
+            squeeze = False
+        if step < 0:  # read forwards, reverse afterwards
+            lo = start + step * ((stop - start - 1) // step) if stop < start else start
+            arr = self._read(lo, start + 1)[::-1][::-step] if stop < start else self._read(0, 0)
+        elif stop <= start:
+            arr = self._read(0, 0)
+        else:
+            arr = self._read(start, stop)[::step]
+        arr = arr[0] if squeeze else arr
+        return arr[(slice(None),) * (0 if squeeze else 1) + tuple(rest)]
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        if stop <= start:
+            return np.empty((0, *self.shape[1:]), self.dtype)
+        cdf = _cdf_for(self.path)
+        kw = (
+            {}
+            if (start == 0 and stop == self.shape[0])
+            else {"startrec": start, "endrec": stop - 1}
+        )
+        raw = _read(cdf, self.path, self.name, **kw)
+        n = stop - start
+        disk_shape = self.shape[1:][::-1] if self.transposed else self.shape[1:]
+        try:
+            raw = raw.reshape((n, *disk_shape))
+        except ValueError as exc:
+            raise InvalidCDFError(
+                self.path,
+                f"{self.name}: got {raw.shape} for records "
+                f"{start}..{stop - 1}, expected {(n, *disk_shape)}",
+            ) from exc
+        if self.transposed:
+            raw = raw.transpose(0, 2, 1)
+        if not self.float_out:
+            return raw
+        out = raw.astype(self.dtype, copy=not raw.flags.writeable or raw.dtype != self.dtype)
+        if self.fill is not None:
+            fill_mask = raw == raw.dtype.type(self.fill)
+            if self.name == "data":
+                fill_mask &= ~self._overflow_records(cdf, start, stop)[:, None, None]
+            out[fill_mask] = np.nan
+        if self.is_big:
+            self._mask_blocks(out, start, stop)
+        return out
+
+    def _overflow_records(self, cdf: cdflib.CDF, start: int, stop: int) -> np.ndarray:
+        """Records whose data_quality has the counter-overflow bit (2) set."""
+        try:
+            dq = np.asarray(cdf.varget("data_quality", startrec=start, endrec=stop - 1))
+            return (dq.reshape(-1).astype(np.int64) & 2) != 0
+        except Exception:
+            return np.zeros(stop - start, bool)
+
+    def _mask_blocks(self, out: np.ndarray, start: int, stop: int) -> None:
+        nb = self.nbins[start:stop]
+        ne = self.nenergy[start:stop]
+        key = nb * 4096 + ne
+        for k in np.unique(key):
+            sel = key == k
+            b, e = int(k // 4096), int(k % 4096)
+            if b < out.shape[1]:
+                out[sel, b:, :] = np.nan
+            if e < out.shape[2]:
+                out[sel, :, e:] = np.nan
+
+
+class _TableArray(BackendArray):
+    """A non-record-varying table, read on demand, fills as NaN."""
+
+    def __init__(self, info: _FileInfo, name: str) -> None:
+        self.path = info.path
+        self.name = name
+        dims = list(info.inq[name].Dim_Sizes)
+        self.shape = tuple(dims if len(dims) == 3 else [1, *dims])
+        self.dtype = np.dtype(np.float32)
+        self.fill = info.attrs[name].get("FILLVAL")
+
+    def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
+        return indexing.explicit_indexing_adapter(
+            key, self.shape, indexing.IndexingSupport.BASIC, self._getitem
+        )
+
+    def _getitem(self, key: tuple) -> np.ndarray:
+        raw = _read(_cdf_for(self.path), self.path, self.name).reshape(self.shape)
+        out = raw.astype(np.float32)
+        if self.fill is not None:
+            out[raw == raw.dtype.type(self.fill)] = np.nan
+        return out[key]
+
+
+def _numpy_dtype(cdf_type: str) -> np.dtype:
+    return np.dtype(
+        {
+            "CDF_UINT1": np.uint8,
+            "CDF_BYTE": np.int8,
+            "CDF_INT1": np.int8,
+            "CDF_UINT2": np.uint16,
+            "CDF_INT2": np.int16,
+            "CDF_UINT4": np.uint32,
+            "CDF_INT4": np.int32,
+            "CDF_INT8": np.int64,
+            "CDF_FLOAT": np.float32,
+            "CDF_REAL4": np.float32,
+            "CDF_DOUBLE": np.float64,
+            "CDF_REAL8": np.float64,
+            "CDF_EPOCH": np.float64,
+        }.get(cdf_type, np.float64)
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Dataset assembly
+# --------------------------------------------------------------------------------------
+
+
+def _instrument(path: Path, global_attrs: dict) -> str | None:
+    source = str(global_attrs.get("Logical_source", ""))
+    m = _NAME_RE.match(source + "_") or _NAME_RE.search(path.name)
+    return m.group(1) if m else None
+
+
+def _build_dataset(
+    path: Path, variables: Iterable[str] | None, drop_variables: Iterable[str] | None
+) -> xr.Dataset:
+    drop = set(drop_variables or ())
+    wanted = None if variables is None else set(variables)
+    big = [b for b in BIG_VARIABLES if b not in drop and (wanted is None or b in wanted)]
+    info = _FileInfo(path, big)
+    n = info.n
+    time = np.round(info.time_unix * 1e9).astype("int64").view("datetime64[ns]")
+    data_vars: dict[str, xr.Variable] = {}
+    for name in info.rv:
+        if name in drop or (
+            wanted is not None and name not in wanted and name not in _REQUIRED_SUPPORT
+        ):
+            continue
+        if name in BIG_VARIABLES and name not in info.big:
+            continue
+        arr = _RecordArray(info, name)
+        if arr.is_big:
+            dims = _DIMS
+        elif len(arr.shape) == 1:
+            dims = ("time",)
+        elif len(arr.shape) == 2:
+            dims = ("time", f"{name}_dim1")
+        else:
+            logger.debug("%s: skipping %s of shape %s", path, name, arr.shape)
+            continue
+        attrs = dict(info.attrs[name])
+        var = xr.Variable(dims, indexing.LazilyIndexedArray(arr), attrs=attrs)
+        var.encoding["preferred_chunks"] = dict(zip(dims, arr.shape, strict=True))
+        data_vars[name] = var
+    for name in info.tables:
+        if name in drop or (wanted is not None and name not in wanted):
+            continue
+        arr = _TableArray(info, name)
+        var = xr.Variable(
+            ("mode", "table_angle_bin", "energy_channel"),
+            indexing.LazilyIndexedArray(arr),
+            attrs=dict(info.attrs[name]),
+        )
+        if arr.shape[2] != info.n_energy:
+            continue
+        data_vars[name] = var
+    coords = {
+        "time": xr.Variable(
+            "time",
+            time,
+            attrs={
+                "long_name": "centre time of the accumulation (from time_unix)",
+                "standard_name": "time",
+            },
+        ),
+        "pitch_angle_bin": np.arange(info.n_angle),
+        "energy_channel": np.arange(info.n_energy),
+    }
+    attrs = {k: v for k, v in info.global_attrs.items() if not isinstance(v, np.ndarray)}
+    attrs.update(
+        source=str(path),
+        instrument=_instrument(path, info.global_attrs) or "",
+        n_records=n,
+        **{("orbit" if k == "orbit_start" else k): v for k, v in info.scalars.items()},
+    )
+    ds = xr.Dataset(data_vars, coords=coords, attrs=attrs)
+    ds.encoding["source"] = str(path)
+    return ds
+
+
+def open_esa(
+    path: str | os.PathLike,
+    *,
+    chunks: dict | int | str | None = None,
+    variables: Iterable[str] | None = None,
+    drop_variables: Iterable[str] | None = None,
+) -> xr.Dataset:
+    """Open one FAST ESA L2 CDF file as a lazy :class:`xarray.Dataset`.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A ``fa_esa_l2_<inst>_<time>_<orbit>_vNN.cdf`` file.
+    chunks : dict, int, str or None, optional
+        Dask chunks, as for :func:`xarray.open_dataset`. ``None`` (the default) gives one
+        chunk per file and variable, which suits cdflib: it decodes whole compressed
+        blocks anyway. ``{"time": 200}`` splits records.
+    variables : iterable of str, optional
+        Only these variables (``time_unix``, ``nbins`` and ``nenergy`` are always kept and
+        required). By default every record-varying variable on the time axis is exposed.
+    drop_variables : iterable of str, optional
+        Variables to leave out.
+
+    Returns
+    -------
+    xarray.Dataset
+        Lazy: variables are dask arrays; opening reads only the header, ``time_unix``,
+        ``nbins`` and ``nenergy``. See the module docstring for the conventions.
+
+    Raises
+    ------
+    InvalidCDFError
+        The file is empty, not a CDF (e.g. an HTML page), truncated, lacks a required
+        variable, has a wrong rank or shape, or has inconsistent record counts. The
+        message names the file and the cause. Errors found only while decoding (a
+        corrupt compressed block) are raised, as InvalidCDFError, at compute time.
+    FileNotFoundError
+        The path does not exist.
+    """
+    return xr.open_dataset(
+        Path(path),
+        engine=FastEsaBackendEntrypoint,
+        chunks={} if chunks is None else chunks,
+        variables=variables,
+        drop_variables=drop_variables,
+    )
+
+
+class FastEsaBackendEntrypoint(BackendEntrypoint):
+    """xarray backend for FAST ESA L2 CDF files: ``xr.open_dataset(p, engine="fastesa")``.
+
+    Use ``chunks={}`` to get dask arrays (one chunk per file); without ``chunks`` the
+    variables are lazily indexed numpy-backed arrays that xarray loads on access.
+    """
+
+    description = "FAST ESA L2 CDF files (ees, eeb, ies, ieb) via cdflib"
+    url = "https://github.com/fastspectro/fastspectro_dask"
+    open_dataset_parameters = ("filename_or_obj", "drop_variables", "variables")
+
+    def open_dataset(
+        self,
+        filename_or_obj: Any,
+        *,
+        drop_variables: Iterable[str] | None = None,
+        variables: Iterable[str] | None = None,
+    ) -> xr.Dataset:
+        if not isinstance(filename_or_obj, (str, os.PathLike)):
+            raise TypeError(
+                f"the fastesa engine reads files from a path, got {type(filename_or_obj).__name__}"
+            )
+        return _build_dataset(Path(filename_or_obj), variables, drop_variables)
+
+    def guess_can_open(self, filename_or_obj: Any) -> bool:
+        if not isinstance(filename_or_obj, (str, os.PathLike)):
+            return False
+        name = Path(filename_or_obj).name
+        return name.lower().endswith(".cdf") and _NAME_RE.match(name) is not None

@@ -2,9 +2,9 @@
 
 One file becomes one :class:`xarray.Dataset` whose variables keep their CDF names and
 attributes. Record-varying variables are read lazily, through an xarray
-``BackendArray``: opening a file reads only its header, the record-time variable and the
-two per-record block sizes (``nbins``, ``nenergy``); nothing big is decoded until the
-data are computed. The same reader is registered as the xarray backend ``"fastesa"``.
+``BackendArray``: opening a file reads only its header and four small per-record
+variables (``time_unix``, ``nbins``, ``nenergy``, ``valid``); nothing big is decoded until
+the data are computed. The same reader is registered as the xarray backend ``"fastesa"``.
 
 Conventions of the returned Dataset
 -----------------------------------
@@ -18,6 +18,7 @@ Conventions of the returned Dataset
   ``float32``. A ``data`` byte of 255 is the fill value, except in records whose
   ``data_quality`` has the counter-overflow bit (2) set: there 255 inside the valid block
   is a saturated measurement and is kept as 255;
+* records flagged ``valid == 0`` have ``data`` and ``eflux`` all NaN;
 * energies and pitch angles stay per record and per bin (the mode changes inside an orbit);
 * the per-mode tables (``energy``, ``denergy``, ``theta``, ``dtheta``) are variables on
   ``("mode", "table_angle_bin", "energy_channel")``; scalar metadata (``orbit``,
@@ -57,6 +58,8 @@ BIG_VARIABLES: tuple[str, ...] = (
 )
 #: Variables every file must have (besides the big variables asked for).
 _REQUIRED_SUPPORT = ("time_unix", "nbins", "nenergy")
+#: Measurements blanked in records flagged ``valid == 0``.
+_MEASURED = ("data", "eflux")
 _TABLES = ("energy", "denergy", "theta", "dtheta")
 _SCALARS = {"mass": float, "charge": int, "dead": float, "orbit_start": int, "num_dists": int}
 #: Record-varying variables that are not on the ``epoch`` time axis, or are replaced.
@@ -149,15 +152,28 @@ def _plain(value: Any) -> Any:
 # --------------------------------------------------------------------------------------
 
 
+class _LazyAttrs(dict):
+    """Variable attributes, read from the CDF on first use (cdflib reads them slowly)."""
+
+    def __init__(self, cdf: cdflib.CDF) -> None:
+        super().__init__()
+        self._cdf = cdf
+
+    def __missing__(self, name: str) -> dict[str, Any]:
+        value = {k: _plain(a) for k, a in (self._cdf.varattsget(name) or {}).items()}
+        self[name] = value
+        return value
+
+
 class _FileInfo:
     """Everything the lazy arrays need, read once at open time (small)."""
 
-    def __init__(self, path: Path, big: Iterable[str]) -> None:
+    def __init__(self, path: Path, big: Iterable[str], wanted: set[str] | None = None) -> None:
         self.path = path
         self.size = _check_container(path)
         cdf = _open_cdf(path)
         try:
-            self._inspect(cdf, tuple(big))
+            self._inspect(cdf, tuple(big), wanted)
         except InvalidCDFError:
             raise
         except Exception as exc:  # garbage inside a CDF container
@@ -165,16 +181,24 @@ class _FileInfo:
                 path, f"unreadable CDF structure ({type(exc).__name__}: {exc})"
             ) from exc
 
-    def _inspect(self, cdf: cdflib.CDF, big: tuple[str, ...]) -> None:
+    def _inspect(self, cdf: cdflib.CDF, big: tuple[str, ...], wanted: set[str] | None) -> None:
         path = self.path
         names = list(cdf.cdf_info().zVariables)
         missing = [v for v in (*_REQUIRED_SUPPORT, *big) if v not in names]
         if missing:
             raise InvalidCDFError(path, f"missing required variable(s) {', '.join(missing)}")
+        if wanted is not None:  # varinq walks the VDR chain: only inquire what is used
+            keep = {
+                *wanted,
+                *_REQUIRED_SUPPORT,
+                *big,
+                *_SCALARS,
+                "energy_channel",
+                "pitch_angle_bin",
+            }
+            names = [v for v in names if v in keep]
         self.inq = {v: cdf.varinq(v) for v in names}
-        self.attrs = {
-            v: {k: _plain(a) for k, a in (cdf.varattsget(v) or {}).items()} for v in names
-        }
+        self.attrs = _LazyAttrs(cdf)
         self.global_attrs = {k: _plain(v) for k, v in (cdf.globalattsget() or {}).items()}
 
         n = self.inq["time_unix"].Last_Rec + 1
@@ -200,9 +224,7 @@ class _FileInfo:
             for v in names
             if self.inq[v].Rec_Vary
             and v not in _SKIP_RV
-            and self.inq[v].Last_Rec >= 0
-            and self.attrs[v].get("DEPEND_0", "epoch") == "epoch"
-            and self.attrs[v].get("VIRTUAL") != "true"
+            and self.inq[v].Last_Rec >= 0  # zero-record (virtual) variables are left out
         ]
         counts = {v: self.inq[v].Last_Rec + 1 for v in self.rv}
         wrong = {v: c for v, c in counts.items() if c != n}
@@ -226,6 +248,12 @@ class _FileInfo:
 
         self.nbins = _read(cdf, path, "nbins").astype(np.int64).reshape(-1)
         self.nenergy = _read(cdf, path, "nenergy").astype(np.int64).reshape(-1)
+        # Records flagged not valid (valid == 0) carry no measurement.
+        self.invalid = np.zeros(n, bool)
+        if "valid" in names and self.inq["valid"].Rec_Vary and self.inq["valid"].Num_Dims == 0:
+            valid = _read(cdf, path, "valid").reshape(-1)
+            if valid.size == n:
+                self.invalid = valid == 0
         if (self.nbins > self.n_angle).any() or (self.nenergy > self.n_energy).any():
             raise InvalidCDFError(
                 path,
@@ -273,13 +301,6 @@ class _FileInfo:
             f"{name} has records of shape {tuple(dims)}; expected ({a}, {e}) angle x energy",
         )
 
-    def block_mask_groups(self, start: int, stop: int) -> list[tuple[np.ndarray, int, int]]:
-        """Records [start, stop) grouped by (nbins, nenergy) as (selector, nb, ne)."""
-        nb = self.nbins[start:stop]
-        ne = self.nenergy[start:stop]
-        key = nb * 4096 + ne
-        return [(key == k, int(k // 4096), int(k % 4096)) for k in np.unique(key)]
-
 
 # --------------------------------------------------------------------------------------
 # Lazy arrays
@@ -320,12 +341,7 @@ class _RecordArray(BackendArray):
         # Only what masking needs travels with the array (it is pickled into graphs).
         self.nbins = info.nbins if self.is_big else None
         self.nenergy = info.nenergy if self.is_big else None
-        self._info_groups = info.block_mask_groups if self.is_big else None
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_info_groups"] = None
-        return state
+        self.invalid = info.invalid if name in _MEASURED and info.invalid.any() else None
 
     def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
         return indexing.explicit_indexing_adapter(
@@ -378,9 +394,11 @@ class _RecordArray(BackendArray):
             fill_mask = raw == raw.dtype.type(self.fill)
             if self.name == "data":
                 fill_mask &= ~self._overflow_records(cdf, start, stop)[:, None, None]
-            out[fill_mask] = np.nan
+            np.copyto(out, np.nan, where=fill_mask)
         if self.is_big:
             self._mask_blocks(out, start, stop)
+        if self.invalid is not None:
+            out[self.invalid[start:stop]] = np.nan
         return out
 
     def _overflow_records(self, cdf: cdflib.CDF, start: int, stop: int) -> np.ndarray:
@@ -465,7 +483,7 @@ def _build_dataset(
     drop = set(drop_variables or ())
     wanted = None if variables is None else set(variables)
     big = [b for b in BIG_VARIABLES if b not in drop and (wanted is None or b in wanted)]
-    info = _FileInfo(path, big)
+    info = _FileInfo(path, big, wanted)
     n = info.n
     time = np.round(info.time_unix * 1e9).astype("int64").view("datetime64[ns]")
     data_vars: dict[str, xr.Variable] = {}
@@ -488,7 +506,6 @@ def _build_dataset(
             continue
         attrs = dict(info.attrs[name])
         var = xr.Variable(dims, indexing.LazilyIndexedArray(arr), attrs=attrs)
-        var.encoding["preferred_chunks"] = dict(zip(dims, arr.shape, strict=True))
         data_vars[name] = var
     for name in info.tables:
         if name in drop or (wanted is not None and name not in wanted):

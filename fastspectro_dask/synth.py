@@ -30,6 +30,7 @@ from cdflib.cdfwrite import CDF as CDFWriter  # noqa: N811
 
 __all__ = [
     "BAD_FILE_KINDS",
+    "MANIFEST_NAME",
     "SynthManifest",
     "esa_filename",
     "orbit_start_unix",
@@ -38,6 +39,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: File name of the JSON manifest written beside the synthetic data.
+MANIFEST_NAME = ".synth_manifest.json"
 
 FILL_FLOAT = np.float32(-1e31)
 FILL_DOUBLE = -1e31
@@ -1129,7 +1133,8 @@ def write_synthetic_dataset(
     Returns
     -------
     SynthManifest
-        Also saved as ``synth_manifest.json`` in ``out_dir``.
+        Also saved as ``.synth_manifest.json`` in ``out_dir`` (hidden, so that discovery
+        does not report it as an unrecognized file).
     """
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -1157,7 +1162,7 @@ def write_synthetic_dataset(
             compress=compress,
             layout=layout,
         )
-    (root / "synth_manifest.json").write_text(json.dumps(man.to_json(), indent=1))
+    (root / MANIFEST_NAME).write_text(json.dumps(man.to_json(), indent=1))
     logger.info(
         "wrote %d files for %d orbits under %s",
         sum(map(len, man.files.values())),

@@ -1,0 +1,305 @@
+"""The reader: values, masking, laziness, layouts and bad files."""
+
+from __future__ import annotations
+
+import pickle
+import re
+from pathlib import Path
+
+import cdflib
+import cloudpickle
+import dask
+import numpy as np
+import pytest
+import xarray as xr
+from dask.callbacks import Callback
+
+from fastspectro_dask import InvalidCDFError
+from fastspectro_dask.io import BIG_VARIABLES, FastEsaBackendEntrypoint, open_esa
+from fastspectro_dask.synth import BAD_FILE_KINDS, FILL_FLOAT, _OrbitPlan, write_esa_file
+
+from .conftest import RECORDS, SEED
+
+FLOAT_BIG = [v for v in BIG_VARIABLES if v != "data"]
+
+
+def expected_from_raw(path: Path, name: str) -> np.ndarray:
+    """Independent oracle: raw cdflib values, FILLVAL -> NaN, outside [:nbins, :nenergy] -> NaN."""
+    cdf = cdflib.CDF(str(path))
+    raw = np.asarray(cdf.varget(name)).astype(np.float32)
+    fill = cdf.varattsget(name)["FILLVAL"]
+    out = np.where(raw == np.float32(fill), np.nan, raw).astype(np.float32)
+    nb, ne = cdf.varget("nbins"), cdf.varget("nenergy")
+    for t in range(out.shape[0]):
+        out[t, nb[t] :, :] = np.nan
+        out[t, :, ne[t] :] = np.nan
+    return out
+
+
+class CountTasks(Callback):
+    def __init__(self) -> None:
+        super().__init__()
+        self.n = 0
+
+    def _posttask(self, key, result, dsk, state, id):
+        self.n += 1
+
+
+@pytest.mark.parametrize("name", BIG_VARIABLES)
+def test_values_match_cdflib_with_fill_and_block_masked(ees_file, name):
+    ds = open_esa(ees_file)
+    got = ds[name].values
+    assert ds[name].dims == ("time", "pitch_angle_bin", "energy_channel")
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, expected_from_raw(ees_file, name))
+
+
+def test_values_equal_what_the_generator_wrote(synth_dataset, ees_file):
+    orbit = int(ees_file.name.split("_")[-2])
+    rec, _tables = _OrbitPlan(orbit, SEED, RECORDS).records_for("ees")
+    ds = open_esa(ees_file)
+    eflux = rec.arrays["eflux"]
+    valid = eflux != FILL_FLOAT
+    got = ds.eflux.values
+    np.testing.assert_array_equal(got[valid], eflux[valid])
+    assert np.isnan(got[~valid]).all()
+    np.testing.assert_array_equal(ds.nbins.values, rec.nbins)
+    np.testing.assert_array_equal(ds.mode_ind.values, rec.mode)
+    centre = rec.grid.start + rec.grid.delta / 2
+    np.testing.assert_allclose(ds.time_unix.values, centre)
+    expected_time = (np.round(centre * 1e9).astype("int64")).view("datetime64[ns]")
+    assert ds.time.dtype == np.dtype("datetime64[ns]")
+    np.testing.assert_array_equal(ds.time.values, expected_time)
+    # data: 0 outside the block in the file, NaN here; counts kept inside
+    data = ds.data.values
+    np.testing.assert_array_equal(data[valid], rec.arrays["data"][valid].astype(np.float32))
+    assert np.isnan(data[~valid]).all()
+
+
+def test_mode_change_inside_one_orbit(ees_file):
+    ds = open_esa(ees_file).compute()
+    modes = np.unique(ds.mode_ind.values)
+    assert len(modes) >= 2, "the fixture file must change mode"
+    n_valid = np.isfinite(ds.energy_full.values).sum(axis=(1, 2))
+    np.testing.assert_array_equal(n_valid, ds.nbins.values.astype(int) * ds.nenergy.values)
+    table = ds.energy.values  # (mode, table angle, energy)
+    for t in range(ds.sizes["time"]):
+        m = int(ds.mode_ind.values[t])
+        nb, ne = int(ds.nbins.values[t]), int(ds.nenergy.values[t])
+        np.testing.assert_array_equal(ds.energy_full.values[t, :nb, :ne], table[m, :nb, :ne])
+    # energies change between modes: 96 channels in mode 2, 48 otherwise
+    assert set(np.unique(ds.nenergy.values)) <= {48, 96}
+    assert {int(MODES_NENERGY[m]) for m in modes} == set(np.unique(ds.nenergy.values))
+
+
+MODES_NENERGY = {0: 48, 1: 48, 2: 96}
+
+
+def test_burst_mode_change_and_burst_shape(good_files):
+    ieb = next(d["ieb"] for d in good_files.values() if "ieb" in d and _has_modes(d["ieb"]))
+    ds = open_esa(ieb)
+    assert ds.attrs["instrument"] == "ieb"
+    assert set(np.unique(ds.nbins.values)) == {32}
+    assert np.isnan(ds.eflux.values[:, 32:, :]).all()
+
+
+def _has_modes(path: Path) -> bool:
+    return len(np.unique(cdflib.CDF(str(path)).varget("mode_ind"))) > 1
+
+
+def test_attributes_and_metadata(ees_file):
+    ds = open_esa(ees_file)
+    assert ds.eflux.attrs["UNITS"] == "eV/(cm^2-s-sr-eV)"
+    assert ds.eflux.attrs["FILLVAL"] == pytest.approx(-1e31, rel=1e-6)
+    assert ds.data.attrs["UNITS"] == "Counts"
+    assert ds.attrs["instrument"] == "ees"
+    assert ds.attrs["orbit"] == int(ees_file.name.split("_")[-2])
+    assert ds.attrs["charge"] == -1
+    assert ds.attrs["Logical_source"] == "fa_esa_l2_ees"
+    assert ds.attrs["source"] == str(ees_file)
+    # zero-record virtual variables are left out, not an error
+    assert "eflux_movie" not in ds and "energy_median" not in ds
+
+
+def test_opening_computes_nothing(ees_file, monkeypatch):
+    read: list[str] = []
+    original = cdflib.CDF.varget
+
+    def spy(self, variable=None, *args, **kwargs):
+        read.append(variable)
+        return original(self, variable, *args, **kwargs)
+
+    monkeypatch.setattr(cdflib.CDF, "varget", spy)
+    with CountTasks() as counter:
+        ds = open_esa(ees_file)
+    assert counter.n == 0
+    assert not set(read) & set(BIG_VARIABLES), read
+    assert set(read) <= {
+        "time_unix",
+        "nbins",
+        "nenergy",
+        "valid",
+        "mass",
+        "charge",
+        "dead",
+        "orbit_start",
+        "num_dists",
+    }
+    assert all(isinstance(ds[v].data, dask.array.Array) for v in BIG_VARIABLES)
+    assert ds.eflux.data.numblocks == (1, 1, 1)  # one chunk per file by default
+    with CountTasks() as counter:
+        ds.eflux.sum().compute(scheduler="synchronous")
+    assert counter.n > 0
+    assert "eflux" in read
+
+
+def test_xarray_engine_and_lazy_indexing(ees_file):
+    ds = xr.open_dataset(ees_file, engine="fastesa", chunks={})
+    ref = open_esa(ees_file)
+    assert isinstance(ds.eflux.data, dask.array.Array)
+    xr.testing.assert_identical(ds.eflux.compute(), ref.eflux.compute())
+    lazy = xr.open_dataset(ees_file, engine="fastesa")  # no dask: lazily indexed
+    part = lazy.eflux.isel(time=slice(5, 17, 3), pitch_angle_bin=2).values
+    np.testing.assert_array_equal(part, ref.eflux.values[5:17:3, 2])
+    np.testing.assert_array_equal(lazy.data.isel(time=-1).values, ref.data.values[-1])
+    assert FastEsaBackendEntrypoint().guess_can_open(ees_file)
+    assert not FastEsaBackendEntrypoint().guess_can_open("notes.cdf")
+
+
+def test_chunks_split_records(ees_file):
+    ds = open_esa(ees_file, chunks={"time": 7})
+    assert ds.eflux.data.numblocks[0] == -(-ds.sizes["time"] // 7)
+    np.testing.assert_array_equal(ds.eflux.values, open_esa(ees_file).eflux.values)
+
+
+def test_variables_selection(ees_file):
+    ds = open_esa(ees_file, variables=["eflux"])
+    assert set(ds.data_vars) == {"eflux", "time_unix", "nbins", "nenergy"}
+    ds = open_esa(ees_file, drop_variables=["data", "header_bytes"])
+    assert "data" not in ds and "eflux" in ds
+
+
+def test_graph_pickles_for_distributed(ees_file):
+    ds = open_esa(ees_file)
+    arr = pickle.loads(cloudpickle.dumps(ds.eflux.data))
+    np.testing.assert_array_equal(arr.compute(), ds.eflux.values)
+
+
+def test_istp_depends_and_uncompressed_read_the_same(tmp_path, ees_file):
+    orbit = int(ees_file.name.split("_")[-2])
+    ref = open_esa(ees_file)
+    for kw in ({"istp_depends": True}, {"compress": False}):
+        out = tmp_path / next(iter(kw))
+        path = write_esa_file(out, "ees", orbit, records=RECORDS, seed=SEED, **kw)
+        ds = open_esa(path)
+        attrs = cdflib.CDF(str(path)).varattsget("eflux")
+        if "istp_depends" in kw:
+            assert attrs["DEPEND_1"] == "pitch_angle_bin"
+        else:
+            assert cdflib.CDF(str(path)).varinq("eflux").Compress == 0
+        for v in BIG_VARIABLES:
+            np.testing.assert_array_equal(ds[v].values, ref[v].values)
+
+
+def test_energy_major_records_are_transposed(tmp_path, ees_file):
+    """A file storing records as (energy, angle) reads into the same (angle, energy) view."""
+    orbit = int(ees_file.name.split("_")[-2])
+    plan = _OrbitPlan(orbit, SEED, RECORDS)
+    rec, _ = plan.records_for("ees")
+    overrides = {v: np.ascontiguousarray(rec.arrays[v].transpose(0, 2, 1)) for v in BIG_VARIABLES}
+    path = plan.write(
+        tmp_path, "ees", overrides=overrides, dims_override={v: [96, 64] for v in BIG_VARIABLES}
+    )
+    assert cdflib.CDF(str(path)).varinq("eflux").Dim_Sizes == [96, 64]
+    ds, ref = open_esa(path), open_esa(ees_file)
+    for v in BIG_VARIABLES:
+        np.testing.assert_array_equal(ds[v].values, ref[v].values)
+
+
+def test_old_cdflib_raising_on_zero_record_variables(ees_file, monkeypatch):
+    """cdflib <= 1.3.12 raises on zero-record variables: the reader never reads them."""
+    original = cdflib.CDF.varget
+
+    def old_varget(self, variable=None, *args, **kwargs):
+        if self.varinq(variable).Last_Rec < 0:
+            raise ValueError(f"No records found for variable {variable}")
+        return original(self, variable, *args, **kwargs)
+
+    monkeypatch.setattr(cdflib.CDF, "varget", old_varget)
+    ds = open_esa(ees_file).compute()
+    assert ds.sizes["time"] > 0
+
+
+def test_overflow_byte_is_kept_fill_byte_is_nan(tmp_path, ees_file):
+    orbit = int(ees_file.name.split("_")[-2])
+    plan = _OrbitPlan(orbit, SEED, RECORDS)
+    rec, _ = plan.records_for("ees")
+    data = rec.arrays["data"].copy()
+    data[0, 0, 0] = 255  # record 0 flagged overflow: a saturated count
+    data[1, 0, 0] = 255  # record 1 not flagged: fill
+    dq = rec.data_quality.copy()
+    dq[0] |= 2
+    dq[1] &= ~np.uint8(2)
+    path = plan.write(tmp_path, "ees", overrides={"data": data, "data_quality": dq})
+    got = open_esa(path).data.values
+    assert got[0, 0, 0] == 255.0
+    assert np.isnan(got[1, 0, 0])
+
+
+@pytest.mark.parametrize("kind", [k for k, v in BAD_FILE_KINDS.items() if v == "invalid-cdf"])
+def test_bad_files_raise_invalid_cdf_naming_the_file(synth_dataset, kind):
+    path = Path(synth_dataset.bad_files[kind]["path"])
+    with pytest.raises(InvalidCDFError) as info:
+        open_esa(path).compute()
+    assert str(path) in str(info.value)
+    assert info.value.path == str(path)
+    # picklable, so that the error survives the trip back from a Dask worker
+    again = pickle.loads(pickle.dumps(info.value))
+    assert isinstance(again, InvalidCDFError) and str(again) == str(info.value)
+
+
+def test_bad_file_messages_name_the_cause(synth_dataset):
+    causes = {
+        "empty": "empty file",
+        "html": "HTML",
+        "truncated": "truncated",
+        "truncated-header": "truncated",
+        "missing-variable": "missing required variable(s) eflux",
+        "wrong-shape": "shape",
+        "wrong-rank": "rank",
+        "inconsistent-records": "inconsistent record counts",
+    }
+    for kind, text in causes.items():
+        with pytest.raises(InvalidCDFError, match=re.escape(text)):
+            open_esa(synth_dataset.bad_files[kind]["path"]).compute()
+
+
+def test_all_fill_file_is_valid_and_all_nan(synth_dataset):
+    ds = open_esa(synth_dataset.bad_files["all-fill"]["path"])
+    assert ds.sizes["time"] > 1
+    assert np.isnan(ds.eflux.values).all()
+    assert np.isnan(ds.data.values).all()
+
+
+def test_single_record_file(synth_dataset):
+    ds = open_esa(synth_dataset.bad_files["single-record"]["path"])
+    assert ds.sizes["time"] == 1
+    assert np.isfinite(ds.eflux.values).any()
+
+
+def test_corrupt_compressed_block_raises_at_compute(tmp_path, ees_file):
+    """Damage inside a compressed variable is found while decoding, as InvalidCDFError."""
+    raw = bytearray(ees_file.read_bytes())
+    cdf = cdflib.CDF(str(ees_file))
+    del cdf
+    mid = len(raw) // 2
+    raw[mid : mid + 4096] = bytes(4096)
+    path = tmp_path / ees_file.name
+    path.write_bytes(bytes(raw))
+    with pytest.raises(InvalidCDFError, match=str(path.name)):
+        open_esa(path).compute(scheduler="synchronous")
+
+
+def test_missing_path_is_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        open_esa(tmp_path / "fa_esa_l2_ees_20000101000000_01000_v02.cdf")

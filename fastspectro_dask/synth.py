@@ -271,6 +271,10 @@ def _mode_tables(instrument: str, rng: np.random.Generator) -> dict[str, np.ndar
         tables["theta"][m, :nb, :ne] = theta[:, None]
         tables["dtheta"][m, :nb, :ne] = 360.0 / nb
         tables["eff"][m, :nb, :ne] = 1.0
+    # Solid angle per bin: from the unshifted table, so the same for every record of a mode.
+    tables["domega"] = np.where(
+        tables["theta"] > FILL_FLOAT, _domega(tables["theta"], tables["dtheta"]), FILL_FLOAT
+    ).astype(np.float32)
     return tables
 
 
@@ -381,11 +385,9 @@ def _build_records(
     energy = np.full(shape, FILL_FLOAT, np.float32)
     denergy = np.full(shape, FILL_FLOAT, np.float32)
     theta = np.full(shape, FILL_FLOAT, np.float32)
-    dtheta = np.full(shape, FILL_FLOAT, np.float32)
     energy[:, :n_ang] = tables["energy"][mode]
     denergy[:, :n_ang] = tables["denergy"][mode]
     theta[:, :n_ang] = tables["theta"][mode]
-    dtheta[:, :n_ang] = tables["dtheta"][mode]
     valid = np.zeros(shape, bool)
     for m in np.unique(mode):
         ne, nb = MODES[int(m)]
@@ -395,7 +397,9 @@ def _build_records(
         valid[sel] = block
     pitch = np.where(valid, np.mod(theta + shift[:, None, None], 360.0), FILL_FLOAT)
     pitch = pitch.astype(np.float32)
-    domega = np.where(valid, _domega(theta, dtheta), FILL_FLOAT).astype(np.float32)
+    domega = np.full(shape, FILL_FLOAT, np.float32)
+    domega[:, :n_ang] = tables["domega"][mode]
+    domega = np.where(valid, domega, FILL_FLOAT).astype(np.float32)
 
     e_valid = np.where(valid, energy, np.nan).astype(np.float64)
     expected = _flux_model(instrument, grid, e_valid, np.where(valid, pitch, np.nan), activity, rng)

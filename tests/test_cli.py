@@ -1,0 +1,39 @@
+"""The console script, through a subprocess like a user runs it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from fastspectro_dask.cli import main
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fastspectro_dask.cli", *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_help_and_usage_errors():
+    out = run("--help")
+    assert out.returncode == 0 and "synth" in out.stdout and "Exit codes" in out.stdout
+    out = run("synth", "--help")
+    assert out.returncode == 0 and "--bad-files" in out.stdout
+    assert run().returncode == 2  # no subcommand
+    assert run("synth").returncode == 2  # missing OUT
+    assert run("synth", "x", "--orbits", "many").returncode == 2
+
+
+def test_synth_then_info(tmp_path):
+    out = run("synth", str(tmp_path / "d"), "--orbits", "2", "--records", "12", "--bad-files",
+              "--orb-files", "--seed", "3")
+    assert out.returncode == 0, out.stderr
+    assert "broken-file corpus" in out.stdout
+    info = run("info", str(tmp_path / "d"))
+    assert info.returncode == 0, info.stderr
+    assert "13616" in info.stdout and "2 orbit files" in info.stdout
+    assert "1 duplicate(s) superseded" in info.stdout
+
+
+def test_info_missing_folder_is_usage_error(tmp_path, capsys):
+    assert main(["info", str(tmp_path / "nope")]) == 2
+    assert "nope" in capsys.readouterr().err

@@ -69,7 +69,7 @@ def test_fill_outside_valid_block(ees_file):
 
 
 def test_physics_plausible(good_files):
-    for orbit, files in good_files.items():
+    for files in good_files.values():
         for inst, path in files.items():
             c = cdf(path)
             energy = c.varget("energy_full")

@@ -9,8 +9,12 @@ from fastspectro_dask.cli import main
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fastspectro_dask.cli", *args],
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "fastspectro_dask.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_help_and_usage_errors():
@@ -24,8 +28,18 @@ def test_help_and_usage_errors():
 
 
 def test_synth_then_info(tmp_path):
-    out = run("synth", str(tmp_path / "d"), "--orbits", "2", "--records", "12", "--bad-files",
-              "--orb-files", "--seed", "3")
+    out = run(
+        "synth",
+        str(tmp_path / "d"),
+        "--orbits",
+        "2",
+        "--records",
+        "12",
+        "--bad-files",
+        "--orb-files",
+        "--seed",
+        "3",
+    )
     assert out.returncode == 0, out.stderr
     assert "broken-file corpus" in out.stdout
     info = run("info", str(tmp_path / "d"))

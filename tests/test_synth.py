@@ -30,8 +30,21 @@ def test_real_format_variables_types_and_attributes(ees_file):
     assert info.Majority == "Row_major"
     names = set(info.zVariables)
     assert len(names) == 61
-    for v in ("epoch", "time_unix", "data", "eflux", "pitch_angle", "domega", "energy_full",
-              "denergy_full", "nbins", "nenergy", "mode_ind", "energy", "eflux_movie"):
+    for v in (
+        "epoch",
+        "time_unix",
+        "data",
+        "eflux",
+        "pitch_angle",
+        "domega",
+        "energy_full",
+        "denergy_full",
+        "nbins",
+        "nenergy",
+        "mode_ind",
+        "energy",
+        "eflux_movie",
+    ):
         assert v in names
     assert c.varinq("epoch").Data_Type_Description == "CDF_EPOCH"
     assert c.varinq("eflux").Data_Type_Description == "CDF_FLOAT"
@@ -61,9 +74,9 @@ def test_fill_outside_valid_block(ees_file):
     eflux, data = c.varget("eflux"), c.varget("data")
     nb, ne = c.varget("nbins"), c.varget("nenergy")
     for t in range(len(nb)):
-        assert (eflux[t, nb[t]:, :] == np.float32(-1e31)).all()
-        assert (eflux[t, :, ne[t]:] == np.float32(-1e31)).all()
-        assert (data[t, nb[t]:, :] == 0).all()
+        assert (eflux[t, nb[t] :, :] == np.float32(-1e31)).all()
+        assert (eflux[t, :, ne[t] :] == np.float32(-1e31)).all()
+        assert (data[t, nb[t] :, :] == 0).all()
         block = eflux[t, : nb[t], : ne[t]]
         assert (block >= 0).all()
 
@@ -163,8 +176,9 @@ def test_bad_file_corpus_is_complete(synth_dataset):
 
 def test_layouts(tmp_path):
     for layout in ("flat", "spdf"):
-        man = write_synthetic_dataset(tmp_path / layout, orbits=1, records=12, seed=SEED,
-                                      layout=layout, instruments=("ees",))
+        man = write_synthetic_dataset(
+            tmp_path / layout, orbits=1, records=12, seed=SEED, layout=layout, instruments=("ees",)
+        )
         path = man.files[13616]["ees"]
         rel = path.relative_to(tmp_path / layout)
         assert len(rel.parts) == (1 if layout == "flat" else 4)

@@ -1,0 +1,1103 @@
+"""Persistent state: atomic JSON writes, corrupt-file handling, lock, progress store.
+
+Every state file of the pipeline (progress JSON, extrema JSON) is written with
+:func:`atomic_write_json` (temp file in the same folder, ``fsync``, ``os.replace``,
+directory ``fsync``) and read with :func:`load_json_state`, which moves a corrupt
+file aside (kept, never deleted) and lets the caller start fresh.
+
+:class:`StateLock` refuses a second concurrent run on the same state file, and
+:class:`ProgressStore` is the progress JSON of one scale combination, with batched
+flushes, a true watermark and the resume rules.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import datetime as _dt
+import fcntl
+import json
+import logging
+import operator
+import os
+import re
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fastspectro_dask.errors import ERROR_REASONS, FastSpectroError
+
+__all__ = [
+    "PROGRESS_SCHEMA",
+    "PROGRESS_VERSION",
+    "RETRYABLE_REASONS",
+    "ProgressStore",
+    "StateLock",
+    "StateLockedError",
+    "atomic_write_json",
+    "file_fingerprint",
+    "load_json_state",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def _to_builtin(obj: Any) -> Any:
+    """Convert numpy scalars/arrays, paths, sets and tuples to plain JSON types.
+
+    Mapping keys are converted to ``str`` (numpy integer keys become their decimal
+    text) so that ``sort_keys`` never compares mixed key types.
+    """
+    if isinstance(obj, Mapping):
+        return {_key_to_str(k): _to_builtin(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_to_builtin(v) for v in obj]
+    if isinstance(obj, (set, frozenset)):
+        return [_to_builtin(v) for v in sorted(obj)]
+    if isinstance(obj, np.ndarray):
+        return _to_builtin(obj.tolist())
+    if isinstance(obj, np.generic):
+        return _to_builtin(obj.item())
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    return obj
+
+
+def _key_to_str(key: Any) -> str:
+    if isinstance(key, str):
+        return key
+    if isinstance(key, np.generic):
+        key = key.item()
+    if isinstance(key, os.PathLike):
+        return os.fspath(key)
+    return str(key)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Best-effort ``fsync`` of a directory, so a rename survives a power loss."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | None = 1) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically.
+
+    The object is serialised first (so a serialisation error never touches the
+    file), written to a temporary file in the same folder, flushed and
+    ``fsync``-ed, then moved onto ``path`` with :func:`os.replace`; finally the
+    folder is ``fsync``-ed (best effort). A reader therefore sees either the old
+    file or the new one, never a mix, and a crash at any point never leaves a
+    truncated target. On any error the temporary file is removed.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The target file. Its folder must exist.
+    obj : object
+        A JSON-serialisable object; numpy scalars and arrays, sets, tuples and
+        paths are converted to plain Python types. Keys are sorted.
+    indent : int or None, optional
+        Passed to :func:`json.dumps` (default 1).
+
+    Raises
+    ------
+    TypeError, ValueError
+        If ``obj`` cannot be serialised (the target is left untouched). NaN and
+        infinities are refused, since they are not valid JSON.
+    OSError
+        If writing or renaming fails (the target is left untouched).
+    """
+    path = Path(path)
+    text = json.dumps(_to_builtin(obj), indent=indent, sort_keys=True, allow_nan=False) + "\n"
+    data = text.encode("utf-8")
+    directory = path.parent if str(path.parent) else Path(".")
+    tmp = tempfile.NamedTemporaryFile(
+        dir=directory, delete=False, prefix="." + path.name + ".", suffix=".tmp"
+    )
+    tmp_name = tmp.name
+    try:
+        with tmp:
+            tmp.write(data)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name)
+        raise
+    _fsync_dir(directory)
+
+
+def _utc_stamp() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+
+
+def load_json_state(path: str | os.PathLike[str], *, kind: str = "state") -> dict[str, Any] | None:
+    """Read a JSON state file, moving a corrupt one aside.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The state file.
+    kind : str, optional
+        What the file is (``"progress"``, ``"extrema"``...), used in the warning.
+
+    Returns
+    -------
+    dict or None
+        The parsed JSON object; ``None`` when the file does not exist, or when it
+        was corrupt (not UTF-8 JSON, truncated, empty, or not a JSON object). A
+        corrupt file is renamed to ``<name>.corrupt-<UTC timestamp>`` in the same
+        folder (kept for inspection, never deleted) and a WARNING naming both
+        paths is logged; the caller then starts fresh.
+
+    Raises
+    ------
+    OSError
+        If the file exists but cannot be read (e.g. permissions) - that is not
+        corruption and is not hidden.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    reason: str | None = None
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        reason = f"not valid JSON ({exc})" if raw.strip() else "empty file"
+    else:
+        if isinstance(obj, dict):
+            return obj
+        reason = f"JSON {type(obj).__name__}, not an object"
+    aside = path.with_name(f"{path.name}.corrupt-{_utc_stamp()}")
+    n = 1
+    while aside.exists():
+        aside = path.with_name(f"{path.name}.corrupt-{_utc_stamp()}-{n}")
+        n += 1
+    try:
+        os.replace(path, aside)
+    except FileNotFoundError:
+        return None
+    logger.warning(
+        "Corrupt %s file %s (%s): moved aside to %s; starting fresh.",
+        kind,
+        path,
+        reason,
+        aside,
+    )
+    return None
+
+
+# --------------------------------------------------------------------------------------
+# Lock
+# --------------------------------------------------------------------------------------
+
+
+class StateLockedError(FastSpectroError):
+    """Another run holds the lock of a state file.
+
+    Parameters
+    ----------
+    lock_path : str or os.PathLike
+        The lock file.
+    holder : dict or None
+        What the holder wrote into the lock file (``pid``, ``host``,
+        ``started_utc``, ``target``), or ``None`` when it could not be read.
+    """
+
+    def __init__(self, lock_path: str | os.PathLike[str], holder: Mapping[str, Any] | None) -> None:
+        self.lock_path = str(lock_path)
+        self.holder = dict(holder) if holder else None
+        if self.holder:
+            who = (
+                f"PID {self.holder.get('pid', '?')} on host {self.holder.get('host', '?')}, "
+                f"started {self.holder.get('started_utc', '?')}"
+            )
+        else:
+            who = "an unknown process (holder information not readable yet)"
+        super().__init__(
+            f"Another run is using the same state files: lock {self.lock_path} is held by "
+            f"{who}. Wait for it to finish, or point this run at another output folder / "
+            f"progress file. (The lock is released automatically when the holder exits, "
+            f"even if it is killed.)"
+        )
+
+    def __reduce__(self):  # picklable with its two-argument constructor
+        return (type(self), (self.lock_path, self.holder))
+
+
+class StateLock:
+    """An exclusive, non-blocking lock on ``<target>.lock`` (Linux ``flock``).
+
+    The lock is taken with ``fcntl.flock(LOCK_EX | LOCK_NB)`` on an open file
+    description, so it conflicts with another process *and* with a second
+    :class:`StateLock` on the same target in the same process. The kernel drops it
+    when the holder's file is closed or the process dies (including ``SIGKILL``),
+    so a killed run never leaves a stale lock. The lock file itself is kept (only
+    emptied on release): deleting it would open a race where two runs lock two
+    different inodes.
+
+    The holder writes its PID, host name and start time (UTC) into the lock file,
+    and a refused run names them in :class:`StateLockedError`.
+
+    Works on Linux and other POSIX systems with ``fcntl.flock``. On NFS, Linux
+    emulates ``flock`` with POSIX byte-range locks, which work across clients only
+    when the NFS lock service is available.
+
+    Parameters
+    ----------
+    target : str or os.PathLike
+        The state file to protect; the lock file is ``<target>.lock``.
+    """
+
+    def __init__(self, target: str | os.PathLike[str]) -> None:
+        self.target = Path(target)
+        self.lock_path = self.target.with_name(self.target.name + ".lock")
+        self._fd: int | None = None
+
+    @property
+    def locked(self) -> bool:
+        """Whether this object holds the lock."""
+        return self._fd is not None
+
+    def acquire(self) -> None:
+        """Take the lock, or raise :class:`StateLockedError` at once.
+
+        Raises
+        ------
+        StateLockedError
+            If another run (or another lock object in this process) holds it.
+        RuntimeError
+            If this object already holds it.
+        """
+        if self._fd is not None:
+            raise RuntimeError(f"{self.lock_path} is already held by this StateLock")
+        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except (BlockingIOError, PermissionError) as exc:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise StateLockedError(self.lock_path, holder) from exc
+        except BaseException:
+            os.close(fd)
+            raise
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "target": str(self.target),
+        }
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(info, sort_keys=True) + "\n").encode("utf-8"), 0)
+            os.fsync(fd)
+        except OSError:  # the lock is held; holder information is only a courtesy
+            logger.debug("Could not write holder information into %s", self.lock_path)
+        self._fd = fd
+        logger.debug("Locked %s", self.lock_path)
+
+    def release(self) -> None:
+        """Release the lock (a no-op when not held)."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+        logger.debug("Released %s", self.lock_path)
+
+    def __enter__(self) -> StateLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+    def __del__(self) -> None:  # pragma: no cover - safety net only
+        with contextlib.suppress(Exception):
+            if self._fd is not None:
+                os.close(self._fd)
+
+
+def _read_holder(fd: int) -> dict[str, Any] | None:
+    try:
+        raw = os.pread(fd, 4096, 0)
+        holder = json.loads(raw.decode("utf-8"))
+    except (OSError, ValueError):
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+# --------------------------------------------------------------------------------------
+# File fingerprints
+# --------------------------------------------------------------------------------------
+
+
+def file_fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The identity of a file as recorded for ``invalid-cdf`` errors.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        An existing file.
+
+    Returns
+    -------
+    dict
+        ``{"path": absolute path, "size": bytes, "mtime_ns": int}``.
+
+    Raises
+    ------
+    OSError
+        If the file cannot be ``stat``-ed.
+    """
+    p = Path(path)
+    st = p.stat()
+    return {"path": os.path.abspath(p), "size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
+
+
+_fingerprint_file = file_fingerprint  # alias: a parameter of record_error shadows the name
+
+
+def _same_file_version(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Compare two fingerprints by file *name*, size and mtime (not by folder).
+
+    Comparing the name rather than the full path keeps a moved (or re-mounted)
+    data folder from forcing a retry of every invalid file, while a new version of
+    a file (``_v02``) or a re-downloaded file (new size/mtime) still counts as a
+    change.
+    """
+    try:
+        return (
+            Path(str(old["path"])).name == Path(str(new["path"])).name
+            and int(old["size"]) == int(new["size"])
+            and int(old["mtime_ns"]) == int(new["mtime_ns"])
+        )
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+# --------------------------------------------------------------------------------------
+# Progress store
+# --------------------------------------------------------------------------------------
+
+#: ``"schema"`` value of a progress file.
+PROGRESS_SCHEMA = "fastspectro_dask.progress"
+#: ``"version"`` value written by this module.
+PROGRESS_VERSION = 1
+#: Error reasons whose orbits a resumed run processes again by default.
+RETRYABLE_REASONS: tuple[str, ...] = ("timeout", "worker-lost", "generic")
+
+_FILES_SUFFIX = "_files"
+
+
+class ProgressStore:
+    """The progress JSON of one scale combination, shared with the other combinations.
+
+    Use it as a context manager: entering takes the exclusive lock
+    (:class:`StateLock` on ``<path>.lock``) and loads the file; leaving flushes
+    pending changes and releases the lock, also when the block raises.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The progress JSON (created with its folder when missing).
+    y_scale, z_scale : str
+        The scale combination, e.g. ``"linear"`` and ``"log"``.
+    flush_batch_size : int, optional
+        Processed orbits per write (>= 1, default 10).
+    flush_interval_seconds : float or None, optional
+        Also write when this much time passed since the last write and something
+        changed (checked whenever :meth:`maybe_flush` runs). ``None`` (default)
+        disables it.
+    instrument_order : sequence of str, optional
+        The instruments, for error keys (others are accepted too).
+    retry_reasons : iterable of str, optional
+        Reasons a resumed run retries, default :data:`RETRYABLE_REASONS`
+        (``timeout``, ``worker-lost``, ``generic``). ``plotting`` and
+        ``divide-by-zero`` are deterministic for a given file and code, so they
+        are not retried by default; ``invalid-cdf`` is retried only when the file
+        changed.
+    clock : callable, optional
+        Monotonic clock in seconds, injectable for tests.
+
+    Attributes
+    ----------
+    writes : int
+        How many times this store wrote the progress file.
+
+    Notes
+    -----
+    **Keys** (``y``/``z`` are the scales): ``{y}_{z}_completed`` and
+    ``{y}_{z}_last_orbit`` (always written); ``{instrument}_{y}_{z}_error-{reason}``
+    (sorted orbit lists, written only when non-empty);
+    ``{instrument}_{y}_{z}_error-invalid-cdf_files`` (orbit -> ``{"path", "size",
+    "mtime_ns"}`` of the offending file); and the shared ``schema``, ``version`` and
+    ``updated_utc``.
+
+    **Vocabulary**
+
+    *completed*
+        The orbit was processed and no instrument recorded an error
+        (``{y}_{z}_completed``).
+    *processed*
+        The pipeline finished the orbit: every instrument either succeeded or
+        recorded an error (:meth:`mark_orbit_done` / :meth:`record_success`). An
+        orbit with errors for some instruments is processed but not completed; it
+        appears in the ``{instrument}_{y}_{z}_error-{reason}`` lists instead.
+    *done* (:meth:`is_done`)
+        Completed, or processed with only non-retryable errors (reasons not in
+        ``retry_reasons``; ``invalid-cdf`` counts as non-retryable here because the
+        store cannot see files - :meth:`should_retry` checks them).
+    *watermark* (``{y}_{z}_last_orbit``)
+        The largest orbit ``W`` of the run's orbit list (:meth:`set_orbits`) such
+        that every listed orbit ``<= W`` is done; ``null`` when the first listed
+        orbit is not done or no orbit list was given. It can go down (an orbit
+        below it is re-processed, or the list gained a smaller orbit): it is
+        recomputed, never carried over. It is a fast-path hint; :meth:`should_retry`
+        is authoritative.
+
+    **Batching and durability**
+
+    The unit of batching is a processed orbit. :meth:`mark_orbit_done` and
+    :meth:`record_success` call :meth:`maybe_flush`, which writes once
+    ``flush_batch_size`` orbits were processed since the last write, or once
+    ``flush_interval_seconds`` have passed since the last write and something
+    changed. Hence at most ``flush_batch_size - 1`` processed orbits are ever
+    unrecorded on disk. Errors of an orbit still in progress are held in memory and
+    written only when the orbit is processed, so a crash mid-orbit leaves that orbit
+    looking unprocessed (it is simply redone) rather than half-recorded.
+
+    Every write is a read-modify-write under the lock: the file is re-read, the
+    keys of this ``(y_scale, z_scale)`` are replaced, every other key (other scale
+    combinations, unknown keys) is preserved, and the result is written with
+    :func:`atomic_write_json`. A corrupt file is moved aside by
+    :func:`load_json_state` and the run starts fresh.
+
+    Outcomes recorded in this session for an orbit replace what earlier runs
+    recorded for it: the first :meth:`record_error` / :meth:`record_success` /
+    :meth:`mark_orbit_done` of an orbit removes it from the completed and error
+    lists of this scale combination.
+
+    Examples
+    --------
+    >>> with ProgressStore(out / "progress.json", "linear", "log") as store:  # doctest: +SKIP
+    ...     store.set_orbits(orbits)
+    ...     todo = [o for o in orbits if store.should_retry(o, index[o])]
+    ...     for orbit, outcome in results:
+    ...         for inst, reason in outcome.errors.items():
+    ...             store.record_error(orbit, inst, reason)
+    ...         store.mark_orbit_done(orbit)
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        y_scale: str,
+        z_scale: str,
+        *,
+        flush_batch_size: int = 10,
+        flush_interval_seconds: float | None = None,
+        instrument_order: Sequence[str] = ("ees", "eeb", "ies", "ieb"),
+        retry_reasons: Iterable[str] = RETRYABLE_REASONS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        for name, value in (("y_scale", y_scale), ("z_scale", z_scale)):
+            if not isinstance(value, str) or not value or "_" in value:
+                raise ValueError(f"{name} must be a non-empty string without '_': {value!r}")
+        if isinstance(flush_batch_size, bool) or int(flush_batch_size) != flush_batch_size:
+            raise ValueError(f"flush_batch_size must be an integer >= 1: {flush_batch_size!r}")
+        if flush_batch_size < 1:
+            raise ValueError(f"flush_batch_size must be an integer >= 1: {flush_batch_size!r}")
+        if flush_interval_seconds is not None and not flush_interval_seconds > 0:
+            raise ValueError(
+                f"flush_interval_seconds must be > 0 or None: {flush_interval_seconds!r}"
+            )
+        self.retry_reasons = frozenset(retry_reasons)
+        unknown = self.retry_reasons - set(ERROR_REASONS)
+        if unknown:
+            raise ValueError(f"unknown retry reasons {sorted(unknown)}; use {ERROR_REASONS}")
+        for inst in instrument_order:
+            _check_instrument(inst)
+
+        self.path = Path(path)
+        self.y_scale = y_scale
+        self.z_scale = z_scale
+        self.flush_batch_size = int(flush_batch_size)
+        self.flush_interval_seconds = flush_interval_seconds
+        self.instrument_order = tuple(instrument_order)
+        self.clock = clock
+        #: Number of times the progress file was written by this store.
+        self.writes = 0
+
+        self._prefix = f"{y_scale}_{z_scale}"
+        self._own_key_re = re.compile(
+            rf"^(?:{re.escape(self._prefix)}_(?:completed|last_orbit)"
+            rf"|(?P<inst>[^_]+)_{re.escape(self._prefix)}_error-(?P<reason>[a-z0-9-]+)"
+            rf"(?P<files>{_FILES_SUFFIX})?)$"
+        )
+        self._lock = StateLock(self.path)
+        self._mutex = threading.RLock()
+        self._open = False
+        self._reset_memory()
+        self._others: dict[str, Any] = {}
+        self._orbits: list[int] | None = None
+        self._wm_idx = 0
+        self._dirty = False
+        self._since_flush: set[int] = set()
+        self._last_flush = 0.0
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def _reset_memory(self) -> None:
+        self._completed: set[int] = set()
+        #: orbit -> instrument -> set of reasons (processed orbits only)
+        self._errors: dict[int, dict[str, set[str]]] = {}
+        #: (orbit, instrument) -> fingerprint, for invalid-cdf errors
+        self._fingerprints: dict[tuple[int, str], dict[str, Any]] = {}
+        #: orbits touched in this session and not yet processed -> instrument -> (reason, fp)
+        self._pending: dict[int, dict[str, tuple[str, dict[str, Any] | None]]] = {}
+        #: orbits whose entries from earlier runs were already replaced in this session
+        self._touched: set[int] = set()
+        self._wm_idx = 0
+
+    def open(self) -> ProgressStore:
+        """Take the lock and load the file (what ``with`` does on entry).
+
+        Returns
+        -------
+        ProgressStore
+            ``self``.
+
+        Raises
+        ------
+        StateLockedError
+            If another run holds the lock.
+        """
+        with self._mutex:
+            if self._open:
+                raise RuntimeError(f"{self!r} is already open")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock.acquire()
+            try:
+                self._load()
+            except BaseException:
+                self._lock.release()
+                raise
+            self._open = True
+            self._last_flush = self.clock()
+        return self
+
+    def close(self) -> None:
+        """Flush pending changes and release the lock (idempotent)."""
+        with self._mutex:
+            if not self._open:
+                return
+            try:
+                self.flush()
+            finally:
+                self._open = False
+                self._lock.release()
+
+    def __enter__(self) -> ProgressStore:
+        return self.open()
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc is None:
+            self.close()
+            return
+        try:
+            self.close()
+        except Exception:  # do not mask the original error
+            logger.exception("Could not flush %s while handling another error", self.path)
+
+    def __repr__(self) -> str:
+        state = "open" if self._open else "closed"
+        return (
+            f"ProgressStore({str(self.path)!r}, {self.y_scale!r}, {self.z_scale!r}, "
+            f"flush_batch_size={self.flush_batch_size}, {state})"
+        )
+
+    def _require_open(self) -> None:
+        if not self._open:
+            raise RuntimeError(f"{self!r} is not open; use it as a context manager")
+
+    # -- loading and saving ------------------------------------------------------------
+
+    def _load(self) -> None:
+        self._reset_memory()
+        data = load_json_state(self.path, kind="progress") or {}
+        version = data.get("version")
+        if "version" in data and (not isinstance(version, int) or version > PROGRESS_VERSION):
+            logger.warning(
+                "%s has progress schema version %r; this version of fastspectro_dask "
+                "writes version %d and reads it as best it can.",
+                self.path,
+                version,
+                PROGRESS_VERSION,
+            )
+        self._others = {}
+        for key, value in data.items():
+            m = self._own_key_re.match(key)
+            if m is None:
+                if key not in ("schema", "version", "updated_utc"):
+                    self._others[key] = value
+                continue
+            if key == f"{self._prefix}_completed":
+                self._completed.update(self._orbit_list(key, value))
+            elif key == f"{self._prefix}_last_orbit":
+                continue  # recomputed, never carried over
+            elif m.group("files"):
+                if not isinstance(value, dict):
+                    logger.warning("%s: ignoring malformed %s", self.path, key)
+                    continue
+                for orbit_text, fp in value.items():
+                    try:
+                        orbit = int(orbit_text)
+                    except (TypeError, ValueError):
+                        logger.warning("%s: ignoring orbit %r in %s", self.path, orbit_text, key)
+                        continue
+                    if isinstance(fp, dict):
+                        self._fingerprints[(orbit, m.group("inst"))] = dict(fp)
+            else:
+                inst, reason = m.group("inst"), m.group("reason")
+                if reason not in ERROR_REASONS:
+                    logger.warning("%s: keeping unknown error reason key %s", self.path, key)
+                for orbit in self._orbit_list(key, value):
+                    self._errors.setdefault(orbit, {}).setdefault(inst, set()).add(reason)
+        # keep only fingerprints that belong to a recorded invalid-cdf error
+        self._fingerprints = {
+            (o, i): fp
+            for (o, i), fp in self._fingerprints.items()
+            if "invalid-cdf" in self._errors.get(o, {}).get(i, ())
+        }
+        logger.debug(
+            "Loaded %s (%s): %d completed, %d with errors",
+            self.path,
+            self._prefix,
+            len(self._completed),
+            len(self._errors),
+        )
+
+    def _orbit_list(self, key: str, value: Any) -> list[int]:
+        if not isinstance(value, list):
+            logger.warning("%s: ignoring malformed %s (not a list)", self.path, key)
+            return []
+        out = []
+        for v in value:
+            if isinstance(v, bool) or not isinstance(v, int):
+                logger.warning("%s: ignoring non-integer orbit %r in %s", self.path, v, key)
+                continue
+            out.append(v)
+        return out
+
+    def _own_payload(self) -> dict[str, Any]:
+        payload: dict[str, Any] = {
+            f"{self._prefix}_completed": sorted(self._completed),
+            f"{self._prefix}_last_orbit": self.last_orbit,
+        }
+        lists: dict[str, list[int]] = {}
+        files: dict[str, dict[str, Any]] = {}
+        for orbit, per_inst in self._errors.items():
+            for inst, reasons in per_inst.items():
+                for reason in reasons:
+                    lists.setdefault(f"{inst}_{self._prefix}_error-{reason}", []).append(orbit)
+                fp = self._fingerprints.get((orbit, inst))
+                if fp is not None and "invalid-cdf" in reasons:
+                    key = f"{inst}_{self._prefix}_error-invalid-cdf{_FILES_SUFFIX}"
+                    files.setdefault(key, {})[str(orbit)] = fp
+        for key, orbits in lists.items():
+            payload[key] = sorted(orbits)
+        payload.update(files)
+        return payload
+
+    def _write(self) -> None:
+        on_disk = load_json_state(self.path, kind="progress")
+        if on_disk is None:
+            data = dict(self._others)
+        else:
+            data = {
+                k: v
+                for k, v in on_disk.items()
+                if self._own_key_re.match(k) is None
+                and k not in ("schema", "version", "updated_utc")
+            }
+            self._others = dict(data)
+        data.update(self._own_payload())
+        data["schema"] = PROGRESS_SCHEMA
+        data["version"] = PROGRESS_VERSION
+        data["updated_utc"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        atomic_write_json(self.path, data)
+        self.writes += 1
+        self._dirty = False
+        self._since_flush.clear()
+        self._last_flush = self.clock()
+        logger.debug("Wrote %s (%s), write #%d", self.path, self._prefix, self.writes)
+
+    def flush(self) -> bool:
+        """Write now if anything changed since the last write.
+
+        Returns
+        -------
+        bool
+            Whether the file was written.
+        """
+        with self._mutex:
+            self._require_open()
+            if not self._dirty:
+                return False
+            self._write()
+            return True
+
+    def maybe_flush(self) -> bool:
+        """Write if a batch is full or the flush interval has elapsed.
+
+        Returns
+        -------
+        bool
+            Whether the file was written.
+        """
+        with self._mutex:
+            self._require_open()
+            if not self._dirty:
+                return False
+            if len(self._since_flush) >= self.flush_batch_size or (
+                self.flush_interval_seconds is not None
+                and self.clock() - self._last_flush >= self.flush_interval_seconds
+            ):
+                self._write()
+                return True
+            return False
+
+    @property
+    def dirty(self) -> bool:
+        """Whether there are changes not yet written."""
+        return self._dirty
+
+    @property
+    def pending_orbits(self) -> int:
+        """Processed orbits not yet written (always < ``flush_batch_size`` after a flush check)."""
+        return len(self._since_flush)
+
+    # -- recording ---------------------------------------------------------------------
+
+    def _touch(self, orbit: int) -> None:
+        """First outcome of ``orbit`` in this session: forget earlier runs' entries."""
+        if orbit in self._touched:
+            return
+        self._touched.add(orbit)
+        changed = orbit in self._completed or orbit in self._errors
+        self._completed.discard(orbit)
+        per_inst = self._errors.pop(orbit, {})
+        for inst in per_inst:
+            self._fingerprints.pop((orbit, inst), None)
+        self._pending.setdefault(orbit, {})
+        self._invalidate_watermark(orbit)
+        if changed:
+            self._dirty = True
+
+    def record_error(
+        self,
+        orbit: int,
+        instrument: str,
+        reason: str,
+        *,
+        file_fingerprint: Mapping[str, Any] | str | os.PathLike[str] | None = None,
+    ) -> None:
+        """Record that ``instrument`` failed for ``orbit`` with error category ``reason``.
+
+        The error is held in memory until the orbit is processed
+        (:meth:`mark_orbit_done`), then lands in
+        ``{instrument}_{y}_{z}_error-{reason}``. Recording an error for an orbit
+        already processed in this session updates the lists at once. A later error
+        for the same orbit and instrument replaces the earlier one.
+
+        Parameters
+        ----------
+        orbit : int
+            The orbit number.
+        instrument : str
+            E.g. ``"ees"``.
+        reason : str
+            One of :data:`fastspectro_dask.errors.ERROR_REASONS`.
+        file_fingerprint : mapping, path or None, optional
+            For ``invalid-cdf``: the offending file's fingerprint
+            (:func:`file_fingerprint`) or its path (fingerprinted now), so that a
+            resumed run retries the orbit when the file changed. Ignored for
+            other reasons.
+
+        Raises
+        ------
+        ValueError
+            For an unknown reason or a malformed instrument name.
+        """
+        orbit = _as_orbit(orbit)
+        _check_instrument(instrument)
+        if reason not in ERROR_REASONS:
+            raise ValueError(f"unknown error reason {reason!r}; expected one of {ERROR_REASONS}")
+        fp: dict[str, Any] | None = None
+        if reason == "invalid-cdf" and file_fingerprint is not None:
+            if isinstance(file_fingerprint, Mapping):
+                fp = {k: _to_builtin(v) for k, v in file_fingerprint.items()}
+            else:
+                try:
+                    fp = _fingerprint_file(file_fingerprint)
+                except OSError as exc:
+                    logger.debug("Cannot fingerprint %s: %s", file_fingerprint, exc)
+        with self._mutex:
+            self._require_open()
+            self._touch(orbit)
+            if orbit in self._pending:
+                self._pending[orbit][instrument] = (reason, fp)
+                return
+            # already processed in this session: update the committed state directly
+            self._completed.discard(orbit)
+            self._errors.setdefault(orbit, {})[instrument] = {reason}
+            self._fingerprints.pop((orbit, instrument), None)
+            if fp is not None:
+                self._fingerprints[(orbit, instrument)] = fp
+            self._invalidate_watermark(orbit)
+            self._dirty = True
+
+    def mark_orbit_done(self, orbit: int) -> bool:
+        """Record that the pipeline finished ``orbit`` (every instrument succeeded or failed).
+
+        Without errors recorded for it in this session the orbit becomes
+        *completed*; otherwise its errors are committed to the error lists. Then
+        :meth:`maybe_flush` runs.
+
+        Parameters
+        ----------
+        orbit : int
+            The orbit number.
+
+        Returns
+        -------
+        bool
+            Whether the progress file was written.
+        """
+        orbit = _as_orbit(orbit)
+        with self._mutex:
+            self._require_open()
+            self._touch(orbit)
+            pending = self._pending.pop(orbit, None)
+            if pending is not None:
+                if pending:
+                    per_inst = self._errors.setdefault(orbit, {})
+                    for inst, (reason, fp) in pending.items():
+                        per_inst[inst] = {reason}
+                        if fp is not None:
+                            self._fingerprints[(orbit, inst)] = fp
+                else:
+                    self._completed.add(orbit)
+                self._dirty = True
+            self._since_flush.add(orbit)
+            return self.maybe_flush()
+
+    def record_success(self, orbit: int) -> bool:
+        """Record that every product of ``orbit`` was made: the orbit is completed.
+
+        Removes the orbit from every error list of this scale combination (a
+        successful retry) and discards errors recorded for it in this session,
+        then counts it as processed like :meth:`mark_orbit_done`.
+
+        Parameters
+        ----------
+        orbit : int
+            The orbit number.
+
+        Returns
+        -------
+        bool
+            Whether the progress file was written.
+        """
+        orbit = _as_orbit(orbit)
+        with self._mutex:
+            self._require_open()
+            self._touch(orbit)
+            dropped = self._pending.pop(orbit, None)
+            if dropped:
+                logger.debug("Orbit %d succeeded; discarding its errors %s", orbit, dropped)
+            per_inst = self._errors.pop(orbit, {})
+            for inst in per_inst:
+                self._fingerprints.pop((orbit, inst), None)
+            if orbit not in self._completed or per_inst or dropped is not None:
+                self._dirty = True
+            self._completed.add(orbit)
+            self._since_flush.add(orbit)
+            return self.maybe_flush()
+
+    def reset(self) -> None:
+        """Forget this scale combination's progress (``ignore_progress_json=True``).
+
+        Drops this ``(y_scale, z_scale)``'s completed, watermark and error keys,
+        in memory and in the file (written at once, other keys preserved), so a
+        run killed before its first flush cannot resume from the old progress.
+        """
+        with self._mutex:
+            self._require_open()
+            self._reset_memory()
+            self._since_flush.clear()
+            self._dirty = True
+            self._write()
+            logger.info("Progress of %s in %s reset", self._prefix, self.path)
+
+    # -- queries -----------------------------------------------------------------------
+
+    def set_orbits(self, orbits: Iterable[int]) -> None:
+        """Give the store the run's full orbit list (used for the watermark).
+
+        Parameters
+        ----------
+        orbits : iterable of int
+            Every orbit of the run; sorted and de-duplicated here.
+        """
+        new = sorted({_as_orbit(o) for o in orbits})
+        with self._mutex:
+            if new != self._orbits:
+                self._orbits = new
+                self._wm_idx = 0
+                if self._open:
+                    self._dirty = True
+
+    def _invalidate_watermark(self, orbit: int) -> None:
+        if self._orbits is not None:
+            self._wm_idx = min(self._wm_idx, bisect.bisect_left(self._orbits, orbit))
+
+    def is_completed(self, orbit: int) -> bool:
+        """Whether ``orbit`` is in the completed list (processed, no error)."""
+        with self._mutex:
+            return _as_orbit(orbit) in self._completed
+
+    def is_done(self, orbit: int) -> bool:
+        """Whether ``orbit`` is done: completed, or processed with only non-retryable errors.
+
+        An orbit in progress in this session is not done. ``invalid-cdf`` counts as
+        non-retryable here; use :meth:`should_retry` to check the files.
+        """
+        orbit = _as_orbit(orbit)
+        with self._mutex:
+            if orbit in self._pending:
+                return False
+            if orbit in self._completed:
+                return True
+            per_inst = self._errors.get(orbit)
+            if not per_inst:
+                return False
+            return not any(r in self.retry_reasons for rs in per_inst.values() for r in rs)
+
+    def orbit_errors(self, orbit: int) -> dict[str, list[str]]:
+        """The recorded (processed) errors of ``orbit``: instrument -> sorted reasons."""
+        with self._mutex:
+            per_inst = self._errors.get(_as_orbit(orbit), {})
+            return {inst: sorted(rs) for inst, rs in per_inst.items()}
+
+    def should_retry(
+        self,
+        orbit: int,
+        instrument_files: Mapping[str, str | os.PathLike[str]] | None = None,
+    ) -> bool:
+        """Whether a (resumed) run must process ``orbit``.
+
+        Rules: a completed orbit is skipped; an orbit never processed is
+        processed; an orbit with a ``timeout``, ``worker-lost`` or ``generic``
+        error (``retry_reasons``) is retried; an ``invalid-cdf`` error is retried
+        only when the instrument's current file differs from the recorded
+        fingerprint (file name, size or mtime changed, or the file is gone);
+        ``plotting`` and ``divide-by-zero`` are not retried by default.
+
+        Parameters
+        ----------
+        orbit : int
+            The orbit number.
+        instrument_files : mapping or None, optional
+            The orbit's current files, instrument -> path (from discovery). With
+            ``None`` the files are not checked and ``invalid-cdf`` is not retried.
+            An ``invalid-cdf`` error recorded without a fingerprint is not retried.
+
+        Returns
+        -------
+        bool
+            ``True`` when the orbit should be submitted.
+        """
+        orbit = _as_orbit(orbit)
+        with self._mutex:
+            if not self.is_done(orbit):
+                return True
+            if orbit in self._completed or instrument_files is None:
+                return False
+            for inst, reasons in self._errors.get(orbit, {}).items():
+                if "invalid-cdf" not in reasons:
+                    continue
+                old = self._fingerprints.get((orbit, inst))
+                if old is None:
+                    continue
+                path = instrument_files.get(inst)
+                if path is None:
+                    logger.info(
+                        "Orbit %d: %s file is gone since invalid-cdf; retrying", orbit, inst
+                    )
+                    return True
+                try:
+                    new = file_fingerprint(path)
+                except OSError:
+                    return True
+                if not _same_file_version(old, new):
+                    logger.info(
+                        "Orbit %d: %s file changed since invalid-cdf; retrying", orbit, inst
+                    )
+                    return True
+            return False
+
+    @property
+    def completed(self) -> list[int]:
+        """Sorted completed orbits (including unwritten changes)."""
+        with self._mutex:
+            return sorted(self._completed)
+
+    @property
+    def last_orbit(self) -> int | None:
+        """The watermark (see the class docstring); ``None`` when undefined."""
+        with self._mutex:
+            if self._orbits is None:
+                return None
+            n = len(self._orbits)
+            while self._wm_idx < n and self.is_done(self._orbits[self._wm_idx]):
+                self._wm_idx += 1
+            return self._orbits[self._wm_idx - 1] if self._wm_idx > 0 else None
+
+
+def _as_orbit(orbit: Any) -> int:
+    if isinstance(orbit, bool):
+        raise TypeError(f"orbit must be an integer, not {orbit!r}")
+    try:
+        value = operator.index(orbit)
+    except TypeError:
+        raise TypeError(f"orbit must be an integer, not {orbit!r}") from None
+    return int(value)
+
+
+def _check_instrument(instrument: Any) -> None:
+    if not isinstance(instrument, str) or not instrument or "_" in instrument:
+        raise ValueError(f"instrument must be a non-empty string without '_': {instrument!r}")

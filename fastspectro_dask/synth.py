@@ -1195,18 +1195,24 @@ def _write_bad_files(
         man.files.setdefault(orbit, {})["ies"] = ies
         kw: dict = {}
         if kind == "missing-variable":
-            kw["omit"] = {"eflux"}
+            kw["omit"] = {"eflux", "data"}
         elif kind == "wrong-shape":
             rec, _ = plan.records_for("ees")
-            kw["overrides"] = {"eflux": np.ascontiguousarray(rec.arrays["eflux"][:, :, :48])}
-            kw["dims_override"] = {"eflux": [64, 48]}
+            kw["overrides"] = {
+                v: np.ascontiguousarray(rec.arrays[v][:, :, :48]) for v in ("eflux", "data")
+            }
+            kw["dims_override"] = {"eflux": [64, 48], "data": [64, 48]}
         elif kind == "wrong-rank":
             rec, _ = plan.records_for("ees")
-            kw["overrides"] = {"eflux": np.ascontiguousarray(rec.arrays["eflux"][:, 0, :])}
-            kw["dims_override"] = {"eflux": [96]}
+            kw["overrides"] = {
+                v: np.ascontiguousarray(rec.arrays[v][:, 0, :]) for v in ("eflux", "data")
+            }
+            kw["dims_override"] = {"eflux": [96], "data": [96]}
         elif kind == "inconsistent-records":
             rec, _ = plan.records_for("ees")
-            kw["overrides"] = {"eflux": np.ascontiguousarray(rec.arrays["eflux"][:-3])}
+            # time_unix is 3 records short of every other variable
+            t = rec.grid.start + rec.grid.delta / 2
+            kw["overrides"] = {"time_unix": np.ascontiguousarray(t[:-3])}
         elif kind == "all-fill":
             rec, _ = plan.records_for("ees")
             kw["overrides"] = {

@@ -264,7 +264,7 @@ def test_bad_file_messages_name_the_cause(synth_dataset):
         "html": "HTML",
         "truncated": "truncated",
         "truncated-header": "truncated",
-        "missing-variable": "missing required variable(s) eflux",
+        "missing-variable": "missing required variable(s) data, eflux",
         "wrong-shape": "shape",
         "wrong-rank": "rank",
         "inconsistent-records": "inconsistent record counts",

@@ -1,0 +1,190 @@
+"""The zarr store of reduced spectrograms.
+
+Reduced spectrograms (``(category, time, energy)``, about 1/64 of a raw file) are written
+once, during pass 1 of the extrema, so that pass 2, other scale combinations and the
+plotting read them instead of decoding CDF files again.
+
+Layout: one zarr store (default ``reduced.zarr`` beside the outputs) with one group per
+source file and reduction, named ``{instrument}-{orbit}-{digest}`` where the digest covers
+the source's absolute path, size, modification time and the reduction parameters
+(variable, categories). A changed file therefore gets a new entry and an old entry is never
+served for it. An entry is visible only once complete: its ``complete`` attribute is written
+last. Entries also carry a small JSON ``summary`` attribute (the file's pass-1 histogram
+summary) so that an extrema state can be updated when a file changes or disappears.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+import zarr
+
+__all__ = ["FileKey", "ReducedCache"]
+
+logger = logging.getLogger(__name__)
+
+_SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class FileKey:
+    """Identity of a source file: absolute path, size and modification time (ns)."""
+
+    path: str
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, path: str | os.PathLike[str]) -> FileKey:
+        """Fingerprint a file as it is now on disk."""
+        p = Path(path).absolute()
+        st = p.stat()
+        return cls(str(p), int(st.st_size), int(st.st_mtime_ns))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "size": self.size, "mtime_ns": self.mtime_ns}
+
+
+def _params_digest(key: FileKey, variable: str, categories: Mapping[str, Any]) -> str:
+    blob = json.dumps(
+        [
+            _SCHEMA,
+            key.path,
+            key.size,
+            key.mtime_ns,
+            variable,
+            {k: [list(map(float, r)) for r in v] for k, v in categories.items()},
+        ],
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+class ReducedCache:
+    """A zarr store of reduced spectrograms keyed by source file and reduction.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The store folder (created on first write).
+
+    Notes
+    -----
+    Safe for many Dask workers writing different entries at once: each entry is its own
+    zarr group, and only the entry's own metadata is written.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.reads = 0  # entries served (tests and benchmarks count them)
+        self.writes = 0
+
+    def __repr__(self) -> str:
+        return f"ReducedCache({str(self.path)!r})"
+
+    def __reduce__(self):  # ship only the path to workers
+        return (ReducedCache, (self.path,))
+
+    def ensure(self) -> None:
+        """Create the store's root group if needed (call once, before parallel writes)."""
+        if not (self.path / "zarr.json").exists():
+            self.path.mkdir(parents=True, exist_ok=True)
+            zarr.open_group(str(self.path), mode="a")
+
+    def entry_name(
+        self,
+        key: FileKey,
+        variable: str,
+        categories: Mapping[str, Any],
+        instrument: str = "x",
+        orbit: int | str = 0,
+    ) -> str:
+        """The group name of an entry."""
+        return f"{instrument}-{orbit}-{_params_digest(key, variable, categories)}"
+
+    def has(self, name: str) -> bool:
+        """Whether a complete entry of that name exists."""
+        try:
+            group = zarr.open_group(str(self.path), mode="r", path=name)
+        except Exception:
+            return False
+        return bool(group.attrs.get("complete", False))
+
+    def write(
+        self,
+        name: str,
+        reduced: xr.Dataset,
+        *,
+        summary: Mapping[str, Any] | None = None,
+        key: FileKey | None = None,
+    ) -> None:
+        """Store a reduced Dataset (``values`` float32, ``energy`` float32, ``time``)."""
+        self.ensure()
+        group_path = self.path / name
+        if group_path.exists():
+            shutil.rmtree(group_path)
+        ds = xr.Dataset(
+            {
+                "values": reduced["values"].astype(np.float32),
+                "energy": reduced["energy"].astype(np.float32),
+            },
+            coords={c: reduced[c] for c in ("time", "energy_channel")},
+            attrs={k: v for k, v in reduced.attrs.items() if isinstance(v, (str, int, float))},
+        )
+        # category names go in an attribute: zarr v3 has no stable string dtype yet
+        ds = ds.drop_vars("category").assign_attrs(
+            categories=json.dumps([str(c) for c in reduced["category"].values])
+        )
+        ds.to_zarr(str(self.path), group=name, mode="w", consolidated=False, zarr_format=3)
+        group = zarr.open_group(str(self.path), mode="a", path=name)
+        group.attrs.update(
+            {
+                "summary": json.dumps(dict(summary or {})),
+                "source_key": key.to_json() if key else None,
+                "schema": _SCHEMA,
+            }
+        )
+        group.attrs["complete"] = True  # last: readers only trust complete entries
+        self.writes += 1
+
+    def read(self, name: str) -> xr.Dataset:
+        """Load a complete entry into memory."""
+        if not self.has(name):
+            raise KeyError(f"{self.path}: no complete cache entry {name!r}")
+        ds = xr.open_zarr(str(self.path), group=name, consolidated=False).load()
+        ds = ds.assign_coords(category=json.loads(ds.attrs.pop("categories")))
+        for attr in ("summary", "source_key", "schema", "complete"):
+            ds.attrs.pop(attr, None)
+        self.reads += 1
+        return ds
+
+    def summary(self, name: str) -> dict[str, Any] | None:
+        """The pass-1 summary stored with an entry (None if absent)."""
+        try:
+            group = zarr.open_group(str(self.path), mode="r", path=name)
+            if not group.attrs.get("complete", False):
+                return None
+            return json.loads(group.attrs.get("summary", "null"))
+        except Exception:
+            return None
+
+    def prune(self, keep: set[str]) -> int:
+        """Delete entries not in ``keep``; returns how many were removed."""
+        if not self.path.exists():
+            return 0
+        removed = 0
+        for child in self.path.iterdir():
+            if child.is_dir() and child.name not in keep:
+                shutil.rmtree(child, ignore_errors=True)
+                removed += 1
+        return removed

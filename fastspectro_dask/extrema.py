@@ -1,0 +1,720 @@
+"""Mission-wide colour and energy limits, exact, on the cluster, resumable.
+
+Every orbit's figures of one instrument share one colour scale and one energy range,
+computed from the whole mission (:func:`compute_global_extrema`). Per instrument and per
+pitch-angle category (the reduced ``(time, energy)`` values of :mod:`fastspectro_dask.reduce`):
+
+* ``z_max``: the ``max_percentile``-th percentile (default 95) of all positive finite reduced
+  values, **exactly** equal to ``numpy.percentile`` of the pooled values (linear method),
+  computed in bounded memory by :mod:`fastspectro_dask.quantiles` (approximate-then-exact
+  histogram radix select on float32 bit patterns);
+* ``z_min``: the smallest positive value, or the exact 1st percentile with ``compute_mins``;
+* ``y_max``: the smallest energy at which the cumulative count of positive finite samples,
+  energies ascending and each sample at its own record's energy, reaches 99 % of the total
+  (:data:`Y_MAX_FRACTION`, fixed). The per-energy counts are exact integer sums kept in pass 1;
+* ``y_min``: the lowest energy holding a positive sample.
+
+All values are linear physical units (eV; Counts or the CDF ``UNITS`` of ``eflux``) whatever
+the scale combination: the scales only name the keys. Keys are
+``{instrument}_{y_scale}_{z_scale}_{y|z}_{min|max}`` for the ``all`` category and
+``{instrument}_pa-{category}_{y_scale}_{z_scale}_{y|z}_{min|max}`` for every category.
+
+Resume: pass 1 reduces every file once (the reduced spectrogram goes to the zarr cache with
+the file's pass-1 summary), merges its integer histograms into the state, and the extrema
+JSON (with the ledger of files already counted, keyed by path, size and mtime) is written
+atomically every ``flush_batch_size`` orbits and at the end. A re-run counts only files not yet
+counted, a changed file is recounted (its old contribution subtracted), a removed file is
+subtracted, and the result equals that of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import dask
+import numpy as np
+
+from fastspectro_dask.cache import FileKey, ReducedCache
+from fastspectro_dask.discovery import INSTRUMENTS, discover
+from fastspectro_dask.errors import EmptyDataError, error_reason
+from fastspectro_dask.io import open_esa
+from fastspectro_dask.quantiles import (
+    Histogram,
+    coarse_histogram,
+    resolve_exact,
+    targets_for,
+)
+from fastspectro_dask.reduce import normalize_categories, reduce_dataset
+from fastspectro_dask.state import atomic_write_json, load_json_state
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+__all__ = ["Y_MAX_FRACTION", "compute_global_extrema", "extrema_for_rows", "extrema_key"]
+
+logger = logging.getLogger(__name__)
+
+#: Fraction of positive samples below ``y_max`` (fixed by the contract).
+Y_MAX_FRACTION = 0.99
+_SCHEMA = 1
+_METHOD = (
+    "exact: pass 1 tree-merges integer histograms of float32 bit patterns >> 16, pass 2 "
+    "resolves the target bins (radix select); numpy 'linear' interpolation"
+)
+_BOUNDS = ("y_min", "y_max", "z_min", "z_max")
+
+
+def extrema_key(
+    instrument: str, y_scale: str, z_scale: str, bound: str, category: str | None = None
+) -> str:
+    """Key of one limit in the extrema state.
+
+    ``extrema_key("ees", "linear", "log", "z_max")`` is ``ees_linear_log_z_max`` (the
+    ``all`` category, used by the instrument grid); with ``category="upgoing"`` it is
+    ``ees_pa-upgoing_linear_log_z_max``. ``bound`` is ``y_min``, ``y_max``, ``z_min`` or
+    ``z_max``.
+    """
+    if bound not in _BOUNDS:
+        raise ValueError(f"bound must be one of {_BOUNDS}")
+    prefix = instrument if category is None else f"{instrument}_pa-{category}"
+    return f"{prefix}_{y_scale}_{z_scale}_{bound}"
+
+
+def extrema_for_rows(
+    state: Mapping[str, Any],
+    y_scale: str,
+    z_scale: str,
+    *,
+    instruments: Iterable[str] = INSTRUMENTS,
+    instrument: str | None = None,
+) -> dict[str, dict[str, float]]:
+    """Per-row limits (``{row: {"y_min":..., ...}}``) as the renderers take them.
+
+    Rows are instruments (``all`` category), or, with ``instrument=``, that instrument's
+    pitch-angle categories.
+    """
+    results = state.get("results", {})
+    if instrument is not None:
+        cats = results.get(instrument, {})
+        return {
+            c: {b: v for b, v in r.items() if b in _BOUNDS and v is not None}
+            for c, r in cats.items()
+        }
+    out = {}
+    for inst in instruments:
+        r = results.get(inst, {}).get("all")
+        if r:
+            out[inst] = {b: v for b, v in r.items() if b in _BOUNDS and v is not None}
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Pass 1, on a worker: read, reduce, cache, summarise one file
+# --------------------------------------------------------------------------------------
+
+
+def _summarise(values: np.ndarray, energy: np.ndarray, cats: Sequence[str]) -> dict:
+    """Pass-1 summary of one reduced file: per category histogram, energy counts, minimum."""
+    out = {}
+    for k, cat in enumerate(cats):
+        v = values[k]
+        pos = np.isfinite(v) & (v > 0)
+        e = energy[pos]
+        e = e[np.isfinite(e) & (e > 0)]
+        ue, ce = np.unique(e, return_counts=True)
+        out[cat] = {
+            "hist": coarse_histogram(v, dtype="float32").to_json(),
+            "energy": [[float(x) for x in ue], [int(c) for c in ce]],
+            "min_positive": float(v[pos].min()) if pos.any() else None,
+            "n": int(pos.sum()),
+        }
+    return out
+
+
+def _reduce_file(path: str, variable: str, cats: Mapping[str, Any]):
+    ds = open_esa(path, variables=[variable, "pitch_angle", "domega", "energy_full"])
+    # already inside a task (or a pool thread): no nested parallelism
+    return reduce_dataset(ds, variable=variable, categories=cats).compute(scheduler="synchronous")
+
+
+def _pass1_file(
+    path: str,
+    key: FileKey,
+    instrument: str,
+    orbit: int,
+    variable: str,
+    cats: Mapping[str, Any],
+    cache: ReducedCache,
+) -> dict:
+    """Reduce one file, write it to the cache, return its small pass-1 summary."""
+    entry = cache.entry_name(key, variable, cats, instrument, orbit)
+    summary = cache.summary(entry)
+    if summary is None:
+        red = _reduce_file(path, variable, cats)
+        summary = _summarise(
+            red["values"].values.astype(np.float32),
+            red["energy"].values.astype(np.float32),
+            list(cats),
+        )
+        cache.write(entry, red, summary=summary, key=key)
+    return {"entry": entry, "summary": summary}
+
+
+def _category_values(
+    cache: ReducedCache,
+    entry: str,
+    k: int,
+    path: str,
+    key: FileKey,
+    variable: str,
+    cats: Mapping[str, Any],
+    coarse_keys: np.ndarray | None = None,
+) -> np.ndarray:
+    """Pass-2 loader: one category's reduced float32 values of one file (cache first).
+
+    With ``coarse_keys`` (the pass-1 bins holding the wanted order statistics), a file
+    whose cached pass-1 histogram has no value in them returns nothing without reading
+    its values.
+    """
+    if coarse_keys is not None:
+        summary = cache.summary(entry)
+        if summary is not None:
+            hist = Histogram.from_json(summary[list(cats)[k]]["hist"])
+            if not hist.mass_in(coarse_keys):
+                return np.empty(0, np.float32)
+    try:
+        red = cache.read(entry)
+    except KeyError:  # cache deleted: decode again (refusing a changed file), store again
+        if FileKey.of(path) != key:
+            raise RuntimeError(f"{path} changed during the extrema computation") from None
+        red = _reduce_file(path, variable, cats)
+        summary = _summarise(
+            red["values"].values.astype(np.float32),
+            red["energy"].values.astype(np.float32),
+            list(cats),
+        )
+        cache.write(entry, red, summary=summary, key=key)
+    return red["values"].values[k].astype(np.float32).reshape(-1)
+
+
+# --------------------------------------------------------------------------------------
+# Running tasks: distributed client with a bounded window, or local threads
+# --------------------------------------------------------------------------------------
+
+
+def _run(
+    fn: Callable[..., Any],
+    calls: Sequence[tuple[tuple, dict]],
+    *,
+    client: Client | None,
+    window: int,
+    max_workers: int | None,
+    key_of: Callable[[tuple], str],
+) -> Iterator[tuple[int, Any, BaseException | None]]:
+    """Yield ``(index, result, error)`` as calls complete, at most ``window`` in flight."""
+    pending = iter(range(len(calls)))
+    if client is not None:
+        from distributed import as_completed
+
+        def submit(i: int):
+            args, kwargs = calls[i]
+            fut = client.submit(fn, *args, key=key_of(args), pure=False, **kwargs)
+            index[fut.key] = i
+            return fut
+
+        index: dict[str, int] = {}
+        first = [submit(i) for i in _take(pending, window)]
+        ac = as_completed(first)
+        for fut in ac:
+            i = index.pop(fut.key)
+            try:
+                yield i, fut.result(), None
+            except Exception as exc:  # recorded by the caller
+                yield i, None, exc
+            finally:
+                fut.release()
+            nxt = next(pending, None)
+            if nxt is not None:
+                ac.add(submit(nxt))
+        return
+    with cf.ThreadPoolExecutor(max_workers=max_workers or os.cpu_count() or 1) as pool:
+        futs: dict[cf.Future, int] = {}
+
+        def local_submit(i: int) -> None:
+            args, kwargs = calls[i]
+            futs[pool.submit(fn, *args, **kwargs)] = i
+
+        for i in _take(pending, window):
+            local_submit(i)
+        try:
+            while futs:
+                done, _ = cf.wait(futs, return_when=cf.FIRST_COMPLETED)
+                for fut in done:
+                    i = futs.pop(fut)
+                    exc = fut.exception()
+                    yield i, (None if exc else fut.result()), exc
+                    nxt = next(pending, None)
+                    if nxt is not None:
+                        local_submit(nxt)
+        finally:
+            for fut in futs:
+                fut.cancel()
+
+
+def _take(it: Iterator[int], n: int) -> list[int]:
+    out = []
+    for _ in range(n):
+        x = next(it, None)
+        if x is None:
+            break
+        out.append(x)
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# The state: ledger of counted files and merged pass-1 summaries
+# --------------------------------------------------------------------------------------
+
+
+class _Merged:
+    """Merged pass-1 summary of one (instrument, category): dense, exact integers."""
+
+    def __init__(self, obj: Mapping[str, Any] | None = None) -> None:
+        self.counts = np.zeros(1 << 16, np.int64)
+        self.energy: dict[float, int] = {}
+        if obj:
+            h = Histogram.from_json(obj["hist"])
+            self.counts[h.keys.astype(np.int64)] = h.counts
+            self.energy = {float(e): int(c) for e, c in zip(*obj["energy"], strict=True)}
+
+    def add(self, summary: Mapping[str, Any], sign: int = 1) -> None:
+        h = Histogram.from_json(summary["hist"])
+        self.counts[h.keys.astype(np.int64)] += sign * h.counts
+        for e, c in zip(*summary["energy"], strict=True):
+            total = self.energy.get(float(e), 0) + sign * int(c)
+            if total:
+                self.energy[float(e)] = total
+            else:
+                self.energy.pop(float(e), None)
+        if (self.counts < 0).any() or any(c < 0 for c in self.energy.values()):
+            raise ValueError("extrema state inconsistent: negative counts after subtraction")
+
+    def histogram(self) -> Histogram:
+        keys = np.flatnonzero(self.counts)
+        return Histogram("float32", keys, self.counts[keys])
+
+    def to_json(self) -> dict[str, Any]:
+        es = sorted(self.energy)
+        return {"hist": self.histogram().to_json(), "energy": [es, [self.energy[e] for e in es]]}
+
+
+def _y_limits(energy_counts: Mapping[float, int]) -> tuple[float | None, float | None]:
+    """(y_min, y_max): lowest energy with a positive sample, and the 99 % energy."""
+    if not energy_counts:
+        return None, None
+    es = np.array(sorted(energy_counts))
+    cs = np.array([energy_counts[e] for e in es], dtype=np.int64)
+    total = int(cs.sum())
+    # smallest energy whose cumulative count reaches 99 % of the total, in exact integers
+    reach = np.cumsum(cs) * 100 >= round(Y_MAX_FRACTION * 100) * total
+    return float(es[0]), float(es[int(np.argmax(reach))])
+
+
+def _fingerprint(entries: Mapping[str, Mapping[str, Any]]) -> str:
+    h = hashlib.sha256()
+    for rel in sorted(entries):
+        e = entries[rel]
+        h.update(f"{rel}\0{e['size']}\0{e['mtime_ns']}\n".encode())
+    return h.hexdigest()
+
+
+def _keys(
+    results: Mapping[str, Mapping[str, Mapping[str, Any]]], scales: Iterable[tuple[str, str]]
+) -> dict[str, Any]:
+    """The flat ``{instrument}[_pa-{category}]_{y}_{z}_{bound}`` keys of the results."""
+    keys = {}
+    for y, z in scales:
+        for inst, cm in results.items():
+            for cat, r in cm.items():
+                for bound in _BOUNDS:
+                    keys[extrema_key(inst, y, z, bound, cat)] = r[bound]
+                    if cat == "all":
+                        keys[extrema_key(inst, y, z, bound)] = r[bound]
+    return keys
+
+
+def _reuse(
+    state: Mapping[str, Any],
+    current: Mapping[str, Mapping[str, Any]],
+    todo: Sequence[str],
+    max_percentile: float,
+    compute_mins: bool,
+) -> bool:
+    """Whether a stored state is complete and current for these inputs and options."""
+    if not state.get("complete") or todo or "results" not in state:
+        return False
+    if state.get("input_fingerprint") != _fingerprint(current):
+        return False
+    prov = next(iter(state.get("provenance", {}).values()), {})
+    rule = "1st percentile" if compute_mins else "smallest positive value"
+    return prov.get("percentile") == float(max_percentile) and prov.get("z_min_rule") == rule
+
+
+def compute_global_extrema(
+    directory_path: str | os.PathLike[str],
+    y_scale: str = "linear",
+    z_scale: str = "log",
+    instrument_order: Sequence[str] = INSTRUMENTS,
+    extrema_json_path: str | os.PathLike[str] | None = None,
+    max_percentile: float = 95.0,
+    flush_batch_size: int = 10,
+    compute_mins: bool = False,
+    variable: str = "data",
+    client: Client | None = None,
+    *,
+    categories: Mapping[str, Any] | None = None,
+    cache_path: str | os.PathLike[str] | None = None,
+    max_workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Exact mission-wide limits per instrument and pitch-angle category.
+
+    Parameters
+    ----------
+    directory_path : path-like
+        Folder of FAST ESA L2 files (any layout; see :func:`fastspectro_dask.discover`).
+    y_scale, z_scale : {"linear", "log"}
+        Name the keys; the values are linear physical units for every combination.
+    instrument_order : sequence of str
+        Instruments to compute.
+    extrema_json_path : path-like, optional
+        The state file; default ``<directory_path>/extrema.json``. The pipeline puts it in
+        its output folder.
+    max_percentile : float
+        Percentile of positive finite values for ``z_max`` (default 95.0).
+    flush_batch_size : int
+        Write the state every this many orbits of pass 1 (and at the end).
+    compute_mins : bool
+        ``z_min`` is the exact 1st percentile instead of the smallest positive value.
+    variable : {"data", "eflux"}
+        The plotted variable.
+    client : distributed.Client, optional
+        Run on this cluster; by default on local threads.
+    categories : mapping, optional
+        Pitch-angle categories (default :data:`fastspectro_dask.reduce.DEFAULT_CATEGORIES`).
+    cache_path : path-like, optional
+        The zarr store of reduced spectrograms; default ``reduced.zarr`` beside the JSON.
+    max_workers : int, optional
+        Local threads when no client is given.
+    progress : callable, optional
+        Called as ``progress(done, total)`` after each file of pass 1.
+
+    Returns
+    -------
+    dict
+        The state, as written to the JSON: the ``{instrument}_{y}_{z}_{y|z}_{min|max}``
+        keys (and ``{instrument}_pa-{category}_...``), ``results`` per instrument and
+        category, ``provenance`` (percentile, sample counts, orbits covered, method, input
+        fingerprint), the file ledger and the merged pass-1 histograms.
+
+    Raises
+    ------
+    EmptyDataError
+        No instrument has a single positive finite value.
+    """
+    if flush_batch_size < 1:
+        raise ValueError("flush_batch_size must be >= 1")
+    if not 0.0 <= float(max_percentile) <= 100.0:
+        raise ValueError("max_percentile must be within [0, 100]")
+    root = Path(directory_path)
+    json_path = Path(extrema_json_path) if extrema_json_path else root / "extrema.json"
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    cache = ReducedCache(cache_path or json_path.parent / "reduced.zarr")
+    cats = normalize_categories(categories)
+    params = {
+        "variable": variable,
+        "categories": {k: [list(r) for r in v] for k, v in cats.items()},
+        "schema": _SCHEMA,
+    }
+
+    index = discover(root, instruments=instrument_order)
+    current: dict[str, dict[str, Any]] = {}
+    for orbit, files in index.items():
+        for inst, path in files.items():
+            key = FileKey.of(path)
+            rel = os.path.relpath(key.path, root.absolute())
+            current[rel] = {
+                "orbit": orbit,
+                "instrument": inst,
+                "size": key.size,
+                "mtime_ns": key.mtime_ns,
+                "key": key,
+            }
+
+    state = load_json_state(json_path, kind="extrema") or {}
+    if state and state.get("params") != params:
+        logger.warning(
+            "%s: computed for other parameters (%s); starting afresh",
+            json_path,
+            state.get("params"),
+        )
+        state = {}
+    ledger: dict[str, dict[str, Any]] = dict(state.get("files", {}))
+    merged = {
+        inst: {cat: _Merged(state.get("pass1", {}).get(inst, {}).get(cat)) for cat in cats}
+        for inst in instrument_order
+    }
+
+    # Reconcile the ledger with the folder: drop removed/changed files' contributions.
+    for rel in list(ledger):
+        old = ledger[rel]
+        now = current.get(rel)
+        if now and now["size"] == old["size"] and now["mtime_ns"] == old["mtime_ns"]:
+            continue
+        if old.get("status") == "counted":
+            summary = cache.summary(old["entry"])
+            if summary is None:
+                logger.warning(
+                    "%s changed or vanished and its pass-1 summary is not in the "
+                    "cache: recounting everything",
+                    rel,
+                )
+                ledger.clear()
+                merged = {i: {c: _Merged() for c in cats} for i in instrument_order}
+                break
+            inst = old["instrument"]
+            if inst in merged:
+                for cat in cats:
+                    merged[inst][cat].add(summary[cat], sign=-1)
+        logger.info("%s %s: recounting", rel, "changed" if now else "removed")
+        del ledger[rel]
+
+    todo = [
+        rel
+        for rel in sorted(current, key=lambda r: (current[r]["orbit"], r))
+        if rel not in ledger or ledger[rel]["status"] not in ("counted", "invalid-cdf")
+    ]
+    reusable = _reuse(state, current, todo, max_percentile, compute_mins)
+    if reusable:
+        scales = {tuple(x) for x in state.get("scales", [])}
+        if (y_scale, z_scale) not in scales:  # same numbers, new key names
+            state["scales"] = sorted([*map(list, scales), [y_scale, z_scale]])
+            state.update(_keys(state["results"], [(y_scale, z_scale)]))
+            atomic_write_json(json_path, state)
+        logger.info("extrema: %s is up to date for %s; reused", json_path, root)
+        return state
+    remaining_per_orbit: dict[int, int] = {}
+    for rel in todo:
+        remaining_per_orbit[current[rel]["orbit"]] = (
+            remaining_per_orbit.get(current[rel]["orbit"], 0) + 1
+        )
+    logger.info(
+        "extrema pass 1: %d of %d files to count (%d orbits)",
+        len(todo),
+        len(current),
+        len(remaining_per_orbit),
+    )
+
+    def write_state(complete: bool, results: dict | None = None, extra: dict | None = None):
+        doc = {
+            "schema": _SCHEMA,
+            "params": params,
+            "complete": complete,
+            "updated_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "input_root": str(root.absolute()),
+            "files": ledger,
+            "pass1": {i: {c: m.to_json() for c, m in cm.items()} for i, cm in merged.items()},
+        }
+        if results is not None:
+            doc["results"] = results
+        doc.update(extra or {})
+        atomic_write_json(json_path, doc)
+        return doc
+
+    cache.ensure()  # the store's root exists before workers write entries into it
+    calls = [
+        (
+            (
+                str(current[rel]["key"].path),
+                current[rel]["key"],
+                current[rel]["instrument"],
+                current[rel]["orbit"],
+                variable,
+                cats,
+                cache,
+            ),
+            {},
+        )
+        for rel in todo
+    ]
+    orbits_since_flush = 0
+    n_workers = (
+        len(client.scheduler_info().get("workers", {}))
+        if client is not None
+        else (max_workers or os.cpu_count() or 1)
+    )
+    window = max(2 * n_workers + flush_batch_size, 4)
+    t0 = time.perf_counter()
+    try:
+        for done, (i, result, exc) in enumerate(
+            _run(
+                _pass1_file,
+                calls,
+                client=client,
+                window=window,
+                max_workers=max_workers,
+                key_of=lambda a: f"extrema-pass1-{a[2]}-{a[3]}-{a[1].mtime_ns}",
+            ),
+            start=1,
+        ):
+            rel = todo[i]
+            info = current[rel]
+            entry = {
+                "orbit": info["orbit"],
+                "instrument": info["instrument"],
+                "size": info["size"],
+                "mtime_ns": info["mtime_ns"],
+            }
+            if exc is None:
+                for cat in cats:
+                    merged[info["instrument"]][cat].add(result["summary"][cat])
+                entry.update(
+                    status="counted",
+                    entry=result["entry"],
+                    n=result["summary"][next(iter(cats))]["n"],
+                    min_positive={c: result["summary"][c]["min_positive"] for c in cats},
+                )
+            else:
+                reason = error_reason(exc)
+                entry.update(status=reason, error=f"{type(exc).__name__}: {exc}")
+                logger.error("extrema: %s skipped (%s): %s", rel, reason, exc)
+            ledger[rel] = entry
+            remaining_per_orbit[info["orbit"]] -= 1
+            if remaining_per_orbit[info["orbit"]] == 0:
+                orbits_since_flush += 1
+                if orbits_since_flush >= flush_batch_size:
+                    write_state(False)
+                    orbits_since_flush = 0
+            if progress is not None:
+                progress(done, len(todo))
+    finally:
+        # interrupted or not, what was counted is kept (atomically)
+        write_state(False, state.get("results"))
+    pass1_seconds = time.perf_counter() - t0
+
+    # Pass 2 and the energy rule, per instrument and category.
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    qs = [float(max_percentile)] + ([1.0] if compute_mins else [])
+    t1 = time.perf_counter()
+    for inst in instrument_order:
+        counted = sorted(
+            (
+                rel
+                for rel, e in ledger.items()
+                if e["instrument"] == inst and e.get("status") == "counted"
+            ),
+            key=lambda r: (ledger[r]["orbit"], r),
+        )
+        for k, cat in enumerate(cats):
+            m = merged[inst][cat]
+            hist = m.histogram()
+            y_min, y_max = _y_limits(m.energy)
+            r: dict[str, Any] = {
+                "y_min": y_min,
+                "y_max": y_max,
+                "z_min": None,
+                "z_max": None,
+                "n_samples": hist.n,
+            }
+            if hist.n:
+                wanted = targets_for(hist, qs).coarse_keys
+                sources = [
+                    dask.delayed(_category_values, pure=True)(
+                        cache,
+                        ledger[rel]["entry"],
+                        k,
+                        current[rel]["key"].path,
+                        current[rel]["key"],
+                        variable,
+                        cats,
+                        wanted,
+                        dask_key_name=f"extrema-values-{inst}-{cat}-{ledger[rel]['orbit']}-{n}",
+                    )
+                    for n, rel in enumerate(counted)
+                ]
+                # one scalar q at a time: numpy.percentile(pooled, 95.0) of float32 data is a
+                # float32, and that is the number users compare with
+                got = [resolve_exact(sources, hist, q, client=client) for q in qs]
+                r["z_max"] = float(got[0])
+                if compute_mins:
+                    r["z_min"] = float(got[1])
+                else:
+                    mins = [
+                        ledger[rel]["min_positive"][cat]
+                        for rel in counted
+                        if ledger[rel]["min_positive"].get(cat) is not None
+                    ]
+                    r["z_min"] = float(min(mins))
+            results.setdefault(inst, {})[cat] = r
+    pass2_seconds = time.perf_counter() - t1
+    if not any(r["n_samples"] for cm in results.values() for r in cm.values()):
+        write_state(False, results)
+        raise EmptyDataError(
+            f"{root}: no positive finite {variable!r} value in any file "
+            f"of {', '.join(instrument_order)}"
+        )
+
+    provenance = {}
+    for inst in instrument_order:
+        counted = [
+            e for e in ledger.values() if e["instrument"] == inst and e.get("status") == "counted"
+        ]
+        orbits = sorted({e["orbit"] for e in counted})
+        provenance[inst] = {
+            "percentile": float(max_percentile),
+            "y_max_fraction": Y_MAX_FRACTION,
+            "z_min_rule": "1st percentile" if compute_mins else "smallest positive value",
+            "sample_count": results[inst].get("all", next(iter(results[inst].values())))[
+                "n_samples"
+            ],
+            "files_counted": len(counted),
+            "files_with_errors": sum(
+                1
+                for e in ledger.values()
+                if e["instrument"] == inst and e.get("status") != "counted"
+            ),
+            "orbits_covered": len(orbits),
+            "first_orbit": orbits[0] if orbits else None,
+            "last_orbit": orbits[-1] if orbits else None,
+            "method": _METHOD,
+            "variable": variable,
+        }
+    scales = {tuple(s) for s in state.get("scales", [])} | {(y_scale, z_scale)}
+    keys = _keys(results, sorted(scales))
+    doc = write_state(
+        True,
+        results,
+        {
+            "scales": [list(s) for s in sorted(scales)],
+            "input_fingerprint": _fingerprint(current),
+            "provenance": provenance,
+            "errors": {rel: e["error"] for rel, e in ledger.items() if "error" in e},
+            "timing_seconds": {"pass1": round(pass1_seconds, 3), "pass2": round(pass2_seconds, 3)},
+            **keys,
+        },
+    )
+    logger.info(
+        "extrema: %d files counted, pass 1 %.1f s, pass 2 %.1f s",
+        sum(1 for e in ledger.values() if e.get("status") == "counted"),
+        pass1_seconds,
+        pass2_seconds,
+    )
+    return doc

@@ -16,6 +16,7 @@ __all__ = [
     "InvalidCDFError",
     "PlottingError",
     "RenderTimeoutError",
+    "WorkerLostError",
     "error_reason",
 ]
 
@@ -70,6 +71,10 @@ class RenderTimeoutError(FastSpectroError, TimeoutError):
     """A render task ran longer than its timeout and was stopped."""
 
 
+class WorkerLostError(FastSpectroError):
+    """The process doing the work died (crash, OOM killer, lost Dask worker)."""
+
+
 def error_reason(exc: BaseException) -> str:
     """Map an exception to its error category.
 
@@ -81,11 +86,13 @@ def error_reason(exc: BaseException) -> str:
     Returns
     -------
     str
-        One of :data:`ERROR_REASONS` (``"worker-lost"`` is assigned by the
-        pipeline, not by this function).
+        One of :data:`ERROR_REASONS`. (The pipeline also maps Dask's ``KilledWorker``
+        to ``"worker-lost"``.)
     """
     if isinstance(exc, TimeoutError):
         return "timeout"
+    if isinstance(exc, WorkerLostError):
+        return "worker-lost"
     if isinstance(exc, InvalidCDFError):
         return "invalid-cdf"
     if isinstance(exc, (ZeroDivisionError, FloatingPointError)):

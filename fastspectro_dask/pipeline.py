@@ -1,0 +1,698 @@
+"""The batch pipeline: every orbit's figures on Dask, resumable, with timeouts that stop work.
+
+:func:`FAST_plot_spectrograms_directory` runs, in order:
+
+1. discovery of the input folder (orbit -> instrument -> file);
+2. the exact global extrema (:func:`~fastspectro_dask.extrema.compute_global_extrema`),
+   reusing a current extrema JSON, which also fills the zarr cache of reduced spectrograms;
+3. one render task per (orbit, product) — the instrument grid (``instruments``) and one
+   pitch-angle grid per instrument (``pa-ees``, ...) — submitted through a **bounded window**
+   of futures, so client memory and graph size stay flat for any number of orbits;
+4. an ``as_completed`` loop on the client that handles results in batches, records each
+   outcome in the progress JSON (flushed every ``flush_batch_size`` completed orbits, and
+   every ``flush_interval_seconds``), writes buffered logs every ``log_flush_batch_size``
+   records, and flushes both at the end, on exceptions and on SIGINT/SIGTERM.
+
+Each render runs in a persistent child process of its worker (:mod:`fastspectro_dask.sandbox`)
+so that ``instrument_timeout_seconds`` (from the moment the task starts) and
+``orbit_timeout_seconds`` (from the submission of the orbit's first task) really stop the
+work and free the worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastspectro_dask.cache import ReducedCache
+from fastspectro_dask.cluster import client_context, n_workers
+from fastspectro_dask.discovery import INSTRUMENTS, discover
+from fastspectro_dask.errors import (
+    InvalidCDFError,
+    PlottingError,
+    RenderTimeoutError,
+    error_reason,
+)
+from fastspectro_dask.extrema import compute_global_extrema, extrema_for_rows
+from fastspectro_dask.logbuffer import buffered_file_logging, forward_worker_logs
+from fastspectro_dask.reduce import normalize_categories, reduce_dataset
+from fastspectro_dask.sandbox import run_with_timeout
+from fastspectro_dask.state import ProgressStore, file_fingerprint
+
+__all__ = ["FAST_plot_spectrograms_directory", "RunSummary"]
+
+logger = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------
+# Work units
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RenderJob:
+    """One figure: an orbit and a product, with everything the worker needs."""
+
+    orbit: int
+    product: str  # "instruments" or "pa-<inst>"
+    files: dict[str, str]  # instrument -> CDF path (the instruments this figure shows)
+    entries: dict[str, str | None]  # instrument -> zarr cache entry (None: not cached)
+    output: str
+    cache_path: str
+    variable: str
+    categories: dict[str, tuple[tuple[float, float], ...]]
+    y_scale: str
+    z_scale: str
+    instrument_order: tuple[str, ...]
+    extrema: dict[str, dict[str, float]]
+
+    @property
+    def instruments(self) -> list[str]:
+        return list(self.files)
+
+
+def _load_reduced(job: RenderJob, inst: str):
+    cache = ReducedCache(job.cache_path)
+    entry = job.entries.get(inst)
+    if entry:
+        try:
+            return cache.read(entry)
+        except KeyError:
+            pass
+    from fastspectro_dask.io import open_esa
+
+    ds = open_esa(job.files[inst], variables=[job.variable, "pitch_angle", "domega", "energy_full"])
+    return reduce_dataset(ds, variable=job.variable, categories=job.categories).compute(
+        scheduler="synchronous"
+    )
+
+
+class _Capture(logging.Handler):
+    """Keeps WARNING+ records of a render so the client can log them."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[tuple[int, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append((record.levelno, f"{record.name}: {record.getMessage()}"))
+
+
+def render_job(job: RenderJob) -> dict[str, Any]:
+    """Draw and save one figure (runs in the sandbox child). Returns a small report.
+
+    In the instrument grid, an instrument whose file is invalid becomes a placeholder row
+    and is reported in ``errors``; for a pitch-angle grid the InvalidCDFError is raised.
+    Errors while drawing or saving are raised as PlottingError (divide-by-zero errors
+    unchanged).
+    """
+    from fastspectro_dask import render
+
+    capture = _Capture()
+    pkg_logger = logging.getLogger("fastspectro_dask")
+    pkg_logger.addHandler(capture)
+    t0 = time.perf_counter()
+    try:
+        errors: dict[str, tuple[str, str]] = {}
+        data: dict[str, Any] = {}
+        for inst in job.instruments:
+            try:
+                data[inst] = _load_reduced(job, inst)
+            except InvalidCDFError as exc:
+                if job.product != "instruments":
+                    raise
+                errors[inst] = ("invalid-cdf", str(exc))
+                data[inst] = None
+        try:
+            if job.product == "instruments":
+                fig = render.FAST_plot_instrument_grid(
+                    data,
+                    y_scale=job.y_scale,
+                    z_scale=job.z_scale,
+                    variable=job.variable,
+                    instrument_order=job.instrument_order,
+                    extrema=job.extrema,
+                    orbit_number=job.orbit,
+                )
+            else:
+                inst = job.product.removeprefix("pa-")
+                fig = render.FAST_plot_pitch_angle_grid(
+                    data[inst],
+                    categories=job.categories,
+                    y_scale=job.y_scale,
+                    z_scale=job.z_scale,
+                    variable=job.variable,
+                    extrema=job.extrema,
+                    orbit_number=job.orbit,
+                    instrument=inst,
+                )
+            render.save_figure(fig, job.output)
+        except (ZeroDivisionError, FloatingPointError, PlottingError, InvalidCDFError):
+            raise
+        except Exception as exc:
+            raise PlottingError(
+                f"orbit {job.orbit} {job.product}: {type(exc).__name__}: {exc}"
+            ) from exc
+        return {
+            "path": job.output,
+            "errors": errors,
+            "seconds": time.perf_counter() - t0,
+            "log": capture.lines,
+        }
+    finally:
+        pkg_logger.removeHandler(capture)
+
+
+def _run_job(
+    job: RenderJob, instrument_timeout: float | None, orbit_deadline: float | None
+) -> dict[str, Any]:
+    """The Dask task: render in this worker's sandbox with the tighter of both timeouts."""
+    timeout = instrument_timeout
+    if orbit_deadline is not None:
+        left = orbit_deadline - time.time()
+        if left <= 0:
+            raise RenderTimeoutError(
+                f"orbit {job.orbit}: orbit timeout reached before {job.product} started"
+            )
+        timeout = left if timeout is None else min(timeout, left)
+    return run_with_timeout(render_job, job, timeout=timeout)
+
+
+# --------------------------------------------------------------------------------------
+# Signals
+# --------------------------------------------------------------------------------------
+
+
+class _Signals:
+    """SIGINT/SIGTERM: the first asks to stop, the second exits at once."""
+
+    def __init__(self, install: bool) -> None:
+        self.install = install and threading.current_thread() is threading.main_thread()
+        self.stop = threading.Event()
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handler(self, signum, frame) -> None:
+        if self.stop.is_set():
+            self.restore()
+            raise KeyboardInterrupt(f"second signal {signal.Signals(signum).name}")
+        self.received = signum
+        self.stop.set()
+        logger.warning(
+            "%s received: stopping submission, cancelling work in flight and "
+            "flushing state (send it again to exit at once)",
+            signal.Signals(signum).name,
+        )
+
+    def __enter__(self) -> _Signals:
+        if self.install:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()
+
+
+# --------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunSummary:
+    """What a run did."""
+
+    orbits_total: int = 0
+    orbits_skipped: int = 0  # already done in an earlier run
+    orbits_processed: int = 0
+    orbits_completed: int = 0
+    figures_written: int = 0
+    figures_existing: int = 0
+    errors: dict[str, int] = field(default_factory=dict)  # reason -> (orbit, instrument) count
+    wall_seconds: float = 0.0
+    interrupted: bool = False
+    signal: str | None = None
+    output_dir: str = ""
+    progress_json: str = ""
+    extrema_json: str = ""
+    log_file: str = ""
+    dashboard_link: str | None = None
+
+    @property
+    def figures_per_second(self) -> float:
+        return self.figures_written / self.wall_seconds if self.wall_seconds else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "figures_per_second": self.figures_per_second}
+
+
+def _start_time(index, orbit: int):
+    return min(index.start_times[(orbit, i)] for i in index[orbit])
+
+
+def _progress_bar(total: int, enabled: bool | None):
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total,
+        unit="orbit",
+        desc="orbits",
+        dynamic_ncols=True,
+        disable=(not sys.stderr.isatty()) if enabled is None else not enabled,
+    )
+
+
+def FAST_plot_spectrograms_directory(
+    input_dir: str | os.PathLike[str] | None = None,
+    output_dir: str | os.PathLike[str] | None = None,
+    *,
+    y_scale: str = "linear",
+    z_scale: str = "log",
+    instrument_order: Sequence[str] = INSTRUMENTS,
+    flush_batch_size: int = 10,
+    log_flush_batch_size: int | None = None,
+    flush_interval_seconds: float | None = None,
+    max_workers: int | None = None,
+    orbit_timeout_seconds: float | None = 600.0,
+    instrument_timeout_seconds: float | None = 120.0,
+    ignore_progress_json: bool = False,
+    max_processing_percentile: float = 95.0,
+    variable: str = "data",
+    client: Any = None,
+    install_signal_handlers: bool = True,
+    overwrite: bool = False,
+    progress_json_path: str | os.PathLike[str] | None = None,
+    extrema_json_path: str | os.PathLike[str] | None = None,
+    categories: Mapping[str, Any] | None = None,
+    products: Sequence[str] = ("instruments", "pitch-angle"),
+    cache_path: str | os.PathLike[str] | None = None,
+    window: int | None = None,
+    progress_bar: bool | None = None,
+    directory_path: str | os.PathLike[str] | None = None,
+    output_base: str | os.PathLike[str] | None = None,
+) -> RunSummary:
+    """Plot every orbit of a folder of FAST ESA L2 files, on Dask; resumable.
+
+    Parameters
+    ----------
+    input_dir : path-like
+        Folder of CDF files (any layout). ``directory_path`` is an alias.
+    output_dir : path-like
+        Where figures go (``{YYYY}/{MM}/{orbit}/{orbit}_{product}_y-{y}_z-{z}.png``) and,
+        by default, ``progress.json``, ``extrema.json``, ``logs/`` and ``reduced.zarr``.
+        ``output_base`` is an alias.
+    y_scale, z_scale : {"linear", "log"}
+        Axis scales of energy and colour.
+    instrument_order : sequence of str
+        Instruments, in row order.
+    flush_batch_size : int
+        Write the progress (and extrema) JSON every this many completed orbits; at most
+        ``flush_batch_size - 1`` finished orbits are lost to a SIGKILL.
+    log_flush_batch_size : int, optional
+        Write buffered log records every this many records (default ``flush_batch_size``).
+    flush_interval_seconds : float, optional
+        Also write the progress JSON this often when something changed.
+    max_workers : int, optional
+        Workers of the local cluster made when no ``client`` is given (default: cores).
+    orbit_timeout_seconds : float or None
+        Bound on all of an orbit's render tasks, from the submission of its first one.
+    instrument_timeout_seconds : float or None
+        Bound on one render task, from the moment it starts running.
+    ignore_progress_json : bool
+        Forget earlier progress of this scale combination: a fresh pass.
+    max_processing_percentile : float
+        Percentile of the colour-scale maximum (exact, mission-wide).
+    variable : {"data", "eflux"}
+        Counts or calibrated energy flux.
+    client : distributed.Client, optional
+        Run on this cluster; by default a LocalCluster of processes (one thread each) is
+        made and closed at the end.
+    install_signal_handlers : bool
+        Handle SIGINT/SIGTERM: stop submitting, cancel work in flight, flush, restore the
+        previous handlers; a second signal exits at once.
+    overwrite : bool
+        Re-render figures that already exist.
+    progress_json_path, extrema_json_path, cache_path : path-like, optional
+        Move the state files.
+    categories : mapping, optional
+        Pitch-angle categories (default ``reduce.DEFAULT_CATEGORIES``).
+    products : sequence of {"instruments", "pitch-angle"}
+        Which figures to make.
+    window : int, optional
+        Render tasks in flight at once (default ``2 * workers + 2``).
+    progress_bar : bool, optional
+        Show a tqdm progress bar (default: only when stderr is a terminal).
+
+    Returns
+    -------
+    RunSummary
+        Counts per outcome, figures written, wall time; ``interrupted`` after a signal.
+    """
+    t_start = time.perf_counter()
+    input_dir = _alias(input_dir, directory_path, "input_dir", "directory_path")
+    output_dir = _alias(output_dir, output_base, "output_dir", "output_base")
+    if flush_batch_size < 1:
+        raise ValueError("flush_batch_size must be >= 1")
+    bad = set(products) - {"instruments", "pitch-angle"}
+    if bad:
+        raise ValueError(f"unknown products {sorted(bad)}; use 'instruments', 'pitch-angle'")
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    progress_path = Path(progress_json_path or out / "progress.json")
+    extrema_path = Path(extrema_json_path or out / "extrema.json")
+    cache_dir = Path(cache_path or out / "reduced.zarr")
+    cats = normalize_categories(categories)
+    summary = RunSummary(
+        output_dir=str(out), progress_json=str(progress_path), extrema_json=str(extrema_path)
+    )
+
+    with contextlib.ExitStack() as stack:
+        logs = stack.enter_context(
+            buffered_file_logging(out / "logs", capacity=log_flush_batch_size or flush_batch_size)
+        )
+        summary.log_file = str(logs.path)
+        store = stack.enter_context(
+            ProgressStore(
+                progress_path,
+                y_scale,
+                z_scale,
+                flush_batch_size=flush_batch_size,
+                flush_interval_seconds=flush_interval_seconds,
+                instrument_order=instrument_order,
+            )
+        )
+        signals = stack.enter_context(_Signals(install_signal_handlers))
+        dask_client = stack.enter_context(client_context(client, max_workers=max_workers))
+        summary.dashboard_link = getattr(dask_client, "dashboard_link", None)
+        logger.info(
+            "run %s -> %s (y=%s, z=%s, variable=%s); dashboard %s",
+            input_dir,
+            out,
+            y_scale,
+            z_scale,
+            variable,
+            summary.dashboard_link,
+        )
+        forward_worker_logs(dask_client)
+        if ignore_progress_json:
+            store.reset()
+
+        index = discover(input_dir, instruments=instrument_order)
+        orbits = list(index)
+        store.set_orbits(orbits)
+        summary.orbits_total = len(orbits)
+        todo = [o for o in orbits if store.should_retry(o, index[o])]
+        summary.orbits_skipped = len(orbits) - len(todo)
+        if not todo:
+            logger.info("nothing to do: all %d orbits are done", len(orbits))
+            summary.wall_seconds = time.perf_counter() - t_start
+            return summary
+
+        state = compute_global_extrema(
+            input_dir,
+            y_scale,
+            z_scale,
+            instrument_order,
+            extrema_path,
+            max_processing_percentile,
+            flush_batch_size,
+            variable=variable,
+            client=dask_client,
+            categories=cats,
+            cache_path=cache_dir,
+        )
+        if signals.stop.is_set():
+            summary.interrupted = True
+        entries = _cache_entries(state, input_dir)
+        grid_extrema = extrema_for_rows(state, y_scale, z_scale, instruments=instrument_order)
+        jobs = _plan_jobs(
+            todo,
+            index,
+            entries,
+            products,
+            out,
+            cache_dir,
+            variable,
+            cats,
+            y_scale,
+            z_scale,
+            tuple(instrument_order),
+            grid_extrema,
+            state,
+            overwrite,
+            summary,
+        )
+        _loop(
+            dask_client,
+            store,
+            signals,
+            jobs,
+            index,
+            summary,
+            window=window,
+            instrument_timeout=instrument_timeout_seconds,
+            orbit_timeout=orbit_timeout_seconds,
+            progress_bar=progress_bar,
+            y_scale=y_scale,
+            z_scale=z_scale,
+        )
+        if signals.received is not None:
+            summary.signal = signal.Signals(signals.received).name
+        summary.wall_seconds = time.perf_counter() - t_start
+        logger.info("run finished: %s", json.dumps(summary.to_dict()))
+    return summary
+
+
+def _alias(value, alias, name: str, alias_name: str):
+    if value is not None and alias is not None and Path(value) != Path(alias):
+        raise TypeError(f"give {name} or {alias_name}, not both")
+    value = value if value is not None else alias
+    if value is None:
+        raise TypeError(f"{name} is required")
+    return value
+
+
+def _cache_entries(state: Mapping[str, Any], input_dir) -> dict[str, str]:
+    """Absolute CDF path -> zarr cache entry of the files counted by the extrema."""
+    root = Path(input_dir).absolute()
+    return {
+        str(root / rel): e["entry"]
+        for rel, e in state.get("files", {}).items()
+        if e.get("status") == "counted"
+    }
+
+
+def _plan_jobs(
+    todo,
+    index,
+    entries,
+    products,
+    out,
+    cache_dir,
+    variable,
+    cats,
+    y_scale,
+    z_scale,
+    instrument_order,
+    grid_extrema,
+    state,
+    overwrite,
+    summary,
+) -> dict[int, list[RenderJob]]:
+    from fastspectro_dask.render import figure_path
+
+    jobs: dict[int, list[RenderJob]] = {}
+    for orbit in todo:
+        files = {i: str(Path(p).absolute()) for i, p in index[orbit].items()}
+        start = _start_time(index, orbit)
+        wanted: list[tuple[str, dict[str, str], dict]] = []
+        if "instruments" in products:
+            wanted.append(("instruments", files, grid_extrema))
+        if "pitch-angle" in products:
+            for inst, path in files.items():
+                rows = extrema_for_rows(state, y_scale, z_scale, instrument=inst)
+                wanted.append((f"pa-{inst}", {inst: path}, rows))
+        orbit_jobs = []
+        for product, fs, ext in wanted:
+            path = figure_path(out, orbit, start, product, y_scale, z_scale)
+            if path.exists() and not overwrite:
+                summary.figures_existing += 1
+                continue
+            orbit_jobs.append(
+                RenderJob(
+                    orbit=orbit,
+                    product=product,
+                    files=fs,
+                    entries={i: entries.get(p) for i, p in fs.items()},
+                    output=str(path),
+                    cache_path=str(cache_dir),
+                    variable=variable,
+                    categories=cats,
+                    y_scale=y_scale,
+                    z_scale=z_scale,
+                    instrument_order=instrument_order,
+                    extrema=ext,
+                )
+            )
+        jobs[orbit] = orbit_jobs
+    return jobs
+
+
+def _classify(exc: BaseException) -> str:
+    if type(exc).__name__ == "KilledWorker":
+        return "worker-lost"
+    return error_reason(exc)
+
+
+def _blame(job: RenderJob, exc: BaseException) -> list[str]:
+    """Instruments an error of this job is recorded against."""
+    if isinstance(exc, InvalidCDFError):
+        hit = [i for i, p in job.files.items() if os.path.abspath(p) == os.path.abspath(exc.path)]
+        if hit:
+            return hit
+    return job.instruments
+
+
+def _loop(
+    client,
+    store: ProgressStore,
+    signals: _Signals,
+    jobs: dict[int, list[RenderJob]],
+    index,
+    summary: RunSummary,
+    *,
+    window: int | None,
+    instrument_timeout: float | None,
+    orbit_timeout: float | None,
+    progress_bar: bool | None,
+    y_scale: str,
+    z_scale: str,
+) -> None:
+    """Submit through a bounded window and handle results in batches."""
+    from distributed import as_completed
+
+    pending: deque[RenderJob] = deque(j for o in jobs for j in jobs[o])
+    left = {o: len(js) for o, js in jobs.items()}
+    orbit_errors: dict[int, dict[str, tuple[str, str]]] = {o: {} for o in jobs}
+    deadlines: dict[int, float] = {}
+    inflight: dict[str, tuple[RenderJob, Any]] = {}
+    limit = window or 2 * n_workers(client) + 2
+    ac = as_completed()
+    bar = _progress_bar(len(jobs), progress_bar)
+    reasons: Counter[str] = Counter()
+
+    def finish_orbit(orbit: int) -> None:
+        errs = orbit_errors.pop(orbit)
+        if errs:
+            for inst, (reason, _msg) in errs.items():
+                fp = None
+                if reason == "invalid-cdf" and inst in index[orbit]:
+                    with contextlib.suppress(OSError):
+                        fp = file_fingerprint(index[orbit][inst])
+                store.record_error(orbit, inst, reason, file_fingerprint=fp)
+                reasons[reason] += 1
+            store.mark_orbit_done(orbit)
+        else:
+            store.record_success(orbit)
+            summary.orbits_completed += 1
+        summary.orbits_processed += 1
+        bar.update(1)
+        bar.set_postfix(errors=sum(reasons.values()), timeouts=reasons["timeout"], refresh=False)
+
+    # orbits with nothing to render (figures exist) are done at once
+    for orbit in [o for o, n in left.items() if n == 0]:
+        finish_orbit(orbit)
+
+    def submit() -> None:
+        while pending and len(inflight) < limit and not signals.stop.is_set():
+            job = pending.popleft()
+            if orbit_timeout is not None and job.orbit not in deadlines:
+                deadlines[job.orbit] = time.time() + orbit_timeout
+            fut = client.submit(
+                _run_job,
+                job,
+                instrument_timeout,
+                deadlines.get(job.orbit),
+                key=f"render-{job.orbit}-{job.product}-y{y_scale}-z{z_scale}-{time.monotonic_ns()}",
+                pure=False,
+                retries=0,
+            )
+            inflight[fut.key] = (job, fut)
+            ac.add(fut)
+
+    try:
+        submit()
+        while inflight:
+            if signals.stop.is_set():
+                summary.interrupted = True
+                futs = [f for _, f in inflight.values()]
+                client.cancel(futs)
+                logger.warning(
+                    "cancelled %d render tasks in flight; their orbits will be "
+                    "redone by the next run",
+                    len(futs),
+                )
+                inflight.clear()
+                break
+            batch = ac.next_batch(block=False)
+            if not batch:
+                store.maybe_flush()  # the interval flush, while idle
+                time.sleep(0.02)
+                continue
+            for fut in batch:
+                item = inflight.pop(fut.key, None)
+                if item is None:
+                    continue
+                job = item[0]
+                try:
+                    result = fut.result()
+                except Exception as exc:
+                    reason = _classify(exc)
+                    for inst in _blame(job, exc):
+                        orbit_errors[job.orbit].setdefault(inst, (reason, str(exc)))
+                    logger.error(
+                        "orbit %d %s: %s (%s: %s)",
+                        job.orbit,
+                        job.product,
+                        reason,
+                        type(exc).__name__,
+                        exc,
+                    )
+                else:
+                    summary.figures_written += 1
+                    for inst, (reason, msg) in result["errors"].items():
+                        orbit_errors[job.orbit].setdefault(inst, (reason, msg))
+                        logger.error("orbit %d %s: %s (%s)", job.orbit, inst, reason, msg)
+                    for level, line in result.get("log", []):
+                        logger.log(level, "worker: %s", line)
+                    logger.info(
+                        "orbit %d %s written in %.2f s", job.orbit, job.product, result["seconds"]
+                    )
+                finally:
+                    fut.release()
+                left[job.orbit] -= 1
+                if left[job.orbit] == 0:
+                    finish_orbit(job.orbit)
+            submit()
+    finally:
+        bar.close()
+        for reason, n in reasons.items():
+            summary.errors[reason] = summary.errors.get(reason, 0) + n
+        store.flush()

@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,7 +175,10 @@ def render_job(job: RenderJob) -> dict[str, Any]:
 
 
 def _run_job(
-    job: RenderJob, instrument_timeout: float | None, orbit_deadline: float | None
+    job: RenderJob,
+    instrument_timeout: float | None,
+    orbit_deadline: float | None,
+    render_fn: Callable[[RenderJob], dict[str, Any]] = render_job,
 ) -> dict[str, Any]:
     """The Dask task: render in this worker's sandbox with the tighter of both timeouts."""
     timeout = instrument_timeout
@@ -186,7 +189,7 @@ def _run_job(
                 f"orbit {job.orbit}: orbit timeout reached before {job.product} started"
             )
         timeout = left if timeout is None else min(timeout, left)
-    return run_with_timeout(render_job, job, timeout=timeout)
+    return run_with_timeout(render_fn, job, timeout=timeout)
 
 
 # --------------------------------------------------------------------------------------
@@ -201,6 +204,7 @@ class _Signals:
         self.install = install and threading.current_thread() is threading.main_thread()
         self.stop = threading.Event()
         self.received: int | None = None
+        self.raise_now = False  # raise KeyboardInterrupt at the first signal (extrema phase)
         self._previous: dict[int, Any] = {}
 
     def _handler(self, signum, frame) -> None:
@@ -209,6 +213,8 @@ class _Signals:
             raise KeyboardInterrupt(f"second signal {signal.Signals(signum).name}")
         self.received = signum
         self.stop.set()
+        if self.raise_now:
+            raise KeyboardInterrupt(signal.Signals(signum).name)
         logger.warning(
             "%s received: stopping submission, cancelling work in flight and "
             "flushing state (send it again to exit at once)",
@@ -254,6 +260,9 @@ class RunSummary:
     extrema_json: str = ""
     log_file: str = ""
     dashboard_link: str | None = None
+    progress_writes: int = 0  # progress JSON writes of this run
+    log_writes: int = 0  # buffered log flushes that wrote records
+    log_records: int = 0
 
     @property
     def figures_per_second(self) -> float:
@@ -305,6 +314,7 @@ def FAST_plot_spectrograms_directory(
     cache_path: str | os.PathLike[str] | None = None,
     window: int | None = None,
     progress_bar: bool | None = None,
+    render_fn: Callable[[RenderJob], dict[str, Any]] | None = None,
     directory_path: str | os.PathLike[str] | None = None,
     output_base: str | os.PathLike[str] | None = None,
 ) -> RunSummary:
@@ -359,6 +369,9 @@ def FAST_plot_spectrograms_directory(
         Render tasks in flight at once (default ``2 * workers + 2``).
     progress_bar : bool, optional
         Show a tqdm progress bar (default: only when stderr is a terminal).
+    render_fn : callable, optional
+        Module-level function ``(RenderJob) -> report`` that draws one figure (default
+        :func:`render_job`); for custom products and for tests.
 
     Returns
     -------
@@ -420,64 +433,132 @@ def FAST_plot_spectrograms_directory(
         summary.orbits_total = len(orbits)
         todo = [o for o in orbits if store.should_retry(o, index[o])]
         summary.orbits_skipped = len(orbits) - len(todo)
-        if not todo:
+        if todo:
+            _extrema_then_render(
+                summary,
+                store,
+                signals,
+                dask_client,
+                index,
+                todo,
+                input_dir,
+                out,
+                y_scale=y_scale,
+                z_scale=z_scale,
+                instrument_order=tuple(instrument_order),
+                extrema_path=extrema_path,
+                max_percentile=max_processing_percentile,
+                flush_batch_size=flush_batch_size,
+                variable=variable,
+                cats=cats,
+                cache_dir=cache_dir,
+                products=products,
+                overwrite=overwrite,
+                window=window,
+                instrument_timeout=instrument_timeout_seconds,
+                orbit_timeout=orbit_timeout_seconds,
+                progress_bar=progress_bar,
+                render_fn=render_fn or render_job,
+            )
+        else:
             logger.info("nothing to do: all %d orbits are done", len(orbits))
-            summary.wall_seconds = time.perf_counter() - t_start
-            return summary
+        if signals.received is not None:
+            summary.signal = signal.Signals(signals.received).name
+        summary.wall_seconds = time.perf_counter() - t_start
+        logger.info("run finished: %s", json.dumps(summary.to_dict()))
+    # the state store and the log buffer are flushed and closed: count what they wrote
+    summary.progress_writes = store.writes
+    summary.log_writes, summary.log_records = logs.flushes, logs.records_written
+    return summary
 
+
+def _extrema_then_render(
+    summary,
+    store,
+    signals,
+    dask_client,
+    index,
+    todo,
+    input_dir,
+    out,
+    *,
+    y_scale,
+    z_scale,
+    instrument_order,
+    extrema_path,
+    max_percentile,
+    flush_batch_size,
+    variable,
+    cats,
+    cache_dir,
+    products,
+    overwrite,
+    window,
+    instrument_timeout,
+    orbit_timeout,
+    progress_bar,
+    render_fn,
+) -> None:
+    """Phase 2 (extrema, interruptible at once: it keeps what it counted) and phase 3."""
+    signals.raise_now = True
+    try:
         state = compute_global_extrema(
             input_dir,
             y_scale,
             z_scale,
             instrument_order,
             extrema_path,
-            max_processing_percentile,
+            max_percentile,
             flush_batch_size,
             variable=variable,
             client=dask_client,
             categories=cats,
             cache_path=cache_dir,
         )
-        if signals.stop.is_set():
-            summary.interrupted = True
-        entries = _cache_entries(state, input_dir)
-        grid_extrema = extrema_for_rows(state, y_scale, z_scale, instruments=instrument_order)
-        jobs = _plan_jobs(
-            todo,
-            index,
-            entries,
-            products,
-            out,
-            cache_dir,
-            variable,
-            cats,
-            y_scale,
-            z_scale,
-            tuple(instrument_order),
-            grid_extrema,
-            state,
-            overwrite,
-            summary,
-        )
-        _loop(
-            dask_client,
-            store,
-            signals,
-            jobs,
-            index,
-            summary,
-            window=window,
-            instrument_timeout=instrument_timeout_seconds,
-            orbit_timeout=orbit_timeout_seconds,
-            progress_bar=progress_bar,
-            y_scale=y_scale,
-            z_scale=z_scale,
-        )
-        if signals.received is not None:
-            summary.signal = signal.Signals(signals.received).name
-        summary.wall_seconds = time.perf_counter() - t_start
-        logger.info("run finished: %s", json.dumps(summary.to_dict()))
-    return summary
+    except KeyboardInterrupt:
+        if not signals.stop.is_set():
+            raise  # a real Ctrl-C without our handlers
+        summary.interrupted = True
+        logger.warning("interrupted during the extrema; what was counted is saved")
+        return
+    finally:
+        signals.raise_now = False
+    entries = _cache_entries(state, input_dir)
+    grid_extrema = extrema_for_rows(state, y_scale, z_scale, instruments=instrument_order)
+    jobs, known = _plan_jobs(
+        todo,
+        index,
+        entries,
+        products,
+        out,
+        cache_dir,
+        variable,
+        cats,
+        y_scale,
+        z_scale,
+        instrument_order,
+        grid_extrema,
+        state,
+        overwrite,
+        summary,
+        _invalid_files(state, input_dir),
+    )
+    _loop(
+        dask_client,
+        store,
+        signals,
+        jobs,
+        index,
+        summary,
+        window=window,
+        instrument_timeout=instrument_timeout,
+        orbit_timeout=orbit_timeout,
+        progress_bar=progress_bar,
+        y_scale=y_scale,
+        z_scale=z_scale,
+        render_fn=render_fn,
+        known_errors=known,
+    )
 
 
 def _alias(value, alias, name: str, alias_name: str):
@@ -487,6 +568,16 @@ def _alias(value, alias, name: str, alias_name: str):
     if value is None:
         raise TypeError(f"{name} is required")
     return value
+
+
+def _invalid_files(state: Mapping[str, Any], input_dir) -> dict[str, str]:
+    """Absolute CDF path -> error message of the files the extrema found invalid."""
+    root = Path(input_dir).absolute()
+    return {
+        str(root / rel): e.get("error", "invalid CDF")
+        for rel, e in state.get("files", {}).items()
+        if e.get("status") == "invalid-cdf"
+    }
 
 
 def _cache_entries(state: Mapping[str, Any], input_dir) -> dict[str, str]:
@@ -515,18 +606,28 @@ def _plan_jobs(
     state,
     overwrite,
     summary,
-) -> dict[int, list[RenderJob]]:
+    invalid,
+) -> tuple[dict[int, list[RenderJob]], dict[int, dict[str, tuple[str, str]]]]:
+    """Render jobs per orbit, and the errors already known (files the extrema found invalid).
+
+    An instrument whose file is known to be invalid gets no pitch-angle figure; it is a
+    placeholder row in the instrument grid and is recorded as ``invalid-cdf``.
+    """
     from fastspectro_dask.render import figure_path
 
     jobs: dict[int, list[RenderJob]] = {}
+    known: dict[int, dict[str, tuple[str, str]]] = {}
     for orbit in todo:
         files = {i: str(Path(p).absolute()) for i, p in index[orbit].items()}
+        known[orbit] = {i: ("invalid-cdf", invalid[p]) for i, p in files.items() if p in invalid}
         start = _start_time(index, orbit)
         wanted: list[tuple[str, dict[str, str], dict]] = []
         if "instruments" in products:
             wanted.append(("instruments", files, grid_extrema))
         if "pitch-angle" in products:
             for inst, path in files.items():
+                if inst in known[orbit]:
+                    continue
                 rows = extrema_for_rows(state, y_scale, z_scale, instrument=inst)
                 wanted.append((f"pa-{inst}", {inst: path}, rows))
         orbit_jobs = []
@@ -552,7 +653,7 @@ def _plan_jobs(
                 )
             )
         jobs[orbit] = orbit_jobs
-    return jobs
+    return jobs, known
 
 
 def _classify(exc: BaseException) -> str:
@@ -584,13 +685,16 @@ def _loop(
     progress_bar: bool | None,
     y_scale: str,
     z_scale: str,
+    render_fn: Callable[[RenderJob], dict[str, Any]] = render_job,
+    known_errors: Mapping[int, Mapping[str, tuple[str, str]]] | None = None,
 ) -> None:
     """Submit through a bounded window and handle results in batches."""
     from distributed import as_completed
 
     pending: deque[RenderJob] = deque(j for o in jobs for j in jobs[o])
     left = {o: len(js) for o, js in jobs.items()}
-    orbit_errors: dict[int, dict[str, tuple[str, str]]] = {o: {} for o in jobs}
+    known_errors = known_errors or {}
+    orbit_errors = {o: dict(known_errors.get(o, {})) for o in jobs}
     deadlines: dict[int, float] = {}
     inflight: dict[str, tuple[RenderJob, Any]] = {}
     limit = window or 2 * n_workers(client) + 2
@@ -630,6 +734,7 @@ def _loop(
                 job,
                 instrument_timeout,
                 deadlines.get(job.orbit),
+                render_fn,
                 key=f"render-{job.orbit}-{job.product}-y{y_scale}-z{z_scale}-{time.monotonic_ns()}",
                 pure=False,
                 retries=0,

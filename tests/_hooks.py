@@ -1,0 +1,47 @@
+"""Render functions for pipeline tests (module-level: they run in sandbox children)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from fastspectro_dask.pipeline import RenderJob, render_job
+
+#: The orbit these hooks misbehave on (the second orbit of the test mission).
+VICTIM = 13617
+
+
+def hang_on_victim(job: RenderJob) -> dict:
+    if job.orbit == VICTIM and job.product == "instruments":
+        while True:  # a hung render: an infinite loop
+            time.sleep(0.01)
+    return render_job(job)
+
+
+def crash_on_victim(job: RenderJob) -> dict:
+    if job.orbit == VICTIM and job.product == "instruments":
+        os._exit(11)  # the process doing the work dies
+    return render_job(job)
+
+
+def kill_worker_on_victim(job: RenderJob) -> dict:
+    if job.orbit == VICTIM and job.product == "instruments":
+        os.kill(os.getppid(), signal.SIGKILL)  # kill the Dask worker that runs this task
+        time.sleep(30)
+    return render_job(job)
+
+
+def divide_on_victim(job: RenderJob) -> dict:
+    if job.orbit == VICTIM and job.product == "instruments":
+        return {"x": 1 / 0}
+    return render_job(job)
+
+
+def noop(job: RenderJob) -> dict:
+    return {"path": job.output, "errors": {}, "seconds": 0.0, "log": []}
+
+
+def slow(job: RenderJob) -> dict:
+    time.sleep(0.25)
+    return render_job(job)

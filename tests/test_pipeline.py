@@ -1,0 +1,284 @@
+"""The batch pipeline on a real local Dask cluster: outcomes, timeouts, resume, signals."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import dask
+import pytest
+
+from fastspectro_dask.pipeline import FAST_plot_spectrograms_directory
+from fastspectro_dask.synth import write_synthetic_dataset
+
+from . import _hooks
+
+distributed = pytest.importorskip("distributed")
+
+
+@pytest.fixture(scope="module")
+def client():
+    with dask.config.set(
+        {"distributed.worker.daemon": False, "distributed.scheduler.allowed-failures": 0}
+    ):
+        cluster = distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        )
+        c = distributed.Client(cluster)
+    yield c
+    c.close()
+    cluster.close()
+
+
+@pytest.fixture(scope="module")
+def mission(tmp_path_factory) -> Path:
+    """Three good orbits, every instrument where bursts exist."""
+    root = tmp_path_factory.mktemp("good")
+    write_synthetic_dataset(root, orbits=3, records=30, seed=5)
+    return root
+
+
+@pytest.fixture(scope="module")
+def bad_mission(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("bad")
+    man = write_synthetic_dataset(root, orbits=2, records=20, seed=5, bad_files=True)
+    (root / "expected.json").write_text(
+        json.dumps({k: v["orbit"] for k, v in man.bad_files.items()})
+    )
+    return root
+
+
+def plot(input_dir, output_dir, client, **kw):
+    kw.setdefault("products", ("instruments",))
+    kw.setdefault("progress_bar", False)
+    return FAST_plot_spectrograms_directory(input_dir, output_dir, client=client, **kw)
+
+
+def progress(out: Path) -> dict:
+    return json.loads((out / "progress.json").read_text())
+
+
+def test_full_run_bad_files_and_resume(bad_mission, tmp_path, client):
+    out = tmp_path / "out"
+    s = plot(bad_mission, out, client, products=("instruments", "pitch-angle"))
+    expected = json.loads((bad_mission / "expected.json").read_text())
+    invalid = sorted(
+        o for k, o in expected.items() if k not in ("all-fill", "single-record", "duplicate-v01")
+    )
+    p = progress(out)
+    assert p["ees_linear_log_error-invalid-cdf"] == invalid
+    good = sorted(set(range(13616, 13616 + 2)) | {expected["all-fill"], expected["single-record"]})
+    assert p["linear_log_completed"] == good
+    assert s.orbits_total == len(invalid) + len(good)
+    assert s.errors == {"invalid-cdf": len(invalid)}
+    # the instrument grid of a bad orbit is still drawn (placeholder row for ees)
+    for orbit in [*invalid, *good]:
+        assert list(out.rglob(f"{orbit}/{orbit}_instruments_y-linear_z-log.png"))
+    assert list(out.rglob("13616/13616_pa-ees_y-linear_z-log.png"))
+    assert not list(out.rglob(f"{invalid[0]}/{invalid[0]}_pa-ees_*.png"))
+    assert p["linear_log_last_orbit"] == max(invalid + good)
+    assert (out / "extrema.json").exists() and (out / "logs").is_dir()
+    # resume: nothing left to do (invalid-cdf is not retried while the file is unchanged)
+    again = plot(bad_mission, out, client, products=("instruments", "pitch-angle"))
+    assert again.orbits_skipped == again.orbits_total and again.figures_written == 0
+    # a fresh pass keeps existing figures unless overwrite=True
+    fresh = plot(bad_mission, out, client, ignore_progress_json=True)
+    assert fresh.figures_written == 0 and fresh.figures_existing == fresh.orbits_total
+    assert progress(out)["ees_linear_log_error-invalid-cdf"] == invalid  # still known
+    forced = plot(bad_mission, out, client, ignore_progress_json=True, overwrite=True)
+    assert forced.figures_written == forced.orbits_total
+
+
+def test_hanging_render_is_a_timeout_and_the_batch_goes_on(mission, tmp_path, client):
+    out = tmp_path / "out"
+    t0 = time.monotonic()
+    s = plot(
+        mission,
+        out,
+        client,
+        render_fn=_hooks.hang_on_victim,
+        instrument_timeout_seconds=3,
+        orbit_timeout_seconds=None,
+    )
+    elapsed = time.monotonic() - t0
+    p = progress(out)
+    victim = _hooks.VICTIM
+    assert p["ees_linear_log_error-timeout"] == [victim]
+    assert victim not in p["linear_log_completed"]
+    assert len(p["linear_log_completed"]) == 2
+    assert s.errors["timeout"] >= 2  # every instrument of the orbit's grid
+    assert elapsed < 60
+    # the worker slot was freed: a second run retries the timed-out orbit and succeeds
+    again = plot(mission, out, client)
+    assert again.orbits_processed == 1 and again.orbits_completed == 1
+    assert victim in progress(out)["linear_log_completed"]
+    assert (
+        "ees_linear_log_error-timeout" not in progress(out)
+        or not progress(out)["ees_linear_log_error-timeout"]
+    )
+
+
+def test_orbit_timeout_bounds_all_tasks_of_an_orbit(mission, tmp_path, client):
+    out = tmp_path / "out"
+    t0 = time.monotonic()
+    plot(
+        mission,
+        out,
+        client,
+        render_fn=_hooks.hang_on_victim,
+        instrument_timeout_seconds=None,
+        orbit_timeout_seconds=4,
+    )
+    assert time.monotonic() - t0 < 60
+    assert progress(out)["ies_linear_log_error-timeout"] == [_hooks.VICTIM]
+
+
+def test_crash_in_render_is_worker_lost(mission, tmp_path, client):
+    out = tmp_path / "out"
+    plot(mission, out, client, render_fn=_hooks.crash_on_victim)
+    p = progress(out)
+    assert p["ees_linear_log_error-worker-lost"] == [_hooks.VICTIM]
+    assert len(p["linear_log_completed"]) == 2
+
+
+def test_killed_worker_is_worker_lost(mission, tmp_path, client):
+    out = tmp_path / "out"
+    plot(mission, out, client, render_fn=_hooks.kill_worker_on_victim)
+    p = progress(out)
+    assert p["ees_linear_log_error-worker-lost"] == [_hooks.VICTIM]
+    assert len(p["linear_log_completed"]) == 2
+    client.wait_for_workers(2, timeout=60)
+
+
+def test_divide_by_zero_category(mission, tmp_path, client):
+    out = tmp_path / "out"
+    plot(mission, out, client, render_fn=_hooks.divide_on_victim)
+    assert progress(out)["ies_linear_log_error-divide-by-zero"] == [_hooks.VICTIM]
+
+
+def test_flushes_happen_when_the_contract_says(mission, tmp_path, client):
+    out = tmp_path / "out"
+    s = plot(mission, out, client, flush_batch_size=2, log_flush_batch_size=3)
+    n = s.orbits_processed
+    assert n == 3
+    assert s.progress_writes == math.ceil(n / 2)
+    assert s.log_records > 0
+    assert s.log_writes == math.ceil(s.log_records / 3)
+    lines = Path(s.log_file).read_text().splitlines()
+    assert len(lines) >= s.log_records
+    assert " INFO " in lines[0] and lines[0][:4].isdigit()
+
+
+def test_sigint_stops_flushes_and_restores_handlers(mission, tmp_path, client):
+    out = tmp_path / "out"
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    timer = threading.Timer(6.0, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        s = plot(
+            mission,
+            out,
+            client,
+            render_fn=_hooks.slow,
+            flush_batch_size=1,
+            products=("instruments", "pitch-angle"),
+            window=1,
+        )
+    finally:
+        timer.cancel()
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    if s.interrupted:
+        assert s.signal == "SIGINT"
+        done = progress(out)["linear_log_completed"] if (out / "progress.json").exists() else []
+        assert len(done) == s.orbits_completed
+        rest = plot(mission, out, client, products=("instruments", "pitch-angle"))
+        assert rest.orbits_skipped == len(done)
+        assert len(progress(out)["linear_log_completed"]) == 3
+    else:  # the machine was fast enough to finish first: still a valid run
+        assert s.orbits_completed == 3
+
+
+def test_no_signal_handlers_when_asked(mission, tmp_path, client, monkeypatch):
+    calls = []
+    monkeypatch.setattr(signal, "signal", lambda *a: calls.append(a))
+    plot(mission, tmp_path / "out", client, install_signal_handlers=False)
+    assert calls == []
+
+
+def test_aliases_and_validation(mission, tmp_path, client):
+    s = FAST_plot_spectrograms_directory(
+        directory_path=mission,
+        output_base=tmp_path / "o",
+        client=client,
+        products=("instruments",),
+        progress_bar=False,
+    )
+    assert s.orbits_completed == 3
+    with pytest.raises(TypeError):
+        FAST_plot_spectrograms_directory(mission, tmp_path / "a", directory_path=tmp_path)
+    with pytest.raises(ValueError):
+        FAST_plot_spectrograms_directory(mission, tmp_path / "b", flush_batch_size=0)
+
+
+def test_second_concurrent_run_is_refused(mission, tmp_path, client):
+    from fastspectro_dask.state import ProgressStore, StateLockedError
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with ProgressStore(out / "progress.json", "linear", "log"), pytest.raises(StateLockedError):
+        plot(mission, out, client)
+
+
+_KILL_SCRIPT = """
+import sys
+from fastspectro_dask.pipeline import FAST_plot_spectrograms_directory
+from tests import _hooks
+FAST_plot_spectrograms_directory(sys.argv[1], sys.argv[2], max_workers=2,
+    flush_batch_size=3, products=("instruments",), render_fn=_hooks.slow,
+    progress_bar=False, window=2)
+"""
+
+
+@pytest.mark.slow
+def test_kill9_of_the_whole_run_then_resume(tmp_path, client):
+    """SIGKILL the run's process group at random moments; the state stays valid."""
+    data = tmp_path / "data"
+    write_synthetic_dataset(data, orbits=10, records=12, seed=2, instruments=("ees", "ies"))
+    reference = tmp_path / "ref"
+    plot(data, reference, client)
+    out = tmp_path / "out"
+    rng = random.Random(1)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    for _ in range(2):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _KILL_SCRIPT, str(data), str(out)],
+            start_new_session=True,
+            env=env,
+        )
+        deadline = time.time() + 180
+        while time.time() < deadline and not list(out.rglob("*.png")):
+            time.sleep(0.1)
+        time.sleep(rng.uniform(0.0, 2.0))
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        if (out / "progress.json").exists():
+            p = progress(out)  # always parses
+            done = set(p.get("linear_log_completed", []))
+            drawn = {int(f.parent.name) for f in out.rglob("*_instruments_*.png")}
+            assert done <= drawn
+            # unrecorded: at most flush_batch_size - 1 handled orbits, plus the (window=2)
+            # tasks in flight whose figures were written but whose results were not handled
+            assert len(drawn - done) <= (3 - 1) + 2
+    resumed = plot(data, out, client)
+    assert len(progress(out)["linear_log_completed"]) == 10
+    assert resumed.orbits_total == 10
+    for ref in reference.rglob("*.png"):
+        assert (out / ref.relative_to(reference)).read_bytes() == ref.read_bytes()

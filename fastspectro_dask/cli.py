@@ -88,6 +88,244 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+SCALES = ("linear", "log")
+
+
+def _summary_table(summaries: list) -> str:
+    rows = [("scales", "orbits", "done", "skipped", "errors", "figures", "wall s", "fig/s")]
+    for s in summaries:
+        errors = ", ".join(f"{k} {v}" for k, v in sorted(s.errors.items())) or "0"
+        rows.append(
+            (
+                s.scales,
+                str(s.orbits_total),
+                str(s.orbits_completed),
+                str(s.orbits_skipped),
+                errors,
+                str(s.figures_written),
+                f"{s.wall_seconds:.1f}",
+                f"{s.figures_per_second:.2f}",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+
+
+def _connect(args: argparse.Namespace):
+    """A client for --scheduler-address / --scheduler-file, else None (local cluster)."""
+    if getattr(args, "scheduler_address", None) or getattr(args, "scheduler_file", None):
+        from distributed import Client
+
+        if args.scheduler_file:
+            return Client(scheduler_file=str(args.scheduler_file))
+        return Client(args.scheduler_address)
+    return None
+
+
+def _run_plots(args: argparse.Namespace, input_dir: Path, output_dir: Path) -> int:
+    import contextlib
+
+    from fastspectro_dask.cluster import client_context
+    from fastspectro_dask.pipeline import FAST_plot_spectrograms_directory
+
+    combos = (
+        [(y, z) for y in SCALES for z in SCALES]
+        if args.all_scales
+        else [(args.y_scale, args.z_scale)]
+    )
+    summaries = []
+    with contextlib.ExitStack() as stack:
+        external = _connect(args)
+        if external is not None:
+            stack.callback(external.close)
+        client = stack.enter_context(client_context(external, max_workers=args.max_workers))
+        print(f"Dask dashboard: {client.dashboard_link}", flush=True)
+        for y, z in combos:
+            s = FAST_plot_spectrograms_directory(
+                input_dir,
+                output_dir,
+                y_scale=y,
+                z_scale=z,
+                client=client,
+                variable=args.variable,
+                flush_batch_size=args.flush_batch_size,
+                log_flush_batch_size=args.log_flush_batch_size,
+                flush_interval_seconds=args.flush_interval,
+                orbit_timeout_seconds=args.orbit_timeout,
+                instrument_timeout_seconds=args.instrument_timeout,
+                ignore_progress_json=args.ignore_progress,
+                overwrite=args.overwrite,
+                max_processing_percentile=args.percentile,
+                products=args.products,
+            )
+            summaries.append(s)
+            if s.interrupted:
+                break
+    print(_summary_table(summaries))
+    print(f"figures, progress.json, extrema.json and logs/ are in {output_dir}")
+    if any(s.interrupted for s in summaries):
+        return EXIT_INTERRUPTED
+    return EXIT_ERRORS if any(s.errors for s in summaries) else EXIT_OK
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    return _run_plots(args, args.input, args.output)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from fastspectro_dask.synth import write_synthetic_dataset
+
+    data, figures = args.out / "data", args.out / "figures"
+    if not list(data.rglob("*.cdf")):
+        man = write_synthetic_dataset(
+            data, orbits=args.orbits, records=args.records, seed=args.seed, bad_files=args.bad_files
+        )
+        print(
+            f"demo data: {sum(len(d) for d in man.files.values())} synthetic FAST ESA L2 "
+            f"files for {len(man.files)} orbits in {data}",
+            flush=True,
+        )
+    else:
+        print(f"demo data: reusing {data}", flush=True)
+    return _run_plots(args, data, figures)
+
+
+def _cmd_extrema(args: argparse.Namespace) -> int:
+    from fastspectro_dask.extrema import compute_global_extrema
+
+    client = _connect(args)
+    try:
+        state = compute_global_extrema(
+            args.input,
+            args.y_scale,
+            args.z_scale,
+            extrema_json_path=args.output,
+            max_percentile=args.percentile,
+            variable=args.variable,
+            compute_mins=args.compute_mins,
+            client=client,
+        )
+    finally:
+        if client is not None:
+            client.close()
+    print(
+        f"{'instrument':<10} {'category':<14} {'y_min':>10} {'y_max':>10} {'z_min':>12} "
+        f"{'z_max':>12} {'samples':>10}"
+    )
+    for inst, cats in state["results"].items():
+        for cat, r in cats.items():
+
+            def f(v):
+                return "-" if v is None else f"{v:.6g}"
+
+            print(
+                f"{inst:<10} {cat:<14} {f(r['y_min']):>10} {f(r['y_max']):>10} "
+                f"{f(r['z_min']):>12} {f(r['z_max']):>12} {r['n_samples']:>10}"
+            )
+    print(f"written to {args.output or Path(args.input) / 'extrema.json'}")
+    return EXIT_ERRORS if state.get("errors") else EXIT_OK
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    path = args.output / "progress.json"
+    if not path.exists():
+        print(f"no progress.json in {args.output}", file=sys.stderr)
+        return EXIT_USAGE
+    doc = json.loads(path.read_text())
+    print(f"{path} (last written {doc.get('updated_utc', '?')})")
+    combos = sorted({k.rsplit("_completed", 1)[0] for k in doc if k.endswith("_completed")})
+    for combo in combos:
+        done = doc.get(f"{combo}_completed", [])
+        print(f"{combo}: {len(done)} orbits completed, watermark {doc.get(f'{combo}_last_orbit')}")
+        for key in sorted(k for k in doc if f"_{combo}_error-" in k and not k.endswith("_files")):
+            orbits = doc[key]
+            if orbits:
+                shown = ", ".join(map(str, orbits[:12])) + (" ..." if len(orbits) > 12 else "")
+                print(f"  {key}: {len(orbits)} orbit(s): {shown}")
+    return EXIT_OK
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--y-scale", choices=SCALES, default="linear", help="energy axis scale")
+    p.add_argument("--z-scale", choices=SCALES, default="log", help="colour scale")
+    p.add_argument(
+        "--all-scales",
+        action="store_true",
+        help="the four scale combinations in one run (one read of the data)",
+    )
+    p.add_argument(
+        "--variable",
+        choices=("data", "eflux"),
+        default="data",
+        help="counts (data) or energy flux (eflux)",
+    )
+    p.add_argument(
+        "--products",
+        nargs="+",
+        choices=("instruments", "pitch-angle"),
+        default=["instruments", "pitch-angle"],
+        help="figures to make",
+    )
+    p.add_argument(
+        "--percentile",
+        type=float,
+        default=95.0,
+        help="colour-scale maximum: exact mission-wide percentile (default 95)",
+    )
+    p.add_argument(
+        "--flush-batch-size",
+        type=int,
+        default=10,
+        help="write progress every N completed orbits (default 10)",
+    )
+    p.add_argument(
+        "--log-flush-batch-size",
+        type=int,
+        default=None,
+        help="write logs every N records (default: --flush-batch-size)",
+    )
+    p.add_argument(
+        "--flush-interval", type=float, default=None, help="also write progress every S seconds"
+    )
+    p.add_argument(
+        "--max-workers",
+        type=int,
+        default=None,
+        help="local cluster worker processes (default: cores)",
+    )
+    p.add_argument(
+        "--orbit-timeout",
+        type=float,
+        default=600.0,
+        help="seconds for all of an orbit's figures (default 600)",
+    )
+    p.add_argument(
+        "--instrument-timeout",
+        type=float,
+        default=120.0,
+        help="seconds for one figure, from its start (default 120)",
+    )
+    p.add_argument(
+        "--ignore-progress", action="store_true", help="ignore progress.json: a fresh pass"
+    )
+    p.add_argument("--overwrite", action="store_true", help="re-render existing figures")
+    _add_scheduler_options(p)
+
+
+def _add_scheduler_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "--scheduler-address",
+        default=None,
+        help="connect to a running Dask scheduler (tcp://host:8786)",
+    )
+    g.add_argument(
+        "--scheduler-file", type=Path, default=None, help="connect through a Dask scheduler file"
+    )
+
+
 def _build_parser() -> argparse.ArgumentParser:
     from fastspectro_dask._version import __version__
 
@@ -162,6 +400,76 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", type=Path, help="folder of CDF files")
     p.add_argument("--all", action="store_true", help="list every orbit")
     p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser(
+        "demo",
+        help="write synthetic data and plot it all on a local Dask cluster",
+        description="Write synthetic FAST ESA L2 files to OUT/data (once) and run the whole "
+        "pipeline into OUT/figures on a local Dask cluster.",
+    )
+    p.add_argument(
+        "out",
+        type=Path,
+        nargs="?",
+        default=Path("fastspectro_demo"),
+        help="demo folder (default ./fastspectro_demo)",
+    )
+    p.add_argument("--orbits", type=int, default=4, help="number of orbits (default 4)")
+    p.add_argument("--records", type=int, default=400, help="records per file (default 400)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=1,
+        help="random seed (default 1: storm and quiet orbits, bursts)",
+    )
+    p.add_argument(
+        "--bad-files",
+        action="store_true",
+        help="include the broken-file corpus (shows the error categories)",
+    )
+    _add_run_options(p)
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser(
+        "plot",
+        help="plot every orbit of a folder (resumable)",
+        description="Compute exact mission-wide limits, then render every orbit's figures on "
+        "Dask. Re-running resumes where it stopped.",
+    )
+    p.add_argument("input", type=Path, help="folder of FAST ESA L2 CDF files (any layout)")
+    p.add_argument("output", type=Path, help="output folder (figures and state)")
+    _add_run_options(p)
+    p.set_defaults(func=_cmd_plot)
+
+    p = sub.add_parser(
+        "extrema",
+        help="compute and print the exact global limits",
+        description="Exact mission-wide colour/energy limits per instrument "
+        "and pitch-angle category (resumable).",
+    )
+    p.add_argument("input", type=Path, help="folder of CDF files")
+    p.add_argument(
+        "--output", type=Path, default=None, help="extrema JSON path (default INPUT/extrema.json)"
+    )
+    p.add_argument("--y-scale", choices=SCALES, default="linear")
+    p.add_argument("--z-scale", choices=SCALES, default="log")
+    p.add_argument("--variable", choices=("data", "eflux"), default="data")
+    p.add_argument("--percentile", type=float, default=95.0)
+    p.add_argument(
+        "--compute-mins",
+        action="store_true",
+        help="z_min is the exact 1st percentile instead of the smallest value",
+    )
+    _add_scheduler_options(p)
+    p.set_defaults(func=_cmd_extrema)
+
+    p = sub.add_parser(
+        "status",
+        help="progress of an output folder",
+        description="Done orbits and errors per category from progress.json.",
+    )
+    p.add_argument("output", type=Path, help="output folder of a plot run")
+    p.set_defaults(func=_cmd_status)
     return parser
 
 
@@ -175,10 +483,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    logging.basicConfig(
-        level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)],
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    # The terminal gets warnings (more with -v); the run's log file gets INFO and up.
+    handler = logging.StreamHandler()
+    handler.setLevel((logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)])
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    logging.getLogger("fastspectro_dask").setLevel(logging.INFO)
     try:
         return args.func(args)
     except KeyboardInterrupt:

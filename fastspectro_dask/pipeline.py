@@ -245,6 +245,7 @@ class _Signals:
 class RunSummary:
     """What a run did."""
 
+    scales: str = ""  # "y-linear z-log"
     orbits_total: int = 0
     orbits_skipped: int = 0  # already done in an earlier run
     orbits_processed: int = 0
@@ -393,7 +394,10 @@ def FAST_plot_spectrograms_directory(
     cache_dir = Path(cache_path or out / "reduced.zarr")
     cats = normalize_categories(categories)
     summary = RunSummary(
-        output_dir=str(out), progress_json=str(progress_path), extrema_json=str(extrema_path)
+        scales=f"y-{y_scale} z-{z_scale}",
+        output_dir=str(out),
+        progress_json=str(progress_path),
+        extrema_json=str(extrema_path),
     )
 
     with contextlib.ExitStack() as stack:

@@ -943,7 +943,7 @@ class _OrbitPlan:
             float(10 ** rng.uniform(1, 2)) if storm else float(10 ** rng.uniform(-0.3, 0.3))
         )
         self.survey = _survey_grid(orbit, records, rng)
-        self.has_burst = rng.random() < 0.65
+        self.has_burst = bool(np.random.default_rng([seed, orbit, 65]).random() < 0.65)
         self.burst = _burst_grid(self.survey, max(2, records), rng) if self.has_burst else None
 
     def grid_for(self, instrument: str, records: int | None = None) -> _Grid:

@@ -51,3 +51,48 @@ def test_synth_then_info(tmp_path):
 def test_info_missing_folder_is_usage_error(tmp_path, capsys):
     assert main(["info", str(tmp_path / "nope")]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_demo_status_and_exit_codes(tmp_path):
+    """The README's main job, small: synthetic data with broken files -> exit code 1."""
+    out = tmp_path / "demo"
+    res = run(
+        "demo",
+        str(out),
+        "--orbits",
+        "2",
+        "--records",
+        "16",
+        "--bad-files",
+        "--max-workers",
+        "1",
+        "--products",
+        "instruments",
+    )
+    assert res.returncode == 1, res.stderr  # finished, with recorded invalid-cdf errors
+    assert "Dask dashboard:" in res.stdout and "invalid-cdf" in res.stdout
+    assert list((out / "figures").rglob("*_instruments_y-linear_z-log.png"))
+    status = run("status", str(out / "figures"))
+    assert status.returncode == 0, status.stderr
+    assert "ees_linear_log_error-invalid-cdf: 8 orbit(s)" in status.stdout
+    # resuming: nothing left to do, no new error -> exit 0
+    again = run(
+        "plot",
+        str(out / "data"),
+        str(out / "figures"),
+        "--max-workers",
+        "1",
+        "--products",
+        "instruments",
+    )
+    assert again.returncode == 0, again.stderr
+    assert run("status", str(tmp_path / "nowhere")).returncode == 2
+
+
+def test_extrema_command(tmp_path):
+    data = tmp_path / "d"
+    assert run("synth", str(data), "--orbits", "1", "--records", "12").returncode == 0
+    res = run("extrema", str(data), "--output", str(tmp_path / "e.json"))
+    assert res.returncode == 0, res.stderr
+    assert "ees" in res.stdout and "z_max" in res.stdout
+    assert (tmp_path / "e.json").exists()

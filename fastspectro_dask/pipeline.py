@@ -661,8 +661,10 @@ def _plan_jobs(
 
 
 def _classify(exc: BaseException) -> str:
-    if type(exc).__name__ == "KilledWorker":
-        return "worker-lost"
+    """Error category of a task's exception (Dask's own errors by class name: this layer
+    must not depend on where distributed defines them)."""
+    if type(exc).__name__ in ("KilledWorker", "FutureCancelledError", "CancelledError"):
+        return "worker-lost"  # the task's worker died, or the cluster dropped the task
     return error_reason(exc)
 
 
@@ -772,7 +774,9 @@ def _loop(
                 job = item[0]
                 try:
                     result = fut.result()
-                except Exception as exc:
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except BaseException as exc:  # incl. CancelledError (a BaseException)
                     reason = _classify(exc)
                     for inst in _blame(job, exc):
                         orbit_errors[job.orbit].setdefault(inst, (reason, str(exc)))

@@ -1,0 +1,492 @@
+"""Mission-wide extrema: compute_global_extrema vs pooling the values in numpy, side by side.
+
+Writes synthetic real-format files (``write_synthetic_dataset``: 4 instruments, burst files
+for about 2 orbits in 3) once for the largest orbit count asked for; the smaller missions
+are hard links to its first orbits (the synthetic content of an orbit depends only on the
+seed and the orbit number, so that is what ``write_synthetic_dataset(orbits=N)`` writes).
+Every measurement runs in a **fresh subprocess** (so peak RSS is that of one variant only:
+``VmHWM`` read inside the child, see :func:`_maxrss_mb` for why not ``ru_maxrss``), variants
+are interleaved round by round, and the tables show medians over the rounds. Wall and CPU
+(user + system, all threads) times are measured inside the child, after the imports
+(interpreter start-up and imports are not counted); CPU time is the steadier number when
+other processes share the machine. "post-import" is the child's peak RSS once numpy, dask,
+xarray, zarr, cdflib and fastspectro_dask are imported; "peak - post-import" is what the
+variant itself added.
+
+(a) ``ours``: ``compute_global_extrema(root, extrema_json_path=<fresh dir>/extrema.json,
+    variable="data")`` cold (fresh JSON and zarr cache; local threads,
+    ``max_workers=os.cpu_count()``; all 4 instruments x 4 pitch-angle categories) vs
+    ``pooled numpy``: ``open_esa`` + ``reduce_dataset`` of every file (same thread pool),
+    the positive finite float32 reduced values of the ``all`` category concatenated per
+    instrument, ``np.percentile(pooled, 95)``.
+(b) ``dask.array.percentile`` (one chunk per file of the positive finite values) vs the exact
+    ``np.percentile(pooled, 95)``: relative error, next to ours (asserted to be exactly 0).
+(c) ours cold vs merely reading and reducing every file once (``open_esa`` +
+    ``reduce_dataset(...).compute(scheduler="synchronous")`` per file in a
+    ``ThreadPoolExecutor(os.cpu_count())``, the variables ours reads), and ours re-run warm
+    (state up to date) and with another percentile (pass 2 only, from the zarr cache).
+(d) ours' peak memory at ``--orbits-small`` vs ``--orbits-large`` orbits: growth in %.
+
+    python benchmarks/bench_extrema.py [--orbits 20] [--records 400] [--rounds 3]
+        [--orbits-small 10] [--orbits-large 40] [--rerun-percentile 99] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PERCENTILE = 95.0
+VARIABLE = "data"
+READ_VARIABLES = [VARIABLE, "pitch_angle", "domega", "energy_full"]  # what ours reads
+
+
+# --------------------------------------------------------------------------------------
+# Child side: one measurement per process, result as one JSON line on stdout
+# --------------------------------------------------------------------------------------
+
+
+def _maxrss_mb() -> float:
+    """Peak RSS of this process, MB.
+
+    ``VmHWM`` (the high-water mark of this process's own address space) rather than
+    ``ru_maxrss``: Linux carries ``ru_maxrss`` over ``execve`` from the address space that
+    was replaced, which for a ``vfork``-ed child (what ``subprocess`` uses) is the
+    *parent's*, so every child would report at least the parent's peak.
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _cpu_s() -> float:
+    """User + system CPU seconds of this process (all threads) so far."""
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _imports() -> None:
+    """The same imports in every child, before the post-import baseline is read."""
+    import cdflib  # noqa: F401
+    import dask
+    import dask.array  # noqa: F401
+    import numpy  # noqa: F401
+    import xarray  # noqa: F401
+    import zarr  # noqa: F401
+
+    import fastspectro_dask.extrema
+    import fastspectro_dask.io
+    import fastspectro_dask.reduce  # noqa: F401
+
+
+def _files(root: Path) -> list[tuple[str, Path]]:
+    from fastspectro_dask.discovery import discover
+
+    return [(inst, p) for files in discover(root).values() for inst, p in files.items()]
+
+
+def _read_reduce_all(root: Path, keep_values: bool) -> dict:
+    """Read + reduce every file on a thread pool of os.cpu_count(); positive finite
+    float32 values of the ``all`` category per file, grouped by instrument."""
+    import concurrent.futures as cf
+
+    import numpy as np
+
+    from fastspectro_dask.io import open_esa
+    from fastspectro_dask.reduce import reduce_dataset
+
+    def one(inst: str, path: Path):
+        ds = open_esa(path, variables=READ_VARIABLES)
+        red = reduce_dataset(ds, variable=VARIABLE).compute(scheduler="synchronous")
+        if not keep_values:
+            return inst, None
+        v = red["values"].sel(category="all").values.astype(np.float32).reshape(-1)
+        return inst, v[np.isfinite(v) & (v > 0)]
+
+    out: dict[str, list] = {}
+    with cf.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        for inst, v in pool.map(lambda a: one(*a), _files(root)):
+            out.setdefault(inst, []).append(v)
+    return out
+
+
+def child(mode: str, root: Path, out: Path | None, rerun_q: float, reruns: bool) -> dict:
+    import logging
+
+    logging.disable(logging.CRITICAL)
+    _imports()
+    base = _maxrss_mb()
+    res: dict = {"mode": mode, "base_mb": base}
+    import numpy as np
+
+    c0 = _cpu_s()
+
+    if mode == "ours":
+        from fastspectro_dask.extrema import compute_global_extrema
+
+        json_path = out / "extrema.json"
+        t0 = time.perf_counter()
+        st = compute_global_extrema(root, extrema_json_path=json_path, variable=VARIABLE)
+        res["seconds"] = time.perf_counter() - t0
+        res["peak_mb"] = _maxrss_mb()
+        res["cpu_s"] = _cpu_s() - c0
+        res["timing"] = st["timing_seconds"]
+        res["zmax"] = {i: st["results"][i]["all"]["z_max"] for i in st["results"]}
+        res["n"] = {i: st["results"][i]["all"]["n_samples"] for i in st["results"]}
+        res["json_kb"] = json_path.stat().st_size / 1024
+        if reruns:
+            t0 = time.perf_counter()
+            compute_global_extrema(root, extrema_json_path=json_path, variable=VARIABLE)
+            res["warm_seconds"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            st = compute_global_extrema(
+                root, extrema_json_path=json_path, variable=VARIABLE, max_percentile=rerun_q
+            )
+            res["rerun_seconds"] = time.perf_counter() - t0
+            res["rerun_timing"] = st["timing_seconds"]
+    elif mode == "pooled":
+        t0 = time.perf_counter()
+        parts = _read_reduce_all(root, keep_values=True)
+        pooled = {i: np.concatenate(v) for i, v in parts.items()}
+        res["zmax"] = {i: float(np.percentile(p, PERCENTILE)) for i, p in pooled.items()}
+        res["seconds"] = time.perf_counter() - t0
+        res["peak_mb"] = _maxrss_mb()
+        res["cpu_s"] = _cpu_s() - c0
+        res["pooled_mb"] = sum(p.nbytes for p in pooled.values()) / 2**20
+    elif mode == "read":
+        t0 = time.perf_counter()
+        _read_reduce_all(root, keep_values=False)
+        res["seconds"] = time.perf_counter() - t0
+        res["peak_mb"] = _maxrss_mb()
+        res["cpu_s"] = _cpu_s() - c0
+    elif mode == "daskpct":
+        import dask.array as da
+
+        parts = _read_reduce_all(root, keep_values=True)
+        res["exact"], res["dask"], res["n"], res["chunks"] = {}, {}, {}, {}
+        t_dask = 0.0
+        for inst, vs in parts.items():
+            pooled = np.concatenate(vs)
+            res["exact"][inst] = float(np.percentile(pooled, PERCENTILE))
+            res["n"][inst] = int(pooled.size)
+            vs = [v for v in vs if v.size]
+            x = da.concatenate([da.from_array(v, chunks=v.shape) for v in vs])
+            res["chunks"][inst] = x.numblocks[0]
+            t0 = time.perf_counter()
+            res["dask"][inst] = float(np.ravel(da.percentile(x, PERCENTILE).compute())[0])
+            t_dask += time.perf_counter() - t0
+        res["dask_seconds"] = t_dask
+    else:
+        raise ValueError(mode)
+    return res
+
+
+# --------------------------------------------------------------------------------------
+# Parent side
+# --------------------------------------------------------------------------------------
+
+
+def run_child(mode: str, root: Path, work: Path, args, reruns: bool = False) -> dict:
+    out = Path(tempfile.mkdtemp(prefix=f"{mode}-", dir=work))  # fresh JSON + zarr cache
+    cmd = [sys.executable, __file__, "--child", mode, "--root", str(root), "--out", str(out)]
+    cmd += ["--rerun-percentile", str(args.rerun_percentile)] + (["--reruns"] if reruns else [])
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode:
+        sys.stderr.write(proc.stderr)
+        raise RuntimeError(f"child {mode} on {root} failed")
+    shutil.rmtree(out, ignore_errors=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def make_missions(base: Path, counts: list[int], records: int, seed: int) -> dict[int, Path]:
+    """One synthetic mission of max(counts) orbits; the smaller ones hard-link its first
+    orbits (same content as writing them with write_synthetic_dataset(orbits=n))."""
+    from fastspectro_dask.synth import write_synthetic_dataset
+
+    top = max(counts)
+    full = base / f"orbits{top}"
+    man = write_synthetic_dataset(full, orbits=top, records=records, seed=seed)
+    first = min(man.files)
+    roots = {top: full}
+    for n in sorted(set(counts) - {top}):
+        root = base / f"orbits{n}"
+        for orbit in range(first, first + n):
+            for path in man.files.get(orbit, {}).values():
+                dst = root / path.relative_to(full)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(path, dst)
+                except OSError:
+                    shutil.copy2(path, dst)
+        roots[n] = root
+    return roots
+
+
+def med(results: list[dict], key: str) -> float:
+    return statistics.median(r[key] for r in results)
+
+
+def fmt_table(title: str, header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    widths[0] = max(widths[0], 30)
+
+    def line(r: list[str]) -> str:
+        cells = zip(r, widths, strict=True)
+        return "  ".join(f"{c:<{w}}" if i == 0 else f"{c:>{w}}" for i, (c, w) in enumerate(cells))
+
+    sep = "-" * (sum(widths) + 2 * (len(widths) - 1))
+    return "\n".join([f"\n{title}", line(header), sep, *map(line, rows)])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--orbits", type=int, default=20, help="mission size of (a)-(c)")
+    ap.add_argument("--records", type=int, default=400, help="records per survey file")
+    ap.add_argument("--orbits-small", type=int, default=10, help="(d) small mission")
+    ap.add_argument("--orbits-large", type=int, default=40, help="(d) large mission")
+    ap.add_argument("--rounds", type=int, default=3, help="fresh subprocesses per variant")
+    ap.add_argument("--rerun-percentile", type=float, default=99.0)
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--keep", type=Path, help="write the data here and keep it")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--root", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--reruns", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        res = child(args.child, args.root, args.out, args.rerun_percentile, args.reruns)
+        print(json.dumps(res))
+        return
+
+    import cdflib
+    import dask
+    import numpy as np
+    import xarray as xr
+    import zarr
+
+    t_start = time.perf_counter()
+    load0 = os.getloadavg()
+    print(
+        f"machine: {os.cpu_count()} cores, {platform.machine()}, Python "
+        f"{platform.python_version()}, numpy {np.__version__}, dask {dask.__version__}, "
+        f"xarray {xr.__version__}, zarr {zarr.__version__}, cdflib {cdflib.__version__}"
+    )
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        work_ctx = None
+        work = args.keep
+    else:
+        work_ctx = tempfile.TemporaryDirectory(prefix="bench_extrema-")
+        work = Path(work_ctx.name)
+    try:
+        counts = sorted({args.orbits, args.orbits_small, args.orbits_large})
+        t0 = time.perf_counter()
+        roots = make_missions(work / "data", counts, args.records, args.seed)
+        print(
+            f"data: seed {args.seed}, ~{args.records} records per file, written in "
+            f"{time.perf_counter() - t0:.0f} s"
+        )
+        for n in counts:
+            files = [p for p in roots[n].rglob("*.cdf")]
+            by = {
+                i: sum(f"_l2_{i}_" in p.name for p in files) for i in ("ees", "eeb", "ies", "ieb")
+            }
+            print(
+                f"  {n:3d} orbits: {len(files):4d} files "
+                f"({', '.join(f'{k} {v}' for k, v in by.items())}), "
+                f"{sum(p.stat().st_size for p in files) / 1e6:7.1f} MB on disk"
+            )
+        root = roots[args.orbits]
+        R = args.rounds
+        print(f"rounds: {R} fresh subprocesses per variant, interleaved; medians shown")
+
+        # ---- (a) + (c): interleaved rounds on the main mission
+        runs: dict[str, list[dict]] = {"ours": [], "pooled": [], "read": []}
+        for _ in range(R):
+            runs["ours"].append(run_child("ours", root, work, args, reruns=True))
+            runs["pooled"].append(run_child("pooled", root, work, args))
+            runs["read"].append(run_child("read", root, work, args))
+        dres = run_child("daskpct", root, work, args)
+
+        ours, pooled = runs["ours"], runs["pooled"]
+        rows = []
+        for label, key in (
+            ("wall time, s", "seconds"),
+            ("CPU time (user+sys), s", "cpu_s"),
+            ("peak RSS, MB", "peak_mb"),
+            ("post-import RSS, MB", "base_mb"),
+        ):
+            a, b = med(ours, key), med(pooled, key)
+            rows.append([label, f"{a:.2f}", f"{b:.2f}", f"{a / b:.2f}x"])
+        a = statistics.median(r["peak_mb"] - r["base_mb"] for r in ours)
+        b = statistics.median(r["peak_mb"] - r["base_mb"] for r in pooled)
+        rows.append(["peak - post-import, MB", f"{a:.1f}", f"{b:.1f}", f"{a / b:.2f}x"])
+        print(
+            fmt_table(
+                f"(a) {args.orbits} orbits, cold: ours (4 instruments x 4 categories, exact) "
+                f"vs pooled numpy (4 instruments x 'all')",
+                ["metric (median)", "ours", "pooled numpy", "ours/pooled"],
+                rows,
+            )
+        )
+        print(
+            f"    runs, s: ours {[round(r['seconds'], 2) for r in ours]}, pooled "
+            f"{[round(r['seconds'], 2) for r in pooled]}; pooled arrays held: "
+            f"{med(pooled, 'pooled_mb'):.1f} MB (grows linearly with the mission); "
+            f"ours' JSON state: {med(ours, 'json_kb'):.0f} kB"
+        )
+
+        # ---- (b)
+        rows = []
+        for inst in sorted(dres["exact"], key=("ees", "eeb", "ies", "ieb").index):
+            exact = dres["exact"][inst]
+            got = {r["zmax"][inst] for r in ours}
+            ours_err = max(abs(g - exact) / exact for g in got)
+            assert all(g == exact for g in got), f"{inst}: ours {got} != numpy {exact}"
+            assert all(r["zmax"][inst] == exact for r in pooled)
+            dk = dres["dask"][inst]
+            rows.append(
+                [
+                    inst,
+                    f"{dres['n'][inst]}",
+                    f"{dres['chunks'][inst]}",
+                    f"{exact:.7g}",
+                    f"{next(iter(got)):.7g}",
+                    f"{ours_err:.1e}",
+                    f"{dk:.7g}",
+                    f"{abs(dk - exact) / exact:.2e}",
+                    f"{dk / exact:.5f}",
+                ]
+            )
+        print(
+            fmt_table(
+                f"(b) p{PERCENTILE:g} of positive finite reduced '{VARIABLE}' ('all' category), "
+                f"{args.orbits} orbits",
+                [
+                    "instrument",
+                    "values",
+                    "chunks",
+                    "np.percentile",
+                    "ours",
+                    "ours rel.err",
+                    "da.percentile",
+                    "dask rel.err",
+                    "dask/exact",
+                ],
+                rows,
+            )
+        )
+        print(
+            "    ours == np.percentile(pooled, 95) bit for bit: asserted for every instrument"
+            f" and run; da.percentile compute: {dres['dask_seconds']:.3f} s"
+        )
+
+        # ---- (c)
+        base_t = med(runs["read"], "seconds")
+        p1 = statistics.median(r["timing"]["pass1"] for r in ours)
+        p2 = statistics.median(r["timing"]["pass2"] for r in ours)
+        rows = [
+            [
+                "read + reduce every file once",
+                f"{base_t:.3f}",
+                f"{med(runs['read'], 'cpu_s'):.1f}",
+                "1.00x",
+            ],
+            [
+                f"ours cold (pass 1 {p1:.1f} s + pass 2 {p2:.1f} s)",
+                f"{med(ours, 'seconds'):.3f}",
+                f"{med(ours, 'cpu_s'):.1f}",
+                f"{med(ours, 'seconds') / base_t:.2f}x",
+            ],
+            [
+                "ours warm re-run (up to date)",
+                f"{med(ours, 'warm_seconds'):.3f}",
+                "",
+                f"{med(ours, 'warm_seconds') / base_t:.4f}x",
+            ],
+            [
+                f"ours re-run p{args.rerun_percentile:g} (pass 2 from cache)",
+                f"{med(ours, 'rerun_seconds'):.3f}",
+                "",
+                f"{med(ours, 'rerun_seconds') / base_t:.2f}x",
+            ],
+            [
+                "pooled numpy (from (a))",
+                f"{med(pooled, 'seconds'):.3f}",
+                f"{med(pooled, 'cpu_s'):.1f}",
+                f"{med(pooled, 'seconds') / base_t:.2f}x",
+            ],
+        ]
+        print(
+            fmt_table(
+                f"(c) {args.orbits} orbits, {os.cpu_count()} threads everywhere",
+                ["variant", "median wall s", "CPU s", "wall vs read+reduce"],
+                rows,
+            )
+        )
+
+        # ---- (d)
+        small, large = args.orbits_small, args.orbits_large
+        scal: dict[int, list[dict]] = {small: [], large: []}
+        for _ in range(R):
+            for n in (small, large):
+                scal[n].append(run_child("ours", roots[n], work, args))
+        cols = [small, args.orbits, large] if small < args.orbits < large else [small, large]
+        data = {**{n: scal[n] for n in (small, large)}, args.orbits: ours}
+        rows = []
+        for label, fn in (
+            ("peak RSS, MB", lambda r: r["peak_mb"]),
+            ("post-import RSS, MB", lambda r: r["base_mb"]),
+            ("peak - post-import, MB", lambda r: r["peak_mb"] - r["base_mb"]),
+            ("wall time, s", lambda r: r["seconds"]),
+            ("CPU time, s", lambda r: r["cpu_s"]),
+            ("JSON state, kB", lambda r: r["json_kb"]),
+        ):
+            vals = [statistics.median(map(fn, data[n])) for n in cols]
+            growth = 100 * (vals[-1] / vals[0] - 1)
+            rows.append([label, *(f"{v:.1f}" for v in vals), f"{growth:+.1f} %"])
+        print(
+            fmt_table(
+                f"(d) ours cold, memory vs mission size ({R} fresh subprocesses each)",
+                ["metric (median)", *(f"{n} orbits" for n in cols), f"{large} vs {small}"],
+                rows,
+            )
+        )
+        growth = 100 * (
+            statistics.median(r["peak_mb"] for r in scal[large])
+            / statistics.median(r["peak_mb"] for r in scal[small])
+            - 1
+        )
+        print(
+            f"    peak RSS growth {small} -> {large} orbits: {growth:+.1f} % "
+            f"(target <= 10 %: {'met' if growth <= 10 else 'NOT met'})"
+        )
+        print(
+            f"\ntotal benchmark time: {time.perf_counter() - t_start:.0f} s; load average "
+            f"(1 min) at start {load0[0]:.2f}, at end {os.getloadavg()[0]:.2f}"
+        )
+    finally:
+        if work_ctx is not None:
+            work_ctx.cleanup()
+
+
+if __name__ == "__main__":
+    main()

@@ -191,7 +191,7 @@ def _category_values(
             if not hist.mass_in(coarse_keys):
                 return np.empty(0, np.float32)
     try:
-        red = cache.read(entry)
+        return cache.read_values(entry, k).reshape(-1)
     except KeyError:  # cache deleted: decode again (refusing a changed file), store again
         if FileKey.of(path) != key:
             raise RuntimeError(f"{path} changed during the extrema computation") from None

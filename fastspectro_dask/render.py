@@ -1,0 +1,1521 @@
+"""Science-correct spectrogram figures with matplotlib (Agg, no pyplot, no Dask).
+
+Products of one orbit:
+
+* :func:`FAST_plot_instrument_grid`: one row per instrument (``ees``, ``eeb``, ``ies``,
+  ``ieb``) on the orbit's shared time axis, with a labelled placeholder row for an
+  instrument that is missing or has no data;
+* :func:`FAST_plot_pitch_angle_grid`: one row per pitch-angle category of one instrument.
+
+Both draw through the mission-agnostic :func:`make_spectrogram`, which places every
+record's cells on **bin edges computed from that record's own energies** (geometric
+midpoints on a log axis, arithmetic on a linear one), so mode changes inside an orbit (48
+or 96 channels, other tables) land at the right heights. Runs of consecutive records with
+the same energy table become one :class:`~matplotlib.collections.QuadMesh` each; time
+gaps longer than ``gap_factor`` times the local cadence stay blank; on a log colour scale
+values <= 0 are masked (blank), never clipped to the lowest colour.
+
+Limits and labels of a row come, in increasing priority, from the data (percentiles),
+from global ``extrema`` and from per-row ``overrides``. :func:`save_figure` writes
+deterministic PNGs atomically; :func:`figure_path` names them.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import logging
+import os
+import re
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import matplotlib.dates as mdates
+import numpy as np
+import xarray as xr
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import QuadMesh
+from matplotlib.colors import Colormap, LogNorm, Normalize
+from matplotlib.figure import Figure
+
+from fastspectro_dask.errors import PlottingError
+from fastspectro_dask.reduce import DEFAULT_CATEGORIES, normalize_categories, reduce_dataset
+
+__all__ = [
+    "FAST_plot_instrument_grid",
+    "FAST_plot_pitch_angle_grid",
+    "figure_path",
+    "generic_batch_plot",
+    "make_spectrogram",
+    "read_marked_intervals",
+    "save_figure",
+]
+
+logger = logging.getLogger(__name__)
+
+_SCALES = ("linear", "log")
+#: Default colormap per (y_scale, z_scale).
+DEFAULT_COLORMAPS: dict[tuple[str, str], str] = {
+    ("linear", "linear"): "viridis",
+    ("linear", "log"): "cividis",
+    ("log", "linear"): "plasma",
+    ("log", "log"): "inferno",
+}
+#: Fields a row override (or an extrema entry) may set.
+ROW_FIELDS: tuple[str, ...] = ("y_min", "y_max", "z_min", "z_max", "y_label", "z_label")
+DEFAULT_Y_LABEL = "Energy (eV)"
+DEFAULT_INSTRUMENTS: tuple[str, ...] = ("ees", "eeb", "ies", "ieb")
+DEFAULT_DPI = 100
+#: zlib level of the PNG writer: 3 encodes as fast as 1 and ~2x faster than PIL's 6
+#: (files ~15 % larger); see benchmarks/bench_render.py.
+DEFAULT_COMPRESS_LEVEL = 3
+#: A time step longer than this many local cadences is a gap (drawn blank).
+DEFAULT_GAP_FACTOR = 3.0
+#: Above this many runs of one energy table, a row is drawn as one interleaved mesh.
+_MAX_RUN_MESHES = 64
+_INSTRUMENT_TITLES = {
+    "ees": "electrons, survey",
+    "eeb": "electrons, burst",
+    "ies": "ions, survey",
+    "ieb": "ions, burst",
+}
+_UTC = timezone.utc
+# Layout in inches (used when ``layout`` is None: no layout engine, fixed geometry).
+_MARGIN_LEFT = 0.85
+_MARGIN_RIGHT = 0.95  # colour-bar ticks and label
+_MARGIN_TOP = 0.55
+_MARGIN_BOTTOM = 0.6
+_ROW_GAP = 0.38
+_COL_GAP = 0.14
+_CBAR_WIDTH = 0.16
+_ZOOM_WIDTH = 2.6
+
+
+# --------------------------------------------------------------------------------------
+# Small helpers
+# --------------------------------------------------------------------------------------
+
+
+def _check_scale(name: str, value: str) -> str:
+    if value not in _SCALES:
+        raise ValueError(f"{name} must be 'linear' or 'log', not {value!r}")
+    return value
+
+
+def _colormap(colormap: str | Colormap | None, y_scale: str, z_scale: str) -> Colormap:
+    """The colormap, with masked (bad) cells fully transparent."""
+    if colormap is None:
+        colormap = DEFAULT_COLORMAPS[(y_scale, z_scale)]
+    cmap = colormaps[colormap] if isinstance(colormap, str) else colormap
+    return cmap.with_extremes(bad=(0.0, 0.0, 0.0, 0.0))
+
+
+def _is_datetime(a: np.ndarray) -> bool:
+    return np.issubdtype(a.dtype, np.datetime64)
+
+
+def _to_datetime64(value: Any) -> np.datetime64:
+    """A scalar time (datetime64, datetime, ISO string, pandas Timestamp) as datetime64[ns]."""
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        value = value.astimezone(_UTC).replace(tzinfo=None)
+    if isinstance(value, str):
+        value = value.strip()
+        if value.endswith(("Z", "z")):
+            value = value[:-1]
+        value = value.replace(" ", "T", 1)
+    if hasattr(value, "to_datetime64"):  # pandas Timestamp
+        value = value.to_datetime64()
+    out = np.datetime64(value, "ns")
+    if np.isnat(out):
+        raise ValueError(f"not a valid time: {value!r}")
+    return out
+
+
+def _format_span(t0: np.datetime64, t1: np.datetime64) -> str:
+    """``2000-01-28 09:53:13 - 11:58:40 UT`` (the end date only when it differs)."""
+    a = _to_datetime64(t0).astype("datetime64[s]").item()
+    b = _to_datetime64(t1).astype("datetime64[s]").item()
+    end = f"{b:%H:%M:%S}" if a.date() == b.date() else f"{b:%Y-%m-%d %H:%M:%S}"
+    return f"{a:%Y-%m-%d %H:%M:%S} - {end} UT"
+
+
+def _date_axis(ax: Axes) -> None:
+    """UT date ticks (concise, with the date) on the x axis."""
+    locator = mdates.AutoDateLocator(tz=_UTC, minticks=4, maxticks=9)
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=_UTC))
+
+
+def _datetime_to_num(t: np.ndarray) -> np.ndarray:
+    """datetime64 -> matplotlib date numbers (days since the matplotlib epoch)."""
+    return mdates.date2num(np.asarray(t).astype("datetime64[ns]"))
+
+
+# --------------------------------------------------------------------------------------
+# Geometry: time edges, runs, energy edges
+# --------------------------------------------------------------------------------------
+
+
+def _same_table(e: np.ndarray) -> np.ndarray:
+    """``(n-1,)`` True where record i+1 has the same energy table as record i."""
+    if e.shape[0] < 2:
+        return np.zeros(0, bool)
+    a, b = e[:-1], e[1:]
+    fa, fb = np.isfinite(a), np.isfinite(b)
+    with np.errstate(invalid="ignore"):
+        close = np.abs(a - b) <= 1e-6 * np.maximum(np.abs(a), np.abs(b))
+    return np.all((fa == fb) & (close | ~fa), axis=1)
+
+
+def _time_geometry(
+    t: np.ndarray, same: np.ndarray, gap_factor: float, default_dt: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Record time edges and gap flags from sorted centre times (float, any unit).
+
+    Parameters
+    ----------
+    t : ndarray (n,)
+        Sorted record centre times.
+    same : ndarray (n-1,) bool
+        Record i+1 has the same energy table (mode) as record i.
+    gap_factor : float
+        A step longer than ``gap_factor`` local cadences is a gap.
+    default_dt : float
+        Cell width when no interval is known (a single isolated record).
+
+    Returns
+    -------
+    left, right : ndarray (n,)
+        Cell edges: midpoints between neighbours; half an adjacent interval at the ends
+        of a gap-free segment; the local cadence for an isolated record.
+    gap : ndarray (n-1,) bool
+        True where the step from record i to i+1 is a gap.
+    """
+    n = t.size
+    dt = np.diff(t)
+    run = np.concatenate([[0], np.cumsum(~same)]) if n else np.zeros(0, int)
+    n_runs = int(run[-1]) + 1 if n else 0
+    pos = dt[dt > 0]
+    global_dt = float(np.median(pos)) if pos.size else float(default_dt)
+    # Cadence of each mode run: the median step inside it.
+    cad = np.full(n_runs, global_dt)
+    inner = same  # steps inside one run
+    if inner.any():
+        r_of_step = run[:-1][inner]
+        steps = dt[inner]
+        order = np.argsort(r_of_step, kind="stable")
+        r_sorted, s_sorted = r_of_step[order], steps[order]
+        bounds = np.flatnonzero(np.diff(r_sorted)) + 1
+        for rs, ss in zip(
+            np.split(r_sorted, bounds), np.split(s_sorted, bounds), strict=True
+        ):  # loops over runs, not records
+            med = float(np.median(ss))
+            if med <= 0:
+                continue
+            # Few steps cannot tell a cadence from a gap: do not trust them alone.
+            cad[rs[0]] = med if ss.size >= 3 else min(med, global_dt)
+    ref = np.maximum(cad[run[:-1]], cad[run[1:]]) if n > 1 else np.zeros(0)
+    gap = dt > gap_factor * ref
+    half = dt / 2.0
+    mid = t[:-1] + half
+    left = np.empty(n)
+    right = np.empty(n)
+    if n:
+        ok_prev = np.concatenate([[False], ~gap])  # record i joins record i-1
+        ok_next = np.concatenate([~gap, [False]])  # record i joins record i+1
+        half_prev = np.concatenate([[np.nan], half])
+        half_next = np.concatenate([half, [np.nan]])
+        own = cad[run] / 2.0
+        w_left = np.where(ok_prev, half_prev, np.where(ok_next, half_next, own))
+        w_right = np.where(ok_next, half_next, np.where(ok_prev, half_prev, own))
+        left = t - w_left
+        right = t + w_right
+        # Shared edges are the exact same number on both sides.
+        left[1:][~gap] = mid[~gap]
+        right[:-1][~gap] = mid[~gap]
+    return left, right, gap
+
+
+def _sorted_channels(
+    e: np.ndarray, v: np.ndarray, y_scale: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per record: usable channels sorted by energy, ascending, NaN-padded at the end.
+
+    Returns energies ``(n, k)``, values ``(n, k)`` and the count of usable channels.
+    """
+    e = np.array(e, dtype=np.float64)
+    usable = np.isfinite(e)
+    if y_scale == "log":
+        with np.errstate(invalid="ignore"):
+            usable &= e > 0
+    e[~usable] = np.nan
+    order = np.argsort(e, axis=1, kind="stable")  # NaN last
+    e_sorted = np.take_along_axis(e, order, axis=1)
+    v_sorted = np.take_along_axis(np.asarray(v, dtype=np.float64), order, axis=1)
+    count = usable.sum(axis=1)
+    k = int(count.max()) if count.size else 0
+    return e_sorted[:, :k], v_sorted[:, :k], count
+
+
+def _energy_edges(e_sorted: np.ndarray, count: np.ndarray, y_scale: str) -> np.ndarray:
+    """Cell edges ``(n, k+1)`` from ascending, NaN-padded channel energies ``(n, k)``.
+
+    Inner edges are midpoints (geometric on a log axis, arithmetic on a linear one); the
+    outer edges sit half a neighbouring step beyond the outer channels (in log space on a
+    log axis; on a linear axis not below zero when the lowest channel is positive). A
+    single channel spans a factor sqrt(2) each way (log) or +-50 % (linear).
+    Padding columns repeat the top edge, so every coordinate is finite.
+    """
+    n, k = e_sorted.shape
+    x = np.log(e_sorted) if y_scale == "log" else e_sorted.copy()
+    edges = np.full((n, k + 1), np.nan)
+    if k == 0:
+        return np.zeros((n, 1))
+    rows = np.arange(n)
+    # Inner edges: midpoints of finite neighbours.
+    edges[:, 1:k] = (x[:, :-1] + x[:, 1:]) / 2.0
+    c = np.maximum(count, 1)
+    lo_step = np.where(count >= 2, x[:, 1] - x[:, 0] if k >= 2 else 0.0, np.nan)
+    hi_idx = c - 1
+    top = x[rows, hi_idx]
+    prev = x[rows, np.maximum(hi_idx - 1, 0)]
+    hi_step = np.where(count >= 2, top - prev, np.nan)
+    if y_scale == "log":
+        single = np.log(np.sqrt(2.0))
+        lo_step = np.where(count >= 2, lo_step, 2 * single)
+        hi_step = np.where(count >= 2, hi_step, 2 * single)
+    else:
+        w = np.maximum(np.abs(x[:, 0]), 1e-12)
+        lo_step = np.where(count >= 2, lo_step, w)
+        hi_step = np.where(count >= 2, hi_step, w)
+    edges[:, 0] = x[:, 0] - lo_step / 2.0
+    if y_scale == "linear":  # positive channels (energies) never reach below zero
+        edges[:, 0] = np.where(x[:, 0] > 0, np.maximum(edges[:, 0], 0.0), edges[:, 0])
+    edges[rows, c] = top + hi_step / 2.0
+    # Pad: every column beyond a record's channels repeats its top edge.
+    col = np.arange(k + 1)[None, :]
+    edges = np.where(col > c[:, None], edges[rows, c][:, None], edges)
+    out = np.exp(edges) if y_scale == "log" else edges
+    # Records without any usable channel: harmless finite coordinates (cells are masked).
+    empty = count == 0
+    if empty.any():
+        fill = out[~empty][0, 0] if (~empty).any() else (1.0 if y_scale == "log" else 0.0)
+        out[empty] = fill
+    return out
+
+
+def _mask_values(v: np.ndarray, z_scale: str) -> np.ma.MaskedArray:
+    bad = ~np.isfinite(v)
+    if z_scale == "log":
+        with np.errstate(invalid="ignore"):
+            bad |= v <= 0
+    return np.ma.masked_array(np.where(bad, 0.0, v), mask=bad)
+
+
+# --------------------------------------------------------------------------------------
+# make_spectrogram
+# --------------------------------------------------------------------------------------
+
+
+def _data_limits(
+    values: np.ndarray, z_scale: str, percentile: tuple[float, float]
+) -> tuple[float, float] | None:
+    v = values[np.isfinite(values)]
+    if z_scale == "log":
+        v = v[v > 0]
+    if v.size == 0:
+        return None
+    lo, hi = (float(x) for x in np.percentile(v, percentile))
+    if not hi > lo:  # constant data: a decade (log) or a small pad (linear) around it
+        if z_scale == "log":
+            lo, hi = hi / np.sqrt(10.0), hi * np.sqrt(10.0)
+        else:
+            pad = max(abs(hi) * 0.05, 0.5)
+            lo, hi = lo - pad, hi + pad
+    return lo, hi
+
+
+def _resolve_norm(
+    values: np.ndarray,
+    vmin: float | None,
+    vmax: float | None,
+    z_scale: str,
+    percentile: tuple[float, float],
+) -> Normalize | None:
+    """The colour normalisation from explicit bounds, completed from the data."""
+    if vmin is not None and vmax is not None:
+        lo, hi = float(vmin), float(vmax)
+        if not hi > lo:
+            raise ValueError(f"colour limits must satisfy z_min < z_max, got {lo} and {hi}")
+    else:
+        auto = _data_limits(values, z_scale, percentile)
+        if auto is None:
+            if vmin is None and vmax is None:
+                return None
+            given = float(vmin if vmin is not None else vmax)
+            auto = (given / 10.0, given * 10.0) if z_scale == "log" else (given - 1, given + 1)
+        lo = float(vmin) if vmin is not None else auto[0]
+        hi = float(vmax) if vmax is not None else auto[1]
+        if not hi > lo:  # one bound given, the data's other bound on the wrong side of it
+            if vmin is None:
+                lo = hi / 10.0 if z_scale == "log" else hi - 1.0
+            else:
+                hi = lo * 10.0 if z_scale == "log" else lo + 1.0
+    if z_scale == "log":
+        if lo <= 0:
+            raise ValueError(f"a log colour scale needs z_min > 0, got {lo}")
+        return LogNorm(vmin=lo, vmax=hi)
+    return Normalize(vmin=lo, vmax=hi)
+
+
+def make_spectrogram(
+    ax: Axes,
+    times: np.ndarray,
+    energies: np.ndarray,
+    values: np.ndarray,
+    *,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    percentile: tuple[float, float] = (1.0, 99.0),
+    y_scale: str = "linear",
+    z_scale: str = "log",
+    y_min: float | None = None,
+    y_max: float | None = None,
+    colormap: str | Colormap | None = None,
+    y_label: str | None = DEFAULT_Y_LABEL,
+    z_label: str | None = None,
+    colorbar: bool = True,
+    cax: Axes | None = None,
+    norm: Normalize | None = None,
+    gap_factor: float = DEFAULT_GAP_FACTOR,
+    rasterized: bool = False,
+) -> list[QuadMesh]:
+    """Draw a time-energy spectrogram on bin edges computed per record.
+
+    Mission-agnostic: any instrument with per-record (or shared) channel energies.
+
+    Parameters
+    ----------
+    ax : matplotlib.axes.Axes
+        Target axes; its y scale is set to ``y_scale``.
+    times : array_like, shape (n,)
+        Record centre times, ``datetime64`` (UT; the x axis gets date ticks) or float.
+    energies : array_like, shape (m,) or (n, m)
+        Channel energies shared by all records, or per record (NaN where a channel is not
+        measured). Any channel order; channels <= 0 are dropped on a log axis.
+    values : array_like, shape (n, m)
+        The quantity per record and channel; NaN is blank.
+    vmin, vmax : float, optional
+        Colour limits; omitted ones come from ``percentile`` of the finite values (the
+        positive finite values on a log colour scale).
+    percentile : (float, float)
+        Percentiles for the omitted colour limits.
+    y_scale, z_scale : {"linear", "log"}
+        Energy axis and colour scales. Bin edges are geometric on a log axis and
+        arithmetic on a linear one. On a log colour scale values <= 0 are masked (blank).
+    y_min, y_max : float, optional
+        Energy axis limits (default: the extent of the drawn cells).
+    colormap : str or Colormap, optional
+        Default by scale combination, see :data:`DEFAULT_COLORMAPS`.
+    y_label, z_label : str, optional
+        Axis and colour-bar labels.
+    colorbar : bool
+        Add a colour bar (in ``cax`` if given, else taking room from ``ax``).
+    cax : Axes, optional
+        Axes for the colour bar.
+    norm : Normalize, optional
+        Use this normalisation instead of ``vmin``/``vmax`` (e.g. to share one with
+        another panel).
+    gap_factor : float
+        A step between records longer than ``gap_factor`` times the local cadence (median
+        step of the records with that energy table) is a gap and stays blank.
+    rasterized : bool
+        Rasterize the meshes in vector outputs (no effect on PNG).
+
+    Returns
+    -------
+    list of QuadMesh
+        One mesh per run of consecutive records with one energy table and no gap (or one
+        interleaved mesh when there are very many runs); all share one norm and colormap,
+        the colour bar (``meshes[0].colorbar``) belongs to the first. Empty when there is
+        nothing to draw (the axes then says "no data").
+
+    Raises
+    ------
+    ValueError
+        Bad shapes or scales, or inconsistent explicit limits.
+    """
+    y_scale = _check_scale("y_scale", y_scale)
+    z_scale = _check_scale("z_scale", z_scale)
+    t = np.asarray(times)
+    v = np.asarray(values, dtype=np.float64)
+    e = np.asarray(energies, dtype=np.float64)
+    if t.ndim != 1 or v.ndim != 2 or v.shape[0] != t.size:
+        raise ValueError(f"times must be (n,) and values (n, m); got {t.shape} and {v.shape}")
+    if e.ndim == 1:
+        if e.size != v.shape[1]:
+            raise ValueError(f"energies {e.shape} do not match values {v.shape}")
+        e = np.broadcast_to(e, v.shape)
+    elif e.shape != v.shape:
+        raise ValueError(f"energies {e.shape} do not match values {v.shape}")
+
+    # Time to axis units, sorted, without NaT/NaN.
+    dates = _is_datetime(t)
+    if dates:
+        tn = t.astype("datetime64[ns]")
+        keep = ~np.isnat(tn)
+        ns = tn.astype(np.int64)
+        t0 = ns[keep][0] if keep.any() else 0
+        secs = (ns - t0) / 1e9
+        base = float(_datetime_to_num(np.array([t0]).astype("datetime64[ns]"))[0])
+        scale = 1.0 / 86400.0
+        default_dt = 1.0
+    else:
+        secs = t.astype(np.float64)
+        keep = np.isfinite(secs)
+        base, scale, default_dt = 0.0, 1.0, 1.0
+    if not keep.all():
+        secs, e, v = secs[keep], e[keep], v[keep]
+    if secs.size > 1 and np.any(np.diff(secs) < 0):
+        order = np.argsort(secs, kind="stable")
+        secs, e, v = secs[order], e[order], v[order]
+
+    ax.set_yscale(y_scale)
+    if dates:
+        ax.xaxis_date(tz=_UTC)
+        _date_axis(ax)
+    if y_label:
+        ax.set_ylabel(y_label)
+
+    e_s, v_s, count = _sorted_channels(e, v, y_scale)
+    vm = _mask_values(v_s, z_scale)
+    has_data = bool((~vm.mask).any()) if vm.size else False
+    if has_data and norm is None:
+        norm = _resolve_norm(v_s, vmin, vmax, z_scale, percentile)
+    if not has_data or norm is None:
+        ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center")
+        return []
+    cmap = _colormap(colormap, y_scale, z_scale)
+
+    same = _same_table(e_s)
+    left, right, gap = _time_geometry(secs, same, gap_factor, default_dt)
+    left = base + left * scale
+    right = base + right * scale
+    breaks = np.flatnonzero(~same | gap) + 1
+    starts = np.concatenate([[0], breaks])
+    stops = np.concatenate([breaks, [secs.size]])
+    edges_rows = _energy_edges(e_s, count, y_scale)
+    # Energy limits: the extent of the drawn cells unless given (checked before drawing).
+    drawn = np.flatnonzero(count > 0)
+    y_lo = float(edges_rows[drawn, 0].min()) if y_min is None else float(y_min)
+    y_hi = float(edges_rows[drawn, count[drawn]].max()) if y_max is None else float(y_max)
+    if y_scale == "log" and y_lo <= 0:
+        raise ValueError(f"a log energy axis needs y_min > 0, got {y_lo}")
+    if not y_hi > y_lo:
+        raise ValueError(f"energy limits must satisfy y_min < y_max, got {y_lo} and {y_hi}")
+
+    meshes: list[QuadMesh] = []
+    mesh_kw = dict(antialiased=False, shading="flat")
+    if starts.size <= _MAX_RUN_MESHES:
+        for a, b in zip(starts.tolist(), stops.tolist(), strict=True):
+            k = int(count[a])
+            cells = vm[a:b, :k]
+            if k == 0 or cells.mask.all():
+                continue
+            x = np.concatenate([left[a:b], right[b - 1 : b]])
+            y = edges_rows[a, : k + 1]
+            coords = np.empty((k + 1, b - a + 1, 2))
+            coords[..., 0] = x[None, :]
+            coords[..., 1] = y[:, None]
+            mesh = QuadMesh(coords, **mesh_kw)
+            mesh.set_array(cells.T)
+            meshes.append(mesh)
+    else:  # per-record tables (drifting energies): one mesh, blank columns between records
+        n, k = vm.shape
+        x = np.empty(2 * n)
+        x[0::2], x[1::2] = left, right
+        y = np.repeat(edges_rows.T, 2, axis=1)  # (k+1, 2n)
+        coords = np.empty((k + 1, 2 * n, 2))
+        coords[..., 0] = x[None, :]
+        coords[..., 1] = y
+        cells = np.ma.masked_all((k, 2 * n - 1))
+        cells[:, 0::2] = vm.T
+        mesh = QuadMesh(coords, **mesh_kw)
+        mesh.set_array(cells)
+        meshes.append(mesh)
+    for mesh in meshes:
+        mesh.set_cmap(cmap)
+        mesh.set_norm(norm)
+        mesh.set_rasterized(rasterized)
+        ax.add_collection(mesh, autolim=False)
+
+    ax.set_xlim(float(left.min()), float(right.max()))
+    ax.set_ylim(y_lo, y_hi)
+
+    if colorbar and meshes:
+        fig = ax.get_figure()
+        cb = fig.colorbar(meshes[0], cax=cax) if cax is not None else fig.colorbar(meshes[0], ax=ax)
+        if z_label:
+            cb.set_label(z_label)
+    logger.debug(
+        "spectrogram: %d records, %d runs, %d gaps, %d meshes",
+        secs.size,
+        starts.size,
+        int(gap.sum()),
+        len(meshes),
+    )
+    return meshes
+
+
+# --------------------------------------------------------------------------------------
+# Row settings: data < extrema < overrides
+# --------------------------------------------------------------------------------------
+
+
+def _check_fields(where: str, fields: Mapping[str, Any]) -> None:
+    unknown = sorted(set(fields) - set(ROW_FIELDS))
+    if unknown:
+        raise ValueError(
+            f"unknown {where} field(s) {', '.join(map(repr, unknown))}; "
+            f"allowed: {', '.join(ROW_FIELDS)}"
+        )
+
+
+def _validate_overrides(
+    overrides: Mapping[str, Mapping[str, Any]] | None, row_keys: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for key, fields in (overrides or {}).items():
+        if not isinstance(fields, Mapping):
+            raise ValueError(f"overrides[{key!r}] must be a mapping of {', '.join(ROW_FIELDS)}")
+        _check_fields(f"override (row {key!r})", fields)
+        if key not in row_keys:
+            logger.warning("override for %r ignored: no such row (rows: %s)", key, row_keys)
+        out[str(key)] = dict(fields)
+    return out
+
+
+def _row_settings(
+    key: str,
+    extrema: Mapping[str, Mapping[str, Any]] | None,
+    overrides: Mapping[str, Mapping[str, Any]],
+    defaults: Mapping[str, Any],
+) -> dict[str, Any]:
+    """``defaults`` updated by ``extrema[key]`` then by ``overrides[key]`` (None skipped)."""
+    out = dict(defaults)
+    ext = dict((extrema or {}).get(key) or {})
+    extra = sorted(set(ext) - set(ROW_FIELDS))
+    if extra:
+        logger.debug("extrema[%r]: ignoring fields %s", key, extra)
+    for source in ({k: ext[k] for k in ext if k in ROW_FIELDS}, overrides.get(key, {})):
+        out.update({k: v for k, v in source.items() if v is not None})
+    return out
+
+
+def _check_settings(key: str, s: dict[str, Any], y_scale: str, z_scale: str) -> dict[str, Any]:
+    """Numbers as floats, positive on log scales, ordered; a ValueError names the row."""
+    for name in ("y_min", "y_max", "z_min", "z_max"):
+        if s.get(name) is None:
+            continue
+        try:
+            s[name] = float(s[name])
+        except (TypeError, ValueError):
+            raise ValueError(f"row {key!r}: {name} must be a number, not {s[name]!r}") from None
+        if not np.isfinite(s[name]):
+            raise ValueError(f"row {key!r}: {name} must be finite, not {s[name]}")
+    for axis, scale in (("y", y_scale), ("z", z_scale)):
+        lo, hi = s.get(f"{axis}_min"), s.get(f"{axis}_max")
+        if scale == "log" and lo is not None and lo <= 0:
+            raise ValueError(f"row {key!r}: a log scale needs {axis}_min > 0, got {lo}")
+        if scale == "log" and hi is not None and hi <= 0:
+            raise ValueError(f"row {key!r}: a log scale needs {axis}_max > 0, got {hi}")
+        if lo is not None and hi is not None and not hi > lo:
+            raise ValueError(f"row {key!r}: {axis}_min {lo} must be below {axis}_max {hi}")
+    return s
+
+
+# --------------------------------------------------------------------------------------
+# Datasets
+# --------------------------------------------------------------------------------------
+
+
+def _is_reduced(ds: xr.Dataset) -> bool:
+    return "values" in ds.data_vars and "energy" in ds.data_vars
+
+
+def _reduced(ds: xr.Dataset, variable: str, categories: Mapping | None = None) -> xr.Dataset:
+    """A reduced Dataset (computed), from a reduced or an ``open_esa`` Dataset."""
+    if not _is_reduced(ds):
+        ds = reduce_dataset(ds, variable=variable, categories=categories)
+    elif categories is not None:
+        have = [str(c) for c in ds["category"].values]
+        missing = [c for c in categories if c not in have]
+        if missing:
+            raise ValueError(
+                f"reduced dataset has no category {', '.join(map(repr, missing))} "
+                f"(it has {', '.join(have)})"
+            )
+        ds = ds.sel(category=list(categories))
+    return ds[["values", "energy"]].compute()  # one pass over a dask-backed source
+
+
+def _category_ranges(ds: xr.Dataset, categories: Mapping | None) -> dict[str, tuple]:
+    if categories is not None:
+        return normalize_categories(categories)
+    ranges: dict[str, tuple] = {}
+    text = ds["category"].attrs.get("ranges") if "category" in ds.coords else None
+    if isinstance(text, str):
+        try:
+            ranges = dict(ast.literal_eval(text))
+        except (ValueError, SyntaxError):
+            ranges = {}
+    return {**DEFAULT_CATEGORIES, **ranges}
+
+
+def _z_label_for(variable: str, units: str) -> str:
+    if variable == "data":
+        return "Counts"
+    return units or variable
+
+
+def _has_data(values: np.ndarray) -> bool:
+    with np.errstate(invalid="ignore"):
+        return bool(np.any(np.isfinite(values) & (values > 0)))
+
+
+def _orbit_of(datasets: Iterable[xr.Dataset | None]) -> int | None:
+    for ds in datasets:
+        if ds is not None and "orbit" in ds.attrs:
+            try:
+                return int(ds.attrs["orbit"])
+            except (TypeError, ValueError):
+                continue
+    return None
+
+
+# --------------------------------------------------------------------------------------
+# Marked intervals
+# --------------------------------------------------------------------------------------
+
+Interval = tuple[np.datetime64, np.datetime64, str]
+
+
+def read_marked_intervals(csv_path: str | os.PathLike) -> dict[int, list[Interval]]:
+    """Read marked time intervals per orbit from a CSV file.
+
+    Parameters
+    ----------
+    csv_path : str or os.PathLike
+        Rows ``orbit,start_utc,end_utc[,label]`` with ISO-8601 UTC times (a trailing
+        ``Z`` is allowed). A header row, blank lines and ``#`` comments are skipped.
+
+    Returns
+    -------
+    dict
+        orbit -> list of ``(start, end, label)``, times as ``datetime64[ns]``, sorted by
+        start.
+
+    Raises
+    ------
+    ValueError
+        A malformed row (the message names the file and line), or ``end < start``.
+    """
+    path = Path(csv_path)
+    out: dict[int, list[Interval]] = {}
+    with open(path, newline="", encoding="utf-8") as fh:
+        for lineno, row in enumerate(csv.reader(fh), start=1):
+            cells = [c.strip() for c in row]
+            if not cells or not any(cells) or cells[0].startswith("#"):
+                continue
+            if lineno == 1 and not re.fullmatch(r"[+-]?\d+", cells[0]):
+                continue  # header
+            if len(cells) < 3:
+                raise ValueError(f"{path}:{lineno}: expected orbit,start_utc,end_utc[,label]")
+            try:
+                orbit = int(cells[0])
+                start, end = _to_datetime64(cells[1]), _to_datetime64(cells[2])
+            except ValueError as exc:
+                raise ValueError(f"{path}:{lineno}: {exc}") from exc
+            if end < start:
+                raise ValueError(f"{path}:{lineno}: end {cells[2]} is before start {cells[1]}")
+            label = ",".join(cells[3:]).strip() if len(cells) > 3 else ""
+            out.setdefault(orbit, []).append((start, end, label))
+    for lst in out.values():
+        lst.sort(key=lambda iv: iv[0])
+    return out
+
+
+def _intervals_for(
+    intervals: Mapping[int, Sequence] | Sequence | None, orbit: int | None
+) -> list[Interval]:
+    if not intervals:
+        return []
+    if isinstance(intervals, Mapping):
+        chosen = intervals.get(orbit, []) if orbit is not None else []
+    else:
+        chosen = intervals
+    out = []
+    for item in chosen:
+        start, end, *rest = item
+        out.append((_to_datetime64(start), _to_datetime64(end), str(rest[0]) if rest else ""))
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Grid figures
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Row:
+    key: str
+    title: str
+    times: np.ndarray | None = None
+    energies: np.ndarray | None = None
+    values: np.ndarray | None = None
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def empty(self) -> bool:
+        return self.values is None or not _has_data(self.values)
+
+
+def _new_figure(figsize: tuple[float, float], dpi: float, layout: str | None) -> Figure:
+    fig = Figure(figsize=figsize, dpi=dpi, layout=layout)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _grid_geometry(figsize: tuple[float, float], n_rows: int, n_zoom: int) -> tuple[float, float]:
+    """Main column width and row height (inches); ValueError if the figure is too small."""
+    w, h = figsize
+    main_w = w - _MARGIN_LEFT - _MARGIN_RIGHT - _CBAR_WIDTH - (n_zoom + 1) * _COL_GAP
+    main_w -= n_zoom * _ZOOM_WIDTH
+    row_h = (h - _MARGIN_TOP - _MARGIN_BOTTOM - (n_rows - 1) * _ROW_GAP) / max(n_rows, 1)
+    if n_rows < 1 or main_w < 1.0 or row_h < 0.4:
+        raise ValueError(
+            f"figsize {tuple(figsize)} is too small for {n_rows} rows and {n_zoom} zoom columns"
+        )
+    return main_w, row_h
+
+
+def _grid_axes(
+    fig: Figure, n_rows: int, n_zoom: int, layout: str | None
+) -> tuple[list[Axes], list[list[Axes]], list[Axes]]:
+    """Main axes per row, zoom axes per row and interval, colour-bar axes per row."""
+    w, h = fig.get_size_inches()
+    main_w, row_h = _grid_geometry((w, h), n_rows, n_zoom)
+    widths = [main_w, *([_ZOOM_WIDTH] * n_zoom), _CBAR_WIDTH]
+    n_cols = len(widths)
+    inner_w = sum(widths) + (n_cols - 1) * _COL_GAP
+    gs_kw: dict[str, Any] = dict(width_ratios=widths)
+    if layout is None:
+        gs_kw.update(
+            left=_MARGIN_LEFT / w,
+            right=(_MARGIN_LEFT + inner_w) / w,
+            bottom=_MARGIN_BOTTOM / h,
+            top=1.0 - _MARGIN_TOP / h,
+            wspace=_COL_GAP / (sum(widths) / n_cols),
+            hspace=_ROW_GAP / row_h,
+        )
+    gs = fig.add_gridspec(n_rows, n_cols, **gs_kw)
+    mains: list[Axes] = []
+    zooms: list[list[Axes]] = []
+    caxes: list[Axes] = []
+    for r in range(n_rows):
+        ax = fig.add_subplot(gs[r, 0], sharex=mains[0] if mains else None)
+        mains.append(ax)
+        row_z = []
+        for z in range(n_zoom):
+            share_x = zooms[0][z] if zooms else None
+            row_z.append(fig.add_subplot(gs[r, 1 + z], sharex=share_x, sharey=ax))
+        zooms.append(row_z)
+        caxes.append(fig.add_subplot(gs[r, n_cols - 1]))
+    return mains, zooms, caxes
+
+
+def _placeholder(ax: Axes, key: str, cax: Axes) -> None:
+    ax.set_facecolor("0.94")
+    ax.text(
+        0.5,
+        0.5,
+        f"{key}: no data",
+        transform=ax.transAxes,
+        ha="center",
+        va="center",
+        fontsize="large",
+        color="0.35",
+    )
+    ax.tick_params(left=False, labelleft=False)
+    cax.set_visible(False)
+
+
+def _render_grid(
+    rows: list[_Row],
+    *,
+    title: str,
+    y_scale: str,
+    z_scale: str,
+    settings: dict[str, dict[str, Any]],
+    colormap: str | Colormap | None,
+    figsize: tuple[float, float],
+    dpi: float,
+    layout: str | None,
+    intervals: list[Interval],
+    zoom_duration_minutes: float,
+    percentile: tuple[float, float],
+    context: str,
+) -> Figure:
+    n_zoom = len(intervals)
+    fig = _new_figure(figsize, dpi, layout)
+    mains, zooms, caxes = _grid_axes(fig, len(rows), n_zoom, layout)
+    spans: list[tuple[float, float]] = []
+    t_first: list[np.datetime64] = []
+    t_last: list[np.datetime64] = []
+    for row, ax, cax, zax in zip(rows, mains, caxes, zooms, strict=True):
+        ax.set_label(row.key)
+        ax.set_title(row.title, loc="left", fontsize="medium", y=1.0)
+        _date_axis(ax)
+        for z in zax:
+            z.set_label(f"{row.key}-zoom")
+        if row.empty:
+            _placeholder(ax, row.key, cax)
+            for z in zax:
+                z.set_facecolor("0.94")
+                z.tick_params(left=False, labelleft=False)
+            continue
+        s = settings[row.key]
+        meshes = make_spectrogram(
+            ax,
+            row.times,
+            row.energies,
+            row.values,
+            vmin=s.get("z_min"),
+            vmax=s.get("z_max"),
+            percentile=percentile,
+            y_scale=y_scale,
+            z_scale=z_scale,
+            y_min=s.get("y_min"),
+            y_max=s.get("y_max"),
+            colormap=colormap,
+            y_label=s.get("y_label", DEFAULT_Y_LABEL),
+            z_label=s.get("z_label"),
+            cax=cax,
+        )
+        if meshes:
+            spans.append(ax.get_xlim())
+        t = row.times[~np.isnat(row.times)]
+        t_first.append(t.min())
+        t_last.append(t.max())
+        y_lim = ax.get_ylim()
+        for z in zax:  # the zoom axes share y with the row: same limits and norm
+            make_spectrogram(
+                z,
+                row.times,
+                row.energies,
+                row.values,
+                y_scale=y_scale,
+                z_scale=z_scale,
+                y_min=y_lim[0],
+                y_max=y_lim[1],
+                colormap=colormap,
+                y_label=None,
+                colorbar=False,
+                norm=meshes[0].norm if meshes else None,
+            )
+            z.tick_params(labelleft=False)
+    if not spans:  # no row has data: still show the orbit's time span if known
+        known = [r.times[~np.isnat(r.times)] for r in rows if r.times is not None]
+        known = [t for t in known if t.size]
+        if known:
+            t_all = np.concatenate(known)
+            a, b = _datetime_to_num(np.array([t_all.min(), t_all.max()]))
+            spans.append((a, b) if b > a else (a - 0.5 / 1440, b + 0.5 / 1440))
+    if spans:
+        lo, hi = min(a for a, _ in spans), max(b for _, b in spans)
+        mains[0].set_xlim(lo, hi)
+    else:
+        mains[-1].tick_params(labelbottom=False)
+    for ax in mains[:-1]:
+        ax.tick_params(labelbottom=False)
+    mains[-1].set_xlabel("UT")
+    # Marked intervals: shaded on every row, a zoomed column each.
+    for k, (start, end, label) in enumerate(intervals):
+        a, b = _datetime_to_num(np.array([start, end]))
+        for ax in mains:  # a bar along the top and dashed bounds; the data stay visible
+            ax.axvspan(a, b, ymin=0.95, ymax=1.0, color="k", alpha=0.7, lw=0)
+            ax.axvline(a, color="k", lw=0.8, ls="--")
+            ax.axvline(b, color="k", lw=0.8, ls="--")
+        centre = start + (end - start) / 2
+        half = np.timedelta64(int(zoom_duration_minutes * 30e9), "ns")
+        z0, z1 = _datetime_to_num(np.array([centre - half, centre + half]))
+        column = [zr[k] for zr in zooms]
+        column[0].set_xlim(z0, z1)
+        for z in column:
+            _date_axis(z)
+            z.axvline(a, color="k", lw=0.8, ls="--")
+            z.axvline(b, color="k", lw=0.8, ls="--")
+        for z in column[:-1]:
+            z.tick_params(labelbottom=False)
+        a_s, b_s = (str(x.astype("datetime64[s]"))[11:] for x in (start, end))
+        column[0].set_title(f"{label}  {a_s}\N{EN DASH}{b_s}".strip(), fontsize="small", y=1.0)
+    span = _format_span(min(t_first), max(t_last)) if t_first else "(no data)"
+    fig.suptitle(f"{title}  {span}", fontsize="large")
+    if not t_first:
+        logger.warning("%s: no row has data", context)
+    return fig
+
+
+def _check_layout(layout: str | None) -> str | None:
+    if layout in (None, "none"):
+        return None
+    if layout not in ("constrained", "compressed"):
+        raise ValueError(f"layout must be None, 'constrained' or 'compressed', not {layout!r}")
+    return layout
+
+
+def _check_scales(y_scale: str, z_scale: str) -> None:
+    _check_scale("y_scale", y_scale)
+    _check_scale("z_scale", z_scale)
+
+
+def _prepare_grid(
+    rows: list[_Row],
+    *,
+    y_scale: str,
+    z_scale: str,
+    overrides: Mapping | None,
+    extrema: Mapping | None,
+    figsize: tuple[float, float] | None,
+    n_zoom: int,
+) -> tuple[dict[str, dict[str, Any]], tuple[float, float]]:
+    """Everything a caller can get wrong, checked before drawing (plain ValueErrors)."""
+    keys = [row.key for row in rows]
+    checked = _validate_overrides(overrides, keys)
+    settings = {
+        row.key: _check_settings(
+            row.key, _row_settings(row.key, extrema, checked, row.defaults), y_scale, z_scale
+        )
+        for row in rows
+    }
+    if figsize is None:
+        figsize = (12.0 + n_zoom * (_ZOOM_WIDTH + _COL_GAP), 1.15 + 2.1 * len(rows))
+    _grid_geometry(figsize, len(rows), n_zoom)
+    return settings, (float(figsize[0]), float(figsize[1]))
+
+
+class _PlottingErrors:
+    """Turn errors while drawing into PlottingError (chained), naming the context.
+
+    ZeroDivisionError/FloatingPointError (divide-by-zero) and timeouts propagate
+    unchanged, so the pipeline can categorize them; a PlottingError gets the context.
+    """
+
+    _PASS = (ZeroDivisionError, FloatingPointError, TimeoutError)
+
+    def __init__(self, context: str) -> None:
+        self.context = context
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc is None or not isinstance(exc, Exception) or isinstance(exc, self._PASS):
+            return False
+        if isinstance(exc, PlottingError):  # add the context, keep the original cause
+            raise PlottingError(f"{self.context}: {exc}") from (exc.__cause__ or exc)
+        raise PlottingError(f"{self.context}: {type(exc).__name__}: {exc}") from exc
+
+
+def FAST_plot_instrument_grid(
+    orbit: Mapping[str, xr.Dataset | None],
+    *,
+    y_scale: str = "linear",
+    z_scale: str = "log",
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    variable: str = "data",
+    colormap: str | Colormap | None = None,
+    instrument_order: Sequence[str] = DEFAULT_INSTRUMENTS,
+    category: str = "all",
+    extrema: Mapping[str, Mapping[str, Any]] | None = None,
+    orbit_number: int | None = None,
+    figsize: tuple[float, float] | None = None,
+    dpi: float = DEFAULT_DPI,
+    layout: str | None = None,
+    intervals: Mapping[int, Sequence] | Sequence | None = None,
+    zoom_duration_minutes: float = 6.0,
+    percentile: tuple[float, float] = (1.0, 99.0),
+) -> Figure:
+    """One orbit's spectrograms, one row per instrument, on a shared UT axis.
+
+    Parameters
+    ----------
+    orbit : mapping
+        Instrument -> an :func:`~fastspectro_dask.open_esa` Dataset (reduced here with
+        :func:`~fastspectro_dask.reduce.reduce_dataset`) or an already reduced Dataset
+        (``values``/``energy``; numpy or dask backed), or None.
+    y_scale, z_scale : {"linear", "log"}
+        Energy axis and colour scales.
+    overrides : mapping, optional
+        Instrument -> any of ``y_min, y_max, z_min, z_max, y_label, z_label``; wins over
+        ``extrema``, which wins over the data-driven defaults.
+    variable : {"data", "eflux"}
+        What to reduce from raw Datasets (counts summed over angle, or ``domega``-averaged
+        flux). Reduced Datasets plot what they hold.
+    colormap : str or Colormap, optional
+        Default by (y_scale, z_scale): viridis, cividis, plasma, inferno.
+    instrument_order : sequence of str
+        The rows, top to bottom. A missing instrument, or one without a finite positive
+        value, gets a labelled placeholder row so layouts stay stable.
+    category : str
+        The pitch-angle category to plot (``"all"`` by default).
+    extrema : mapping, optional
+        Instrument -> global limits with the same field names as ``overrides``.
+    orbit_number : int, optional
+        For the title; default from the Datasets' ``orbit`` attribute.
+    figsize : (float, float), optional
+        Inches; default 12 wide, 2.1 per row (wider with intervals).
+    dpi : float
+        Dots per inch of the figure (and of :func:`save_figure` by default).
+    layout : {None, "constrained"}
+        None (default) places the axes with a fixed geometry, which is fastest.
+    intervals : mapping or sequence, optional
+        Marked intervals, as returned by :func:`read_marked_intervals` (this orbit's are
+        used) or a list of ``(start, end[, label])``: shaded on every row, plus a zoomed
+        column per interval.
+    zoom_duration_minutes : float
+        Width of each zoomed column, centred on its interval.
+    percentile : (float, float)
+        Percentiles of the data for colour limits that nothing else sets.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        With an Agg canvas. Spectrogram axes are labelled with their instrument
+        (``ax.get_label()``), as are placeholder rows.
+
+    Raises
+    ------
+    ValueError
+        Bad scale, unknown override field, unknown category.
+    PlottingError
+        Drawing failed (chained to the cause; the message names the orbit).
+    """
+    keys = [str(k) for k in instrument_order]
+    _check_scales(y_scale, z_scale)
+    layout = _check_layout(layout)
+    if orbit_number is None:
+        orbit_number = _orbit_of(orbit.get(k) for k in keys)
+    unused = sorted(set(orbit) - set(keys))
+    if unused:
+        logger.debug("orbit %s: instruments %s not in instrument_order", orbit_number, unused)
+    rows: list[_Row] = []
+    for inst in keys:
+        ds = orbit.get(inst)
+        title = f"{inst}  {_INSTRUMENT_TITLES.get(inst, '')}".rstrip()
+        if ds is None:
+            rows.append(_Row(inst, title))
+            continue
+        if _is_reduced(ds):
+            red = _reduced(ds, variable)
+        elif category in DEFAULT_CATEGORIES:  # reduce only the category shown
+            red = _reduced(ds, variable, {category: DEFAULT_CATEGORIES[category]})
+        else:
+            raise ValueError(
+                f"{inst}: category {category!r} is not one of {list(DEFAULT_CATEGORIES)}; "
+                "pass a reduced Dataset for other categories"
+            )
+        cats = [str(c) for c in red["category"].values]
+        if category not in cats:
+            raise ValueError(f"{inst}: no pitch-angle category {category!r} (has {cats})")
+        var = str(red.attrs.get("variable", variable))
+        units = str(red.attrs.get("units", ""))
+        values = np.asarray(red["values"].sel(category=category).values, dtype=np.float64)
+        rows.append(
+            _Row(
+                inst,
+                f"{title}  ({category})" if category != "all" else title,
+                np.asarray(red["time"].values),
+                np.asarray(red["energy"].values, dtype=np.float64),
+                values,
+                {"y_label": DEFAULT_Y_LABEL, "z_label": _z_label_for(var, units)},
+            )
+        )
+    marks = _intervals_for(intervals, orbit_number)
+    settings, figsize = _prepare_grid(
+        rows,
+        y_scale=y_scale,
+        z_scale=z_scale,
+        overrides=overrides,
+        extrema=extrema,
+        figsize=figsize,
+        n_zoom=len(marks),
+    )
+    context = f"orbit {orbit_number} instrument grid"
+    with _PlottingErrors(context):
+        return _render_grid(
+            rows,
+            title=f"FAST orbit {orbit_number if orbit_number is not None else '?'}",
+            y_scale=y_scale,
+            z_scale=z_scale,
+            settings=settings,
+            colormap=colormap,
+            figsize=figsize,
+            dpi=dpi,
+            layout=layout,
+            intervals=marks,
+            zoom_duration_minutes=zoom_duration_minutes,
+            percentile=percentile,
+            context=context,
+        )
+
+
+def _format_ranges(ranges: Sequence[tuple[float, float]]) -> str:
+    return ", ".join(f"{lo:g}\N{EN DASH}{hi:g}\N{DEGREE SIGN}" for lo, hi in ranges)
+
+
+def FAST_plot_pitch_angle_grid(
+    dataset: xr.Dataset,
+    *,
+    categories: Mapping[str, Sequence[tuple[float, float]]] | None = None,
+    y_scale: str = "linear",
+    z_scale: str = "log",
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    variable: str = "data",
+    colormap: str | Colormap | None = None,
+    extrema: Mapping[str, Mapping[str, Any]] | None = None,
+    orbit_number: int | None = None,
+    instrument: str | None = None,
+    figsize: tuple[float, float] | None = None,
+    dpi: float = DEFAULT_DPI,
+    layout: str | None = None,
+    intervals: Mapping[int, Sequence] | Sequence | None = None,
+    zoom_duration_minutes: float = 6.0,
+    percentile: tuple[float, float] = (1.0, 99.0),
+) -> Figure:
+    """One instrument's spectrograms, one row per pitch-angle category.
+
+    Parameters
+    ----------
+    dataset : xarray.Dataset
+        An :func:`~fastspectro_dask.open_esa` Dataset (reduced here) or a reduced one.
+    categories : mapping, optional
+        Category key -> ``[(lo, hi), ...]`` degrees; default
+        :data:`~fastspectro_dask.reduce.DEFAULT_CATEGORIES` (all, downgoing, upgoing,
+        perpendicular). With a reduced Dataset it selects (and orders) the rows.
+    y_scale, z_scale : {"linear", "log"}
+    overrides : mapping, optional
+        Category key -> any of ``y_min, y_max, z_min, z_max, y_label, z_label``.
+    variable : {"data", "eflux"}
+        What to reduce from a raw Dataset.
+    colormap : str or Colormap, optional
+    extrema : mapping, optional
+        Category key -> global limits (same fields as ``overrides``, lower priority).
+    orbit_number, instrument : optional
+        For the title; default from the Dataset attributes.
+    figsize, dpi, layout, intervals, zoom_duration_minutes, percentile
+        As for :func:`FAST_plot_instrument_grid`.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Each row's axes is labelled with its category key; titles give degree ranges.
+
+    Raises
+    ------
+    ValueError
+        Bad scale, unknown override field, unknown category.
+    PlottingError
+        Drawing failed (chained; the message names the orbit and instrument).
+    """
+    _check_scales(y_scale, z_scale)
+    layout = _check_layout(layout)
+    instrument = instrument or str(dataset.attrs.get("instrument", "")) or "?"
+    if orbit_number is None:
+        orbit_number = _orbit_of([dataset])
+    red = _reduced(dataset, variable, categories)
+    ranges = _category_ranges(dataset, categories)
+    keys = [str(c) for c in red["category"].values]
+    var = str(red.attrs.get("variable", variable))
+    units = str(red.attrs.get("units", ""))
+    times = np.asarray(red["time"].values)
+    energies = np.asarray(red["energy"].values, dtype=np.float64)
+    values = np.asarray(red["values"].values, dtype=np.float64)
+    rows = []
+    for i, key in enumerate(keys):
+        rng = f"  ({_format_ranges(ranges[key])})" if key in ranges else ""
+        rows.append(
+            _Row(
+                key,
+                f"{instrument} {key}{rng}",
+                times,
+                energies,
+                values[i],
+                {"y_label": DEFAULT_Y_LABEL, "z_label": _z_label_for(var, units)},
+            )
+        )
+    marks = _intervals_for(intervals, orbit_number)
+    settings, figsize = _prepare_grid(
+        rows,
+        y_scale=y_scale,
+        z_scale=z_scale,
+        overrides=overrides,
+        extrema=extrema,
+        figsize=figsize,
+        n_zoom=len(marks),
+    )
+    context = f"orbit {orbit_number} {instrument} pitch-angle grid"
+    with _PlottingErrors(context):
+        return _render_grid(
+            rows,
+            title=f"FAST orbit {orbit_number if orbit_number is not None else '?'}  "
+            f"{instrument} pitch angle",
+            y_scale=y_scale,
+            z_scale=z_scale,
+            settings=settings,
+            colormap=colormap,
+            figsize=figsize,
+            dpi=dpi,
+            layout=layout,
+            intervals=marks,
+            zoom_duration_minutes=zoom_duration_minutes,
+            percentile=percentile,
+            context=context,
+        )
+
+
+# --------------------------------------------------------------------------------------
+# Saving
+# --------------------------------------------------------------------------------------
+
+
+def figure_path(
+    output_dir: str | os.PathLike,
+    orbit: int,
+    start_time: Any,
+    product: str,
+    y_scale: str,
+    z_scale: str,
+) -> Path:
+    """Where a product goes: ``{output_dir}/{YYYY}/{MM}/{orbit}/{orbit}_{product}_y-{y}_z-{z}.png``.
+
+    Parameters
+    ----------
+    output_dir : str or os.PathLike
+    orbit : int
+    start_time : datetime64, datetime, str or pandas Timestamp
+        The orbit's start (UTC); gives ``YYYY`` and ``MM``.
+    product : str
+        ``instruments`` for the instrument grid, ``pa-<inst>`` for a pitch-angle grid.
+    y_scale, z_scale : {"linear", "log"}
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    _check_scale("y_scale", y_scale)
+    _check_scale("z_scale", z_scale)
+    if not product or re.search(r"[\\/\s]", product):
+        raise ValueError(f"product must be a plain name, not {product!r}")
+    when = _to_datetime64(start_time).astype("datetime64[s]").item()
+    o = int(orbit)
+    return (
+        Path(output_dir)
+        / f"{when:%Y}"
+        / f"{when:%m}"
+        / str(o)
+        / f"{o}_{product}_y-{y_scale}_z-{z_scale}.png"
+    )
+
+
+def save_figure(
+    fig: Figure,
+    path: str | os.PathLike,
+    *,
+    dpi: float | None = None,
+    compress_level: int = DEFAULT_COMPRESS_LEVEL,
+) -> Path:
+    """Write a figure as a deterministic PNG, atomically, and release the figure.
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure
+    path : str or os.PathLike
+        Destination; parent folders are created. A temporary file in the same folder is
+        renamed over it (``os.replace``) only once completely written.
+    dpi : float, optional
+        Default: the figure's dpi.
+    compress_level : int
+        zlib level 0-9 of the PNG (3, the default, is fast; 6 is PIL's default).
+
+    Returns
+    -------
+    pathlib.Path
+        The written file. Same figure -> identical bytes (no timestamp, no software tag).
+
+    Raises
+    ------
+    PlottingError
+        Drawing or writing failed (chained to the cause); no partial file is left.
+    """
+    path = Path(path)
+    tmp: str | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Not mkstemp: its 0600 mode would survive the rename; this honours the umask.
+        tmp = str(path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "wb") as fh:
+            fig.savefig(
+                fh,
+                format="png",
+                dpi=dpi if dpi is not None else fig.dpi,
+                metadata={"Software": None},
+                pil_kwargs={"compress_level": int(compress_level)},
+            )
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        tmp = None
+    except (ZeroDivisionError, FloatingPointError):
+        raise
+    except Exception as exc:
+        raise PlottingError(f"saving figure to {path} failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        fig.clear()
+    logger.debug("wrote %s", path)
+    return path
+
+
+# --------------------------------------------------------------------------------------
+# Generic batch
+# --------------------------------------------------------------------------------------
+
+_DATASET_KEYS = {"x", "y", "z", "y_label", "z_label", "vmin", "vmax", "y_min", "y_max", "label"}
+
+
+def _safe_name(item: Any) -> str:
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(item)).strip("._")
+    return name or "item"
+
+
+def generic_batch_plot(
+    items: Iterable[Any],
+    build_datasets_fn: Callable[[Any], Sequence[Mapping[str, Any]]],
+    output_dir: str | os.PathLike,
+    *,
+    y_scale: str = "linear",
+    z_scale: str = "log",
+    colormap: str | Colormap | None = None,
+    figsize: tuple[float, float] | None = None,
+    dpi: float = DEFAULT_DPI,
+    compress_level: int = DEFAULT_COMPRESS_LEVEL,
+    percentile: tuple[float, float] = (1.0, 99.0),
+    filename_fn: Callable[[Any], str] | None = None,
+    title_fn: Callable[[Any], str] | None = None,
+) -> list[Path]:
+    """Render one figure per item, one spectrogram row per dataset dict, and save them.
+
+    Parameters
+    ----------
+    items : iterable
+        Anything; each is passed to ``build_datasets_fn``.
+    build_datasets_fn : callable
+        ``item -> [dict, ...]``, each dict with ``x`` (times), ``y`` (energies, 1-D or
+        per record), ``z`` (values, (time, energy)) and optionally ``y_label``,
+        ``z_label``, ``vmin``, ``vmax``, ``y_min``, ``y_max``, ``label``. Errors it
+        raises propagate unchanged.
+    output_dir : str or os.PathLike
+        Figures go to ``{output_dir}/{name}_y-{y}_z-{z}.png``, ``name`` from
+        ``filename_fn(item)`` or ``str(item)`` (made file-name safe).
+    y_scale, z_scale, colormap, percentile
+        As for :func:`make_spectrogram`.
+    figsize, dpi, compress_level
+        Figure size (default 12 wide, 2.1 inches per row) and PNG options.
+    filename_fn, title_fn : callable, optional
+        File name stem and figure title per item (default ``str(item)``).
+
+    Returns
+    -------
+    list of pathlib.Path
+        The written files, in item order.
+
+    Raises
+    ------
+    ValueError
+        A dataset dict without ``x``/``y``/``z`` or with unknown keys.
+    PlottingError
+        Drawing or saving an item failed (chained; the message names the item).
+        ZeroDivisionError and FloatingPointError propagate unchanged.
+    """
+    _check_scale("y_scale", y_scale)
+    _check_scale("z_scale", z_scale)
+    out_dir = Path(output_dir)
+    written: list[Path] = []
+    for item in items:
+        datasets = list(build_datasets_fn(item))
+        for i, d in enumerate(datasets):
+            missing = {"x", "y", "z"} - set(d)
+            unknown = set(d) - _DATASET_KEYS
+            if missing or unknown:
+                raise ValueError(
+                    f"item {item!r}, dataset {i}: "
+                    + (f"missing {sorted(missing)} " if missing else "")
+                    + (f"unknown keys {sorted(unknown)}" if unknown else "")
+                )
+        name = filename_fn(item) if filename_fn else _safe_name(item)
+        path = out_dir / f"{name}_y-{y_scale}_z-{z_scale}.png"
+        n = max(len(datasets), 1)
+        size = figsize or (12.0, 1.15 + 2.1 * n)
+        _grid_geometry(size, n, 0)
+        with _PlottingErrors(f"generic_batch_plot item {item!r}"):
+            fig = _new_figure(size, dpi, None)
+            try:
+                mains, _, caxes = _grid_axes(fig, n, 0, None)
+                for i, (ax, cax, d) in enumerate(zip(mains, caxes, datasets, strict=False)):
+                    label = str(d.get("label", f"row{i}"))
+                    ax.set_label(label)
+                    if "label" in d:
+                        ax.set_title(label, loc="left", fontsize="medium", y=1.0)
+                    meshes = make_spectrogram(
+                        ax,
+                        d["x"],
+                        d["y"],
+                        d["z"],
+                        vmin=d.get("vmin"),
+                        vmax=d.get("vmax"),
+                        percentile=percentile,
+                        y_scale=y_scale,
+                        z_scale=z_scale,
+                        y_min=d.get("y_min"),
+                        y_max=d.get("y_max"),
+                        colormap=colormap,
+                        y_label=d.get("y_label", DEFAULT_Y_LABEL),
+                        z_label=d.get("z_label"),
+                        cax=cax,
+                    )
+                    if not meshes:
+                        cax.set_visible(False)
+                if datasets:
+                    lo = min(ax.get_xlim()[0] for ax in mains)
+                    hi = max(ax.get_xlim()[1] for ax in mains)
+                    for ax in mains:
+                        ax.set_xlim(lo, hi)
+                fig.suptitle(title_fn(item) if title_fn else str(item))
+            except BaseException:
+                fig.clear()
+                raise
+            written.append(save_figure(fig, path, dpi=dpi, compress_level=compress_level))
+        logger.debug("generic_batch_plot: item %r -> %s", item, path)
+    return written

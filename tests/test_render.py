@@ -1,0 +1,611 @@
+"""Spectrogram products: geometry of the cells, limits, placeholders, files, errors."""
+
+from __future__ import annotations
+
+import os
+
+import matplotlib.dates as mdates
+import numpy as np
+import pytest
+from matplotlib.collections import QuadMesh
+from matplotlib.colors import ListedColormap, LogNorm, Normalize
+from matplotlib.figure import Figure
+
+from fastspectro_dask.errors import PlottingError, error_reason
+from fastspectro_dask.io import open_esa
+from fastspectro_dask.reduce import DEFAULT_CATEGORIES, reduce_dataset
+from fastspectro_dask.render import (
+    FAST_plot_instrument_grid,
+    FAST_plot_pitch_angle_grid,
+    figure_path,
+    generic_batch_plot,
+    make_spectrogram,
+    read_marked_intervals,
+    save_figure,
+)
+
+T0 = np.datetime64("2000-01-28T10:00:00", "ns")
+#: Two colours: values below the middle of the norm blue, above it red.
+BLUE_RED = ListedColormap([(0.0, 0.0, 1.0), (1.0, 0.0, 0.0)])
+
+
+# --------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------
+
+
+def table(n: int, hi: float = 30000.0, lo: float = 4.0) -> np.ndarray:
+    """A FAST-like table: log-spaced, channel 0 the highest energy."""
+    return hi * (lo / hi) ** (np.arange(n) / (n - 1))
+
+
+def two_mode_orbit(n_each: int = 60, feature_ev: float = 1000.0, dt_s: float = 2.5):
+    """48 channels (NaN-padded to 96) then 96 channels; a bright channel nearest
+    ``feature_ev`` in every record, 1 elsewhere."""
+    n = 2 * n_each
+    times = T0 + (np.arange(n) * dt_s * 1e9).astype("timedelta64[ns]")
+    energies = np.full((n, 96), np.nan)
+    energies[:n_each, :48] = table(48)
+    energies[n_each:, :] = table(96)
+    values = np.where(np.isfinite(energies), 1.0, np.nan)
+    hot = np.nanargmin(np.abs(np.log(energies / feature_ev)), axis=1)
+    values[np.arange(n), hot] = 1000.0
+    return times, energies, values, hot
+
+
+def expected_edges(e_desc: np.ndarray, j: int, scale: str) -> tuple[float, float]:
+    """Independent oracle: the cell edges of channel j of a descending table."""
+    e = np.asarray(e_desc, float)
+    if scale == "log":
+        x = np.log(e)
+        above = (x[j - 1] + x[j]) / 2 if j > 0 else x[0] + (x[0] - x[1]) / 2
+        below = (x[j] + x[j + 1]) / 2 if j < e.size - 1 else x[-1] - (x[-2] - x[-1]) / 2
+        return float(np.exp(below)), float(np.exp(above))
+    above = (e[j - 1] + e[j]) / 2 if j > 0 else e[0] + (e[0] - e[1]) / 2
+    below = (e[j] + e[j + 1]) / 2 if j < e.size - 1 else e[-1] - (e[-2] - e[-1]) / 2
+    return float(below), float(above)
+
+
+def rgba(fig: Figure) -> np.ndarray:
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())
+
+
+def red_rows(img: np.ndarray, col: int) -> np.ndarray:
+    """Pixel rows (from the top) that are pure red in a pixel column."""
+    px = img[:, col, :3].astype(int)
+    return np.flatnonzero((px[:, 0] > 200) & (px[:, 1] < 50) & (px[:, 2] < 50))
+
+
+def pixel(ax, x: float, y: float) -> tuple[int, int]:
+    """Buffer (row, col) of a data point."""
+    fig = ax.get_figure()
+    dx, dy = ax.transData.transform((x, y))
+    return round(fig.bbox.height - dy), round(dx)
+
+
+def new_ax(figsize=(6.0, 4.0), dpi=100):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = Figure(figsize=figsize, dpi=dpi)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
+
+
+def meshes_of(ax) -> list[QuadMesh]:
+    return [c for c in ax.collections if isinstance(c, QuadMesh)]
+
+
+def spectro_axes(fig: Figure) -> dict[str, object]:
+    return {ax.get_label(): ax for ax in fig.axes if ax.get_label() and "<" not in ax.get_label()}
+
+
+@pytest.fixture(scope="module")
+def orbit_raw(good_files):
+    """The first good orbit with all four instruments, as open_esa Datasets."""
+    for orbit in sorted(good_files):
+        files = good_files[orbit]
+        if {"ees", "eeb", "ies", "ieb"} <= set(files):
+            return orbit, {k: open_esa(p) for k, p in files.items()}
+    pytest.skip("no synthetic orbit with all four instruments")
+
+
+@pytest.fixture(scope="module")
+def orbit_reduced(orbit_raw):
+    orbit, raw = orbit_raw
+    return orbit, {k: reduce_dataset(ds).compute() for k, ds in raw.items()}
+
+
+# --------------------------------------------------------------------------------------
+# make_spectrogram: geometry
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("y_scale", ["linear", "log"])
+def test_cells_on_per_record_edges_across_mode_change(y_scale):
+    times, energies, values, _hot = two_mode_orbit()
+    _fig, ax = new_ax()
+    meshes = make_spectrogram(ax, times, energies, values, y_scale=y_scale, colorbar=False)
+    assert ax.get_yscale() == y_scale
+    assert len(meshes) == 2  # one run per energy table
+    for mesh, table_n in zip(meshes, (48, 96), strict=True):
+        coords = mesh.get_coordinates()
+        assert coords.shape[0] == table_n + 1  # only the measured channels, no NaN rows
+        assert np.isfinite(coords).all()
+        y = coords[:, 0, 1]  # ascending edges
+        e = table(table_n)
+        for j in (0, table_n // 3, table_n - 1):
+            lo, hi = expected_edges(e, j, y_scale)
+            k = table_n - 1 - j  # row from the bottom
+            assert y[k] == pytest.approx(lo, rel=1e-9)
+            assert y[k + 1] == pytest.approx(hi, rel=1e-9)
+        assert (np.diff(y) > 0).all()
+    # The two runs meet at the midpoint between the last 48-channel and first 96-channel
+    # records (no overlap, no hole).
+    x0 = meshes[0].get_coordinates()[0, :, 0]
+    x1 = meshes[1].get_coordinates()[0, :, 0]
+    mid = mdates.date2num(times[59] + (times[60] - times[59]) / 2)
+    assert x0[-1] == pytest.approx(mid, abs=1e-9) and x1[0] == x0[-1]
+    # Outer time edges: half an interval beyond the first and last records.
+    half = 1.25 / 86400
+    assert x0[0] == pytest.approx(mdates.date2num(times[0]) - half, abs=1e-9)
+    assert x1[-1] == pytest.approx(mdates.date2num(times[-1]) + half, abs=1e-9)
+    assert ax.get_xlim() == pytest.approx((x0[0], x1[-1]))
+
+
+@pytest.mark.parametrize("y_scale", ["linear", "log"])
+def test_feature_lands_in_its_pixel_rows(y_scale):
+    """A bright channel at ~1 keV (log) / ~10 keV (linear) is drawn exactly between its
+    edges, in both modes, once rendered."""
+    feature = 1000.0 if y_scale == "log" else 10000.0
+    times, energies, values, hot = two_mode_orbit(feature_ev=feature)
+    fig, ax = new_ax(figsize=(6.0, 8.0))
+    make_spectrogram(
+        ax,
+        times,
+        energies,
+        values,
+        y_scale=y_scale,
+        z_scale="log",
+        vmin=1.0,
+        vmax=1000.0,
+        colormap=BLUE_RED,
+        colorbar=False,
+    )
+    img = rgba(fig)
+    for rec in (30, 90):  # one record of each mode
+        j = hot[rec]
+        n_chan = 48 if rec < 60 else 96
+        lo, hi = expected_edges(table(n_chan), j, y_scale)
+        x = mdates.date2num(times[rec])
+        row_hi, col = pixel(ax, x, hi)
+        row_lo, _ = pixel(ax, x, lo)
+        rows = red_rows(img, col)
+        assert rows.size > 0
+        assert rows.min() >= row_hi - 1 and rows.max() <= row_lo + 1
+        assert rows.size >= (row_lo - row_hi) - 2  # the whole cell, not a sliver
+        centre_row, _ = pixel(ax, x, energies[rec, j])
+        assert rows.min() <= centre_row <= rows.max()
+
+
+def test_gap_stays_blank_and_is_never_bridged():
+    dt = 2.5
+    secs = np.concatenate([np.arange(40) * dt, 600 + np.arange(40) * dt])  # ~8 min gap
+    times = T0 + (secs * 1e9).astype("timedelta64[ns]")
+    e = table(48)
+    values = np.full((80, 48), 100.0)
+    fig, ax = new_ax()
+    meshes = make_spectrogram(ax, times, e, values, y_scale="log", colorbar=False)
+    assert len(meshes) == 2
+    a_end = meshes[0].get_coordinates()[0, -1, 0]
+    b_start = meshes[1].get_coordinates()[0, 0, 0]
+    # Each side ends half a cadence past its last record.
+    assert a_end == pytest.approx(mdates.date2num(times[39]) + dt / 2 / 86400, abs=1e-9)
+    assert b_start == pytest.approx(mdates.date2num(times[40]) - dt / 2 / 86400, abs=1e-9)
+    img = rgba(fig)
+    row, col = pixel(ax, mdates.date2num(T0 + np.timedelta64(300, "s")), 300.0)
+    assert (img[row, col, :3] == 255).all()  # background: nothing drawn in the gap
+    row, col = pixel(ax, mdates.date2num(times[10]), 300.0)
+    assert not (img[row, col, :3] == 255).all()
+
+
+def test_gap_is_judged_by_the_local_cadence():
+    """A 5 s hole in fast (0.625 s) survey is a gap even next to slow (2.5 s) survey."""
+    slow = np.arange(30) * 2.5
+    fast = slow[-1] + 1.5 + np.arange(30) * 0.625
+    fast = np.concatenate([fast[:15], fast[15:] + 5.0])
+    secs = np.concatenate([slow, fast])
+    e = np.full((60, 96), np.nan)
+    e[:30, :48] = table(48)
+    e[30:, :] = table(96)
+    v = np.where(np.isfinite(e), 5.0, np.nan)
+    _fig, ax = new_ax()
+    meshes = make_spectrogram(ax, secs, e, v, y_scale="log", colorbar=False)
+    assert len(meshes) == 3  # slow run, fast run split at its gap
+    xs = [m.get_coordinates()[0, :, 0] for m in meshes]
+    assert xs[0][-1] == xs[1][0]  # the mode change itself is not a gap
+    assert xs[2][0] - xs[1][-1] == pytest.approx(5.0, abs=1e-9)
+
+
+def test_log_colour_scale_masks_values_at_or_below_zero():
+    e = table(8)
+    values = np.full((20, 8), 50.0)
+    values[5:10, 2] = 0.0
+    values[12, 4] = -3.0
+    fig, ax = new_ax()
+    (mesh,) = make_spectrogram(
+        ax, np.arange(20.0), e, values, y_scale="log", vmin=10.0, vmax=100.0, colorbar=False
+    )
+    arr = mesh.get_array()  # (energy ascending, time)
+    k2, k4 = 7 - 2, 7 - 4
+    assert arr.mask[k2, 5:10].all() and arr.mask[k4, 12]
+    assert arr.mask.sum() == 6
+    img = rgba(fig)
+    row, col = pixel(ax, 7.0, e[2])
+    assert (img[row, col, :3] == 255).all()  # blank, not the colour of vmin
+    lowest = np.round(np.asarray(mesh.cmap(0.0)[:3]) * 255)
+    assert not np.allclose(img[row, col, :3], lowest, atol=2)
+    # On a linear colour scale zero is a value like any other.
+    _fig2, ax2 = new_ax()
+    (mesh2,) = make_spectrogram(
+        ax2, np.arange(20.0), e, values, z_scale="linear", vmin=0, vmax=100, colorbar=False
+    )
+    assert mesh2.get_array().mask.sum() == 0
+    assert isinstance(mesh.norm, LogNorm) and type(mesh2.norm) is Normalize
+
+
+def test_nan_energies_and_empty_records_do_not_break_edges():
+    n = 30
+    e = np.tile(table(48), (n, 1)).astype(float)
+    e[3] = np.nan  # a record without any energy
+    e[7, 10] = np.nan  # a hole inside the block
+    e[8, 0] = 35000.0  # a retrace step above the table
+    v = np.ones((n, 48))
+    v[3] = 5.0
+    fig, ax = new_ax()
+    meshes = make_spectrogram(ax, np.arange(float(n)), e, v, y_scale="log", colorbar=False)
+    for m in meshes:
+        c = m.get_coordinates()
+        assert np.isfinite(c).all()
+        assert (np.diff(c[:, 0, 1]) > 0).all()
+    drawn = np.concatenate([m.get_coordinates()[0, :-1, 0] for m in meshes])
+    assert not np.any(np.isclose(drawn, 3.0 - 0.5))  # record 3 is skipped, not drawn at NaN
+    assert ax.get_ylim()[1] > 35000.0  # no energy cap
+    rgba(fig)  # draws without error
+
+
+def test_drifting_energies_use_one_interleaved_mesh():
+    n = 200
+    e = table(32)[None, :] * (1 + 0.01 * np.arange(n))[:, None]  # a new table every record
+    v = np.full((n, 32), 7.0)
+    _fig, ax = new_ax()
+    (mesh,) = make_spectrogram(ax, np.arange(float(n)), e, v, y_scale="log", colorbar=False)
+    c = mesh.get_coordinates()
+    assert c.shape == (33, 2 * n, 2)
+    # Record 150's cell uses record 150's own edges.
+    lo, hi = expected_edges(e[150], 0, "log")
+    assert c[-1, 300, 1] == pytest.approx(hi) and c[-2, 300, 1] == pytest.approx(lo)
+    arr = mesh.get_array()
+    assert not arr.mask[:, 0::2].any() and arr.mask[:, 1::2].all()
+
+
+def test_bounds_from_percentiles_and_validation():
+    rng = np.random.default_rng(0)
+    v = rng.lognormal(3, 1, (50, 16))
+    v[0, 0] = 0.0
+    _, ax = new_ax()
+    (mesh,) = make_spectrogram(ax, np.arange(50.0), table(16), v, percentile=(5, 95))
+    pos = v[v > 0]
+    assert mesh.norm.vmin == pytest.approx(np.percentile(pos, 5))
+    assert mesh.norm.vmax == pytest.approx(np.percentile(pos, 95))
+    assert mesh.colorbar is not None
+    with pytest.raises(ValueError, match="z_min > 0"):
+        make_spectrogram(ax, np.arange(50.0), table(16), v, vmin=0.0, vmax=10.0)
+    with pytest.raises(ValueError, match="y_min > 0"):
+        make_spectrogram(ax, np.arange(50.0), table(16), v, y_scale="log", y_min=0.0)
+    with pytest.raises(ValueError, match="y_scale"):
+        make_spectrogram(ax, np.arange(50.0), table(16), v, y_scale="symlog")
+    with pytest.raises(ValueError, match="match"):
+        make_spectrogram(ax, np.arange(50.0), table(15), v)
+    _fig, ax = new_ax()
+    assert make_spectrogram(ax, np.arange(5.0), table(4), np.zeros((5, 4))) == []
+    assert any(t.get_text() == "no data" for t in ax.texts)
+
+
+# --------------------------------------------------------------------------------------
+# Grids
+# --------------------------------------------------------------------------------------
+
+
+def test_instrument_grid_rows_scales_shared_time_and_title(orbit_raw):
+    orbit, raw = orbit_raw
+    fig = FAST_plot_instrument_grid(raw, y_scale="log", z_scale="log")
+    axes = spectro_axes(fig)
+    assert list(axes) == ["ees", "eeb", "ies", "ieb"]
+    lims = {ax.get_xlim() for ax in axes.values()}
+    assert len(lims) == 1  # one shared time axis
+    lo, hi = lims.pop()
+    t_all = np.concatenate([ds["time"].values for ds in raw.values()])
+    assert lo <= mdates.date2num(t_all.min()) and hi >= mdates.date2num(t_all.max())
+    assert hi - lo < mdates.date2num(t_all.max()) - mdates.date2num(t_all.min()) + 10 / 86400
+    for ax in axes.values():
+        assert ax.get_yscale() == "log"
+        m = meshes_of(ax)
+        assert m and isinstance(m[0].norm, LogNorm)
+        assert m[0].colorbar.ax.get_ylabel() == "Counts"
+        assert ax.get_ylabel() == "Energy (eV)"
+        # electrons and ions are drawn up to tens of keV (no energy cap)
+        assert ax.get_ylim()[1] > 20000
+    title = fig.get_suptitle()
+    assert title.startswith(f"FAST orbit {orbit}  ") and title.endswith(" UT")
+    assert str(t_all.min().astype("datetime64[s]")).replace("T", " ") in title
+    # Default colormap for (log, log).
+    assert meshes_of(axes["ees"])[0].cmap.name.startswith("inferno")
+
+
+def test_instrument_grid_overrides_beat_extrema_beat_data(orbit_reduced):
+    _orbit, red = orbit_reduced
+    extrema = {
+        "ees": {"y_min": 5.0, "y_max": 20000.0, "z_min": 2.0, "z_max": 500.0},
+        "ies": {"z_min": 3.0, "z_max": 300.0},
+    }
+    overrides = {
+        "ees": {"y_max": 10000.0, "z_max": 900.0, "y_label": "E (eV)", "z_label": "C"},
+        "ieb": {"y_min": 10.0, "y_max": 1000.0, "z_min": 1.5, "z_max": 15.0},
+    }
+    fig = FAST_plot_instrument_grid(
+        red, y_scale="log", z_scale="log", overrides=overrides, extrema=extrema, colormap="magma"
+    )
+    axes = spectro_axes(fig)
+    ees = axes["ees"]
+    assert ees.get_ylim() == pytest.approx((5.0, 10000.0))  # extrema y_min, override y_max
+    norm = meshes_of(ees)[0].norm
+    assert (norm.vmin, norm.vmax) == pytest.approx((2.0, 900.0))
+    assert ees.get_ylabel() == "E (eV)"
+    assert meshes_of(ees)[0].colorbar.ax.get_ylabel() == "C"
+    assert meshes_of(axes["ies"])[0].get_clim() == pytest.approx((3.0, 300.0))
+    assert axes["ieb"].get_ylim() == pytest.approx((10.0, 1000.0))
+    assert meshes_of(axes["ieb"])[0].get_clim() == pytest.approx((1.5, 15.0))
+    # eeb: nothing given, limits from the data (percentiles of positive values)
+    v = red["eeb"]["values"].sel(category="all").values
+    v = v[np.isfinite(v) & (v > 0)]
+    assert meshes_of(axes["eeb"])[0].get_clim() == pytest.approx(np.percentile(v, (1, 99)))
+    assert all(m.cmap.name.startswith("magma") for ax in axes.values() for m in meshes_of(ax))
+    with pytest.raises(ValueError, match="'zmax'"):
+        FAST_plot_instrument_grid(red, overrides={"ees": {"zmax": 1.0}})
+    with pytest.raises(ValueError, match="y_scale"):
+        FAST_plot_instrument_grid(red, y_scale="logarithmic")
+    # Impossible limits are the caller's error (ValueError naming the row), not a
+    # plotting failure, and are caught before anything is drawn.
+    with pytest.raises(ValueError, match=r"'ees'.*y_min > 0"):
+        FAST_plot_instrument_grid(red, y_scale="log", overrides={"ees": {"y_min": 0}})
+    with pytest.raises(ValueError, match=r"'ies'.*z_min"):
+        FAST_plot_instrument_grid(red, overrides={"ies": {"z_min": 50.0, "z_max": 5.0}})
+    with pytest.raises(ValueError, match=r"'ieb'.*number"):
+        FAST_plot_instrument_grid(red, extrema={"ieb": {"y_max": "high"}})
+
+
+def test_linear_axes_and_eflux_units(orbit_raw):
+    _, raw = orbit_raw
+    fig = FAST_plot_instrument_grid(
+        {"ees": raw["ees"]},
+        instrument_order=("ees",),
+        y_scale="linear",
+        z_scale="linear",
+        variable="eflux",
+        layout="constrained",
+    )
+    ax = spectro_axes(fig)["ees"]
+    mesh = meshes_of(ax)[0]
+    assert ax.get_yscale() == "linear" and type(mesh.norm) is Normalize
+    assert mesh.colorbar.ax.get_ylabel() == raw["ees"]["eflux"].attrs["UNITS"]
+    assert mesh.cmap.name.startswith("viridis")
+    assert ax.get_ylim()[0] >= 0  # a linear energy axis does not go below zero
+    rgba(fig)  # the constrained layout engine works too
+
+
+def test_placeholders_for_missing_and_empty_instruments(synth_dataset, orbit_raw):
+    _, raw = orbit_raw
+    all_fill = synth_dataset.bad_files["all-fill"]["path"]
+    orbit = {"ees": open_esa(all_fill), "ies": raw["ies"], "ieb": None}  # eeb absent
+    fig = FAST_plot_instrument_grid(orbit, y_scale="log")
+    axes = spectro_axes(fig)
+    assert list(axes) == ["ees", "eeb", "ies", "ieb"]  # stable layout
+    for key in ("ees", "eeb", "ieb"):
+        assert not meshes_of(axes[key])
+        assert [t.get_text() for t in axes[key].texts] == [f"{key}: no data"]
+    assert meshes_of(axes["ies"])
+    heights = {round(ax.get_position().height, 6) for ax in axes.values()}
+    assert len(heights) == 1
+    rgba(fig)
+    # Nothing at all to show: still a figure, on the orbit's own time span.
+    ds = open_esa(all_fill)
+    fig = FAST_plot_instrument_grid({"ees": ds}, instrument_order=("ees", "ies"))
+    assert fig.get_suptitle().endswith("(no data)")
+    t = ds["time"].values
+    assert spectro_axes(fig)["ies"].get_xlim() == pytest.approx(
+        tuple(mdates.date2num(np.array([t.min(), t.max()])))
+    )
+
+
+def test_pitch_angle_grid_rows_titles_and_dask_input(ees_file):
+    ds = open_esa(ees_file)
+    fig = FAST_plot_pitch_angle_grid(ds, y_scale="log", overrides={"upgoing": {"z_max": 77.0}})
+    axes = spectro_axes(fig)
+    assert list(axes) == list(DEFAULT_CATEGORIES)
+    titles = [ax.get_title(loc="left") for ax in axes.values()]
+    assert "downgoing" in titles[1] and "0\N{EN DASH}30\N{DEGREE SIGN}" in titles[1]
+    assert "330\N{EN DASH}360\N{DEGREE SIGN}" in titles[1]
+    assert "150\N{EN DASH}210\N{DEGREE SIGN}" in titles[2]
+    assert meshes_of(axes["upgoing"])[0].norm.vmax == 77.0
+    assert "ees pitch angle" in fig.get_suptitle()
+    # Same picture from a lazily reduced (dask-backed) Dataset, with custom categories.
+    cats = {"beam": [(0.0, 20.0), (340.0, 360.0)], "trapped": [(60.0, 120.0)]}
+    red = reduce_dataset(open_esa(ees_file), categories=cats)
+    fig2 = FAST_plot_pitch_angle_grid(red, y_scale="linear")
+    axes2 = spectro_axes(fig2)
+    assert list(axes2) == ["beam", "trapped"]
+    assert "340\N{EN DASH}360" in axes2["beam"].get_title(loc="left")
+    assert meshes_of(axes2["beam"])[0].cmap.name.startswith("cividis")
+    with pytest.raises(ValueError, match="no category"):
+        FAST_plot_pitch_angle_grid(red, categories={"upgoing": [(150.0, 210.0)]})
+
+
+def test_marked_intervals_add_zoom_columns(tmp_path, orbit_reduced):
+    orbit, red = orbit_reduced
+    t = red["ees"]["time"].values
+    a, b = t[len(t) // 2], t[len(t) // 2 + 5]
+    csv = tmp_path / "marks.csv"
+    csv.write_text(
+        "orbit,start_utc,end_utc,label\n"
+        f"{orbit},{str(a)[:23]}Z,{str(b)[:23]}Z,arc\n"
+        "# a comment\n\n"
+        f"{orbit + 999},2001-01-01T00:00:00,2001-01-01T00:01:00\n"
+    )
+    marks = read_marked_intervals(csv)
+    assert set(marks) == {orbit, orbit + 999}
+    assert marks[orbit][0][2] == "arc" and marks[orbit + 999][0][2] == ""
+    fig = FAST_plot_instrument_grid(red, intervals=marks, zoom_duration_minutes=4)
+    zooms = [ax for ax in fig.axes if ax.get_label().endswith("-zoom")]
+    assert len(zooms) == 4
+    lo, hi = zooms[0].get_xlim()
+    assert (hi - lo) * 1440 == pytest.approx(4.0)
+    centre = mdates.date2num(a + (b - a) / 2)
+    assert (lo + hi) / 2 == pytest.approx(centre, abs=1e-7)
+    assert "arc" in zooms[0].get_title()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("1,2000-01-01T00:00:00\n")
+    with pytest.raises(ValueError, match=r"bad\.csv:1"):
+        read_marked_intervals(bad)
+
+
+# --------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------
+
+
+def test_save_is_deterministic_atomic_and_releases(tmp_path, orbit_reduced):
+    _, red = orbit_reduced
+    paths = []
+    for name in ("a", "b"):
+        fig = FAST_plot_instrument_grid(red, y_scale="log")
+        out = tmp_path / name / "deep" / "fig.png"
+        assert save_figure(fig, out) == out
+        assert not fig.axes  # released
+        paths.append(out)
+    data = [p.read_bytes() for p in paths]
+    assert data[0] == data[1] and data[0][:8] == b"\x89PNG\r\n\x1a\n"
+    assert b"Software" not in data[0] and b"matplotlib" not in data[0]
+    assert os.listdir(paths[0].parent) == ["fig.png"]  # no temp file left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert paths[0].stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
+    fig = FAST_plot_instrument_grid(red, y_scale="log")
+    size, dpi = fig.get_size_inches(), fig.dpi
+    from PIL import Image
+
+    with Image.open(paths[0]) as im:
+        assert im.size == (round(size[0] * dpi), round(size[1] * dpi))
+    # A failed save: PlottingError naming the path, old file intact, no temp file.
+    (tmp_path / "a" / "deep" / "dir.png").mkdir()
+    with pytest.raises(PlottingError, match=r"dir\.png"):
+        save_figure(fig, tmp_path / "a" / "deep" / "dir.png")
+    assert sorted(os.listdir(paths[0].parent)) == ["dir.png", "fig.png"]
+
+
+def test_figure_path():
+    p = figure_path("/out", 13616, np.datetime64("2000-01-28T09:53:13"), "pa-ees", "log", "linear")
+    assert p.as_posix() == "/out/2000/01/13616/13616_pa-ees_y-log_z-linear.png"
+    p = figure_path("o", 1, "1996-08-21T11:11:50Z", "instruments", "linear", "log")
+    assert p.as_posix() == "o/1996/08/1/1_instruments_y-linear_z-log.png"
+    with pytest.raises(ValueError):
+        figure_path("o", 1, "1996-08-21", "a/b", "linear", "log")
+
+
+# --------------------------------------------------------------------------------------
+# generic_batch_plot and errors
+# --------------------------------------------------------------------------------------
+
+
+class _Boom(ListedColormap):
+    """A colormap that fails when the figure is drawn."""
+
+    def __init__(self, exc: type[BaseException]) -> None:
+        super().__init__([(0, 0, 0), (1, 1, 1)], name="boom")
+        self.exc = exc
+
+    def __call__(self, *args, **kwargs):
+        raise self.exc("colour lookup failed")
+
+    def with_extremes(self, **kwargs):
+        return self
+
+
+def _build(item):
+    t = T0 + (np.arange(30) * 1e9).astype("timedelta64[ns]")
+    e = table(16)
+    z = np.outer(np.arange(1, 31), np.ones(16)) * item
+    return [
+        {"x": t, "y": e, "z": z, "label": "first", "z_label": "Counts", "vmin": 1, "vmax": 90},
+        {"x": t, "y": np.tile(e, (30, 1)), "z": z, "y_min": 10.0, "y_max": 1000.0},
+    ]
+
+
+def test_generic_batch_plot(tmp_path, monkeypatch):
+    import fastspectro_dask.render as render
+
+    seen = []
+    real_save = render.save_figure
+
+    def spy(fig, path, **kw):
+        axes = spectro_axes(fig)
+        seen.append(
+            {
+                "labels": list(axes),
+                "clim": [meshes_of(ax)[0].get_clim() for ax in axes.values()],
+                "ylim": [ax.get_ylim() for ax in axes.values()],
+                "xlim": {ax.get_xlim() for ax in axes.values()},
+                "title": fig.get_suptitle(),
+            }
+        )
+        return real_save(fig, path, **kw)
+
+    monkeypatch.setattr(render, "save_figure", spy)
+    paths = generic_batch_plot([1, 3], _build, tmp_path, y_scale="log", z_scale="log")
+    assert paths == [tmp_path / "1_y-log_z-log.png", tmp_path / "3_y-log_z-log.png"]
+    assert sorted(os.listdir(tmp_path)) == ["1_y-log_z-log.png", "3_y-log_z-log.png"]
+    assert all(p.stat().st_size > 1000 for p in paths)
+    first = seen[0]
+    assert first["labels"] == ["first", "row1"] and first["title"] == "1"
+    assert first["clim"][0] == (1, 90)  # given
+    z = _build(1)[1]["z"]
+    assert first["clim"][1] == pytest.approx(np.percentile(z, (1, 99)))  # from the data
+    assert first["ylim"][1] == pytest.approx((10.0, 1000.0))
+    assert len(first["xlim"]) == 1  # rows share the time axis
+    with pytest.raises(ValueError, match="unknown keys"):
+        generic_batch_plot([1], lambda i: [{"x": 1, "y": 2, "z": 3, "colour": 4}], tmp_path)
+    with pytest.raises(ValueError, match="missing"):
+        generic_batch_plot([1], lambda i: [{"x": 1, "y": 2}], tmp_path)
+
+
+def test_errors_while_drawing_become_plotting_errors(tmp_path, orbit_reduced, monkeypatch):
+    with pytest.raises(PlottingError, match="item 7") as info:
+        generic_batch_plot([7], _build, tmp_path, colormap=_Boom(RuntimeError))
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert error_reason(info.value) == "plotting"
+    assert not list(tmp_path.rglob("*.tmp")) and not list(tmp_path.rglob(".*"))
+    # Divide-by-zero keeps its own category.
+    for exc in (ZeroDivisionError, FloatingPointError):
+        with pytest.raises(exc):
+            generic_batch_plot([7], _build, tmp_path, colormap=_Boom(exc))
+    # A grid names its orbit.
+    orbit, red = orbit_reduced
+    import fastspectro_dask.render as render
+
+    def broken(*args, **kwargs):
+        raise KeyError("bad axis")
+
+    monkeypatch.setattr(render, "make_spectrogram", broken)
+    with pytest.raises(PlottingError, match=f"orbit {orbit}") as info:
+        FAST_plot_instrument_grid(red)
+    assert isinstance(info.value.__cause__, KeyError)

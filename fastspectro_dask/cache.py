@@ -176,14 +176,6 @@ class ReducedCache:
         self.reads += 1
         return np.asarray(arr[category_index], dtype=np.float32)
 
-    def read_values(self, name: str, category_index: int) -> np.ndarray:
-        """One category's reduced values of an entry, as float32 (only that slice is read)."""
-        if not self.has(name):
-            raise KeyError(f"{self.path}: no complete cache entry {name!r}")
-        arr = zarr.open_array(str(self.path), mode="r", path=f"{name}/values")
-        self.reads += 1
-        return np.asarray(arr[category_index], dtype=np.float32)
-
     def summary(self, name: str) -> dict[str, Any] | None:
         """The pass-1 summary stored with an entry (None if absent)."""
         try:

@@ -33,7 +33,7 @@ __all__ = ["FileKey", "ReducedCache"]
 
 logger = logging.getLogger(__name__)
 
-_SCHEMA = 1
+_SCHEMA = 2  # 2: data decompressed to counts before the angle sum
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,7 @@ logger = logging.getLogger(__name__)
 
 #: Fraction of positive samples below ``y_max`` (fixed by the contract).
 Y_MAX_FRACTION = 0.99
-_SCHEMA = 1
+_SCHEMA = 2  # 2: data decompressed to counts before the angle sum
 _METHOD = (
     "exact: pass 1 tree-merges integer histograms of float32 bit patterns >> 16, pass 2 "
     "resolves the target bins (radix select); numpy 'linear' interpolation"

@@ -4,7 +4,8 @@ A FAST ESA record is an ``(angle, energy)`` array with a pitch angle per bin. Fo
 pitch-angle category (a set of ``[lo, hi)`` degree ranges) the angle axis collapses into a
 ``(time, energy)`` spectrogram:
 
-* counts (``data``) are **summed** over the bins of the category;
+* counts (``data``, stored as 8-bit pseudo-log codes, decompressed first by
+  :func:`decompress_counts`) are **summed** over the bins of the category;
 * calibrated flux (``eflux``) is **averaged with solid-angle (``domega``) weights**;
 * a record with no valid bin in the category is NaN, not 0.
 
@@ -25,6 +26,7 @@ __all__ = [
     "Categories",
     "category_mask",
     "collapse_angle",
+    "decompress_counts",
     "normalize_categories",
     "reduce_dataset",
     "reduced_energy",
@@ -43,6 +45,37 @@ DEFAULT_CATEGORIES: dict[str, tuple[tuple[float, float], ...]] = {
 
 #: How each variable collapses over angle.
 _HOW = {"data": "sum", "eflux": "mean"}
+#: Counter maxima of the 16->8 bit (survey) and 14->8 bit (burst) count compression.
+_COUNT_MAX = {False: 65535.0, True: 16383.0}
+_BURST = ("eeb", "ieb")
+
+
+def decompress_counts(codes: np.ndarray, *, burst: bool) -> np.ndarray:
+    """Counts from FAST ESA's 8-bit pseudo-log compressed ``data`` codes.
+
+    Codes below 32 are the counts themselves; above,
+    ``counts = 32 * (cmax / 32) ** ((code - 32) / 223)`` with ``cmax`` 65535 (survey,
+    16->8 bit) or 16383 (burst, 14->8 bit). This inverts the approximation of the
+    instrument's ``byteto16``/``byteto14`` tables given in the format reference (the
+    tables themselves are calibration files not available here); a code of 255 (counter
+    overflow) gives ``cmax``, a lower bound. NaN stays NaN.
+
+    Parameters
+    ----------
+    codes : ndarray
+        The ``data`` values (float, NaN where not measured).
+    burst : bool
+        Burst (``eeb``, ``ieb``) or survey (``ees``, ``ies``) compression.
+
+    Returns
+    -------
+    ndarray of float32
+    """
+    c = np.asarray(codes, dtype=np.float32)
+    cmax = _COUNT_MAX[bool(burst)]
+    with np.errstate(invalid="ignore"):
+        high = 32.0 * np.exp((c.astype(np.float64) - 32.0) * np.log(cmax / 32.0) / 223.0)
+        return np.where(c < 32, c, high).astype(np.float32)
 
 
 def normalize_categories(
@@ -177,7 +210,11 @@ def _collapse_categories(
 
 
 def reduce_dataset(
-    ds: xr.Dataset, *, variable: str = "data", categories: Categories | None = None
+    ds: xr.Dataset,
+    *,
+    variable: str = "data",
+    categories: Categories | None = None,
+    decompress: bool = True,
 ) -> xr.Dataset:
     """Reduce an ``open_esa`` Dataset to ``(category, time, energy_channel)`` spectrograms.
 
@@ -190,6 +227,9 @@ def reduce_dataset(
         ``domega`` weights.
     categories : mapping, optional
         Key -> ``[(lo, hi), ...]`` in degrees; default :data:`DEFAULT_CATEGORIES`.
+    decompress : bool
+        For ``data``: turn the 8-bit compressed codes into counts before summing
+        (:func:`decompress_counts`; default). ``False`` sums the codes as stored.
 
     Returns
     -------
@@ -204,6 +244,12 @@ def reduce_dataset(
     cats = normalize_categories(categories)
     how = _HOW[variable]
     arrays = [ds[variable].data, ds["pitch_angle"].data, ds["domega"].data, ds["energy_full"].data]
+    if variable == "data" and decompress:  # sum counts, not compressed codes
+        burst = str(ds.attrs.get("instrument", "")) in _BURST
+        if isinstance(arrays[0], np.ndarray):
+            arrays[0] = decompress_counts(arrays[0], burst=burst)
+        else:
+            arrays[0] = arrays[0].map_blocks(decompress_counts, burst=burst, dtype=np.float32)
     if all(isinstance(a, np.ndarray) for a in arrays):
         values = _collapse_categories(*arrays[:3], cats=cats, how=how)
         energy = reduced_energy(arrays[3])

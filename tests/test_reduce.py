@@ -5,6 +5,7 @@ from __future__ import annotations
 import dask.array as da
 import numpy as np
 import pytest
+import xarray as xr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -14,6 +15,7 @@ from fastspectro_dask.reduce import (
     DEFAULT_CATEGORIES,
     category_mask,
     collapse_angle,
+    decompress_counts,
     normalize_categories,
     reduce_dataset,
     reduced_energy,
@@ -143,8 +145,8 @@ def test_reduce_dataset_lazy_equals_eager(ees_file, variable):
     assert lazy.attrs["units"] == units
     # the "all" category of counts equals the plain sum over valid bins
     if variable == "data":
-        raw = ds.data.values
-        total = np.nansum(raw, axis=1)
+        raw = decompress_counts(ds.data.values, burst=False)
+        total = np.nansum(raw, axis=1, dtype=np.float64)
         any_valid = np.isfinite(raw).any(axis=1)
         np.testing.assert_allclose(
             eager["values"].sel(category="all").values, np.where(any_valid, total, np.nan)
@@ -154,3 +156,38 @@ def test_reduce_dataset_lazy_equals_eager(ees_file, variable):
 def test_reduce_rejects_unknown_variable(ees_file):
     with pytest.raises(ValueError, match="variable"):
         reduce_dataset(open_esa(ees_file), variable="pitch_angle")
+
+
+@pytest.mark.parametrize("burst", [False, True])
+def test_decompress_inverts_the_count_compression(burst):
+    from fastspectro_dask.synth import _compress_counts
+
+    cmax = 16383 if burst else 65535
+    counts = np.unique(np.round(np.geomspace(1, cmax, 400))).astype(np.int64)
+    codes = _compress_counts(counts, burst).astype(np.float32)
+    back = decompress_counts(codes, burst=burst)
+    small = counts < 32
+    np.testing.assert_array_equal(back[small], counts[small])  # exact below 32
+    step = np.log(cmax / 32) / 223  # one code step in ln(counts)
+    assert np.all(np.abs(np.log(back[~small] / counts[~small])) <= step / 2 + 1e-6)
+    assert decompress_counts(np.array([255.0]), burst=burst)[0] == pytest.approx(cmax, rel=1e-5)
+    assert np.isnan(decompress_counts(np.array([np.nan]), burst=burst)[0])
+
+
+def test_data_sums_counts_not_codes():
+    codes = np.full((1, 2, 1), 200.0, np.float32)  # two bins of ~1.5e4 counts each
+    pitch = np.full((1, 2, 1), 10.0, np.float32)
+    ds = xr.Dataset(
+        {
+            "data": (("time", "pitch_angle_bin", "energy_channel"), codes, {"UNITS": "Counts"}),
+            "pitch_angle": (("time", "pitch_angle_bin", "energy_channel"), pitch),
+            "domega": (("time", "pitch_angle_bin", "energy_channel"), np.ones_like(pitch)),
+            "energy_full": (("time", "pitch_angle_bin", "energy_channel"), np.ones_like(pitch)),
+        },
+        coords={"time": np.array(["2000-01-01"], "datetime64[ns]"), "energy_channel": [0]},
+        attrs={"instrument": "ees"},
+    )
+    out = reduce_dataset(ds)["values"].sel(category="all").values[0, 0]
+    assert out == pytest.approx(2 * decompress_counts(np.array([200.0]), burst=False)[0])
+    raw = reduce_dataset(ds, decompress=False)["values"].sel(category="all").values[0, 0]
+    assert raw == 400.0

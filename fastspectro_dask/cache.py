@@ -29,7 +29,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-__all__ = ["FileKey", "ReducedCache"]
+__all__ = ["FileKey", "ReducedCache", "reduce_file"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,19 @@ class FileKey:
 
     def to_json(self) -> dict[str, Any]:
         return {"path": self.path, "size": self.size, "mtime_ns": self.mtime_ns}
+
+
+def reduce_file(
+    path: str | os.PathLike[str], variable: str, categories: Mapping[str, Any]
+) -> xr.Dataset:
+    """Open one CDF file and reduce it in memory (synchronously: called inside tasks)."""
+    from fastspectro_dask.io import open_esa
+    from fastspectro_dask.reduce import reduce_dataset
+
+    ds = open_esa(path, variables=[variable, "pitch_angle", "domega", "energy_full"])
+    return reduce_dataset(ds, variable=variable, categories=categories).compute(
+        scheduler="synchronous"
+    )
 
 
 def _params_digest(key: FileKey, variable: str, categories: Mapping[str, Any]) -> str:

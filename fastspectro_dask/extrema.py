@@ -42,17 +42,16 @@ from typing import TYPE_CHECKING, Any
 import dask
 import numpy as np
 
-from fastspectro_dask.cache import FileKey, ReducedCache
+from fastspectro_dask.cache import FileKey, ReducedCache, reduce_file
 from fastspectro_dask.discovery import INSTRUMENTS, discover
 from fastspectro_dask.errors import EmptyDataError, error_reason
-from fastspectro_dask.io import open_esa
 from fastspectro_dask.quantiles import (
     Histogram,
     coarse_histogram,
     resolve_exact,
     targets_for,
 )
-from fastspectro_dask.reduce import normalize_categories, reduce_dataset
+from fastspectro_dask.reduce import normalize_categories
 from fastspectro_dask.state import atomic_write_json, load_json_state
 
 if TYPE_CHECKING:
@@ -139,10 +138,18 @@ def _summarise(values: np.ndarray, energy: np.ndarray, cats: Sequence[str]) -> d
     return out
 
 
-def _reduce_file(path: str, variable: str, cats: Mapping[str, Any]):
-    ds = open_esa(path, variables=[variable, "pitch_angle", "domega", "energy_full"])
-    # already inside a task (or a pool thread): no nested parallelism
-    return reduce_dataset(ds, variable=variable, categories=cats).compute(scheduler="synchronous")
+def _reduce_and_cache(
+    path: str, key: FileKey, entry: str, variable: str, cats: Mapping[str, Any], cache: ReducedCache
+) -> tuple[Any, dict]:
+    """Decode and reduce one file, store it with its pass-1 summary; return both."""
+    red = reduce_file(path, variable, cats)
+    summary = _summarise(
+        red["values"].values.astype(np.float32),
+        red["energy"].values.astype(np.float32),
+        list(cats),
+    )
+    cache.write(entry, red, summary=summary, key=key)
+    return red, summary
 
 
 def _pass1_file(
@@ -158,13 +165,7 @@ def _pass1_file(
     entry = cache.entry_name(key, variable, cats, instrument, orbit)
     summary = cache.summary(entry)
     if summary is None:
-        red = _reduce_file(path, variable, cats)
-        summary = _summarise(
-            red["values"].values.astype(np.float32),
-            red["energy"].values.astype(np.float32),
-            list(cats),
-        )
-        cache.write(entry, red, summary=summary, key=key)
+        _red, summary = _reduce_and_cache(path, key, entry, variable, cats, cache)
     return {"entry": entry, "summary": summary}
 
 
@@ -195,13 +196,7 @@ def _category_values(
     except KeyError:  # cache deleted: decode again (refusing a changed file), store again
         if FileKey.of(path) != key:
             raise RuntimeError(f"{path} changed during the extrema computation") from None
-        red = _reduce_file(path, variable, cats)
-        summary = _summarise(
-            red["values"].values.astype(np.float32),
-            red["energy"].values.astype(np.float32),
-            list(cats),
-        )
-        cache.write(entry, red, summary=summary, key=key)
+        red, _summary = _reduce_and_cache(path, key, entry, variable, cats, cache)
     return red["values"].values[k].astype(np.float32).reshape(-1)
 
 

@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fastspectro_dask.cache import ReducedCache
+from fastspectro_dask.cache import ReducedCache, reduce_file
 from fastspectro_dask.cluster import client_context, n_workers
 from fastspectro_dask.discovery import INSTRUMENTS, discover
 from fastspectro_dask.errors import (
@@ -46,7 +46,7 @@ from fastspectro_dask.errors import (
 )
 from fastspectro_dask.extrema import compute_global_extrema, extrema_for_rows
 from fastspectro_dask.logbuffer import buffered_file_logging, forward_worker_logs
-from fastspectro_dask.reduce import normalize_categories, reduce_dataset
+from fastspectro_dask.reduce import normalize_categories
 from fastspectro_dask.sandbox import run_with_timeout
 from fastspectro_dask.state import ProgressStore, file_fingerprint
 
@@ -83,19 +83,14 @@ class RenderJob:
 
 
 def _load_reduced(job: RenderJob, inst: str):
-    cache = ReducedCache(job.cache_path)
+    """The reduced spectrogram of one instrument: from the zarr cache, else decoded."""
     entry = job.entries.get(inst)
     if entry:
         try:
-            return cache.read(entry)
+            return ReducedCache(job.cache_path).read(entry)
         except KeyError:
             pass
-    from fastspectro_dask.io import open_esa
-
-    ds = open_esa(job.files[inst], variables=[job.variable, "pitch_angle", "domega", "energy_full"])
-    return reduce_dataset(ds, variable=job.variable, categories=job.categories).compute(
-        scheduler="synchronous"
-    )
+    return reduce_file(job.files[inst], job.variable, job.categories)
 
 
 class _Capture(logging.Handler):

@@ -122,7 +122,7 @@ def test_bad_files_are_recorded_and_do_not_abort(small_mission, tmp_path):
 def test_reuse_and_new_scale_keys_without_reading(small_mission, tmp_path, monkeypatch):
     run(small_mission, tmp_path)
     opened = []
-    monkeypatch.setattr(ext, "open_esa", lambda *a, **k: opened.append(a) or open_esa(*a, **k))
+    monkeypatch.setattr(fio, "open_esa", lambda *a, **k: opened.append(a) or open_esa(*a, **k))
     state = compute_global_extrema(
         small_mission, "log", "linear", extrema_json_path=tmp_path / "extrema.json"
     )

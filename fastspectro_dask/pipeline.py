@@ -433,25 +433,19 @@ def FAST_plot_spectrograms_directory(
         todo = [o for o in orbits if store.should_retry(o, index[o])]
         summary.orbits_skipped = len(orbits) - len(todo)
         if todo:
-            _extrema_then_render(
-                summary,
-                store,
-                signals,
-                dask_client,
-                index,
-                todo,
-                input_dir,
-                out,
+            opts = _Options(
+                input_dir=input_dir,
+                out=out,
                 y_scale=y_scale,
                 z_scale=z_scale,
                 instrument_order=tuple(instrument_order),
                 extrema_path=extrema_path,
+                cache_dir=cache_dir,
                 max_percentile=max_processing_percentile,
                 flush_batch_size=flush_batch_size,
                 variable=variable,
                 cats=cats,
-                cache_dir=cache_dir,
-                products=products,
+                products=tuple(products),
                 overwrite=overwrite,
                 window=window,
                 instrument_timeout=instrument_timeout_seconds,
@@ -459,6 +453,7 @@ def FAST_plot_spectrograms_directory(
                 progress_bar=progress_bar,
                 render_fn=render_fn or render_job,
             )
+            _extrema_then_render(opts, summary, store, signals, dask_client, index, todo)
         else:
             logger.info("nothing to do: all %d orbits are done", len(orbits))
         if signals.received is not None:
@@ -471,48 +466,46 @@ def FAST_plot_spectrograms_directory(
     return summary
 
 
-def _extrema_then_render(
-    summary,
-    store,
-    signals,
-    dask_client,
-    index,
-    todo,
-    input_dir,
-    out,
-    *,
-    y_scale,
-    z_scale,
-    instrument_order,
-    extrema_path,
-    max_percentile,
-    flush_batch_size,
-    variable,
-    cats,
-    cache_dir,
-    products,
-    overwrite,
-    window,
-    instrument_timeout,
-    orbit_timeout,
-    progress_bar,
-    render_fn,
-) -> None:
+@dataclass(frozen=True)
+class _Options:
+    """The options of one run, as the phases after discovery need them."""
+
+    input_dir: Any
+    out: Path
+    y_scale: str
+    z_scale: str
+    instrument_order: tuple[str, ...]
+    extrema_path: Path
+    cache_dir: Path
+    max_percentile: float
+    flush_batch_size: int
+    variable: str
+    cats: dict[str, tuple[tuple[float, float], ...]]
+    products: tuple[str, ...]
+    overwrite: bool
+    window: int | None
+    instrument_timeout: float | None
+    orbit_timeout: float | None
+    progress_bar: bool | None
+    render_fn: Callable[[RenderJob], dict[str, Any]]
+
+
+def _extrema_then_render(opts: _Options, summary, store, signals, dask_client, index, todo) -> None:
     """Phase 2 (extrema, interruptible at once: it keeps what it counted) and phase 3."""
     signals.raise_now = True
     try:
         state = compute_global_extrema(
-            input_dir,
-            y_scale,
-            z_scale,
-            instrument_order,
-            extrema_path,
-            max_percentile,
-            flush_batch_size,
-            variable=variable,
+            opts.input_dir,
+            opts.y_scale,
+            opts.z_scale,
+            opts.instrument_order,
+            opts.extrema_path,
+            opts.max_percentile,
+            opts.flush_batch_size,
+            variable=opts.variable,
             client=dask_client,
-            categories=cats,
-            cache_path=cache_dir,
+            categories=opts.cats,
+            cache_path=opts.cache_dir,
         )
     except KeyboardInterrupt:
         if not signals.stop.is_set():
@@ -522,26 +515,7 @@ def _extrema_then_render(
         return
     finally:
         signals.raise_now = False
-    entries = _cache_entries(state, input_dir)
-    grid_extrema = extrema_for_rows(state, y_scale, z_scale, instruments=instrument_order)
-    jobs, known = _plan_jobs(
-        todo,
-        index,
-        entries,
-        products,
-        out,
-        cache_dir,
-        variable,
-        cats,
-        y_scale,
-        z_scale,
-        instrument_order,
-        grid_extrema,
-        state,
-        overwrite,
-        summary,
-        _invalid_files(state, input_dir),
-    )
+    jobs, known = _plan_jobs(opts, todo, index, state, summary)
     _loop(
         dask_client,
         store,
@@ -549,13 +523,13 @@ def _extrema_then_render(
         jobs,
         index,
         summary,
-        window=window,
-        instrument_timeout=instrument_timeout,
-        orbit_timeout=orbit_timeout,
-        progress_bar=progress_bar,
-        y_scale=y_scale,
-        z_scale=z_scale,
-        render_fn=render_fn,
+        window=opts.window,
+        instrument_timeout=opts.instrument_timeout,
+        orbit_timeout=opts.orbit_timeout,
+        progress_bar=opts.progress_bar,
+        y_scale=opts.y_scale,
+        z_scale=opts.z_scale,
+        render_fn=opts.render_fn,
         known_errors=known,
     )
 
@@ -590,22 +564,7 @@ def _cache_entries(state: Mapping[str, Any], input_dir) -> dict[str, str]:
 
 
 def _plan_jobs(
-    todo,
-    index,
-    entries,
-    products,
-    out,
-    cache_dir,
-    variable,
-    cats,
-    y_scale,
-    z_scale,
-    instrument_order,
-    grid_extrema,
-    state,
-    overwrite,
-    summary,
-    invalid,
+    opts: _Options, todo, index, state: Mapping[str, Any], summary: RunSummary
 ) -> tuple[dict[int, list[RenderJob]], dict[int, dict[str, tuple[str, str]]]]:
     """Render jobs per orbit, and the errors already known (files the extrema found invalid).
 
@@ -614,6 +573,13 @@ def _plan_jobs(
     """
     from fastspectro_dask.render import figure_path
 
+    entries = _cache_entries(state, opts.input_dir)
+    invalid = _invalid_files(state, opts.input_dir)
+    y_scale, z_scale = opts.y_scale, opts.z_scale
+    grid_extrema = extrema_for_rows(state, y_scale, z_scale, instruments=opts.instrument_order)
+    pa_extrema = {
+        i: extrema_for_rows(state, y_scale, z_scale, instrument=i) for i in opts.instrument_order
+    }
     jobs: dict[int, list[RenderJob]] = {}
     known: dict[int, dict[str, tuple[str, str]]] = {}
     for orbit in todo:
@@ -621,18 +587,17 @@ def _plan_jobs(
         known[orbit] = {i: ("invalid-cdf", invalid[p]) for i, p in files.items() if p in invalid}
         start = _start_time(index, orbit)
         wanted: list[tuple[str, dict[str, str], dict]] = []
-        if "instruments" in products:
+        if "instruments" in opts.products:
             wanted.append(("instruments", files, grid_extrema))
-        if "pitch-angle" in products:
+        if "pitch-angle" in opts.products:
             for inst, path in files.items():
                 if inst in known[orbit]:
                     continue
-                rows = extrema_for_rows(state, y_scale, z_scale, instrument=inst)
-                wanted.append((f"pa-{inst}", {inst: path}, rows))
+                wanted.append((f"pa-{inst}", {inst: path}, pa_extrema[inst]))
         orbit_jobs = []
         for product, fs, ext in wanted:
-            path = figure_path(out, orbit, start, product, y_scale, z_scale)
-            if path.exists() and not overwrite:
+            path = figure_path(opts.out, orbit, start, product, y_scale, z_scale)
+            if path.exists() and not opts.overwrite:
                 summary.figures_existing += 1
                 continue
             orbit_jobs.append(
@@ -642,12 +607,12 @@ def _plan_jobs(
                     files=fs,
                     entries={i: entries.get(p) for i, p in fs.items()},
                     output=str(path),
-                    cache_path=str(cache_dir),
-                    variable=variable,
-                    categories=cats,
+                    cache_path=str(opts.cache_dir),
+                    variable=opts.variable,
+                    categories=opts.cats,
                     y_scale=y_scale,
                     z_scale=z_scale,
-                    instrument_order=instrument_order,
+                    instrument_order=opts.instrument_order,
                     extrema=ext,
                 )
             )

@@ -531,6 +531,7 @@ def _extrema_then_render(opts: _Options, summary, store, signals, dask_client, i
         z_scale=opts.z_scale,
         render_fn=opts.render_fn,
         known_errors=known,
+        manifest=opts.out / "manifest.jsonl",
     )
 
 
@@ -620,6 +621,28 @@ def _plan_jobs(
     return jobs, known
 
 
+def _append_manifest(path: Path, job: RenderJob, result: Mapping[str, Any]) -> None:
+    """One JSON line per figure: what was drawn, with which limits and options."""
+    line = json.dumps(
+        {
+            "figure": os.path.relpath(job.output, path.parent),
+            "orbit": job.orbit,
+            "product": job.product,
+            "y_scale": job.y_scale,
+            "z_scale": job.z_scale,
+            "variable": job.variable,
+            "limits": job.extrema,  # global extrema per row; overrides none in batch runs
+            "instruments": job.instruments,
+            "missing_or_invalid": sorted(result.get("errors", {})),
+            "seconds": round(float(result.get("seconds", 0.0)), 3),
+            "written_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+        sort_keys=True,
+    )
+    with open(path, "a", encoding="utf-8") as fh:  # one short append per figure
+        fh.write(line + "\n")
+
+
 def _classify(exc: BaseException) -> str:
     """Error category of a task's exception (Dask's own errors by class name: this layer
     must not depend on where distributed defines them)."""
@@ -653,6 +676,7 @@ def _loop(
     z_scale: str,
     render_fn: Callable[[RenderJob], dict[str, Any]] = render_job,
     known_errors: Mapping[int, Mapping[str, tuple[str, str]]] | None = None,
+    manifest: Path | None = None,
 ) -> None:
     """Submit through a bounded window and handle results in batches."""
     from distributed import as_completed
@@ -750,6 +774,8 @@ def _loop(
                     )
                 else:
                     summary.figures_written += 1
+                    if manifest is not None:
+                        _append_manifest(manifest, job, result)
                     for inst, (reason, msg) in result["errors"].items():
                         orbit_errors[job.orbit].setdefault(inst, (reason, msg))
                         logger.error("orbit %d %s: %s (%s)", job.orbit, inst, reason, msg)

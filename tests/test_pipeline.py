@@ -86,6 +86,21 @@ def test_full_run_bad_files_and_resume(bad_mission, tmp_path, client):
     assert not list(out.rglob(f"{invalid[0]}/{invalid[0]}_pa-ees_*.png"))
     assert p["linear_log_last_orbit"] == max(invalid + good)
     assert (out / "extrema.json").exists() and (out / "logs").is_dir()
+    manifest = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+    assert len(manifest) == s.figures_written
+    first = manifest[0]
+    assert (out / first["figure"]).exists()
+    assert first["y_scale"] == "linear" and first["variable"] == "data"
+    assert set(first["limits"]) <= {
+        "ees",
+        "eeb",
+        "ies",
+        "ieb",
+        "all",
+        "downgoing",
+        "upgoing",
+        "perpendicular",
+    }
     # resume: nothing left to do (invalid-cdf is not retried while the file is unchanged)
     again = plot(bad_mission, out, client, products=("instruments", "pitch-angle"))
     assert again.orbits_skipped == again.orbits_total and again.figures_written == 0

@@ -297,3 +297,55 @@ def test_kill9_of_the_whole_run_then_resume(tmp_path, client):
     assert resumed.orbits_total == 10
     for ref in reference.rglob("*.png"):
         assert (out / ref.relative_to(reference)).read_bytes() == ref.read_bytes()
+
+
+_SIGNAL_SCRIPT = """
+import sys
+from fastspectro_dask.pipeline import FAST_plot_spectrograms_directory
+from tests import _hooks
+s = FAST_plot_spectrograms_directory(sys.argv[1], sys.argv[2], max_workers=1,
+    flush_batch_size=1, products=("instruments", "pitch-angle"), render_fn=_hooks.slow,
+    progress_bar=False, window=1)
+print("INTERRUPTED" if s.interrupted else "FINISHED", s.signal, flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_then_double_sigint_in_a_real_process(mission, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SIGNAL_SCRIPT, str(mission), str(out)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    deadline = time.time() + 180
+    while time.time() < deadline and not list(out.rglob("*.png")):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    stdout, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0
+    assert "INTERRUPTED SIGTERM" in stdout
+    p = progress(out)  # flushed on the way out
+    drawn = {int(f.parent.name) for f in out.rglob("*_instruments_*.png")}
+    assert set(p.get("linear_log_completed", [])) <= drawn
+    # two signals: the second one exits at once, with KeyboardInterrupt, state intact
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SIGNAL_SCRIPT, str(mission), str(tmp_path / "out2")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    deadline = time.time() + 180
+    while time.time() < deadline and not list((tmp_path / "out2").rglob("*.png")):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    t0 = time.time()
+    _, stderr = proc.communicate(timeout=120)
+    assert time.time() - t0 < 60
+    assert proc.returncode != 0 and "KeyboardInterrupt" in stderr
+    json.loads((tmp_path / "out2" / "progress.json").read_text())  # still valid JSON

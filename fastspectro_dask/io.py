@@ -392,9 +392,10 @@ class _RecordArray(BackendArray):
         out = raw.astype(self.dtype, copy=not raw.flags.writeable or raw.dtype != self.dtype)
         if self.fill is not None:
             fill_mask = raw == raw.dtype.type(self.fill)
-            if self.name == "data":
-                fill_mask &= ~self._overflow_records(cdf, start, stop)[:, None, None]
-            np.copyto(out, np.nan, where=fill_mask)
+            if fill_mask.any():
+                if self.name == "data":  # 255 is an overflow, not a fill, in flagged records
+                    fill_mask &= ~self._overflow_records(cdf, start, stop)[:, None, None]
+                np.copyto(out, np.nan, where=fill_mask)
         if self.is_big:
             self._mask_blocks(out, start, stop)
         if self.invalid is not None:

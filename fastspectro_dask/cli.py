@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 finished but with recorded errors, 2 bad usage, 130 int
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from collections.abc import Sequence
@@ -97,7 +98,7 @@ def _summary_table(summaries: list) -> str:
         errors = ", ".join(f"{k} {v}" for k, v in sorted(s.errors.items())) or "0"
         rows.append(
             (
-                s.scales,
+                f"{s.scales} (interrupted)" if s.interrupted else s.scales,
                 str(s.orbits_total),
                 str(s.orbits_completed),
                 str(s.orbits_skipped),
@@ -111,21 +112,127 @@ def _summary_table(summaries: list) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
 
 
-def _connect(args: argparse.Namespace):
-    """A client for --scheduler-address / --scheduler-file, else None (local cluster)."""
-    if getattr(args, "scheduler_address", None) or getattr(args, "scheduler_file", None):
-        from distributed import Client
+class _UsageError(Exception):
+    """Bad options, found after parsing: message to stderr, exit code 2."""
 
-        if args.scheduler_file:
-            return Client(scheduler_file=str(args.scheduler_file))
-        return Client(args.scheduler_address)
-    return None
+
+def _cluster_kw(text: str):
+    """argparse type of --cluster-kw: ``key=value`` -> (key, parsed value)."""
+    from fastspectro_dask.cluster import parse_cluster_kwarg
+
+    try:
+        return parse_cluster_kwarg(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _adapt(text: str) -> tuple[int, int]:
+    """argparse type of --adapt: ``MIN:MAX`` jobs."""
+    from fastspectro_dask.cluster import parse_adapt
+
+    try:
+        return parse_adapt(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _check_cluster_options(args: argparse.Namespace) -> None:
+    kind = getattr(args, "cluster", "local")
+    external = getattr(args, "scheduler_address", None) or getattr(args, "scheduler_file", None)
+    jobqueue_opts = [
+        name
+        for name, value in (
+            ("--jobs", getattr(args, "jobs", None)),
+            ("--adapt", getattr(args, "adapt", None)),
+            ("--cluster-kw", getattr(args, "cluster_kw", None)),
+        )
+        if value
+    ]
+    if kind == "local":
+        if jobqueue_opts:
+            raise _UsageError(f"{', '.join(jobqueue_opts)} need --cluster slurm or --cluster pbs")
+        return
+    if external:
+        raise _UsageError(
+            f"--cluster {kind} makes its own scheduler; drop --scheduler-address/--scheduler-file"
+        )
+    if getattr(args, "max_workers", None) is not None:
+        raise _UsageError(
+            f"--max-workers is for the local cluster; with --cluster {kind} use --jobs N "
+            "or --adapt MIN:MAX (and --cluster-kw cores=... processes=...)"
+        )
+
+
+def _enter_client(stack: contextlib.ExitStack, args: argparse.Namespace, *, local: bool):
+    """The run's client, registered for closing on ``stack``; None for extrema on threads.
+
+    ``--scheduler-address``/``--scheduler-file``: connect; ``--cluster slurm|pbs``: a
+    dask-jobqueue cluster; else a local cluster when ``local`` (plot, demo) or None.
+    """
+    from fastspectro_dask.cluster import (
+        ClusterConfigError,
+        JobqueueMissingError,
+        client_context,
+        connect_client,
+        make_cluster,
+    )
+
+    _check_cluster_options(args)
+    kind = getattr(args, "cluster", "local")
+    external = connect_client(
+        getattr(args, "scheduler_address", None), getattr(args, "scheduler_file", None)
+    )
+    if external is not None:
+        stack.callback(external.close)
+        return external
+    if kind == "local":
+        if not local:
+            return None
+        return stack.enter_context(
+            client_context(None, max_workers=getattr(args, "max_workers", None))
+        )
+    try:
+        client = stack.enter_context(
+            make_cluster(
+                kind,
+                jobs=args.jobs,
+                adapt=args.adapt,
+                cluster_kwargs=dict(args.cluster_kw or []),
+            )
+        )
+    except (JobqueueMissingError, ClusterConfigError) as exc:
+        raise _UsageError(str(exc)) from exc
+    what = (
+        f"adaptive, {args.adapt[0]} to {args.adapt[1]} jobs"
+        if args.adapt
+        else f"{args.jobs or 1} job(s) submitted"
+    )
+    print(
+        f"{kind.upper()} cluster: {what}; work starts when the jobs run (-v prints the job script)",
+        flush=True,
+    )
+    return client
+
+
+def _write_report(
+    output_dir: Path, summaries: list, performance_report: Path | None
+) -> Path | None:
+    from fastspectro_dask.report import write_run_report
+
+    if not output_dir.is_dir():
+        return None
+    try:
+        return write_run_report(
+            output_dir, summaries=summaries, performance_report=performance_report
+        )
+    except Exception as exc:  # the run's outcome matters more than its report
+        logger.warning("could not write the run report in %s: %s", output_dir, exc)
+        print(f"fastspectro: could not write the run report: {exc}", file=sys.stderr)
+        return None
 
 
 def _run_plots(args: argparse.Namespace, input_dir: Path, output_dir: Path) -> int:
-    import contextlib
-
-    from fastspectro_dask.cluster import client_context
+    from fastspectro_dask.cluster import expected_worker_threads, performance_report_context
     from fastspectro_dask.pipeline import FAST_plot_spectrograms_directory
 
     combos = (
@@ -133,36 +240,51 @@ def _run_plots(args: argparse.Namespace, input_dir: Path, output_dir: Path) -> i
         if args.all_scales
         else [(args.y_scale, args.z_scale)]
     )
-    summaries = []
-    with contextlib.ExitStack() as stack:
-        external = _connect(args)
-        if external is not None:
-            stack.callback(external.close)
-        client = stack.enter_context(client_context(external, max_workers=args.max_workers))
-        print(f"Dask dashboard: {client.dashboard_link}", flush=True)
-        for y, z in combos:
-            s = FAST_plot_spectrograms_directory(
-                input_dir,
-                output_dir,
-                y_scale=y,
-                z_scale=z,
-                client=client,
-                variable=args.variable,
-                flush_batch_size=args.flush_batch_size,
-                log_flush_batch_size=args.log_flush_batch_size,
-                flush_interval_seconds=args.flush_interval,
-                orbit_timeout_seconds=args.orbit_timeout,
-                instrument_timeout_seconds=args.instrument_timeout,
-                ignore_progress_json=args.ignore_progress,
-                overwrite=args.overwrite,
-                max_processing_percentile=args.percentile,
-                products=args.products,
+    summaries: list = []
+    report = None
+    try:
+        with contextlib.ExitStack() as stack:
+            client = _enter_client(stack, args, local=True)
+            print(f"Dask dashboard: {client.dashboard_link}", flush=True)
+            # a jobqueue cluster has no worker yet: size the window for the jobs asked for
+            window = (
+                2 * expected_worker_threads(client) + 2
+                if getattr(args, "cluster", "local") != "local"
+                else None
             )
-            summaries.append(s)
-            if s.interrupted:
-                break
+            stack.enter_context(performance_report_context(args.performance_report))
+            for y, z in combos:
+                s = FAST_plot_spectrograms_directory(
+                    input_dir,
+                    output_dir,
+                    y_scale=y,
+                    z_scale=z,
+                    client=client,
+                    variable=args.variable,
+                    flush_batch_size=args.flush_batch_size,
+                    log_flush_batch_size=args.log_flush_batch_size,
+                    flush_interval_seconds=args.flush_interval,
+                    orbit_timeout_seconds=args.orbit_timeout,
+                    instrument_timeout_seconds=args.instrument_timeout,
+                    ignore_progress_json=args.ignore_progress,
+                    overwrite=args.overwrite,
+                    max_processing_percentile=args.percentile,
+                    products=args.products,
+                    window=window,
+                )
+                summaries.append(s)
+                if s.interrupted:
+                    break
+    finally:
+        # also after an interruption or a failure: what was written is worth seeing
+        if not args.no_report:
+            report = _write_report(Path(output_dir), summaries, args.performance_report)
     print(_summary_table(summaries))
     print(f"figures, progress.json, extrema.json and logs/ are in {output_dir}")
+    if report is not None:
+        print(f"run report (open in a browser): {report}")
+    if args.performance_report:
+        print(f"Dask performance report: {args.performance_report}")
     if any(s.interrupted for s in summaries):
         return EXIT_INTERRUPTED
     return EXIT_ERRORS if any(s.errors for s in summaries) else EXIT_OK
@@ -193,8 +315,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_extrema(args: argparse.Namespace) -> int:
     from fastspectro_dask.extrema import compute_global_extrema
 
-    client = _connect(args)
-    try:
+    with contextlib.ExitStack() as stack:
+        client = _enter_client(stack, args, local=False)
         state = compute_global_extrema(
             args.input,
             args.y_scale,
@@ -205,9 +327,6 @@ def _cmd_extrema(args: argparse.Namespace) -> int:
             compute_mins=args.compute_mins,
             client=client,
         )
-    finally:
-        if client is not None:
-            client.close()
     print(
         f"{'instrument':<10} {'category':<14} {'y_min':>10} {'y_max':>10} {'z_min':>12} "
         f"{'z_max':>12} {'samples':>10}"
@@ -244,6 +363,17 @@ def _cmd_status(args: argparse.Namespace) -> int:
             if orbits:
                 shown = ", ".join(map(str, orbits[:12])) + (" ..." if len(orbits) > 12 else "")
                 print(f"  {key}: {len(orbits)} orbit(s): {shown}")
+    return EXIT_OK
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from fastspectro_dask.report import write_run_report
+
+    if not args.output.is_dir():
+        print(f"fastspectro: {args.output}: not a folder", file=sys.stderr)
+        return EXIT_USAGE
+    path = write_run_report(args.output, thumb_width=args.thumb_width, page_size=args.page_size)
+    print(f"run report: {path}")
     return EXIT_OK
 
 
@@ -311,10 +441,51 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         "--ignore-progress", action="store_true", help="ignore progress.json: a fresh pass"
     )
     p.add_argument("--overwrite", action="store_true", help="re-render existing figures")
+    p.add_argument(
+        "--performance-report",
+        type=Path,
+        default=None,
+        metavar="FILE.html",
+        help="write a Dask performance report (task stream, profiles) of the run",
+    )
+    p.add_argument(
+        "--no-report",
+        action="store_true",
+        help="do not write the HTML run report OUTPUT/index.html",
+    )
     _add_scheduler_options(p)
 
 
 def _add_scheduler_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--cluster",
+        choices=("local", "slurm", "pbs"),
+        default="local",
+        help="where workers run: a local cluster (default), or batch jobs through "
+        "dask-jobqueue (pip install 'fastspectro_dask[jobqueue]'; defaults from the "
+        "dask config, e.g. ~/.config/dask/jobqueue.yaml)",
+    )
+    j = p.add_mutually_exclusive_group()
+    j.add_argument(
+        "--jobs", type=int, default=None, metavar="N", help="slurm/pbs: run N jobs (default 1)"
+    )
+    j.add_argument(
+        "--adapt",
+        type=_adapt,
+        default=None,
+        metavar="MIN:MAX",
+        help="slurm/pbs: adaptive, between MIN and MAX jobs",
+    )
+    p.add_argument(
+        "--cluster-kw",
+        type=_cluster_kw,
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="slurm/pbs: a SLURMCluster/PBSCluster keyword, repeatable "
+        "(e.g. cores=8, memory=16GB, queue=normal, walltime=02:00:00, interface=ib0; "
+        "JSON for lists: job_extra_directives='[\"--gres=gpu:1\"]')",
+    )
     g = p.add_mutually_exclusive_group()
     g.add_argument(
         "--scheduler-address",
@@ -470,6 +641,19 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("output", type=Path, help="output folder of a plot run")
     p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser(
+        "report",
+        help="(re)write the HTML run report OUTPUT/index.html",
+        description="Write OUTPUT/index.html: a static gallery of the figures with the "
+        "extrema used and the errors per orbit (plot and demo write it at the end of a run).",
+    )
+    p.add_argument("output", type=Path, help="output folder of a plot run")
+    p.add_argument(
+        "--thumb-width", type=int, default=320, help="figure width in the gallery, px (320)"
+    )
+    p.add_argument("--page-size", type=int, default=500, help="orbits per page (default 500)")
+    p.set_defaults(func=_cmd_report)
     return parser
 
 
@@ -494,9 +678,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except _UsageError as exc:
+        print(f"fastspectro: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except FileNotFoundError as exc:
         print(f"fastspectro: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    finally:  # main() may be called in-process (tests, notebooks): leave logging as it was
+        logging.getLogger().removeHandler(handler)
 
 
 if __name__ == "__main__":  # pragma: no cover

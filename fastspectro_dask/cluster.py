@@ -1,28 +1,91 @@
-"""Make or connect a Dask client: the given one, or a local cluster of processes.
+"""Make or connect a Dask client: the given one, a local cluster, a scheduler, dask-jobqueue.
 
-Settings come from dask config (``dask.config``, ``~/.config/dask/*.yaml``,
-``DASK_*`` environment variables), never re-invented here.
+Settings come from dask config (``dask.config``, ``~/.config/dask/*.yaml`` such as
+``jobqueue.yaml``, ``DASK_*`` environment variables such as
+``DASK_JOBQUEUE__SLURM__QUEUE``), never re-invented here: :func:`make_cluster` passes
+to ``SLURMCluster``/``PBSCluster`` only the keywords the user gave.
+
+Render tasks run in a child process of their worker (the killable sandbox), which needs
+non-daemonic worker processes (``distributed.worker.daemon: False``). The local cluster
+is made under that setting; a dask-jobqueue job script gets
+``export DASK_DISTRIBUTED__WORKER__DAEMON=False`` in its prologue, which the
+``dask worker`` command of the job reads when dask imports its config (the nanny reads
+``distributed.worker.daemon`` when it starts the worker process).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
 
 import dask
 from distributed import Client, LocalCluster
 
-__all__ = ["client_context", "n_workers"]
+__all__ = [
+    "CLUSTER_KINDS",
+    "DAEMON_ENV_LINE",
+    "ClusterConfigError",
+    "JobqueueMissingError",
+    "client_context",
+    "connect_client",
+    "expected_worker_threads",
+    "make_cluster",
+    "n_workers",
+    "parse_adapt",
+    "parse_cluster_kwarg",
+    "parse_cluster_kwargs",
+    "performance_report_context",
+]
 
 logger = logging.getLogger(__name__)
+
+#: The ``--cluster`` choices.
+CLUSTER_KINDS: tuple[str, ...] = ("local", "slurm", "pbs")
+#: dask-jobqueue cluster class per kind.
+_JOBQUEUE_CLASSES = {"slurm": "SLURMCluster", "pbs": "PBSCluster"}
+#: Job-script line that makes the job's worker processes non-daemonic.
+DAEMON_ENV_LINE = "export DASK_DISTRIBUTED__WORKER__DAEMON=False"
+#: Set on a cluster made by :func:`make_cluster`: worker threads it will have at most.
+_PLANNED_ATTR = "_fastspectro_planned_threads"
+
+
+class JobqueueMissingError(ImportError):
+    """``--cluster slurm|pbs`` was asked for but dask-jobqueue is not installed."""
+
+
+class ClusterConfigError(ValueError):
+    """The cluster cannot be made with the given options (unknown keyword, no cores...)."""
 
 
 def n_workers(client: Client) -> int:
     """Number of worker threads of a client's cluster (at least 1)."""
     workers = client.scheduler_info().get("workers", {})
     return max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))
+
+
+def expected_worker_threads(client: Client) -> int:
+    """Worker threads the cluster has now, or will have once its jobs run (at least 1).
+
+    A dask-jobqueue cluster starts with no worker: its jobs wait in the batch queue. For
+    such a cluster made by :func:`make_cluster` this is the number of threads of all the
+    jobs asked for (``--jobs``) or of the adaptive maximum (``--adapt``), so the caller
+    can size its window of tasks in flight for the cluster it will get.
+
+    Parameters
+    ----------
+    client : distributed.Client
+
+    Returns
+    -------
+    int
+    """
+    planned = int(getattr(getattr(client, "cluster", None), _PLANNED_ATTR, 0) or 0)
+    return max(n_workers(client), planned)
 
 
 @contextlib.contextmanager
@@ -58,3 +121,295 @@ def client_context(
     finally:
         own.close()
         cluster.close()
+
+
+def connect_client(
+    scheduler_address: str | None = None,
+    scheduler_file: str | os.PathLike[str] | None = None,
+) -> Client | None:
+    """A client of a running scheduler, or ``None`` when neither is given.
+
+    Parameters
+    ----------
+    scheduler_address : str, optional
+        ``tcp://host:8786``.
+    scheduler_file : path-like, optional
+        A scheduler file written by ``dask scheduler --scheduler-file``.
+
+    Returns
+    -------
+    distributed.Client or None
+        The caller closes it.
+    """
+    if scheduler_address and scheduler_file:
+        raise ValueError("give scheduler_address or scheduler_file, not both")
+    if scheduler_file:
+        return Client(scheduler_file=os.fspath(scheduler_file))
+    if scheduler_address:
+        return Client(scheduler_address)
+    return None
+
+
+# --------------------------------------------------------------------------------------
+# --cluster-kw and --adapt parsing
+# --------------------------------------------------------------------------------------
+
+
+def _parse_value(text: str) -> Any:
+    low = text.strip().lower()
+    if low in ("true", "yes", "on"):
+        return True
+    if low in ("false", "no", "off"):
+        return False
+    if low in ("none", "null"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    if text.strip()[:1] in ("[", "{"):
+        try:
+            return json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f"{text!r} looks like JSON but is not valid: {exc}") from exc
+    return text
+
+
+def parse_cluster_kwarg(item: str) -> tuple[str, Any]:
+    """Parse one ``key=value`` of ``--cluster-kw``.
+
+    The key's dashes become underscores (``job-cpu`` is ``job_cpu``, as in
+    ``jobqueue.yaml``). The value becomes a bool (``true``/``false``/``yes``/``no``/
+    ``on``/``off``), ``None`` (``none``/``null``), an int, a float, a JSON list or object
+    (text starting with ``[`` or ``{``), or else stays a string (``16GB``, ``01:00:00``).
+
+    Parameters
+    ----------
+    item : str
+
+    Returns
+    -------
+    tuple of (str, object)
+
+    Raises
+    ------
+    ValueError
+        No ``=``, an empty or invalid key, or malformed JSON.
+
+    Examples
+    --------
+    >>> parse_cluster_kwarg("cores=8")
+    ('cores', 8)
+    >>> parse_cluster_kwarg("memory=16GB")
+    ('memory', '16GB')
+    >>> parse_cluster_kwarg('job-extra-directives=["--gres=gpu:1"]')
+    ('job_extra_directives', ['--gres=gpu:1'])
+    """
+    key, sep, value = item.partition("=")
+    key = key.strip().replace("-", "_")
+    if not sep or not key.isidentifier():
+        raise ValueError(f"expected key=value (e.g. cores=8), got {item!r}")
+    return key, _parse_value(value)
+
+
+def parse_cluster_kwargs(items: Iterable[str | tuple[str, Any]]) -> dict[str, Any]:
+    """Parse ``--cluster-kw`` items (``key=value`` strings or parsed pairs) into a dict.
+
+    A key given twice keeps its last value (with a warning).
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, value = parse_cluster_kwarg(item) if isinstance(item, str) else item
+        if key in out:
+            logger.warning("--cluster-kw %s given twice; using %r", key, value)
+        out[key] = value
+    return out
+
+
+def parse_adapt(text: str) -> tuple[int, int]:
+    """Parse ``--adapt MIN:MAX`` (numbers of jobs) into ``(MIN, MAX)``.
+
+    Raises
+    ------
+    ValueError
+        Not two integers, a negative one, ``MIN > MAX`` or ``MAX == 0``.
+    """
+    lo, sep, hi = text.partition(":")
+    try:
+        mn, mx = int(lo), int(hi)
+    except ValueError:
+        raise ValueError(f"expected MIN:MAX numbers of jobs (e.g. 0:10), got {text!r}") from None
+    if not sep or mn < 0 or mx < 1 or mn > mx:
+        raise ValueError(f"expected 0 <= MIN <= MAX and MAX >= 1, got {text!r}")
+    return mn, mx
+
+
+# --------------------------------------------------------------------------------------
+# Clusters
+# --------------------------------------------------------------------------------------
+
+
+def _jobqueue_class(kind: str):
+    try:
+        import dask_jobqueue
+    except ImportError as exc:
+        raise JobqueueMissingError(
+            f"--cluster {kind} needs dask-jobqueue, which is not installed. Install it with "
+            "pip install 'fastspectro_dask[jobqueue]' (or: pip install dask-jobqueue, "
+            "conda install -c conda-forge dask-jobqueue)."
+        ) from exc
+    return getattr(dask_jobqueue, _JOBQUEUE_CLASSES[kind])
+
+
+def _with_daemon_prologue(kind: str, kwargs: dict[str, Any]) -> list[str]:
+    """The job-script prologue: the user's (or the config's) plus the daemon setting."""
+    if "job_script_prologue" in kwargs:
+        prologue = kwargs["job_script_prologue"]
+    elif "env_extra" in kwargs:  # the deprecated keyword: taken over, not lost
+        prologue = kwargs.pop("env_extra")
+    else:
+        prologue = dask.config.get(f"jobqueue.{kind}.job-script-prologue", None)
+        if not prologue:  # the deprecated spelling, still honoured by dask-jobqueue
+            prologue = dask.config.get(f"jobqueue.{kind}.env-extra", None)
+    if isinstance(prologue, str):
+        prologue = [prologue]
+    prologue = list(prologue or [])
+    if not any("DASK_DISTRIBUTED__WORKER__DAEMON" in line for line in prologue):
+        prologue.append(DAEMON_ENV_LINE)
+    return prologue
+
+
+def _jobqueue_cluster(kind: str, cluster_kwargs: Mapping[str, Any]):
+    cls = _jobqueue_class(kind)
+    kwargs = dict(cluster_kwargs)
+    kwargs["job_script_prologue"] = _with_daemon_prologue(kind, kwargs)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ClusterConfigError(
+            f"cannot make a {cls.__name__} with {dict(cluster_kwargs)}: {exc} "
+            f"(defaults come from the jobqueue.{kind} section of the dask config, "
+            "e.g. ~/.config/dask/jobqueue.yaml)"
+        ) from exc
+
+
+@contextlib.contextmanager
+def make_cluster(
+    kind: str = "local",
+    *,
+    jobs: int | None = None,
+    adapt: tuple[int, int] | None = None,
+    cluster_kwargs: Mapping[str, Any] | None = None,
+    max_workers: int | None = None,
+    dashboard_address: str | None = ":8787",
+) -> Iterator[Client]:
+    """Make a cluster of the given kind and yield a client of it; both closed on exit.
+
+    Parameters
+    ----------
+    kind : {"local", "slurm", "pbs"}
+        ``local``: a :class:`~distributed.LocalCluster` of ``max_workers`` processes with one
+        thread each (see :func:`client_context`). ``slurm``/``pbs``: a dask-jobqueue
+        ``SLURMCluster``/``PBSCluster`` whose jobs each run ``dask worker``.
+    jobs : int, optional
+        Batch jobs to ask for (``cluster.scale(jobs=jobs)``). Default 1 when ``adapt`` is
+        not given either.
+    adapt : (int, int), optional
+        Adaptive scaling between ``MIN`` and ``MAX`` jobs
+        (``cluster.adapt(minimum_jobs=MIN, maximum_jobs=MAX)``).
+    cluster_kwargs : mapping, optional
+        Keywords of ``SLURMCluster``/``PBSCluster`` (``cores``, ``memory``, ``processes``,
+        ``queue``, ``account``, ``walltime``, ``interface``, ``job_extra_directives``...).
+        Only these are passed: everything else comes from the ``jobqueue.<kind>`` section
+        of the dask config. ``job_script_prologue`` (the user's or the config's) gets
+        :data:`DAEMON_ENV_LINE` appended, so the job's workers are non-daemonic and can
+        start render sandboxes, unless it already sets that variable.
+    max_workers : int, optional
+        Worker processes of the local cluster (default: cores).
+    dashboard_address : str, optional
+        Dashboard of the local cluster (a jobqueue cluster takes it from
+        ``scheduler_options``).
+
+    Yields
+    ------
+    distributed.Client
+
+    Raises
+    ------
+    JobqueueMissingError
+        ``slurm``/``pbs`` without dask-jobqueue installed (an :class:`ImportError`).
+    ClusterConfigError
+        The jobqueue cluster refused the keywords (a :class:`ValueError`).
+    ValueError
+        Unknown ``kind``, or options that do not apply to it.
+    """
+    if kind not in CLUSTER_KINDS:
+        raise ValueError(f"unknown cluster kind {kind!r}; use one of {CLUSTER_KINDS}")
+    if jobs is not None and adapt is not None:
+        raise ValueError("give jobs or adapt, not both")
+    if kind == "local":
+        if jobs is not None or adapt is not None or cluster_kwargs:
+            raise ValueError("jobs, adapt and cluster_kwargs are for slurm/pbs clusters")
+        with client_context(
+            None, max_workers=max_workers, dashboard_address=dashboard_address
+        ) as client:
+            yield client
+        return
+    if jobs is not None and jobs < 1:
+        raise ValueError("jobs must be >= 1")
+    cluster = _jobqueue_cluster(kind, cluster_kwargs or {})
+    try:
+        logger.info("%s job script:\n%s", type(cluster).__name__, cluster.job_script())
+        threads = _threads_per_job(cluster)
+        if adapt is not None:
+            cluster.adapt(minimum_jobs=adapt[0], maximum_jobs=adapt[1])
+            setattr(cluster, _PLANNED_ATTR, threads * adapt[1])
+            logger.info("%s: adaptive, %d to %d jobs", type(cluster).__name__, *adapt)
+        else:
+            cluster.scale(jobs=jobs or 1)
+            setattr(cluster, _PLANNED_ATTR, threads * (jobs or 1))
+            logger.info("%s: %d job(s) submitted", type(cluster).__name__, jobs or 1)
+        client = Client(cluster)
+    except BaseException:
+        cluster.close()
+        raise
+    try:
+        logger.info("dashboard %s", client.dashboard_link)
+        yield client
+    finally:
+        client.close()
+        cluster.close()
+
+
+def _threads_per_job(cluster: Any) -> int:
+    """Worker threads one job of a jobqueue cluster provides (its ``cores``)."""
+    try:
+        return max(1, int(cluster._dummy_job.worker_cores))
+    except Exception:  # pragma: no cover - a jobqueue version without it
+        return 1
+
+
+@contextlib.contextmanager
+def performance_report_context(filename: str | os.PathLike[str] | None) -> Iterator[None]:
+    """Wrap a block in :func:`distributed.performance_report` (a no-op for ``None``).
+
+    The report (task stream, worker profile, bandwidth, the scheduler's system
+    monitor, as one static HTML file) is written when the block exits, also after an
+    exception. A Dask client must be current (made before entering).
+
+    Parameters
+    ----------
+    filename : path-like or None
+        Where to write the HTML file; its folder is created.
+    """
+    if filename is None:
+        yield
+        return
+    from distributed import performance_report
+
+    path = Path(filename)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with performance_report(filename=os.fspath(path)):
+        yield
+    logger.info("performance report written to %s", path)

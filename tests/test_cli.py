@@ -96,3 +96,121 @@ def test_extrema_command(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "ees" in res.stdout and "z_max" in res.stdout
     assert (tmp_path / "e.json").exists()
+
+
+# --------------------------------------------------------------------------------------
+# Cluster options, performance report, run report
+# --------------------------------------------------------------------------------------
+
+
+def test_cluster_kw_parsing():
+    import pytest
+
+    from fastspectro_dask.cluster import parse_adapt, parse_cluster_kwarg, parse_cluster_kwargs
+
+    assert parse_cluster_kwarg("cores=8") == ("cores", 8)
+    assert parse_cluster_kwarg("memory=16GB") == ("memory", "16GB")
+    assert parse_cluster_kwarg("queue=normal") == ("queue", "normal")
+    assert parse_cluster_kwarg("walltime=01:30:00") == ("walltime", "01:30:00")
+    assert parse_cluster_kwarg("death-timeout=2.5") == ("death_timeout", 2.5)
+    assert parse_cluster_kwarg("nanny=false") == ("nanny", False)
+    assert parse_cluster_kwarg("nanny=True") == ("nanny", True)
+    assert parse_cluster_kwarg("local_directory=none") == ("local_directory", None)
+    assert parse_cluster_kwarg("account=") == ("account", "")
+    assert parse_cluster_kwarg("name=a=b") == ("name", "a=b")  # only the first = splits
+    assert parse_cluster_kwarg('job_extra_directives=["--gres=gpu:1", "-C v100"]') == (
+        "job_extra_directives",
+        ["--gres=gpu:1", "-C v100"],
+    )
+    assert parse_cluster_kwarg('scheduler_options={"host": "127.0.0.1"}') == (
+        "scheduler_options",
+        {"host": "127.0.0.1"},
+    )
+    for bad in ("cores", "=8", "co res=8", "x=[1,", "1x=2"):
+        with pytest.raises(ValueError):
+            parse_cluster_kwarg(bad)
+    assert parse_cluster_kwargs(["cores=8", ("memory", "1GB"), "cores=4"]) == {
+        "cores": 4,
+        "memory": "1GB",
+    }
+    assert parse_adapt("0:10") == (0, 10)
+    for bad in ("10", "3:2", "-1:2", "0:0", "a:b"):
+        with pytest.raises(ValueError):
+            parse_adapt(bad)
+
+
+def test_cluster_option_usage_errors(tmp_path, capsys):
+    base = ["plot", str(tmp_path / "in"), str(tmp_path / "out")]
+    assert main([*base, "--cluster-kw", "cores"]) == 2
+    assert "key=value" in capsys.readouterr().err
+    assert main([*base, "--adapt", "5:1"]) == 2
+    assert main([*base, "--cluster", "lsf"]) == 2
+    assert main([*base, "--jobs", "2", "--adapt", "0:2", "--cluster", "slurm"]) == 2
+    assert main([*base, "--jobs", "2"]) == 2  # local cluster
+    assert "--cluster slurm or --cluster pbs" in capsys.readouterr().err
+    assert main([*base, "--cluster", "pbs", "--max-workers", "2"]) == 2
+    assert "--max-workers is for the local cluster" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_performance_report_and_report_command(tmp_path):
+    data, out = tmp_path / "d", tmp_path / "out"
+    assert run("synth", str(data), "--orbits", "1", "--records", "12").returncode == 0
+    res = run(
+        "plot",
+        str(data),
+        str(out),
+        "--max-workers",
+        "1",
+        "--products",
+        "instruments",
+        "--performance-report",
+        str(out / "dask-report.html"),
+    )
+    assert res.returncode == 0, res.stderr
+    perf = (out / "dask-report.html").read_text()
+    assert "Dask Performance Report" in perf and "Task Stream" in perf
+    # the summary table and the run report
+    assert "fig/s" in res.stdout and "y-linear z-log" in res.stdout
+    assert f"run report (open in a browser): {out / 'index.html'}" in res.stdout
+    page = (out / "index.html").read_text()
+    assert "_instruments_y-linear_z-log.png" in page and "href='dask-report.html'" in page
+    # `fastspectro report` rewrites it from the folder alone, with the last run's summary
+    (out / "index.html").unlink()
+    res = run("report", str(out), "--thumb-width", "200")
+    assert res.returncode == 0, res.stderr
+    page = (out / "index.html").read_text()
+    assert "width='200'" in page and "href='dask-report.html'" in page
+    assert "<table class='runs'>" in page and "finished" in page
+    assert run("report", str(tmp_path / "nowhere")).returncode == 2
+
+
+def test_report_written_after_an_interruption(tmp_path, monkeypatch, capsys):
+    """A run stopped by a second Ctrl-C still leaves an index.html of what it wrote."""
+    import contextlib
+
+    import fastspectro_dask.cluster as cluster_mod
+    import fastspectro_dask.pipeline as pipeline_mod
+
+    out = tmp_path / "out"
+
+    @contextlib.contextmanager
+    def fake_client_context(client=None, **kw):
+        class FakeClient:
+            dashboard_link = "http://127.0.0.1:1/status"
+
+        yield FakeClient()
+
+    def interrupted_run(input_dir, output_dir, **kw):
+        fig = output_dir / "2000" / "01" / "13616" / "13616_instruments_y-linear_z-log.png"
+        fig.parent.mkdir(parents=True)
+        fig.write_bytes(b"\x89PNG\r\n\x1a\n")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cluster_mod, "client_context", fake_client_context)
+    monkeypatch.setattr(pipeline_mod, "FAST_plot_spectrograms_directory", interrupted_run)
+    assert main(["plot", str(tmp_path), str(out)]) == 130
+    page = (out / "index.html").read_text()
+    assert "2000/01/13616/13616_instruments_y-linear_z-log.png" in page
+    assert main(["plot", str(tmp_path), str(tmp_path / "out2"), "--no-report"]) == 130
+    assert not (tmp_path / "out2" / "index.html").exists()

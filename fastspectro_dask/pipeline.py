@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -515,12 +515,11 @@ def _extrema_then_render(opts: _Options, summary, store, signals, dask_client, i
         return
     finally:
         signals.raise_now = False
-    jobs, known = _plan_jobs(opts, todo, index, state, summary)
     _loop(
         dask_client,
         store,
         signals,
-        jobs,
+        _iter_jobs(opts, todo, index, state, summary),
         index,
         summary,
         window=opts.window,
@@ -530,8 +529,8 @@ def _extrema_then_render(opts: _Options, summary, store, signals, dask_client, i
         y_scale=opts.y_scale,
         z_scale=opts.z_scale,
         render_fn=opts.render_fn,
-        known_errors=known,
         manifest=opts.out / "manifest.jsonl",
+        total=len(todo),
     )
 
 
@@ -564,10 +563,10 @@ def _cache_entries(state: Mapping[str, Any], input_dir) -> dict[str, str]:
     }
 
 
-def _plan_jobs(
+def _iter_jobs(
     opts: _Options, todo, index, state: Mapping[str, Any], summary: RunSummary
-) -> tuple[dict[int, list[RenderJob]], dict[int, dict[str, tuple[str, str]]]]:
-    """Render jobs per orbit, and the errors already known (files the extrema found invalid).
+) -> Iterator[tuple[int, list[RenderJob], dict[str, tuple[str, str]]]]:
+    """Per orbit, lazily: its render jobs and the errors already known (invalid files).
 
     An instrument whose file is known to be invalid gets no pitch-angle figure; it is a
     placeholder row in the instrument grid and is recorded as ``invalid-cdf``.
@@ -581,18 +580,16 @@ def _plan_jobs(
     pa_extrema = {
         i: extrema_for_rows(state, y_scale, z_scale, instrument=i) for i in opts.instrument_order
     }
-    jobs: dict[int, list[RenderJob]] = {}
-    known: dict[int, dict[str, tuple[str, str]]] = {}
     for orbit in todo:
         files = {i: str(Path(p).absolute()) for i, p in index[orbit].items()}
-        known[orbit] = {i: ("invalid-cdf", invalid[p]) for i, p in files.items() if p in invalid}
+        known = {i: ("invalid-cdf", invalid[p]) for i, p in files.items() if p in invalid}
         start = _start_time(index, orbit)
         wanted: list[tuple[str, dict[str, str], dict]] = []
         if "instruments" in opts.products:
             wanted.append(("instruments", files, grid_extrema))
         if "pitch-angle" in opts.products:
             for inst, path in files.items():
-                if inst in known[orbit]:
+                if inst in known:
                     continue
                 wanted.append((f"pa-{inst}", {inst: path}, pa_extrema[inst]))
         orbit_jobs = []
@@ -617,8 +614,7 @@ def _plan_jobs(
                     extrema=ext,
                 )
             )
-        jobs[orbit] = orbit_jobs
-    return jobs, known
+        yield orbit, orbit_jobs, known
 
 
 def _append_manifest(path: Path, job: RenderJob, result: Mapping[str, Any]) -> None:
@@ -664,7 +660,7 @@ def _loop(
     client,
     store: ProgressStore,
     signals: _Signals,
-    jobs: dict[int, list[RenderJob]],
+    jobs: Mapping[int, list[RenderJob]] | Iterable[tuple[int, list[RenderJob], dict]],
     index,
     summary: RunSummary,
     *,
@@ -677,22 +673,34 @@ def _loop(
     render_fn: Callable[[RenderJob], dict[str, Any]] = render_job,
     known_errors: Mapping[int, Mapping[str, tuple[str, str]]] | None = None,
     manifest: Path | None = None,
+    total: int | None = None,
 ) -> None:
-    """Submit through a bounded window and handle results in batches."""
+    """Submit through a bounded window and handle results in batches.
+
+    ``jobs`` is a mapping orbit -> jobs, or (to keep client memory flat for any mission)
+    an iterable of ``(orbit, jobs, known_errors)`` consumed only as the window has room.
+    """
     from distributed import as_completed
 
-    pending: deque[RenderJob] = deque(j for o in jobs for j in jobs[o])
-    left = {o: len(js) for o, js in jobs.items()}
-    known_errors = known_errors or {}
-    orbit_errors = {o: dict(known_errors.get(o, {})) for o in jobs}
+    if isinstance(jobs, Mapping):
+        known_map = known_errors or {}
+        total = len(jobs) if total is None else total
+        source = iter([(o, js, dict(known_map.get(o, {}))) for o, js in jobs.items()])
+    else:
+        source = iter(jobs)
+    pending: deque[RenderJob] = deque()
+    left: dict[int, int] = {}
+    orbit_errors: dict[int, dict[str, tuple[str, str]]] = {}
     deadlines: dict[int, float] = {}
     inflight: dict[str, tuple[RenderJob, Any]] = {}
     limit = window or 2 * n_workers(client) + 2
     ac = as_completed()
-    bar = _progress_bar(len(jobs), progress_bar)
+    bar = _progress_bar(total or 0, progress_bar)
     reasons: Counter[str] = Counter()
 
     def finish_orbit(orbit: int) -> None:
+        deadlines.pop(orbit, None)
+        left.pop(orbit, None)
         errs = orbit_errors.pop(orbit)
         if errs:
             for inst, (reason, _msg) in errs.items():
@@ -710,13 +718,24 @@ def _loop(
         bar.update(1)
         bar.set_postfix(errors=sum(reasons.values()), timeouts=reasons["timeout"], refresh=False)
 
-    # orbits with nothing to render (figures exist) are done at once
-    for orbit in [o for o, n in left.items() if n == 0]:
-        finish_orbit(orbit)
+    def refill() -> None:
+        """Plan orbits only as the window has room: memory stays flat for any mission."""
+        while len(pending) < limit and not signals.stop.is_set():
+            item = next(source, None)
+            if item is None:
+                return
+            orbit, orbit_jobs, known = item
+            orbit_errors[orbit] = dict(known)
+            left[orbit] = len(orbit_jobs)
+            if not orbit_jobs:  # nothing to render (figures exist): done at once
+                finish_orbit(orbit)
+            pending.extend(orbit_jobs)
 
     def submit() -> None:
+        refill()
         while pending and len(inflight) < limit and not signals.stop.is_set():
             job = pending.popleft()
+            refill()
             if orbit_timeout is not None and job.orbit not in deadlines:
                 deadlines[job.orbit] = time.time() + orbit_timeout
             fut = client.submit(

@@ -69,6 +69,17 @@ def _to_builtin(obj: Any) -> Any:
     return obj
 
 
+def _json_default(obj: Any) -> Any:
+    """``json.dumps`` hook for the non-JSON values :func:`_to_builtin` also converts."""
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    if isinstance(obj, (np.ndarray, np.generic)):
+        return _to_builtin(obj)
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
 def _key_to_str(key: Any) -> str:
     if isinstance(key, str):
         return key
@@ -122,7 +133,13 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | N
         If writing or renaming fails (the target is left untouched).
     """
     path = Path(path)
-    text = json.dumps(_to_builtin(obj), indent=indent, sort_keys=True, allow_nan=False) + "\n"
+    try:  # fast path: plain data (the common case) needs no conversion pass
+        text = json.dumps(
+            obj, indent=indent, sort_keys=True, allow_nan=False, default=_json_default
+        )
+    except TypeError:  # e.g. numpy or mixed-type mapping keys: convert everything first
+        text = json.dumps(_to_builtin(obj), indent=indent, sort_keys=True, allow_nan=False)
+    text += "\n"
     data = text.encode("utf-8")
     directory = path.parent if str(path.parent) else Path(".")
     tmp = tempfile.NamedTemporaryFile(

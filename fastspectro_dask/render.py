@@ -1147,6 +1147,44 @@ def FAST_plot_instrument_grid(
                 {"y_label": DEFAULT_Y_LABEL, "z_label": _z_label_for(var, units)},
             )
         )
+    return _grid_figure(
+        rows,
+        title=f"FAST orbit {orbit_number if orbit_number is not None else '?'}",
+        context=f"orbit {orbit_number} instrument grid",
+        orbit_number=orbit_number,
+        intervals=intervals,
+        y_scale=y_scale,
+        z_scale=z_scale,
+        overrides=overrides,
+        extrema=extrema,
+        colormap=colormap,
+        figsize=figsize,
+        dpi=dpi,
+        layout=layout,
+        zoom_duration_minutes=zoom_duration_minutes,
+        percentile=percentile,
+    )
+
+
+def _grid_figure(
+    rows,
+    *,
+    title,
+    context,
+    orbit_number,
+    intervals,
+    y_scale,
+    z_scale,
+    overrides,
+    extrema,
+    colormap,
+    figsize,
+    dpi,
+    layout,
+    zoom_duration_minutes,
+    percentile,
+) -> Figure:
+    """Limits per row (overrides > extrema > data), then draw: shared by both grids."""
     marks = _intervals_for(intervals, orbit_number)
     settings, figsize = _prepare_grid(
         rows,
@@ -1157,11 +1195,10 @@ def FAST_plot_instrument_grid(
         figsize=figsize,
         n_zoom=len(marks),
     )
-    context = f"orbit {orbit_number} instrument grid"
     with _PlottingErrors(context):
         return _render_grid(
             rows,
-            title=f"FAST orbit {orbit_number if orbit_number is not None else '?'}",
+            title=title,
             y_scale=y_scale,
             z_scale=z_scale,
             settings=settings,
@@ -1260,34 +1297,24 @@ def FAST_plot_pitch_angle_grid(
                 {"y_label": DEFAULT_Y_LABEL, "z_label": _z_label_for(var, units)},
             )
         )
-    marks = _intervals_for(intervals, orbit_number)
-    settings, figsize = _prepare_grid(
+    return _grid_figure(
         rows,
+        title=f"FAST orbit {orbit_number if orbit_number is not None else '?'}  "
+        f"{instrument} pitch angle",
+        context=f"orbit {orbit_number} {instrument} pitch-angle grid",
+        orbit_number=orbit_number,
+        intervals=intervals,
         y_scale=y_scale,
         z_scale=z_scale,
         overrides=overrides,
         extrema=extrema,
+        colormap=colormap,
         figsize=figsize,
-        n_zoom=len(marks),
+        dpi=dpi,
+        layout=layout,
+        zoom_duration_minutes=zoom_duration_minutes,
+        percentile=percentile,
     )
-    context = f"orbit {orbit_number} {instrument} pitch-angle grid"
-    with _PlottingErrors(context):
-        return _render_grid(
-            rows,
-            title=f"FAST orbit {orbit_number if orbit_number is not None else '?'}  "
-            f"{instrument} pitch angle",
-            y_scale=y_scale,
-            z_scale=z_scale,
-            settings=settings,
-            colormap=colormap,
-            figsize=figsize,
-            dpi=dpi,
-            layout=layout,
-            intervals=marks,
-            zoom_duration_minutes=zoom_duration_minutes,
-            percentile=percentile,
-            context=context,
-        )
 
 
 # --------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ import dask
 import numpy as np
 
 from fastspectro_dask.cache import FileKey, ReducedCache, reduce_file
-from fastspectro_dask.discovery import INSTRUMENTS, discover
+from fastspectro_dask.discovery import INSTRUMENTS, OrbitIndex, discover
 from fastspectro_dask.errors import EmptyDataError, error_reason
 from fastspectro_dask.quantiles import (
     Histogram,
@@ -379,6 +379,7 @@ def compute_global_extrema(
     cache_path: str | os.PathLike[str] | None = None,
     max_workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    index: OrbitIndex | None = None,
 ) -> dict[str, Any]:
     """Exact mission-wide limits per instrument and pitch-angle category.
 
@@ -409,6 +410,10 @@ def compute_global_extrema(
         The zarr store of reduced spectrograms; default ``reduced.zarr`` beside the JSON.
     max_workers : int, optional
         Local threads when no client is given.
+    index : OrbitIndex, optional
+        The folder's index if the caller already discovered it (the pipeline does), so the
+        folder is not walked twice; it must come from ``discover(directory_path,
+        instruments=instrument_order)``.
     progress : callable, optional
         Called as ``progress(done, total)`` after each file of pass 1.
 
@@ -440,7 +445,8 @@ def compute_global_extrema(
         "schema": _SCHEMA,
     }
 
-    index = discover(root, instruments=instrument_order)
+    if index is None:
+        index = discover(root, instruments=instrument_order)
     current: dict[str, dict[str, Any]] = {}
     for orbit, files in index.items():
         for inst, path in files.items():

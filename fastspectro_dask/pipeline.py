@@ -506,6 +506,7 @@ def _extrema_then_render(opts: _Options, summary, store, signals, dask_client, i
             client=dask_client,
             categories=opts.cats,
             cache_path=opts.cache_dir,
+            index=index,  # already discovered: do not walk the folder twice
         )
     except KeyboardInterrupt:
         if not signals.stop.is_set():

@@ -193,17 +193,19 @@ def _collapse_categories(
         domega = np.asarray(domega, dtype=np.float32)
         finite &= np.isfinite(domega) & (domega > 0)
         weight = np.where(finite, domega, np.float32(0))
-        weighted = np.where(finite, values, np.float32(0)) * weight
-    else:
-        weighted = np.where(finite, values, np.float32(0))
+    filled = np.where(finite, values, np.float32(0))
     out = np.empty((len(cats), values.shape[0], values.shape[2]))
     for k, ranges in enumerate(cats.values()):
         member = category_mask(pitch, ranges) & finite
-        total = np.einsum("tae,tae->te", weighted, member, dtype=np.float64)
         if how == "sum":
+            total = np.einsum("tae,tae->te", filled, member, dtype=np.float64)
             out[k] = np.where(member.any(axis=1), total, np.nan)
         else:
-            den = np.einsum("tae,tae->te", weight, member, dtype=np.float64)
+            # products and sums in float64: a float32 product would underflow (tiny
+            # values) or round before the division
+            w = weight * member  # exact: member is 0/1
+            total = np.einsum("tae,tae->te", filled, w, dtype=np.float64)
+            den = w.sum(axis=1, dtype=np.float64)
             out[k] = np.nan
             np.divide(total, den, out=out[k], where=den > 0)
     return out

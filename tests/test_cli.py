@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import subprocess
 import sys
+import time
+
+import pytest
 
 from fastspectro_dask.cli import main
+from fastspectro_dask.synth import write_synthetic_dataset
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -214,3 +221,47 @@ def test_report_written_after_an_interruption(tmp_path, monkeypatch, capsys):
     assert "2000/01/13616/13616_instruments_y-linear_z-log.png" in page
     assert main(["plot", str(tmp_path), str(tmp_path / "out2"), "--no-report"]) == 130
     assert not (tmp_path / "out2" / "index.html").exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_the_plot_command_exits_130_with_state_flushed(tmp_path):
+    """Ctrl-C in a terminal: SIGINT to the whole foreground process group (the client and
+    the local cluster's worker processes alike). Exit 130, progress and log flushed."""
+    data, out = tmp_path / "d", tmp_path / "out"
+    write_synthetic_dataset(data, orbits=6, records=80, seed=4, instruments=("ees", "ies"))
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "fastspectro_dask.cli", "plot", str(data), str(out)),
+            *("--max-workers", "1", "--flush-batch-size", "1", "--products", "instruments"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, like a shell job
+    )
+
+    def completed() -> list[int]:
+        try:
+            return json.loads((out / "progress.json").read_text())["linear_log_completed"]
+        except (OSError, ValueError, KeyError):
+            return []
+
+    deadline = time.time() + 240
+    while time.time() < deadline and not completed() and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    progress = json.loads((out / "progress.json").read_text())  # flushed, valid
+    done = set(progress.get("linear_log_completed", []))
+    drawn = {int(f.parent.name) for f in out.rglob("*_instruments_*.png")}
+    assert done and done <= drawn and len(drawn) < 6
+    logs = "".join(p.read_text() for p in (out / "logs").glob("*.log"))
+    assert "SIGINT" in logs  # the buffered log reached the disk on the way out
+    # `status` reads what was flushed; the next run resumes and finishes the rest
+    status = run("status", str(out))
+    assert status.returncode == 0 and f"{len(done)}" in status.stdout
+    res = run("plot", str(data), str(out), "--max-workers", "1", "--products", "instruments")
+    assert res.returncode == 0, res.stderr
+    assert len(json.loads((out / "progress.json").read_text())["linear_log_completed"]) == 6

@@ -268,6 +268,32 @@ def test_slurm_run_end_to_end(small_data, tmp_path, fake_batch):
 
 
 @pytest.mark.slow
+def test_pbs_run_end_to_end(small_data, tmp_path, fake_batch):
+    """fastspectro plot --cluster pbs: the fake qsub runs the PBS job script on loopback."""
+    pytest.importorskip("dask_jobqueue")
+    out = tmp_path / "out"
+    env = dict(os.environ, DASK_JOBQUEUE__PBS__QUEUE="envqueue")
+    res = cli(
+        *("plot", str(small_data), str(out), "--products", "instruments"),
+        *("--cluster", "pbs", "--jobs", "1"),
+        *("--cluster-kw", "cores=1", "--cluster-kw", "memory=2GB"),
+        *("--cluster-kw", "processes=1", "--cluster-kw", "interface=lo"),
+        env=env,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "PBS cluster: 1 job(s) submitted" in res.stdout
+    assert len(_pngs(out)) == 1 and (out / "index.html").exists()
+    assert DAEMONIC_WARNING not in res.stderr
+    (script,) = _job_scripts(fake_batch)
+    lines = script.splitlines()
+    assert "#PBS -q envqueue" in lines  # DASK_JOBQUEUE__PBS__QUEUE
+    assert any(line.startswith("#PBS -l select=1:ncpus=1:mem=") for line in lines)
+    assert DAEMON_ENV_LINE in lines
+    assert "-m distributed.cli.dask_worker tcp://127.0.0.1:" in lines[-1]
+    assert (fake_batch / "cancelled").read_text().split() == ["1001"]  # qdel at the end
+
+
+@pytest.mark.slow
 def test_slurm_daemonic_worker_control(small_data, tmp_path, fake_batch):
     """Control for the daemon assertion: a prologue forcing daemonic workers is kept (not
     overridden) and the sandbox then says it cannot start children."""

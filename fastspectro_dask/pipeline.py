@@ -94,14 +94,54 @@ def _load_reduced(job: RenderJob, inst: str):
 
 
 class _Capture(logging.Handler):
-    """Keeps WARNING+ records of a render so the client can log them."""
+    """Keeps the package's INFO+ records of one render so the client can log them."""
 
     def __init__(self) -> None:
-        super().__init__(logging.WARNING)
+        super().__init__(logging.INFO)
         self.lines: list[tuple[int, str]] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         self.lines.append((record.levelno, f"{record.name}: {record.getMessage()}"))
+
+
+#: Prefix of the exception notes that carry a failed render's log records to the client.
+_LOG_NOTE = "worker log "
+
+
+def _render_logged(
+    render_fn: Callable[[RenderJob], dict[str, Any]], job: RenderJob
+) -> dict[str, Any]:
+    """Runs in the sandbox child: ``render_fn(job)`` with the package's log records (INFO
+    and above) captured. They travel back in the result's ``log``, or, when the render
+    fails, as notes on the exception (``add_note``), so records logged before a failure
+    reach the client's log too."""
+    capture = _Capture()
+    pkg_logger = logging.getLogger("fastspectro_dask")
+    level = pkg_logger.level
+    if not pkg_logger.isEnabledFor(logging.INFO):
+        pkg_logger.setLevel(logging.INFO)
+    pkg_logger.addHandler(capture)
+    try:
+        result = render_fn(job)
+    except BaseException as exc:
+        for levelno, line in capture.lines:
+            exc.add_note(f"{_LOG_NOTE}{logging.getLevelName(levelno)}: {line}")
+        raise
+    finally:
+        pkg_logger.removeHandler(capture)
+        pkg_logger.setLevel(level)
+    return {**result, "log": [*result.get("log", []), *capture.lines]}
+
+
+def _log_notes(exc: BaseException) -> list[tuple[int, str]]:
+    """The log records a failed render carried back as exception notes."""
+    out = []
+    for note in getattr(exc, "__notes__", ()):
+        if isinstance(note, str) and note.startswith(_LOG_NOTE):
+            name, _, line = note.removeprefix(_LOG_NOTE).partition(": ")
+            level = logging.getLevelName(name)
+            out.append((level if isinstance(level, int) else logging.WARNING, line))
+    return out
 
 
 def render_job(job: RenderJob) -> dict[str, Any]:
@@ -114,59 +154,52 @@ def render_job(job: RenderJob) -> dict[str, Any]:
     """
     from fastspectro_dask import render
 
-    capture = _Capture()
-    pkg_logger = logging.getLogger("fastspectro_dask")
-    pkg_logger.addHandler(capture)
     t0 = time.perf_counter()
-    try:
-        errors: dict[str, tuple[str, str]] = {}
-        data: dict[str, Any] = {}
-        for inst in job.instruments:
-            try:
-                data[inst] = _load_reduced(job, inst)
-            except InvalidCDFError as exc:
-                if job.product != "instruments":
-                    raise
-                errors[inst] = ("invalid-cdf", str(exc))
-                data[inst] = None
+    errors: dict[str, tuple[str, str]] = {}
+    data: dict[str, Any] = {}
+    for inst in job.instruments:
         try:
-            if job.product == "instruments":
-                fig = render.FAST_plot_instrument_grid(
-                    data,
-                    y_scale=job.y_scale,
-                    z_scale=job.z_scale,
-                    variable=job.variable,
-                    instrument_order=job.instrument_order,
-                    extrema=job.extrema,
-                    orbit_number=job.orbit,
-                )
-            else:
-                inst = job.product.removeprefix("pa-")
-                fig = render.FAST_plot_pitch_angle_grid(
-                    data[inst],
-                    categories=job.categories,
-                    y_scale=job.y_scale,
-                    z_scale=job.z_scale,
-                    variable=job.variable,
-                    extrema=job.extrema,
-                    orbit_number=job.orbit,
-                    instrument=inst,
-                )
-            render.save_figure(fig, job.output)
-        except (ZeroDivisionError, FloatingPointError, PlottingError, InvalidCDFError):
-            raise
-        except Exception as exc:
-            raise PlottingError(
-                f"orbit {job.orbit} {job.product}: {type(exc).__name__}: {exc}"
-            ) from exc
-        return {
-            "path": job.output,
-            "errors": errors,
-            "seconds": time.perf_counter() - t0,
-            "log": capture.lines,
-        }
-    finally:
-        pkg_logger.removeHandler(capture)
+            data[inst] = _load_reduced(job, inst)
+        except InvalidCDFError as exc:
+            if job.product != "instruments":
+                raise
+            errors[inst] = ("invalid-cdf", str(exc))
+            data[inst] = None
+    try:
+        if job.product == "instruments":
+            fig = render.FAST_plot_instrument_grid(
+                data,
+                y_scale=job.y_scale,
+                z_scale=job.z_scale,
+                variable=job.variable,
+                instrument_order=job.instrument_order,
+                extrema=job.extrema,
+                orbit_number=job.orbit,
+            )
+        else:
+            inst = job.product.removeprefix("pa-")
+            fig = render.FAST_plot_pitch_angle_grid(
+                data[inst],
+                categories=job.categories,
+                y_scale=job.y_scale,
+                z_scale=job.z_scale,
+                variable=job.variable,
+                extrema=job.extrema,
+                orbit_number=job.orbit,
+                instrument=inst,
+            )
+        render.save_figure(fig, job.output)
+    except (ZeroDivisionError, FloatingPointError, PlottingError, InvalidCDFError):
+        raise
+    except Exception as exc:
+        raise PlottingError(
+            f"orbit {job.orbit} {job.product}: {type(exc).__name__}: {exc}"
+        ) from exc
+    return {
+        "path": job.output,
+        "errors": errors,
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def _run_job(
@@ -184,7 +217,7 @@ def _run_job(
                 f"orbit {job.orbit}: orbit timeout reached before {job.product} started"
             )
         timeout = left if timeout is None else min(timeout, left)
-    return run_with_timeout(render_fn, job, timeout=timeout)
+    return run_with_timeout(_render_logged, render_fn, job, timeout=timeout)
 
 
 # --------------------------------------------------------------------------------------
@@ -784,6 +817,8 @@ def _loop(
                     reason = _classify(exc)
                     for inst in _blame(job, exc):
                         orbit_errors[job.orbit].setdefault(inst, (reason, str(exc)))
+                    for level, line in _log_notes(exc):
+                        logger.log(level, "worker: %s", line)
                     logger.error(
                         "orbit %d %s: %s (%s: %s)",
                         job.orbit,

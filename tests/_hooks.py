@@ -45,3 +45,15 @@ def noop(job: RenderJob) -> dict:
 def slow(job: RenderJob) -> dict:
     time.sleep(0.25)
     return render_job(job)
+
+
+def chatty(job: RenderJob) -> dict:
+    """Logs (INFO and WARNING) inside the sandbox child, then fails on the victim."""
+    import logging
+
+    log = logging.getLogger("fastspectro_dask.tests.hooks")
+    log.info("orbit %d %s: info from the child", job.orbit, job.product)
+    log.warning("orbit %d %s: warning from the child", job.orbit, job.product)
+    if job.orbit == VICTIM:
+        raise ValueError("the victim's render failed after logging")
+    return render_job(job)

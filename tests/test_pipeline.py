@@ -192,6 +192,19 @@ def test_flushes_happen_when_the_contract_says(mission, tmp_path, client):
     assert " INFO " in lines[0] and lines[0][:4].isdigit()
 
 
+def test_render_log_records_reach_the_client_log_even_when_the_render_fails(
+    mission, tmp_path, client
+):
+    s = plot(mission, tmp_path / "out", client, render_fn=_hooks.chatty)
+    assert set(s.errors) == {"generic"} and s.orbits_completed == 2
+    log = Path(s.log_file).read_text()
+    prefix = "fastspectro_dask.pipeline: worker: fastspectro_dask.tests.hooks: orbit"
+    for orbit in (13616, _hooks.VICTIM, 13618):
+        assert f"INFO     {prefix} {orbit} instruments: info from the child" in log
+        assert f"WARNING  {prefix} {orbit} instruments: warning from the child" in log
+    assert "the victim's render failed after logging" in log
+
+
 def test_sigint_stops_flushes_and_restores_handlers(mission, tmp_path, client):
     out = tmp_path / "out"
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)

@@ -9,8 +9,18 @@ source file and reduction, named ``{instrument}-{orbit}-{digest}`` where the dig
 the source's absolute path, size, modification time and the reduction parameters
 (variable, categories). A changed file therefore gets a new entry and an old entry is never
 served for it. An entry is visible only once complete: its ``complete`` attribute is written
-last. Entries also carry a small JSON ``summary`` attribute (the file's pass-1 histogram
-summary) so that an extrema state can be updated when a file changes or disappears.
+last. A whole entry (:meth:`ReducedCache.has`, :meth:`ReducedCache.read`) is served only if
+its ``schema`` attribute is the current layout (:data:`_SCHEMA`): an entry of an older layout
+is treated as absent, so it is recomputed rather than misread. Its values and pass-1 summary
+alone (:meth:`ReducedCache.read_values`, :meth:`ReducedCache.summary`) are also served from
+older layouts whose numbers are unchanged (:data:`_SAME_VALUES`). Entries also carry a small
+JSON ``summary`` attribute (the file's pass-1 histogram summary) so that an extrema state can
+be updated when a file changes or disappears.
+
+An entry holds ``values`` (category, time, energy_channel) and ``energy`` (time,
+energy_channel) as float32, ``time_delta`` (time; each record's accumulation length in
+seconds, NaN where unknown) as float64, and the ``time`` and ``energy_channel``
+coordinates.
 """
 
 from __future__ import annotations
@@ -33,7 +43,11 @@ __all__ = ["FileKey", "ReducedCache", "reduce_file"]
 
 logger = logging.getLogger(__name__)
 
-_SCHEMA = 2  # 2: data decompressed to counts before the angle sum
+#: Layout version of an entry. 2: data decompressed to counts before the angle sum;
+#: 3: per-record ``time_delta`` (accumulation length) stored with the spectrogram.
+_SCHEMA = 3
+#: Layouts whose ``values`` and pass-1 ``summary`` equal the current layout's.
+_SAME_VALUES = frozenset({2, 3})
 
 
 @dataclass(frozen=True)
@@ -62,7 +76,7 @@ def reduce_file(
     from fastspectro_dask.io import open_esa
     from fastspectro_dask.reduce import reduce_dataset
 
-    ds = open_esa(path, variables=[variable, "pitch_angle", "domega", "energy_full"])
+    ds = open_esa(path, variables=[variable, "pitch_angle", "domega", "energy_full", "time_delta"])
     return reduce_dataset(ds, variable=variable, categories=categories).compute(
         scheduler="synchronous"
     )
@@ -81,6 +95,17 @@ def _params_digest(key: FileKey, variable: str, categories: Mapping[str, Any]) -
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def _usable(group: zarr.Group, name: str, layouts: frozenset[int] = frozenset({_SCHEMA})) -> bool:
+    """A complete entry written with one of ``layouts`` (default: the current one)."""
+    if not group.attrs.get("complete", False):
+        return False
+    schema = group.attrs.get("schema")
+    if schema not in layouts:
+        logger.debug("cache entry %s has layout %s, not %s: stale", name, schema, _SCHEMA)
+        return False
+    return True
 
 
 class ReducedCache:
@@ -126,12 +151,12 @@ class ReducedCache:
         return f"{instrument}-{orbit}-{_params_digest(key, variable, categories)}"
 
     def has(self, name: str) -> bool:
-        """Whether a complete entry of that name exists."""
+        """Whether a complete entry of that name and of the current layout exists."""
         try:
             group = zarr.open_group(str(self.path), mode="r", path=name)
         except Exception:
             return False
-        return bool(group.attrs.get("complete", False))
+        return _usable(group, name)
 
     def write(
         self,
@@ -141,15 +166,27 @@ class ReducedCache:
         summary: Mapping[str, Any] | None = None,
         key: FileKey | None = None,
     ) -> None:
-        """Store a reduced Dataset (``values`` float32, ``energy`` float32, ``time``)."""
+        """Store a reduced Dataset.
+
+        ``values`` and ``energy`` are stored as float32, ``time_delta`` (per-record
+        accumulation length, s) as float64; a Dataset without ``time_delta`` stores NaN
+        (unknown), so readers fall back to the record spacing.
+        """
         self.ensure()
         group_path = self.path / name
         if group_path.exists():
             shutil.rmtree(group_path)
+        if "time_delta" in reduced.variables:
+            durations = reduced["time_delta"].astype(np.float64)
+        else:
+            durations = xr.DataArray(
+                np.full(reduced.sizes["time"], np.nan), dims=("time",), attrs={"units": "s"}
+            )
         ds = xr.Dataset(
             {
                 "values": reduced["values"].astype(np.float32),
                 "energy": reduced["energy"].astype(np.float32),
+                "time_delta": durations,
             },
             coords={c: reduced[c] for c in ("time", "energy_channel")},
             attrs={k: v for k, v in reduced.attrs.items() if isinstance(v, (str, int, float))},
@@ -182,18 +219,29 @@ class ReducedCache:
         return ds
 
     def read_values(self, name: str, category_index: int) -> np.ndarray:
-        """One category's reduced values of an entry, as float32 (only that slice is read)."""
-        if not self.has(name):
+        """One category's reduced values of an entry, as float32 (only that slice is read).
+
+        Also served from an older layout whose values are the same (:data:`_SAME_VALUES`).
+        """
+        try:
+            group = zarr.open_group(str(self.path), mode="r", path=name)
+            usable = _usable(group, name, _SAME_VALUES)
+        except Exception:
+            usable = False
+        if not usable:
             raise KeyError(f"{self.path}: no complete cache entry {name!r}")
         arr = zarr.open_array(str(self.path), mode="r", path=f"{name}/values")
         self.reads += 1
         return np.asarray(arr[category_index], dtype=np.float32)
 
     def summary(self, name: str) -> dict[str, Any] | None:
-        """The pass-1 summary stored with an entry (None if absent)."""
+        """The pass-1 summary stored with an entry (None if absent or incomplete).
+
+        Also served from an older layout whose values are the same (:data:`_SAME_VALUES`).
+        """
         try:
             group = zarr.open_group(str(self.path), mode="r", path=name)
-            if not group.attrs.get("complete", False):
+            if not _usable(group, name, _SAME_VALUES):
                 return None
             return json.loads(group.attrs.get("summary", "null"))
         except Exception:

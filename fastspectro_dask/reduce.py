@@ -12,11 +12,18 @@ pitch-angle category (a set of ``[lo, hi)`` degree ranges) the angle axis collap
 Energies are per record (modes change inside an orbit): the reduced energy of a channel is
 the median over the record's valid angle bins of ``energy_full`` (robust to the
 unreliable retrace step of channel 0, whose energy varies from angle to angle).
+
+Each record's accumulation length (the CDF ``time_delta``, ``time_end - time_start`` in
+seconds; the record's time stamp is the centre of that interval) travels along as
+``time_delta``, so that plots can draw every record at its real width. Fill, non-finite and
+non-positive values, or a source without the variable, give NaN (unknown).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -28,9 +35,12 @@ __all__ = [
     "collapse_angle",
     "decompress_counts",
     "normalize_categories",
+    "record_durations",
     "reduce_dataset",
     "reduced_energy",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: Category key -> ranges of pitch angle in degrees, each ``[lo, hi)`` (``hi == 360`` is
 #: closed). 0 deg is field-aligned (downgoing in the north), 180 deg anti-field-aligned.
@@ -174,6 +184,45 @@ def reduced_energy(energy_full: np.ndarray) -> np.ndarray:
     return out
 
 
+def record_durations(time_delta: np.ndarray) -> np.ndarray:
+    """Accumulation lengths as float64 seconds, NaN where unknown.
+
+    Parameters
+    ----------
+    time_delta : ndarray, shape (time,)
+        The CDF ``time_delta`` (``time_end - time_start``, seconds), NaN or the CDF fill
+        value (-1e31) where not known.
+
+    Returns
+    -------
+    ndarray of float64, shape (time,)
+        The same values; non-finite and non-positive ones (fill) are NaN.
+    """
+    d = np.array(time_delta, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        d[~(np.isfinite(d) & (d > 0))] = np.nan
+    return d
+
+
+def _durations_of(ds: xr.Dataset) -> Any:
+    """``record_durations`` of the source's ``time_delta`` (lazy if it is), NaN if absent."""
+    n = ds.sizes["time"]
+    if "time_delta" not in ds.variables or ds["time_delta"].dims != ("time",):
+        if "time_delta" in ds.variables:
+            logger.warning(
+                "%s: time_delta has dims %s, expected ('time',); record widths unknown",
+                ds.attrs.get("source", "dataset"),
+                ds["time_delta"].dims,
+            )
+        return np.full(n, np.nan)
+    raw = ds["time_delta"].data
+    if isinstance(raw, np.ndarray):
+        return record_durations(raw)
+    import dask.array as da
+
+    return da.asarray(raw).map_blocks(record_durations, dtype=np.float64, token="reduce-time-delta")
+
+
 def _collapse_categories(
     values: np.ndarray,
     pitch: np.ndarray,
@@ -236,10 +285,13 @@ def reduce_dataset(
     Returns
     -------
     xarray.Dataset
-        ``values`` (category, time, energy_channel) float64 and ``energy`` (time,
-        energy_channel) in eV, lazily computed when the input is dask-backed (one task per
-        input chunk). Attributes: ``variable``, ``units`` (the CDF ``UNITS``), and the
-        source's ``instrument``, ``orbit``, ``source``.
+        ``values`` (category, time, energy_channel) float64, ``energy`` (time,
+        energy_channel) in eV and ``time_delta`` (time) float64, each record's accumulation
+        length in seconds from the source's ``time_delta`` (NaN where it is fill or the
+        source has none; the ``time`` stamps are the accumulation centres). Lazily computed
+        when the input is dask-backed (one task per input chunk). Attributes:
+        ``variable``, ``units`` (the CDF ``UNITS``), and the source's ``instrument``,
+        ``orbit``, ``source``.
     """
     if variable not in _HOW:
         raise ValueError(f"variable must be one of {sorted(_HOW)}, not {variable!r}")
@@ -268,7 +320,7 @@ def reduce_dataset(
             drop_axis=1,
             new_axis=0,
             chunks=((len(cats),), arrays[0].chunks[0], arrays[0].chunks[2]),
-            name=f"reduce-{variable}",
+            token=f"reduce-{variable}",  # a prefix: keys stay unique
         )
         energy = da.map_blocks(
             reduced_energy,
@@ -276,8 +328,9 @@ def reduce_dataset(
             dtype=np.float64,
             drop_axis=1,
             chunks=(arrays[3].chunks[0], arrays[3].chunks[2]),
-            name="reduce-energy",
+            token="reduce-energy",
         )
+    durations = _durations_of(ds)
     units = ds[variable].attrs.get("UNITS", "")
     out = xr.Dataset(
         {
@@ -290,6 +343,14 @@ def reduce_dataset(
                 ("time", "energy_channel"),
                 energy,
                 {"long_name": "channel energy (median over angle bins)", "units": "eV"},
+            ),
+            "time_delta": (
+                ("time",),
+                durations,
+                {
+                    "long_name": "accumulation length (time_end - time_start), centred on time",
+                    "units": "s",
+                },
             ),
         },
         coords={

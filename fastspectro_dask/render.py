@@ -13,7 +13,11 @@ midpoints on a log axis, arithmetic on a linear one), so mode changes inside an 
 or 96 channels, other tables) land at the right heights. Runs of consecutive records with
 the same energy table become one :class:`~matplotlib.collections.QuadMesh` each; time
 gaps longer than ``gap_factor`` times the local cadence stay blank; on a log colour scale
-values <= 0 are masked (blank), never clipped to the lowest colour.
+values <= 0 are masked (blank), never clipped to the lowest colour. A record whose
+accumulation length is known (FAST: the CDF ``time_delta``, kept by the reduction; time
+stamps are accumulation centres) spans exactly that time, so a lone record or the last
+record of a pass is drawn at its real width; without it, widths come from the spacing of
+neighbouring records.
 
 Limits and labels of a row come, in increasing priority, from the data (percentiles),
 from global ``extrema`` and from per-row ``overrides``. :func:`save_figure` writes
@@ -174,7 +178,11 @@ def _same_table(e: np.ndarray) -> np.ndarray:
 
 
 def _time_geometry(
-    t: np.ndarray, same: np.ndarray, gap_factor: float, default_dt: float
+    t: np.ndarray,
+    same: np.ndarray,
+    gap_factor: float,
+    default_dt: float,
+    durations: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Record time edges and gap flags from sorted centre times (float, any unit).
 
@@ -188,12 +196,21 @@ def _time_geometry(
         A step longer than ``gap_factor`` local cadences is a gap.
     default_dt : float
         Cell width when no interval is known (a single isolated record).
+    durations : ndarray (n,), optional
+        Each record's accumulation length, in the unit of ``t``; NaN (or <= 0) where
+        unknown. A record is centred on its time, so it spans ``t -+ duration / 2``.
 
     Returns
     -------
     left, right : ndarray (n,)
-        Cell edges: midpoints between neighbours; half an adjacent interval at the ends
-        of a gap-free segment; the local cadence for an isolated record.
+        Cell edges. Where a record's duration is known, its edges are ``t -+ duration/2``:
+        at the ends of a gap-free segment and for an isolated record. Between two records
+        that are not separated by a gap the edge is shared: the mean of the edges the two
+        durations give (exactly their common edge for contiguous accumulations), or the
+        one known duration's edge, or else the midpoint; always between the two centres.
+        Where durations are unknown: midpoints between neighbours, half an adjacent
+        interval at the ends of a gap-free segment, the local cadence for an isolated
+        record. An edge facing a gap never passes the gap's midpoint.
     gap : ndarray (n-1,) bool
         True where the step from record i to i+1 is a gap.
     """
@@ -227,18 +244,44 @@ def _time_geometry(
     left = np.empty(n)
     right = np.empty(n)
     if n:
+        half_w = np.full(n, np.nan)
+        if durations is not None:
+            d = np.asarray(durations, dtype=np.float64)
+            with np.errstate(invalid="ignore"):
+                known = np.isfinite(d) & (d > 0)
+            half_w[known] = d[known] / 2.0
+        known = np.isfinite(half_w)
+        # Shared edge between record i and i+1 (used where the step is not a gap).
+        edge = mid.copy()
+        if known.any() and n > 1:
+            from_prev = t[:-1] + half_w[:-1]  # right edge that record i's duration gives
+            from_next = t[1:] - half_w[1:]  # left edge that record i+1's duration gives
+            kp, kn = known[:-1], known[1:]
+            edge = np.where(
+                kp & kn,
+                (from_prev + from_next) / 2.0,
+                np.where(kp, from_prev, np.where(kn, from_next, mid)),
+            )
+            edge = np.clip(edge, t[:-1], t[1:])
         ok_prev = np.concatenate([[False], ~gap])  # record i joins record i-1
         ok_next = np.concatenate([~gap, [False]])  # record i joins record i+1
         half_prev = np.concatenate([[np.nan], half])
         half_next = np.concatenate([half, [np.nan]])
         own = cad[run] / 2.0
+        # Unknown durations: half an adjacent interval, else the local cadence.
         w_left = np.where(ok_prev, half_prev, np.where(ok_next, half_next, own))
         w_right = np.where(ok_next, half_next, np.where(ok_prev, half_prev, own))
+        # Known durations: the record's own half-width (centre stamps).
+        w_left = np.where(known, half_w, w_left)
+        w_right = np.where(known, half_w, w_right)
         left = t - w_left
         right = t + w_right
+        # Never across the middle of a gap (a duration longer than the gap).
+        left[1:][gap] = np.maximum(left[1:][gap], mid[gap])
+        right[:-1][gap] = np.minimum(right[:-1][gap], mid[gap])
         # Shared edges are the exact same number on both sides.
-        left[1:][~gap] = mid[~gap]
-        right[:-1][~gap] = mid[~gap]
+        left[1:][~gap] = edge[~gap]
+        right[:-1][~gap] = edge[~gap]
     return left, right, gap
 
 
@@ -307,6 +350,25 @@ def _energy_edges(e_sorted: np.ndarray, count: np.ndarray, y_scale: str) -> np.n
     if empty.any():
         fill = out[~empty][0, 0] if (~empty).any() else (1.0 if y_scale == "log" else 0.0)
         out[empty] = fill
+    return out
+
+
+def _durations_in_seconds(durations: Any, n: int) -> np.ndarray:
+    """Per-record durations as float (``timedelta64`` -> seconds), NaN where unknown."""
+    d = np.asarray(durations)
+    if d.shape != (n,):
+        raise ValueError(f"durations must have one value per record, ({n},); got {d.shape}")
+    if np.issubdtype(d.dtype, np.timedelta64):
+        td = d.astype("timedelta64[ns]")
+        out = td.astype(np.int64) / 1e9
+        out[np.isnat(td)] = np.nan
+        return out
+    try:
+        out = d.astype(np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"durations must be numbers or timedelta64, not {d.dtype}") from None
+    with np.errstate(invalid="ignore"):
+        out[~(np.isfinite(out) & (out > 0))] = np.nan
     return out
 
 
@@ -395,6 +457,7 @@ def make_spectrogram(
     norm: Normalize | None = None,
     gap_factor: float = DEFAULT_GAP_FACTOR,
     rasterized: bool = False,
+    durations: np.ndarray | None = None,
 ) -> list[QuadMesh]:
     """Draw a time-energy spectrogram on bin edges computed per record.
 
@@ -437,6 +500,16 @@ def make_spectrogram(
         step of the records with that energy table) is a gap and stays blank.
     rasterized : bool
         Rasterize the meshes in vector outputs (no effect on PNG).
+    durations : array_like, shape (n,), optional
+        Each record's accumulation (integration) length; ``times`` are the centres of the
+        accumulations, so a record spans ``time -+ duration / 2``. With ``datetime64``
+        times: ``timedelta64`` or float seconds; with float times: the unit of ``times``.
+        NaN, NaT or values <= 0 mean unknown. Where known, a record is drawn at its real
+        width, also at the ends of a segment and when it is alone (e.g. a single record);
+        two records not separated by a gap share one edge (their common edge when the
+        accumulations are contiguous). Where unknown (and when omitted), cell edges come
+        from the neighbouring records: midpoints, half an adjacent interval at the ends of
+        a segment, the local cadence (1 s with ``datetime64`` times) for a lone record.
 
     Returns
     -------
@@ -464,6 +537,7 @@ def make_spectrogram(
         e = np.broadcast_to(e, v.shape)
     elif e.shape != v.shape:
         raise ValueError(f"energies {e.shape} do not match values {v.shape}")
+    dur = None if durations is None else _durations_in_seconds(durations, t.size)
 
     # Time to axis units, sorted, without NaT/NaN.
     dates = _is_datetime(t)
@@ -482,9 +556,11 @@ def make_spectrogram(
         base, scale, default_dt = 0.0, 1.0, 1.0
     if not keep.all():
         secs, e, v = secs[keep], e[keep], v[keep]
+        dur = None if dur is None else dur[keep]
     if secs.size > 1 and np.any(np.diff(secs) < 0):
         order = np.argsort(secs, kind="stable")
         secs, e, v = secs[order], e[order], v[order]
+        dur = None if dur is None else dur[order]
 
     ax.set_yscale(y_scale)
     if dates:
@@ -504,7 +580,7 @@ def make_spectrogram(
     cmap = _colormap(colormap, y_scale, z_scale)
 
     same = _same_table(e_s)
-    left, right, gap = _time_geometry(secs, same, gap_factor, default_dt)
+    left, right, gap = _time_geometry(secs, same, gap_factor, default_dt, dur)
     left = base + left * scale
     right = base + right * scale
     breaks = np.flatnonzero(~same | gap) + 1
@@ -662,7 +738,15 @@ def _reduced(ds: xr.Dataset, variable: str, categories: Mapping | None = None) -
                 f"(it has {', '.join(have)})"
             )
         ds = ds.sel(category=list(categories))
-    return ds[["values", "energy"]].compute()  # one pass over a dask-backed source
+    keep = ["values", "energy"] + (["time_delta"] if "time_delta" in ds.data_vars else [])
+    return ds[keep].compute()  # one pass over a dask-backed source
+
+
+def _durations_of(red: xr.Dataset) -> np.ndarray | None:
+    """A reduced Dataset's per-record accumulation lengths (s), or None if it has none."""
+    if "time_delta" not in red.data_vars:
+        return None
+    return np.asarray(red["time_delta"].values, dtype=np.float64)
 
 
 def _category_ranges(ds: xr.Dataset, categories: Mapping | None) -> dict[str, tuple]:
@@ -780,6 +864,7 @@ class _Row:
     energies: np.ndarray | None = None
     values: np.ndarray | None = None
     defaults: dict[str, Any] = field(default_factory=dict)
+    durations: np.ndarray | None = None  # accumulation length per record (s), NaN unknown
 
     @property
     def empty(self) -> bool:
@@ -907,6 +992,7 @@ def _render_grid(
             y_label=s.get("y_label", DEFAULT_Y_LABEL),
             z_label=s.get("z_label"),
             cax=cax,
+            durations=row.durations,
         )
         if meshes:
             spans.append(ax.get_xlim())
@@ -928,6 +1014,7 @@ def _render_grid(
                 y_label=None,
                 colorbar=False,
                 norm=meshes[0].norm if meshes else None,
+                durations=row.durations,
             )
             z.tick_params(labelleft=False)
     if not spans:  # no row has data: still show the orbit's time span if known
@@ -1059,7 +1146,9 @@ def FAST_plot_instrument_grid(
     orbit : mapping
         Instrument -> an :func:`~fastspectro_dask.open_esa` Dataset (reduced here with
         :func:`~fastspectro_dask.reduce.reduce_dataset`) or an already reduced Dataset
-        (``values``/``energy``; numpy or dask backed), or None.
+        (``values``/``energy``, optionally ``time_delta``; numpy or dask backed), or None.
+        Records are drawn ``time_delta`` wide (centred on their time) where it is known,
+        else as wide as the spacing of their neighbours.
     y_scale, z_scale : {"linear", "log"}
         Energy axis and colour scales.
     overrides : mapping, optional
@@ -1145,6 +1234,7 @@ def FAST_plot_instrument_grid(
                 np.asarray(red["energy"].values, dtype=np.float64),
                 values,
                 {"y_label": DEFAULT_Y_LABEL, "z_label": _z_label_for(var, units)},
+                _durations_of(red),
             )
         )
     return _grid_figure(
@@ -1284,6 +1374,7 @@ def FAST_plot_pitch_angle_grid(
     times = np.asarray(red["time"].values)
     energies = np.asarray(red["energy"].values, dtype=np.float64)
     values = np.asarray(red["values"].values, dtype=np.float64)
+    durations = _durations_of(red)
     rows = []
     for i, key in enumerate(keys):
         rng = f"  ({_format_ranges(ranges[key])})" if key in ranges else ""
@@ -1295,6 +1386,7 @@ def FAST_plot_pitch_angle_grid(
                 energies,
                 values[i],
                 {"y_label": DEFAULT_Y_LABEL, "z_label": _z_label_for(var, units)},
+                durations,
             )
         )
     return _grid_figure(
@@ -1429,7 +1521,19 @@ def save_figure(
 # Generic batch
 # --------------------------------------------------------------------------------------
 
-_DATASET_KEYS = {"x", "y", "z", "y_label", "z_label", "vmin", "vmax", "y_min", "y_max", "label"}
+_DATASET_KEYS = {
+    "x",
+    "y",
+    "z",
+    "y_label",
+    "z_label",
+    "vmin",
+    "vmax",
+    "y_min",
+    "y_max",
+    "label",
+    "durations",
+}
 
 
 def _safe_name(item: Any) -> str:
@@ -1461,8 +1565,9 @@ def generic_batch_plot(
     build_datasets_fn : callable
         ``item -> [dict, ...]``, each dict with ``x`` (times), ``y`` (energies, 1-D or
         per record), ``z`` (values, (time, energy)) and optionally ``y_label``,
-        ``z_label``, ``vmin``, ``vmax``, ``y_min``, ``y_max``, ``label``. Errors it
-        raises propagate unchanged.
+        ``z_label``, ``vmin``, ``vmax``, ``y_min``, ``y_max``, ``label`` and
+        ``durations`` (per-record accumulation lengths, see :func:`make_spectrogram`).
+        Errors it raises propagate unchanged.
     output_dir : str or os.PathLike
         Figures go to ``{output_dir}/{name}_y-{y}_z-{z}.png``, ``name`` from
         ``filename_fn(item)`` or ``str(item)`` (made file-name safe).
@@ -1531,6 +1636,7 @@ def generic_batch_plot(
                         y_label=d.get("y_label", DEFAULT_Y_LABEL),
                         z_label=d.get("z_label"),
                         cax=cax,
+                        durations=d.get("durations"),
                     )
                     if not meshes:
                         cax.set_visible(False)

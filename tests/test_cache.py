@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from matplotlib.collections import QuadMesh
 
-from fastspectro_dask.cache import FileKey, ReducedCache
+from fastspectro_dask.cache import FileKey, ReducedCache, reduce_file
 from fastspectro_dask.io import open_esa
 from fastspectro_dask.reduce import DEFAULT_CATEGORIES, reduce_dataset
 
@@ -30,6 +31,10 @@ def test_roundtrip_float32_and_summary(tmp_path, ees_file, reduced):
         back["energy"].values, reduced["energy"].values.astype(np.float32)
     )
     np.testing.assert_array_equal(back["time"].values, reduced["time"].values)
+    # per-record accumulation lengths, exactly (float64)
+    assert np.isfinite(reduced["time_delta"].values).all()
+    assert back["time_delta"].dtype == np.float64
+    np.testing.assert_array_equal(back["time_delta"].values, reduced["time_delta"].values)
     assert list(back["category"].values) == list(DEFAULT_CATEGORIES)
     assert back.attrs["instrument"] == "ees" and back.attrs["units"] == "Counts"
     assert cache.summary(name) == {"n": 3}
@@ -70,3 +75,60 @@ def test_prune_and_pickle(tmp_path, reduced):
     assert cache.has("a") and not cache.has("b")
     again = pickle.loads(pickle.dumps(cache))
     assert again.path == cache.path and again.has("a")
+
+
+def test_reduce_file_keeps_time_delta_and_renders_from_cache(tmp_path, ees_file, reduced):
+    from fastspectro_dask.render import FAST_plot_instrument_grid
+
+    red = reduce_file(ees_file, "data", DEFAULT_CATEGORIES)
+    want = open_esa(ees_file)["time_delta"].values
+    np.testing.assert_array_equal(red["time_delta"].values, want)
+    cache = ReducedCache(tmp_path / "c.zarr")
+    cache.write("e", red)
+    back = cache.read("e")
+    np.testing.assert_array_equal(back["time_delta"].values, want)
+    # The cached entry draws every record at its time_delta (contiguous synthetic
+    # accumulations: cell edges are where accumulations meet, also at mode changes).
+    fig = FAST_plot_instrument_grid({"ees": back}, instrument_order=("ees",))
+    ax = next(a for a in fig.axes if a.get_label() == "ees")
+    meshes = [c for c in ax.collections if isinstance(c, QuadMesh)]
+    x = [m.get_coordinates()[0, :, 0] for m in meshes]
+    widths = np.concatenate([np.diff(xi) for xi in x]) * 86400
+    assert widths.size == want.size
+    np.testing.assert_allclose(widths, want, atol=1e-5)
+
+
+def test_missing_time_delta_is_stored_as_unknown(tmp_path, reduced):
+    cache = ReducedCache(tmp_path / "c.zarr")
+    cache.write("old", reduced.drop_vars("time_delta"))
+    back = cache.read("old")
+    assert back["time_delta"].shape == reduced["time_delta"].shape
+    assert np.isnan(back["time_delta"].values).all()
+
+
+@pytest.mark.parametrize("layout, same_values", [(2, True), (1, False), (None, False)])
+def test_entry_of_an_older_layout_is_not_served(tmp_path, reduced, layout, same_values):
+    """A whole entry of an older layout (no time_delta) is never served as the current
+    one; its values and pass-1 summary are, where that layout's numbers are the same."""
+    import zarr
+
+    cache = ReducedCache(tmp_path / "c.zarr")
+    cache.write("e", reduced, summary={"n": 1})
+    assert cache.has("e") and cache.summary("e") == {"n": 1}
+    group = zarr.open_group(str(cache.path), mode="a", path="e")
+    if layout is None:
+        del group.attrs["schema"]
+    else:
+        group.attrs["schema"] = layout
+    assert not cache.has("e")
+    with pytest.raises(KeyError):
+        cache.read("e")
+    if same_values:
+        assert cache.summary("e") == {"n": 1}
+        np.testing.assert_array_equal(
+            cache.read_values("e", 0), reduced["values"].values[0].astype(np.float32)
+        )
+    else:
+        assert cache.summary("e") is None
+        with pytest.raises(KeyError):
+            cache.read_values("e", 0)

@@ -200,3 +200,67 @@ def test_data_sums_counts_not_codes():
     assert out == pytest.approx(2 * decompress_counts(np.array([200.0]), burst=False)[0])
     raw = reduce_dataset(ds, decompress=False)["values"].sel(category="all").values[0, 0]
     assert raw == 400.0
+
+
+def _tiny_dataset(time_delta=None, n: int = 4) -> xr.Dataset:
+    """n records of one angle bin and one channel; ``time_delta`` if given."""
+    shape = (n, 1, 1)
+    dims = ("time", "pitch_angle_bin", "energy_channel")
+    ones = np.ones(shape, np.float32)
+    data = {
+        "data": (dims, ones * 3, {"UNITS": "Counts"}),
+        "pitch_angle": (dims, ones * 10),
+        "domega": (dims, ones),
+        "energy_full": (dims, ones * 100),
+    }
+    if time_delta is not None:
+        data["time_delta"] = (("time",), np.asarray(time_delta, np.float64), {"UNITS": "sec"})
+    t0 = np.datetime64("2000-01-01T00:00:00", "ns")
+    return xr.Dataset(
+        data,
+        coords={"time": t0 + np.arange(n) * np.timedelta64(2500, "ms"), "energy_channel": [0]},
+        attrs={"instrument": "ees"},
+    )
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_time_delta_is_carried_with_fill_as_nan(lazy):
+    ds = _tiny_dataset([2.5, -1e31, np.nan, 0.0])
+    if lazy:
+        ds = ds.chunk({"time": 2})
+    out = reduce_dataset(ds)
+    assert out["time_delta"].dims == ("time",)
+    assert out["time_delta"].attrs["units"] == "s"
+    assert isinstance(out["time_delta"].data, da.Array) == lazy
+    np.testing.assert_array_equal(out["time_delta"].values, [2.5, np.nan, np.nan, np.nan])
+    # A source without time_delta (older files): unknown, NaN, never an invented width.
+    out = reduce_dataset(_tiny_dataset(None))
+    assert np.isnan(out["time_delta"].values).all() and out["time_delta"].shape == (4,)
+
+
+def test_time_delta_of_a_file_survives_reduction(ees_file):
+    ds = open_esa(ees_file)
+    want = ds["time_delta"].values
+    assert np.isfinite(want).all() and set(np.unique(want)) <= {0.625, 2.5}  # synth survey
+    for src in (ds, ds.compute()):
+        got = reduce_dataset(src, variable="eflux")["time_delta"]
+        np.testing.assert_array_equal(got.values, want)
+        np.testing.assert_array_equal(got["time"].values, ds["time"].values)
+
+
+def test_lazy_reductions_of_two_files_do_not_share_graph_keys(good_files):
+    """Computing two files' lazy reductions together gives each its own values (fixed
+    graph key names used to collide, so one file's result stood in for the other's)."""
+    import dask
+
+    a_path, b_path = (good_files[o]["ees"] for o in sorted(good_files)[:2])
+    a, b = reduce_dataset(open_esa(a_path)), reduce_dataset(open_esa(b_path))
+    va, vb, ea, tb = dask.compute(
+        a["values"].data, b["values"].data, a["energy"].data, b.time_delta.data
+    )
+    want_a = reduce_dataset(open_esa(a_path).compute())
+    want_b = reduce_dataset(open_esa(b_path).compute())
+    np.testing.assert_array_equal(va, want_a["values"].values)
+    np.testing.assert_array_equal(vb, want_b["values"].values)
+    np.testing.assert_array_equal(ea, want_a["energy"].values)
+    np.testing.assert_array_equal(tb, want_b["time_delta"].values)

@@ -609,3 +609,235 @@ def test_errors_while_drawing_become_plotting_errors(tmp_path, orbit_reduced, mo
     with pytest.raises(PlottingError, match=f"orbit {orbit}") as info:
         FAST_plot_instrument_grid(red)
     assert isinstance(info.value.__cause__, KeyError)
+
+
+# --------------------------------------------------------------------------------------
+# Record widths from the accumulation time (time_delta)
+# --------------------------------------------------------------------------------------
+
+#: One second in matplotlib date units (days); date numbers near 2000 carry ~1e-11 days.
+SEC = 1.0 / 86400.0
+
+
+def mesh_x(meshes) -> list[np.ndarray]:
+    """The time edges of each mesh, in date numbers."""
+    return [m.get_coordinates()[0, :, 0] for m in meshes]
+
+
+@pytest.mark.parametrize("as_timedelta", [False, True])
+def test_single_record_spans_its_duration_and_is_visible(as_timedelta):
+    t = np.array([T0])
+    dur = np.array([np.timedelta64(2500, "ms")]) if as_timedelta else np.array([2.5])
+    fig, ax = new_ax()
+    (mesh,) = make_spectrogram(
+        ax, t, table(16), np.full((1, 16), 50.0), y_scale="log", colorbar=False, durations=dur
+    )
+    x = mesh.get_coordinates()[0, :, 0]
+    centre = mdates.date2num(T0)
+    assert x.size == 2
+    assert (x[1] - x[0]) / SEC == pytest.approx(2.5, abs=1e-5)  # not the 1 s guess
+    assert x[0] == pytest.approx(centre - 1.25 * SEC, abs=1e-10)  # centred on its time
+    assert ax.get_xlim() == pytest.approx((x[0], x[1]))
+    # On a 10 s axis the column is drawn, a quarter of the axes wide, around its centre.
+    ax.set_xlim(centre - 5 * SEC, centre + 5 * SEC)
+    img = rgba(fig)
+    row, c_lo = pixel(ax, x[0], 300.0)
+    _, c_hi = pixel(ax, x[1], 300.0)
+    _, a_lo = pixel(ax, centre - 5 * SEC, 300.0)
+    _, a_hi = pixel(ax, centre + 5 * SEC, 300.0)
+    cols = np.arange(a_lo + 2, a_hi - 2)  # inside the axes frame
+    drawn = cols[(img[row, cols, :3] != 255).any(axis=1)]
+    assert drawn.size >= (c_hi - c_lo) - 2  # the whole 2.5 s, not a sliver
+    assert drawn.min() >= c_lo - 1 and drawn.max() <= c_hi + 1  # and nothing beyond it
+    assert (c_hi - c_lo) == pytest.approx((a_hi - a_lo) / 4, abs=2)
+
+
+def test_single_record_without_duration_keeps_the_old_guess():
+    """Fallback: no duration (or NaN/NaT) -> the 1 s default of a lone datetime record."""
+    for dur in (None, np.array([np.nan]), np.array([np.timedelta64("NaT")]), np.array([-1e31])):
+        _fig, ax = new_ax()
+        (mesh,) = make_spectrogram(
+            ax, np.array([T0]), table(8), np.ones((1, 8)), colorbar=False, durations=dur
+        )
+        x = mesh.get_coordinates()[0, :, 0]
+        assert (x[1] - x[0]) / SEC == pytest.approx(1.0, abs=1e-5)
+
+
+def fast_pass(durs):
+    """Contiguous accumulations (start-based, like FAST): centres and durations."""
+    durs = np.asarray(durs, float)
+    starts = np.concatenate([[0.0], np.cumsum(durs[:-1])])
+    return starts + durs / 2, durs
+
+
+def test_segment_ends_and_mode_change_follow_the_durations():
+    # slow 2.5 s records, then fast 0.625 s ones (other table), then a slow one; a gap;
+    # then a second pass of three slow records.
+    c1, d1 = fast_pass([2.5] * 6 + [0.625] * 8 + [2.5])
+    c2, d2 = fast_pass([2.5] * 3)
+    secs = np.concatenate([c1, 600.0 + c2])
+    durs = np.concatenate([d1, d2])
+    e = np.full((secs.size, 96), np.nan)
+    fast = np.zeros(secs.size, bool)
+    fast[6:14] = True
+    e[~fast, :48] = table(48)
+    e[fast, :] = table(96)
+    v = np.where(np.isfinite(e), 5.0, np.nan)
+    _fig, ax = new_ax()
+    meshes = make_spectrogram(ax, secs, e, v, y_scale="log", colorbar=False, durations=durs)
+    xs = mesh_x(meshes)
+    assert len(xs) == 4  # slow | fast | slow  (gap)  slow
+    assert xs[0][0] == pytest.approx(0.0)  # first record starts at its start
+    # The mode change lies where the accumulations meet (15 s), not at the midpoint of
+    # the centres (14.0625 + 15.3125)/2 = 14.6875 the neighbour rule gives.
+    assert xs[0][-1] == pytest.approx(15.0) and xs[1][0] == xs[0][-1]
+    assert xs[1][-1] == pytest.approx(20.0) and xs[2][0] == xs[1][-1]
+    # The last record of the pass ends after its own 2.5 s, not after a guessed
+    # (0.3125 + 1.25) = 1.5625 s.
+    assert xs[2][-1] == pytest.approx(22.5)
+    assert xs[3][0] == pytest.approx(600.0) and xs[3][-1] == pytest.approx(607.5)
+    # Every cell is exactly its record's duration.
+    widths = np.concatenate([np.diff(x) for x in xs])
+    np.testing.assert_allclose(widths, durs, atol=1e-9)
+
+
+def test_gap_stays_blank_with_durations():
+    dt = 2.5
+    secs = np.concatenate([np.arange(40) * dt, 600 + np.arange(40) * dt])
+    times = T0 + (secs * 1e9).astype("timedelta64[ns]")
+    dur = np.full(80, dt)
+    dur[39] = 2000.0  # a bogus duration longer than the gap never bridges it
+    fig, ax = new_ax()
+    meshes = make_spectrogram(
+        ax,
+        times,
+        table(48),
+        np.full((80, 48), 100.0),
+        y_scale="log",
+        colorbar=False,
+        durations=dur,
+    )
+    assert len(meshes) == 2
+    a_end, b_start = mesh_x(meshes)[0][-1], mesh_x(meshes)[1][0]
+    mid = mdates.date2num(times[39] + (times[40] - times[39]) / 2)
+    assert a_end == pytest.approx(mid, abs=1e-10)  # clipped at the gap's middle
+    assert b_start == pytest.approx(mdates.date2num(times[40]) - dt / 2 * SEC, abs=1e-10)
+    img = rgba(fig)
+    row, col = pixel(ax, mdates.date2num(T0 + np.timedelta64(450, "s")), 300.0)
+    assert (img[row, col, :3] == 255).all()
+
+
+def test_partly_unknown_durations_fall_back_per_record():
+    secs = np.arange(10) * 4.0  # 4 s cadence, but 2 s accumulations
+    dur = np.full(10, 2.0)
+    dur[[0, 9]] = np.nan  # the outer records' durations unknown
+    e, v = table(8), np.ones((10, 8))
+    _f, ax = new_ax()
+    (known,) = make_spectrogram(ax, secs, e, v, colorbar=False, durations=dur)
+    _f, ax = new_ax()
+    (none,) = make_spectrogram(ax, secs, e, v, colorbar=False)
+    _f, ax = new_ax()
+    (nans,) = make_spectrogram(ax, secs, e, v, colorbar=False, durations=np.full(10, np.nan))
+    x_none = mesh_x([none])[0]
+    np.testing.assert_array_equal(mesh_x([nans])[0], x_none)  # all NaN == no durations
+    np.testing.assert_allclose(x_none[[0, -1]], [-2.0, 38.0])  # neighbour rule
+    x = mesh_x([known])[0]
+    # Between two known records the edge is the shared midpoint (a hole shorter than a
+    # gap is bridged); next to an unknown record, the known record keeps its own edge
+    # (4 - 1 = 3, 32 + 1 = 33); the outer records (unknown) keep the neighbour rule.
+    np.testing.assert_allclose(x, [-2.0, 3.0, 6, 10, 14, 18, 22, 26, 30, 33.0, 38.0])
+    with pytest.raises(ValueError, match="durations"):
+        make_spectrogram(ax, secs, e, v, durations=np.ones(9))
+
+
+def test_grid_draws_a_single_record_orbit_at_its_time_delta(synth_dataset):
+    bad = synth_dataset.bad_files["single-record"]
+    ds = open_esa(bad["path"])
+    assert ds.sizes["time"] == 1
+    dt = float(ds["time_delta"].values[0])
+    assert dt > 1.0  # the synthetic survey record: 2.5 s (the old code drew 1 s)
+    red = reduce_dataset(ds).compute()
+    for source in (ds, red):
+        fig = FAST_plot_instrument_grid({"ees": source}, instrument_order=("ees",))
+        ax = spectro_axes(fig)["ees"]
+        (mesh,) = meshes_of(ax)
+        x = mesh.get_coordinates()[0, :, 0]
+        assert (x[1] - x[0]) / SEC == pytest.approx(dt, abs=1e-5)
+        assert (x[0] + x[1]) / 2 == pytest.approx(mdates.date2num(ds["time"].values[0]))
+        img = rgba(fig)
+        row, col = pixel(ax, (x[0] + x[1]) / 2, float(np.sqrt(np.prod(ax.get_ylim()))))
+        assert not (img[row, col, :3] == 255).all()  # drawn
+    fig = FAST_plot_pitch_angle_grid(red)
+    for ax in spectro_axes(fig).values():
+        for m in meshes_of(ax):
+            x = m.get_coordinates()[0, :, 0]
+            assert (x[-1] - x[0]) / SEC == pytest.approx(dt, abs=1e-5)
+
+
+def cells_match_durations(meshes, times, durations) -> int:
+    """Assert every drawn cell is centred on a record and exactly its duration wide."""
+    t = mdates.date2num(times)
+    left = np.concatenate([x[:-1] for x in mesh_x(meshes)])
+    right = np.concatenate([x[1:] for x in mesh_x(meshes)])
+    centre = (left + right) / 2
+    near = np.abs(t[None, :] - centre[:, None]).argmin(axis=1)
+    np.testing.assert_allclose(centre, t[near], atol=1e-10)
+    np.testing.assert_allclose((right - left) / SEC, durations[near], atol=1e-5)
+    return left.size
+
+
+def test_grid_cells_are_their_time_delta_wide(orbit_reduced):
+    """Synthetic accumulations are contiguous inside a pass, so every record's cell is
+    exactly its time_delta, also across slow/fast mode changes and at pass ends (the
+    neighbour rule put mode-change edges at the midpoint of the centres instead)."""
+    _orbit, red = orbit_reduced
+    fig = FAST_plot_instrument_grid(red, instrument_order=tuple(red))
+    axes = spectro_axes(fig)
+    for inst, ds in red.items():
+        d = ds["time_delta"].values
+        assert np.isfinite(d).all()
+        n = cells_match_durations(meshes_of(axes[inst]), ds["time"].values, d)
+        assert n == ds.sizes["time"]  # every record drawn once
+    assert len(np.unique(red["ees"]["time_delta"].values)) > 1  # modes with other widths
+    img = rgba(fig)  # and it draws
+    assert img.shape[2] == 4
+
+
+def test_grid_falls_back_to_neighbour_spacing_without_time_delta(orbit_reduced):
+    _orbit, red = orbit_reduced
+    ees = red["ees"]
+    for old in (ees.drop_vars("time_delta"), ees.assign(time_delta=ees.time_delta * np.nan)):
+        fig = FAST_plot_instrument_grid({"ees": old}, instrument_order=("ees",))
+        xs_old = mesh_x(meshes_of(spectro_axes(fig)["ees"]))
+        _f, ax = new_ax()
+        ref = make_spectrogram(
+            ax,
+            ees["time"].values,
+            ees["energy"].values,
+            ees["values"].sel(category="all").values,
+            colorbar=False,
+        )
+        assert len(xs_old) == len(ref)
+        for a, b in zip(xs_old, mesh_x(ref), strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_generic_batch_plot_passes_durations(tmp_path, monkeypatch):
+    import fastspectro_dask.render as render
+
+    seen = []
+    real = render.make_spectrogram
+
+    def spy(*args, **kwargs):
+        meshes = real(*args, **kwargs)
+        seen.append(mesh_x(meshes))
+        return meshes
+
+    monkeypatch.setattr(render, "make_spectrogram", spy)
+
+    def build(item):
+        return [{"x": np.array([T0]), "y": table(4), "z": np.ones((1, 4)), "durations": [4.0]}]
+
+    generic_batch_plot([1], build, tmp_path)
+    (x,) = seen[0]
+    assert (x[1] - x[0]) / SEC == pytest.approx(4.0, abs=1e-5)

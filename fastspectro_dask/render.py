@@ -633,6 +633,12 @@ def make_spectrogram(
 
     ax.set_xlim(float(left.min()), float(right.max()))
     ax.set_ylim(y_lo, y_hi)
+    widened = _keep_slivers_visible(ax)
+    if widened:  # a widened record at either end stays inside the axes
+        xs = [m.get_coordinates()[..., 0] for m in widened.values()]
+        lo, hi = ax.get_xlim()
+        ax.set_xlim(min(lo, *(float(x.min()) for x in xs)), max(hi, *(float(x.max()) for x in xs)))
+        meshes = [widened.get(m, m) for m in meshes]
 
     if colorbar and meshes:
         fig = ax.get_figure()
@@ -647,6 +653,58 @@ def make_spectrogram(
         len(meshes),
     )
     return meshes
+
+
+#: A lone run of records narrower than this many pixels is drawn this wide (centred).
+MIN_VISIBLE_PIXELS = 1.0
+
+
+def _keep_slivers_visible(
+    ax: Axes, min_pixels: float = MIN_VISIBLE_PIXELS
+) -> dict[QuadMesh, QuadMesh]:
+    """Widen isolated sub-pixel meshes to ``min_pixels`` at the axes' current x scale.
+
+    A lone record (a one-record file, or a record isolated by gaps) drawn at its real
+    accumulation time can be a fraction of a pixel wide on an orbit-long axis, and Agg then
+    draws nothing. A drawing aid: such a mesh, if no other mesh of the axes lies within
+    ``min_pixels`` of it, is redrawn ``min_pixels`` wide around its centre. Wider meshes and
+    the data are untouched. Call after the final x limits are set. Returns
+    ``{replaced mesh: its wider replacement}``.
+    """
+    lo, hi = ax.get_xlim()
+    width_px = ax.bbox.width
+    if not (hi > lo and width_px > 0):
+        return {}
+    min_w = min_pixels * (hi - lo) / width_px
+    meshes = [c for c in ax.collections if isinstance(c, QuadMesh)]
+    spans = [
+        (float(m.get_coordinates()[..., 0].min()), float(m.get_coordinates()[..., 0].max()))
+        for m in meshes
+    ]
+    widened: dict[QuadMesh, QuadMesh] = {}
+    for k, (mesh, (a, b)) in enumerate(zip(meshes, spans, strict=True)):
+        if b - a >= min_w:
+            continue
+        near = any(j != k and c - min_w < b and a < d + min_w for j, (c, d) in enumerate(spans))
+        if near:
+            continue
+        coords = np.array(mesh.get_coordinates(), dtype=np.float64)
+        centre = (a + b) / 2.0
+        if b > a:  # stretch about the centre, keeping the columns' proportions
+            coords[..., 0] = centre + (coords[..., 0] - centre) * (min_w / (b - a))
+        else:  # zero width: spread the columns evenly
+            n = coords.shape[1]
+            coords[..., 0] = np.linspace(centre - min_w / 2, centre + min_w / 2, n)[None, :]
+        new = QuadMesh(coords, antialiased=False, shading="flat")
+        new.set_array(mesh.get_array())
+        new.set_cmap(mesh.get_cmap())
+        new.set_norm(mesh.norm)
+        new.set_rasterized(mesh.get_rasterized())
+        new.set_label(mesh.get_label())
+        mesh.remove()
+        ax.add_collection(new, autolim=False)
+        widened[mesh] = new
+    return widened
 
 
 # --------------------------------------------------------------------------------------
@@ -1027,6 +1085,8 @@ def _render_grid(
     if spans:
         lo, hi = min(a for a, _ in spans), max(b for _, b in spans)
         mains[0].set_xlim(lo, hi)
+        for ax in mains:  # the shared axis is final now: lone records stay visible
+            _keep_slivers_visible(ax)
     else:
         mains[-1].tick_params(labelbottom=False)
     for ax in mains[:-1]:
@@ -1645,6 +1705,7 @@ def generic_batch_plot(
                     hi = max(ax.get_xlim()[1] for ax in mains)
                     for ax in mains:
                         ax.set_xlim(lo, hi)
+                        _keep_slivers_visible(ax)
                 fig.suptitle(title_fn(item) if title_fn else str(item))
             except BaseException:
                 fig.clear()

@@ -841,3 +841,101 @@ def test_generic_batch_plot_passes_durations(tmp_path, monkeypatch):
     generic_batch_plot([1], build, tmp_path)
     (x,) = seen[0]
     assert (x[1] - x[0]) / SEC == pytest.approx(4.0, abs=1e-5)
+
+
+# --------------------------------------------------------------------------------------
+# Lone records stay visible: sub-pixel runs are drawn one pixel wide
+# --------------------------------------------------------------------------------------
+
+
+def drawn_columns(img: np.ndarray, ax, row: int) -> np.ndarray:
+    """Pixel columns inside the axes that are not white in one pixel row."""
+    x0, x1 = ax.bbox.x0, ax.bbox.x1
+    cols = np.arange(int(np.ceil(x0)) + 2, int(np.floor(x1)) - 2)
+    return cols[(img[row, cols, :3] != 255).any(axis=1)]
+
+
+def test_a_lone_record_on_a_long_axis_is_drawn_one_pixel_wide():
+    """A pass of 2.5 s records, a 30-minute gap, one lone 2.5 s record, another pass: at
+    2.3 h over ~460 px a record is ~0.14 px, which Agg would not draw at all."""
+    secs = np.concatenate([np.arange(1200) * 2.5, [4800.0], 6600 + np.arange(400) * 2.5])
+    times = T0 + (secs * 1e9).astype("timedelta64[ns]")
+    fig, ax = new_ax()
+    meshes = make_spectrogram(
+        ax,
+        times,
+        table(16),
+        np.full((secs.size, 16), 50.0),
+        colorbar=False,
+        durations=np.full(secs.size, 2.5),
+    )
+    assert len(meshes) == 3 and all(m.axes is ax for m in meshes)  # the returned ones
+    px = (ax.get_xlim()[1] - ax.get_xlim()[0]) / ax.bbox.width  # one pixel, in days
+    wide, lone, _ = mesh_x(meshes)
+    assert wide[-1] - wide[0] == pytest.approx(3000 * SEC)  # the pass: untouched
+    np.testing.assert_allclose(np.diff(wide) / SEC, 2.5, atol=1e-5)
+    centre = mdates.date2num(times[1200])
+    assert lone[-1] - lone[0] == pytest.approx(px, rel=1e-6)  # widened to one pixel
+    assert (lone[0] + lone[-1]) / 2 == pytest.approx(centre, abs=1e-10)  # centred
+    img = rgba(fig)
+    row, col = pixel(ax, centre, 1000.0)
+    cols = drawn_columns(img, ax, row)
+    assert np.abs(cols - col).min() <= 1  # the lone record is on the image...
+    gap = cols[(cols > pixel(ax, wide[-1], 1000.0)[1] + 1) & (cols < col - 2)]
+    assert gap.size == 0  # ...alone in its gap
+
+
+def test_a_lone_record_at_the_end_of_the_axis_is_kept_inside():
+    secs = np.concatenate([np.arange(1200) * 2.5, [4800.0]])
+    fig, ax = new_ax()
+    meshes = make_spectrogram(
+        ax,
+        secs,
+        table(16),
+        np.full((secs.size, 16), 50.0),
+        colorbar=False,
+        durations=np.full(secs.size, 2.5),
+    )
+    x = mesh_x(meshes)[1]
+    assert ax.get_xlim()[1] >= x[-1]  # the widened record is not cut at the frame
+    img = rgba(fig)
+    row, _ = pixel(ax, 4800.0, 1000.0)
+    x1 = int(np.floor(ax.bbox.x1))
+    assert not (img[row, x1 - 2 : x1 + 1, :3] == 255).all()
+
+
+def test_slivers_next_to_other_data_are_not_widened():
+    """A short fast-survey run between slow ones is part of a continuous pass: it keeps
+    its exact width even when it is narrower than a pixel."""
+    c, d = fast_pass([2.5] * 1000 + [0.156] * 2 + [2.5] * 1000)
+    e = np.full((c.size, 96), np.nan)
+    e[:1000, :48] = e[1002:, :48] = table(48)
+    e[1000:1002] = table(96)
+    _fig, ax = new_ax()
+    meshes = make_spectrogram(
+        ax, c, e, np.where(np.isfinite(e), 5.0, np.nan), colorbar=False, durations=d
+    )
+    xs = mesh_x(meshes)
+    assert len(xs) == 3
+    px = (ax.get_xlim()[1] - ax.get_xlim()[0]) / ax.bbox.width
+    assert xs[1][-1] - xs[1][0] < px  # a sliver...
+    assert xs[1][-1] - xs[1][0] == pytest.approx(0.312)  # ...drawn at its real width
+
+
+def test_grid_shows_a_single_record_instrument_next_to_a_full_orbit(orbit_reduced, synth_dataset):
+    """The helper's finding: the single-record file next to a full orbit drew 0 pixels."""
+    _orbit, red = orbit_reduced
+    ees = red["ees"]
+    lone = reduce_dataset(open_esa(synth_dataset.bad_files["single-record"]["path"])).compute()
+    t_mid = ees["time"].values[ees.sizes["time"] // 2]
+    lone = lone.assign_coords(time=[t_mid])  # inside the ees orbit's span
+    fig = FAST_plot_instrument_grid({"ees": ees, "ies": lone}, instrument_order=("ees", "ies"))
+    ax = spectro_axes(fig)["ies"]
+    (mesh,) = meshes_of(ax)
+    x = mesh.get_coordinates()[0, :, 0]
+    px = (ax.get_xlim()[1] - ax.get_xlim()[0]) / ax.bbox.width
+    assert float(lone["time_delta"][0]) * SEC < px  # really a sub-pixel record
+    assert x[-1] - x[0] == pytest.approx(px, rel=1e-6)
+    img = rgba(fig)
+    row, col = pixel(ax, mdates.date2num(t_mid), float(np.sqrt(np.prod(ax.get_ylim()))))
+    assert np.abs(drawn_columns(img, ax, row) - col).min() <= 1

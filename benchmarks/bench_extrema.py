@@ -26,9 +26,18 @@ variant itself added.
     ``ThreadPoolExecutor(os.cpu_count())``, the variables ours reads), and ours re-run warm
     (state up to date) and with another percentile (pass 2 only, from the zarr cache).
 (d) ours' peak memory at ``--orbits-small`` vs ``--orbits-large`` orbits: growth in %.
+(e) bookkeeping only (no CDF is read): the cost of one pass-1 flush of ``--flush-files``
+    ledger entries (10 orbits x 4 instruments by default) when 2k / 20k / 200k files are
+    already counted, with synthetic ledger entries and realistic merged histograms.
+    "old" is the schema-2 state: the whole JSON (ledger inline) rewritten with
+    ``atomic_write_json``; "new" is ``_Store.flush``: the batch's lines appended to the
+    ledger journal and ``fsync``-ed, then the small JSON replaced. Bytes are those written
+    per flush; times are medians in this process. Also the time to load the state when a
+    run starts, and the total flush cost projected over a whole mission.
 
     python benchmarks/bench_extrema.py [--orbits 20] [--records 400] [--rounds 3]
         [--orbits-small 10] [--orbits-large 40] [--rerun-percentile 99] [--keep DIR]
+        [--ledger-sizes 2000,20000,200000] [--flush-files 40] [--bookkeeping-only]
 """
 
 from __future__ import annotations
@@ -240,6 +249,209 @@ def make_missions(base: Path, counts: list[int], records: int, seed: int) -> dic
     return roots
 
 
+# --------------------------------------------------------------------------------------
+# (e) Bookkeeping only: per-flush cost of the extrema state, old (schema 2) vs new
+# --------------------------------------------------------------------------------------
+
+_INSTS = ("ees", "eeb", "ies", "ieb")
+_CATS = ("all", "downgoing", "upgoing", "perpendicular")
+
+
+def _ledger_entry(i: int) -> tuple[str, dict]:
+    """A realistic ledger entry (what pass 1 records for a counted file of 'data')."""
+    orbit = 1000 + i // 4
+    inst = _INSTS[i % 4]
+    rel = (
+        f"{1996 + orbit // 6000}/{orbit // 500 % 12 + 1:02d}/fa_esa_l2_{inst}_"
+        f"{19960821000000 + orbit * 8:014d}_{orbit:05d}_v02.cdf"
+    )
+    return rel, {
+        "orbit": orbit,
+        "instrument": inst,
+        "size": 400_000 + i * 7919 % 300_000,
+        "mtime_ns": 1_795_924_317_334_182_826 + i * 1_000_003,
+        "status": "counted",
+        "entry": f"{inst}-{orbit}-{i * 2654435761 % 16**20:020x}",
+        "n": 1000 + i % 5000,
+        "min_positive": dict.fromkeys(_CATS, 1.0),
+    }
+
+
+def _merged_histograms(seed: int = 0) -> dict:
+    """16 merged pass-1 summaries as a mission fills them: ~2,600 float32 bins (1 to 2**20
+    counts, 128 per octave) and ~200 distinct energies each."""
+    import numpy as np
+
+    from fastspectro_dask.extrema import _Merged
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    for inst in _INSTS:
+        out[inst] = {}
+        for cat in _CATS:
+            m = _Merged()
+            keys = np.arange(0x3F80, 0x3F80 + 20 * 128)
+            m.counts[keys] = rng.integers(1, 10, keys.size)
+            es = np.unique(np.geomspace(4.0, 30000.0, 200).astype(np.float32))
+            cs = rng.integers(1, 10**9, es.size)
+            m.energy = {float(e): int(c) for e, c in zip(es, cs, strict=True)}
+            out[inst][cat] = m
+    return out
+
+
+def _fs_type(path: Path) -> str:
+    best, kind = "", "?"
+    try:
+        with open("/proc/mounts") as fh:
+            for line in fh:
+                _dev, mnt, fstype = line.split()[:3]
+                if str(path.resolve()).startswith(mnt) and len(mnt) > len(best):
+                    best, kind = mnt, fstype
+    except OSError:
+        pass
+    return kind
+
+
+def bookkeeping(work: Path, sizes: list[int], batch: int, flushes: int) -> list[dict]:
+    """Per-flush cost with ``n`` files already counted, old and new, for each size."""
+    import logging
+
+    from fastspectro_dask.extrema import _SCHEMA, _Store
+    from fastspectro_dask.state import atomic_write_json, load_json_state
+
+    logging.disable(logging.INFO)
+    merged = _merged_histograms()
+    params = {"variable": VARIABLE, "categories": {c: [] for c in _CATS}, "schema": _SCHEMA}
+    rows = []
+    for n in sizes:
+        d = work / f"bookkeeping-{n}"
+        d.mkdir(parents=True, exist_ok=True)
+        ledger = dict(_ledger_entry(i) for i in range(n))
+        extra = [_ledger_entry(i) for i in range(n, n + batch * flushes)]
+
+        # old: the schema-2 write_state, whole document every flush
+        old_path = d / "old.json"
+        old_ledger = dict(ledger)
+        old_t, old_b = [], 0
+        for k in range(max(1, min(flushes, 3 if n >= 100_000 else 5))):
+            old_ledger.update(extra[k * batch : (k + 1) * batch])
+            t0 = time.perf_counter()
+            doc = {
+                "schema": 2,
+                "params": {**params, "schema": 2},
+                "complete": False,
+                "updated_utc": "2026-01-01T00:00:00+00:00",
+                "input_root": "/data/fast/esa/l2",
+                "files": old_ledger,
+                "pass1": {i: {c: m.to_json() for c, m in cm.items()} for i, cm in merged.items()},
+            }
+            atomic_write_json(old_path, doc)
+            old_t.append(time.perf_counter() - t0)
+            old_b = old_path.stat().st_size
+        t0 = time.perf_counter()
+        load_json_state(old_path, kind="extrema")
+        old_load = time.perf_counter() - t0
+
+        # new: the schema-3 store, journal with n entries then flushes of `batch`
+        new_json = d / "extrema.json"
+        store = _Store(new_json, params, "/data/fast/esa/l2", _INSTS, _CATS)
+        store.open()
+        store.ledger.update(ledger)
+        store.journal.create(store._header(), store._put_records())
+        store.merged = merged
+        # the ledger's sample counts add up to the histograms' (checked when loading)
+        fill = 0x3F80 + 20 * 128 - 1
+        for inst in _INSTS:
+            want = sum(e["n"] for e in ledger.values() if e["instrument"] == inst)
+            counts = merged[inst][_CATS[0]].counts
+            counts[fill] = want - (int(counts.sum()) - int(counts[fill]))
+            assert counts[fill] > 0, "ledger too small for the synthetic histograms"
+        store.flush(False)
+        new_t, new_jb, new_sb = [], [], []
+        for k in range(flushes):
+            t0 = time.perf_counter()
+            for rel, e in extra[k * batch : (k + 1) * batch]:
+                store.merged[e["instrument"]][_CATS[0]].counts[fill] += e["n"]
+                store.put(rel, e)
+            store.flush(False)
+            new_t.append(time.perf_counter() - t0)
+            new_jb.append(store.last_flush["journal_bytes"])
+            new_sb.append(store.last_flush["json_bytes"])
+        journal_mb = store.journal.size / 1e6
+        store.close()
+        t0 = time.perf_counter()
+        again = _Store(new_json, params, "/data/fast/esa/l2", _INSTS, _CATS)
+        again.open()
+        new_load = time.perf_counter() - t0
+        assert len(again.ledger) == n + batch * flushes
+        again.close()
+        rows.append(
+            {
+                "n": n,
+                "old_s": statistics.median(old_t),
+                "old_bytes": old_b,
+                "old_load_s": old_load,
+                "new_s": statistics.median(new_t),
+                "new_journal_bytes": statistics.median(new_jb),
+                "new_json_bytes": statistics.median(new_sb),
+                "new_load_s": new_load,
+                "journal_mb": journal_mb,
+            }
+        )
+        shutil.rmtree(d, ignore_errors=True)
+    return rows
+
+
+def print_bookkeeping(rows: list[dict], batch: int, flushes: int, work: Path) -> None:
+    table = []
+    for r in rows:
+        new_b = r["new_journal_bytes"] + r["new_json_bytes"]
+        table.append(
+            [
+                f"{r['n']:,}",
+                f"{r['old_s'] * 1e3:.1f}",
+                f"{r['old_bytes'] / 1e6:.2f}",
+                f"{r['new_s'] * 1e3:.2f}",
+                f"{r['new_journal_bytes'] / 1e3:.1f} + {r['new_json_bytes'] / 1e3:.1f}",
+                f"{r['old_s'] / r['new_s']:.0f}x",
+                f"{r['old_bytes'] / new_b:.0f}x",
+                f"{r['old_load_s']:.2f} / {r['new_load_s']:.2f}",
+            ]
+        )
+    print(
+        fmt_table(
+            f"(e) bookkeeping only: one pass-1 flush of {batch} ledger entries with N files "
+            f"already counted (median of {flushes} new flushes; old: 3-5) "
+            f"[{_fs_type(work)} at {work}]",
+            [
+                "files already counted (N)",
+                "old ms",
+                "old MB",
+                "new ms",
+                "new kB (journal + JSON)",
+                "time old/new",
+                "bytes old/new",
+                "load at start s, old / new",
+            ],
+            table,
+        )
+    )
+    big = rows[-1]
+    n_flush = big["n"] // batch
+    # old: each flush rewrites everything counted so far, so over a mission of N files the
+    # flushes cost about n_flush x (cost at N) / 2; new: n_flush x (cost per flush)
+    old_total = n_flush * big["old_s"] / 2
+    new_total = n_flush * statistics.median(r["new_s"] for r in rows)
+    old_bytes = n_flush * big["old_bytes"] / 2
+    new_bytes = n_flush * (big["new_journal_bytes"] + big["new_json_bytes"])
+    print(
+        f"    projected over a {big['n']:,}-file mission ({n_flush:,} flushes of {batch}): "
+        f"old ~{old_total / 3600:.2f} h and {old_bytes / 1e9:.0f} GB written, new "
+        f"~{new_total:.0f} s and {new_bytes / 1e9:.2f} GB; ledger journal at "
+        f"{big['n']:,} files: {big['journal_mb']:.0f} MB (append-only, read once per run)"
+    )
+
+
 def med(results: list[dict], key: str) -> float:
     return statistics.median(r[key] for r in results)
 
@@ -266,6 +478,16 @@ def main() -> None:
     ap.add_argument("--rerun-percentile", type=float, default=99.0)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--keep", type=Path, help="write the data here and keep it")
+    ap.add_argument(
+        "--ledger-sizes",
+        default="2000,20000,200000",
+        help="(e) files already counted, comma-separated",
+    )
+    ap.add_argument("--flush-files", type=int, default=40, help="(e) ledger entries per flush")
+    ap.add_argument("--flushes", type=int, default=20, help="(e) new-state flushes timed")
+    ap.add_argument(
+        "--bookkeeping-only", action="store_true", help="run only (e); no CDF file is written"
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -297,6 +519,11 @@ def main() -> None:
         work_ctx = tempfile.TemporaryDirectory(prefix="bench_extrema-")
         work = Path(work_ctx.name)
     try:
+        sizes = [int(x) for x in args.ledger_sizes.split(",") if x.strip()]
+        if args.bookkeeping_only:
+            rows = bookkeeping(work, sizes, args.flush_files, args.flushes)
+            print_bookkeeping(rows, args.flush_files, args.flushes, work)
+            return
         counts = sorted({args.orbits, args.orbits_small, args.orbits_large})
         t0 = time.perf_counter()
         roots = make_missions(work / "data", counts, args.records, args.seed)
@@ -479,6 +706,9 @@ def main() -> None:
             f"    peak RSS growth {small} -> {large} orbits: {growth:+.1f} % "
             f"(target <= 10 %: {'met' if growth <= 10 else 'NOT met'})"
         )
+        # ---- (e)
+        rows = bookkeeping(work, sizes, args.flush_files, args.flushes)
+        print_bookkeeping(rows, args.flush_files, args.flushes, work)
         print(
             f"\ntotal benchmark time: {time.perf_counter() - t_start:.0f} s; load average "
             f"(1 min) at start {load0[0]:.2f}, at end {os.getloadavg()[0]:.2f}"

@@ -8,6 +8,11 @@ file aside (kept, never deleted) and lets the caller start fresh.
 :class:`StateLock` refuses a second concurrent run on the same state file, and
 :class:`ProgressStore` is the progress JSON of one scale combination, with batched
 flushes, a true watermark and the resume rules.
+
+:class:`JsonLinesJournal` is an append-only JSON-lines file for state that grows with
+the input (the extrema's per-file ledger): each flush appends and ``fsync``-s only its
+new records and the small JSON, written after it, records the committed length and
+checksum, so a torn tail after a crash is ignored and the flush cost does not grow.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import bisect
 import contextlib
 import datetime as _dt
 import fcntl
+import hashlib
+import itertools
 import json
 import logging
 import operator
@@ -25,6 +32,7 @@ import socket
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,12 +45,14 @@ __all__ = [
     "PROGRESS_SCHEMA",
     "PROGRESS_VERSION",
     "RETRYABLE_REASONS",
+    "JsonLinesJournal",
     "ProgressStore",
     "StateLock",
     "StateLockedError",
     "atomic_write_json",
     "file_fingerprint",
     "load_json_state",
+    "move_aside",
 ]
 
 logger = logging.getLogger(__name__)
@@ -1118,3 +1128,441 @@ def _as_orbit(orbit: Any) -> int:
 def _check_instrument(instrument: Any) -> None:
     if not isinstance(instrument, str) or not instrument or "_" in instrument:
         raise ValueError(f"instrument must be a non-empty string without '_': {instrument!r}")
+
+
+# --------------------------------------------------------------------------------------
+# Append-only JSON-lines journal, committed through a small atomic JSON
+# --------------------------------------------------------------------------------------
+
+
+def move_aside(
+    path: str | os.PathLike[str], *, kind: str = "state", reason: str = "corrupt"
+) -> Path | None:
+    """Rename a bad state file to ``<name>.corrupt-<UTC timestamp>`` (kept, never deleted).
+
+    The same naming and warning as :func:`load_json_state` uses for a corrupt JSON.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file to move.
+    kind : str, optional
+        What the file is, used in the warning.
+    reason : str, optional
+        Why it is moved, used in the warning.
+
+    Returns
+    -------
+    pathlib.Path or None
+        The new path, or ``None`` when ``path`` does not exist.
+    """
+    path = Path(path)
+    aside = path.with_name(f"{path.name}.corrupt-{_utc_stamp()}")
+    n = 1
+    while aside.exists():
+        aside = path.with_name(f"{path.name}.corrupt-{_utc_stamp()}-{n}")
+        n += 1
+    try:
+        os.replace(path, aside)
+    except FileNotFoundError:
+        return None
+    logger.warning(
+        "Corrupt %s file %s (%s): moved aside to %s; starting fresh.", kind, path, reason, aside
+    )
+    return aside
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+class JsonLinesJournal:
+    """An append-only JSON-lines file whose committed length lives in another file.
+
+    The journal is the large, growing part of a state whose small part is a JSON written
+    with :func:`atomic_write_json`. Records are added in memory (:meth:`add`) and written
+    by :meth:`commit`, which appends them (one compact JSON object per line), ``fsync``-s
+    the journal and returns a *commit record* ``{"file", "id", "lines", "bytes",
+    "sha256"}``. The caller stores that record in its JSON, written **after** the commit:
+    the JSON replace is the single commit point. A crash before it leaves bytes after the
+    committed length (a torn line, or whole lines of an unfinished flush); :meth:`load`
+    ignores them and truncates them away, so they never reach the state. The committed
+    prefix is checked by length, line count and SHA-256 (the first line is a header with
+    a random ``id``, so a journal of another run never matches); a journal that does not
+    match is moved aside like a corrupt JSON (:func:`move_aside`) and :meth:`load` returns
+    ``None``.
+
+    A journal is only ever rewritten whole (:meth:`create`, or :meth:`prepare_rewrite`
+    then :meth:`finish_rewrite` for compaction): the new file is written and
+    ``fsync``-ed beside the old one, then moved onto it. For a crash-safe compaction,
+    store both commit records in the JSON between the two steps; :meth:`load` accepts
+    the first record that matches the file.
+
+    The cost of a commit is that of the records added since the last one: it does not
+    grow with the journal.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The journal file (its folder must exist).
+    kind : str, optional
+        What the journal is, for the header and messages.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, kind: str = "journal") -> None:
+        self.path = Path(path)
+        self.kind = kind
+        self.header: dict[str, Any] | None = None
+        self._fd: int | None = None
+        self._id: str | None = None
+        self._hash: Any = None
+        self._bytes = 0
+        self._lines = 0
+        self._pending: list[bytes] = []
+        self._next: tuple[str, Any, int, int, dict[str, Any]] | None = None
+        #: Bytes appended by the last :meth:`commit`.
+        self.last_commit_bytes = 0
+        #: Bytes appended by all commits of this object.
+        self.bytes_appended = 0
+
+    # -- properties --------------------------------------------------------------------
+
+    @property
+    def tmp_path(self) -> Path:
+        """Where a rewrite is prepared (deterministic: a stale one is overwritten)."""
+        return self.path.with_name(f".{self.path.name}.rewrite.tmp")
+
+    @property
+    def record(self) -> dict[str, Any] | None:
+        """The commit record of what is committed now (``None`` before create/load)."""
+        if self._id is None:
+            return None
+        return self._record(self._id, self._hash, self._bytes, self._lines)
+
+    def _record(self, jid: str, h: Any, nbytes: int, nlines: int) -> dict[str, Any]:
+        return {
+            "file": self.path.name,
+            "id": jid,
+            "lines": nlines,
+            "bytes": nbytes,
+            "sha256": h.hexdigest(),
+        }
+
+    @property
+    def lines(self) -> int:
+        """Committed lines, the header included."""
+        return self._lines
+
+    @property
+    def size(self) -> int:
+        """Committed bytes."""
+        return self._bytes
+
+    @property
+    def pending(self) -> int:
+        """Records added and not yet committed."""
+        return len(self._pending)
+
+    # -- writing -----------------------------------------------------------------------
+
+    @staticmethod
+    def encode(record: Mapping[str, Any]) -> bytes:
+        """One record as its journal line (compact JSON, sorted keys, ``\\n``-terminated)."""
+        try:
+            text = json.dumps(
+                record,
+                sort_keys=True,
+                separators=(",", ":"),
+                allow_nan=False,
+                default=_json_default,
+            )
+        except TypeError:
+            text = json.dumps(
+                _to_builtin(record), sort_keys=True, separators=(",", ":"), allow_nan=False
+            )
+        return (text + "\n").encode("utf-8")
+
+    def add(self, record: Mapping[str, Any]) -> None:
+        """Queue one record (a JSON object) for the next :meth:`commit`.
+
+        Raises
+        ------
+        RuntimeError
+            Before :meth:`create` or :meth:`load`.
+        TypeError, ValueError
+            If the record cannot be serialised (nothing is queued).
+        """
+        if self._id is None:
+            raise RuntimeError(f"{self.path}: create() or load() the journal first")
+        if not isinstance(record, Mapping):
+            raise TypeError("a journal record must be a mapping")
+        self._pending.append(self.encode(record))
+
+    def discard_pending(self) -> int:
+        """Forget the queued records; returns how many there were."""
+        n = len(self._pending)
+        self._pending = []
+        return n
+
+    def _append_fd(self) -> int:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0))
+        return self._fd
+
+    def commit(self) -> dict[str, Any]:
+        """Append the queued records, ``fsync``, and return the new commit record.
+
+        On an error (or an interrupt) while writing, the file is cut back to the last
+        committed length (best effort; :meth:`load` would ignore the tail anyway) and
+        the records stay queued.
+
+        Returns
+        -------
+        dict
+            ``{"file", "id", "lines", "bytes", "sha256"}``; store it in the JSON.
+        """
+        if self._id is None:
+            raise RuntimeError(f"{self.path}: create() or load() the journal first")
+        data = b"".join(self._pending)
+        if data:
+            h = self._hash.copy()
+            h.update(data)
+            nbytes, nlines = self._bytes + len(data), self._lines + len(self._pending)
+            fd = self._append_fd()
+            try:
+                _write_all(fd, data)
+                os.fsync(fd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, self._bytes)
+                raise
+            self._hash, self._bytes, self._lines, self._pending = h, nbytes, nlines, []
+        self.last_commit_bytes = len(data)
+        self.bytes_appended += len(data)
+        return self.record  # type: ignore[return-value]
+
+    def prepare_rewrite(
+        self, header: Mapping[str, Any] | None = None, records: Iterable[Mapping[str, Any]] = ()
+    ) -> dict[str, Any]:
+        """Write a whole new journal (header + records) to :attr:`tmp_path`, ``fsync``-ed.
+
+        Nothing changes at :attr:`path` until :meth:`finish_rewrite`.
+
+        Parameters
+        ----------
+        header : mapping, optional
+            Extra fields of the header line (``journal``, ``id`` and ``created_utc``
+            are set here).
+        records : iterable of mapping
+            The records of the new journal.
+
+        Returns
+        -------
+        dict
+            The commit record the new journal will have.
+        """
+        if self._pending:
+            raise RuntimeError("commit or discard the queued records before a rewrite")
+        jid = uuid.uuid4().hex
+        head = {
+            **(header or {}),
+            "journal": self.kind,
+            "id": jid,
+            "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        h = hashlib.sha256()
+        nbytes = nlines = 0
+        tmp = self.tmp_path
+        try:
+            with open(tmp, "wb") as fh:
+                for rec in itertools.chain([head], records):
+                    line = self.encode(rec)
+                    fh.write(line)
+                    h.update(line)
+                    nbytes += len(line)
+                    nlines += 1
+                fh.flush()
+                os.fsync(fh.fileno())
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        self._next = (jid, h, nbytes, nlines, head)
+        return self._record(jid, h, nbytes, nlines)
+
+    def finish_rewrite(self) -> dict[str, Any]:
+        """Move the prepared journal onto :attr:`path`; returns its commit record."""
+        if self._next is None:
+            raise RuntimeError("no rewrite prepared")
+        self.close()
+        os.replace(self.tmp_path, self.path)
+        _fsync_dir(self.path.parent)
+        jid, h, nbytes, nlines, head = self._next
+        self._next = None
+        self._id, self._hash, self._bytes, self._lines = jid, h, nbytes, nlines
+        self.header = head
+        return self.record  # type: ignore[return-value]
+
+    def discard_rewrite(self) -> None:
+        """Drop a prepared rewrite (the current journal stays)."""
+        self._next = None
+        with contextlib.suppress(OSError):
+            os.unlink(self.tmp_path)
+
+    def create(
+        self, header: Mapping[str, Any] | None = None, records: Iterable[Mapping[str, Any]] = ()
+    ) -> dict[str, Any]:
+        """Start a new journal at :attr:`path` (atomically replacing any file there).
+
+        Returns
+        -------
+        dict
+            Its commit record.
+        """
+        self.discard_pending()
+        self.prepare_rewrite(header, records)
+        return self.finish_rewrite()
+
+    # -- reading -----------------------------------------------------------------------
+
+    def load(
+        self, commits: Iterable[Mapping[str, Any] | None], *, repair: bool = True
+    ) -> list[dict[str, Any]] | None:
+        """Open the journal at the first of ``commits`` that matches it; return its records.
+
+        Parameters
+        ----------
+        commits : iterable of mapping or None
+            Candidate commit records from the JSON (``None`` entries are skipped), e.g.
+            the current one and the one of an unfinished compaction.
+        repair : bool, optional
+            Truncate an uncommitted tail, move a journal that matches no record aside
+            (:func:`move_aside`, with a warning) and remove a stale rewrite file. With
+            ``False`` the files are only read.
+
+        Returns
+        -------
+        list of dict or None
+            The committed records after the header (the header is in :attr:`header`);
+            ``None`` when there is no candidate, the file is missing (a warning), or it
+            matches no candidate or is malformed (moved aside).
+
+        Raises
+        ------
+        OSError
+            If the file exists but cannot be read.
+        """
+        self.close()
+        self._id, self._hash, self._bytes, self._lines = None, None, 0, 0
+        self._pending, self.header = [], None
+        if repair:
+            with contextlib.suppress(OSError):
+                os.unlink(self.tmp_path)  # a rewrite that was never put in place
+        cands = [dict(c) for c in commits if isinstance(c, Mapping)]
+        if not cands:
+            return None
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            logger.warning("%s journal %s is missing", self.kind, self.path)
+            return None
+        want = []
+        for c in cands:
+            try:
+                want.append((str(c["id"]), int(c["bytes"]), int(c["lines"]), str(c["sha256"])))
+            except (KeyError, TypeError, ValueError):
+                continue
+        with open(self.path, "rb") as fh:
+            raw = fh.read(max((w[1] for w in want), default=0))
+        reason = "its commit record in the JSON is malformed"
+        chosen = None
+        for jid, nbytes, nlines, sha in want:
+            if nbytes > len(raw):
+                reason = f"{len(raw)} bytes, but {nbytes} were committed"
+                continue
+            h = hashlib.sha256(memoryview(raw)[:nbytes])
+            if h.hexdigest() != sha:
+                reason = "its content does not match the committed checksum"
+                continue
+            chosen = (jid, nbytes, nlines, h)
+            break
+        records: list[dict[str, Any]] = []
+        if chosen is not None:
+            jid, nbytes, nlines, h = chosen
+            try:
+                records = self._parse(raw[:nbytes], jid, nlines)
+            except ValueError as exc:
+                reason, chosen = str(exc), None
+        if chosen is None:
+            if repair:
+                move_aside(self.path, kind=f"{self.kind} journal", reason=reason)
+            return None
+        jid, nbytes, nlines, h = chosen
+        if size > nbytes and repair:
+            logger.info(
+                "%s: ignoring %d uncommitted bytes at the end (an interrupted flush); truncated",
+                self.path,
+                size - nbytes,
+            )
+            with open(self.path, "r+b") as fh:
+                fh.truncate(nbytes)
+                fh.flush()
+                os.fsync(fh.fileno())
+        self.header = records.pop(0)
+        self._id, self._hash, self._bytes, self._lines = jid, h, nbytes, nlines
+        return records
+
+    @staticmethod
+    def _parse(data: bytes, jid: str, nlines: int) -> list[dict[str, Any]]:
+        if data and not data.endswith(b"\n"):
+            raise ValueError("the committed part does not end with a full line")
+        lines = data.split(b"\n")[:-1]
+        if len(lines) != nlines or not lines:
+            raise ValueError(f"{len(lines)} lines, but {nlines} were committed")
+        out: Any = None
+        if b"" not in lines:
+            try:  # fast path: one parse of all lines as a JSON array
+                out = json.loads(b"[" + b",".join(lines) + b"]")
+            except (UnicodeDecodeError, ValueError):
+                out = None
+        if out is None or len(out) != nlines:  # find the line at fault
+            out = []
+            for n, line in enumerate(lines, start=1):
+                try:
+                    out.append(json.loads(line.decode("utf-8")))
+                except (UnicodeDecodeError, ValueError) as exc:
+                    raise ValueError(f"line {n} is not valid JSON ({exc})") from None
+        for n, rec in enumerate(out, start=1):
+            if not isinstance(rec, dict):
+                raise ValueError(f"line {n} is not a JSON object")
+        if out[0].get("id") != jid:
+            raise ValueError("its header does not carry the committed journal id")
+        return out
+
+    # -- misc --------------------------------------------------------------------------
+
+    def move_aside(self, reason: str) -> Path | None:
+        """Close the journal and move its file aside (:func:`move_aside`), if it exists."""
+        self.close()
+        self._id, self._hash, self._bytes, self._lines = None, None, 0, 0
+        self._pending = []
+        return move_aside(self.path, kind=f"{self.kind} journal", reason=reason)
+
+    def close(self) -> None:
+        """Close the append handle (queued records stay queued)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def __enter__(self) -> JsonLinesJournal:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # pragma: no cover - safety net only
+        with contextlib.suppress(Exception):
+            self.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import shutil
 import signal
@@ -168,7 +169,9 @@ def test_interrupted_run_resumes_to_identical_result(small_mission, tmp_path, mo
         )
     partial = json.loads((tmp_path / "part" / "extrema.json").read_text())
     assert partial["complete"] is False
-    done_first = {rel for rel, e in partial["files"].items() if e["status"] == "counted"}
+    assert "files" not in partial  # the ledger is in the journal beside the JSON
+    ledger = ext._committed_ledger(tmp_path / "part" / "extrema.json")
+    done_first = {rel for rel, e in ledger.items() if e["status"] == "counted"}
     assert 1 <= len(done_first) <= 7
     counted.clear()
     resumed = run(small_mission, tmp_path / "part")
@@ -278,3 +281,369 @@ def test_cache_deleted_between_runs_still_exact(small_mission, tmp_path):
     pos = v[np.isfinite(v) & (v > 0)]
     assert second["ies_linear_log_z_max"] == float(np.percentile(pos, 95.0000001))
     assert first["ies_linear_log_y_max"] == second["ies_linear_log_y_max"]
+
+
+# --------------------------------------------------------------------------------------
+# The ledger journal (schema 3): crash safety, corruption, compaction, flush cost
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def full_state(small_mission, tmp_path_factory):
+    """An uninterrupted run's state: what every resumed run must reproduce exactly."""
+    return run(small_mission, tmp_path_factory.mktemp("full"))
+
+
+def count_reads(monkeypatch) -> list[str]:
+    """Paths that pass 1 processes (whether from the cache or by decoding)."""
+    counted: list[str] = []
+    original = ext._pass1_file
+
+    def counting(*args, **kwargs):
+        counted.append(args[0])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(ext, "_pass1_file", counting)
+    return counted
+
+
+def journal_lines(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "extrema.ledger.jsonl").read_bytes().splitlines()]
+
+
+def test_state_files_layout(small_mission, full_state, tmp_path):
+    """The JSON holds the keys, provenance and a bounded pass-1 part; the ledger is a
+    journal beside it whose committed part the JSON records."""
+    out = tmp_path
+    state = run(small_mission, out, flush_batch_size=2)
+    doc = json.loads((out / "extrema.json").read_text())
+    assert doc["schema"] == ext._SCHEMA == 3 and "files" not in doc
+    assert doc["ees_linear_log_z_max"] == full_state["ees_linear_log_z_max"]
+    assert doc["provenance"]["ees"]["percentile"] == 95.0
+    raw = (out / "extrema.ledger.jsonl").read_bytes()
+    assert doc["journal"]["bytes"] == len(raw) and doc["journal"]["lines"] == raw.count(b"\n")
+    lines = journal_lines(out)
+    assert lines[0]["id"] == doc["journal"]["id"] and lines[0]["extrema_json"] == "extrema.json"
+    assert {x["path"] for x in lines[1:]} == set(state["files"])  # the returned ledger
+    assert ext._committed_ledger(out / "extrema.json") == state["files"]
+    merged = doc["pass1"]["merged"]["ees"]["all"]
+    assert merged["n"] == doc["results"]["ees"]["all"]["n_samples"]
+    assert ext._Merged.from_compact(merged).to_compact() == merged
+    # another JSON name: the journal follows it
+    assert ext._journal_path(Path("a/b/x.json")) == Path("a/b/x.ledger.jsonl")
+    assert ext._journal_path(Path("state")) == Path("state.ledger.jsonl")
+
+
+def _killing_child(root: Path, out: Path, when: str) -> str:
+    """A run that SIGKILLs itself inside its third ledger flush."""
+    return (
+        "import os, signal\n"
+        "from fastspectro_dask import extrema as ext\n"
+        "from fastspectro_dask.state import JsonLinesJournal\n"
+        "orig = JsonLinesJournal.commit\n"
+        "n = [0]\n"
+        "def commit(self):\n"
+        "    if self.pending:\n"
+        "        n[0] += 1\n"
+        "    if n[0] == 3:\n"
+        "        data = b''.join(self._pending)\n"
+        "        if " + repr(when) + " == 'torn':\n"  # half the batch reaches the disk
+        "            fd = self._append_fd()\n"
+        "            os.write(fd, data[: len(data) // 2])\n"
+        "            os.fsync(fd)\n"
+        "        else:\n"  # the whole batch is appended, the JSON is never written
+        "            orig(self)\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return orig(self)\n"
+        "JsonLinesJournal.commit = commit\n"
+        f"ext.compute_global_extrema({str(root)!r}, extrema_json_path="
+        f"{str(out / 'extrema.json')!r}, flush_batch_size=1, max_workers=1)\n"
+    )
+
+
+@pytest.mark.parametrize("when", ["torn", "appended-not-committed"])
+def test_killed_mid_flush_journal_tail_is_ignored(small_mission, full_state, tmp_path, when):
+    """SIGKILL inside a flush leaves bytes after the committed part of the journal (a torn
+    line, or whole lines the JSON never recorded): they are dropped, those files are
+    counted again, and the result is bit-identical."""
+    out = tmp_path / "killed"
+    proc = subprocess.run(
+        [sys.executable, "-c", _killing_child(small_mission, out, when)], check=False
+    )
+    assert proc.returncode == -signal.SIGKILL
+    doc = json.loads((out / "extrema.json").read_text())
+    size = (out / "extrema.ledger.jsonl").stat().st_size
+    assert size > doc["journal"]["bytes"]  # an uncommitted tail is there
+    committed = ext._committed_ledger(out / "extrema.json")
+    assert committed and len(committed) == doc["journal"]["lines"] - 1
+    with pytest.MonkeyPatch.context() as mp:
+        reread = count_reads(mp)
+        resumed = run(small_mission, out)
+    assert resumed["results"] == full_state["results"]
+    reread = {os.path.relpath(p, small_mission) for p in reread}
+    assert reread == set(full_state["files"]) - set(committed)
+    assert not list(out.glob("*.corrupt-*"))
+    assert ext._committed_ledger(out / "extrema.json") == resumed["files"]
+
+
+def test_uncommitted_lines_never_count(small_mission, full_state, tmp_path, monkeypatch):
+    """A complete-looking line after the committed part claims a file is counted; it is
+    ignored (the merged histograms in the JSON do not hold that file)."""
+    out = tmp_path
+
+    def stop_after(done, total):
+        if done == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(small_mission, out, progress=stop_after, flush_batch_size=100, max_workers=1)
+    committed = ext._committed_ledger(out / "extrema.json")
+    missing = sorted(set(full_state["files"]) - set(committed))
+    fake = {**full_state["files"][missing[0]], "op": "put", "path": missing[0]}
+    with open(out / "extrema.ledger.jsonl", "ab") as fh:
+        fh.write(json.dumps(fake).encode() + b"\n" + b'{"op": "put", "path": "2000/0')
+    reread = count_reads(monkeypatch)
+    resumed = run(small_mission, out)
+    assert resumed["results"] == full_state["results"]
+    assert {os.path.relpath(p, small_mission) for p in reread} == set(missing)
+
+
+def test_corrupt_journal_is_moved_aside_and_recounted(
+    small_mission, full_state, tmp_path, monkeypatch, caplog
+):
+    out = tmp_path
+    run(small_mission, out)
+    path = out / "extrema.ledger.jsonl"
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] = ord("#")
+    path.write_bytes(bytes(raw))
+    reread = count_reads(monkeypatch)
+    state = run(small_mission, out)
+    assert state["results"] == full_state["results"] and state["complete"]
+    assert len(reread) == len(full_state["files"])  # everything counted again
+    aside = list(out.glob("extrema.ledger.jsonl.corrupt-*"))
+    assert len(aside) == 1 and aside[0].read_bytes() == bytes(raw)
+    assert "Corrupt extrema ledger journal" in caplog.text and "recounting" in caplog.text
+    assert ext._committed_ledger(out / "extrema.json") == state["files"]
+
+
+def test_corrupt_json_moves_its_journal_aside_too(small_mission, full_state, tmp_path):
+    run(small_mission, tmp_path)
+    (tmp_path / "extrema.json").write_text('{"schema": 3, "journ')
+    state = run(small_mission, tmp_path)
+    assert state["results"] == full_state["results"]
+    assert list(tmp_path.glob("extrema.json.corrupt-*"))
+    assert list(tmp_path.glob("extrema.ledger.jsonl.corrupt-*"))
+    # a journal without its JSON (the JSON deleted by hand) is simply replaced
+    (tmp_path / "extrema.json").unlink()
+    state = run(small_mission, tmp_path)
+    assert state["results"] == full_state["results"]
+    assert ext._committed_ledger(tmp_path / "extrema.json") == state["files"]
+
+
+def test_ledger_inconsistent_with_histograms_is_recounted(
+    small_mission, full_state, tmp_path, monkeypatch, caplog
+):
+    """A journal that verifies but disagrees with the JSON's histograms (e.g. an old
+    journal restored by hand with its checksum) is not trusted."""
+    run(small_mission, tmp_path)
+    doc = json.loads((tmp_path / "extrema.json").read_text())
+    doc["pass1"]["merged"]["ees"] = {}  # histograms of ees lost
+    (tmp_path / "extrema.json").write_text(json.dumps(doc))
+    reread = count_reads(monkeypatch)
+    state = run(small_mission, tmp_path)
+    assert state["results"] == full_state["results"]
+    assert len(reread) == len(full_state["files"])
+    assert "ledger counts" in caplog.text
+
+
+def _touch(paths, ns: int) -> None:
+    for p in paths:
+        st = os.stat(p)
+        os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + ns))
+
+
+def test_compaction_at_the_end_of_a_run(tmp_path, monkeypatch, caplog):
+    root = tmp_path / "data"
+    write_synthetic_dataset(root, orbits=3, records=20, seed=9, instruments=("ees", "ies"))
+    out = tmp_path / "out"
+    first = run(root, out, flush_batch_size=1)
+    files = sorted(p for orbit in discover(root).values() for p in orbit.values())
+    n_files = len(files)
+    assert len(journal_lines(out)) == n_files + 1
+    # files re-counted (new mtime): below the threshold the superseded lines stay
+    _touch(files[:2], 10**9)
+    run(root, out)
+    ops = [x.get("op") for x in journal_lines(out)[1:]]
+    assert ops.count("del") == 2 and len(ops) == n_files + 4
+    # above it, the journal is rewritten with one line per file, atomically
+    monkeypatch.setattr(ext, "_COMPACT_MIN_SUPERSEDED", 3)
+    monkeypatch.setattr(ext, "_COMPACT_FRACTION", 0.0)
+    old_id = journal_lines(out)[0]["id"]
+    _touch(files[2:4], 10**9)
+    writes: list[dict] = []
+    real_write = ext.atomic_write_json
+    monkeypatch.setattr(ext, "atomic_write_json", lambda p, d: writes.append(d) or real_write(p, d))
+    with caplog.at_level(logging.INFO, logger="fastspectro_dask.extrema"):
+        state = run(root, out)
+    assert "compacted" in caplog.text
+    lines = journal_lines(out)
+    assert lines[0]["id"] != old_id and len(lines) == n_files + 1
+    assert all(x["op"] == "put" for x in lines[1:])
+    assert sorted(x["path"] for x in lines[1:]) == sorted(state["files"])
+    doc = json.loads((out / "extrema.json").read_text())
+    assert doc["journal"] == state["journal"] and "journal_next" not in doc
+    assert doc["journal"]["bytes"] == (out / "extrema.ledger.jsonl").stat().st_size
+    # the intermediate JSON named both journals
+    assert writes[-2]["journal_next"] == writes[-1]["journal"]
+    assert writes[-2]["journal"]["id"] == old_id
+    fresh = run(root, tmp_path / "fresh")
+    assert state["results"] == fresh["results"]
+    assert state["results"] == first["results"]  # same content, only mtimes changed
+    # and the compacted state is reused as is
+    reread = count_reads(monkeypatch)
+    assert run(root, out)["results"] == fresh["results"] and not reread
+
+
+def test_kill_during_compaction_resumes_either_journal(tmp_path, monkeypatch):
+    """Killed after the compacted journal replaced the old one but before the JSON named
+    only it: the JSON's ``journal_next`` matches, nothing is recounted or moved aside."""
+    root = tmp_path / "data"
+    write_synthetic_dataset(root, orbits=2, records=20, seed=9, instruments=("ees",))
+    out = tmp_path / "out"
+    run(root, out)
+    files = sorted(p for orbit in discover(root).values() for p in orbit.values())
+    _touch(files, 10**9)
+    monkeypatch.setattr(ext, "_COMPACT_MIN_SUPERSEDED", 1)
+    real_write = ext.atomic_write_json
+
+    def killed_at_last_write(path, doc):
+        if "journal_next" not in doc and doc["journal"]["lines"] == len(files) + 1:
+            if doc.get("complete") and journal_lines(out)[0]["id"] == doc["journal"]["id"]:
+                raise KeyboardInterrupt  # stands for the kill: the JSON is not written
+        real_write(path, doc)
+
+    monkeypatch.setattr(ext, "atomic_write_json", killed_at_last_write)
+    with pytest.raises(KeyboardInterrupt):
+        run(root, out)
+    monkeypatch.setattr(ext, "atomic_write_json", real_write)
+    doc = json.loads((out / "extrema.json").read_text())
+    assert doc["journal_next"]["id"] == journal_lines(out)[0]["id"] != doc["journal"]["id"]
+    reread = count_reads(monkeypatch)
+    state = run(root, out)
+    assert not reread and state["complete"]
+    assert not list(out.glob("*.corrupt-*"))
+    assert len(state["files"]) == len(files)
+
+
+def test_schema2_state_is_migrated_without_rereading(
+    small_mission, full_state, tmp_path, monkeypatch, caplog
+):
+    """An extrema JSON of schema 2 (ledger and plain-list histograms inline) is converted:
+    its ledger moves to the journal and nothing is counted again."""
+    run(small_mission, tmp_path)
+    doc = json.loads((tmp_path / "extrema.json").read_text())
+    old = {k: v for k, v in doc.items() if k not in ("journal", "pass1")}
+    old["schema"] = 2
+    old["params"] = {**doc["params"], "schema": 2}
+    old["files"] = full_state["files"]
+    old["pass1"] = {
+        i: {c: ext._Merged.from_compact(m).to_json() for c, m in cm.items()}
+        for i, cm in doc["pass1"]["merged"].items()
+    }
+    (tmp_path / "extrema.json").write_text(json.dumps(old, indent=1))
+    (tmp_path / "extrema.ledger.jsonl").unlink()
+    reread = count_reads(monkeypatch)
+    with caplog.at_level(logging.INFO, logger="fastspectro_dask.extrema"):
+        state = compute_global_extrema(
+            small_mission, "log", "log", extrema_json_path=tmp_path / "extrema.json"
+        )
+    assert not reread and "migrated from schema 2" in caplog.text
+    assert state["results"] == full_state["results"]
+    assert state["ees_log_log_z_max"] == full_state["ees_linear_log_z_max"]
+    new = json.loads((tmp_path / "extrema.json").read_text())
+    assert new["schema"] == 3 and "files" not in new and new["complete"]
+    assert ext._committed_ledger(tmp_path / "extrema.json") == full_state["files"]
+    # a schema-2 state computed with other parameters is not migrated
+    old["params"]["variable"] = "eflux"
+    (tmp_path / "extrema.json").write_text(json.dumps(old))
+    state = run(small_mission, tmp_path)
+    assert "other parameters" in caplog.text and len(reread) == len(full_state["files"])
+
+
+def _synthetic_entry(i: int, cats) -> dict:
+    return {
+        "orbit": 1000 + i // 4,
+        "instrument": "ees",
+        "size": 421504 + i,
+        "mtime_ns": 1795924317334182826 + i,
+        "status": "counted",
+        "entry": f"ees-{1000 + i // 4}-6b289f1d3147215ed0a9",
+        "n": 1642,
+        "min_positive": dict.fromkeys(cats, 1.0),
+    }
+
+
+def test_flush_cost_does_not_grow_with_the_ledger(tmp_path):
+    """Bytes written per flush: the batch's journal lines plus a JSON of constant size,
+    whether 40 or 4000 files are already counted (the old JSON grew ~310 B per file)."""
+    cats = list(DEFAULT_CATEGORIES)
+    params = {"variable": "data", "categories": {}, "schema": ext._SCHEMA}
+    store = ext._Store(tmp_path / "extrema.json", params, "/data", INSTS, cats)
+    assert store.open() == {}
+    batch, per_flush = 40, []
+    for b in range(100):
+        lines = 0
+        for i in range(b * batch, (b + 1) * batch):
+            entry = _synthetic_entry(i, cats)
+            rel = f"2000/01/fa_esa_l2_ees_{i:014d}_{1000 + i // 4}_v02.cdf"
+            store.put(rel, entry)
+            store.merged["ees"]["all"].counts[0x3F80] += 1642
+            lines += len(ext.JsonLinesJournal.encode({"op": "put", "path": rel, **entry}))
+        store.flush(False)
+        per_flush.append((store.last_flush["journal_bytes"], store.last_flush["json_bytes"]))
+        # the journal append is exactly the batch's lines
+        assert store.last_flush["journal_bytes"] == lines
+    journal = [j for j, _ in per_flush]
+    json_sizes = [s for _, s in per_flush]
+    assert max(journal) == min(journal)  # 40 files each time, 40..4000 already counted
+    assert max(json_sizes) - min(json_sizes) <= 32  # only counters' digits change
+    assert max(json_sizes) < 20_000
+    total = store.journal.size
+    assert total > 50 * per_flush[-1][0]  # the journal is far larger than one flush
+    store.close()
+    again = ext._Store(tmp_path / "extrema.json", params, "/data", INSTS, cats)
+    assert again.open()["journal"]["lines"] == 4001 and len(again.ledger) == 4000
+    again.close()
+
+
+def test_flushes_of_a_real_run_append_only_their_orbits(small_mission, tmp_path, monkeypatch):
+    flushes: list[tuple[int, int, int]] = []
+    real_flush = ext._Store.flush
+
+    def spy(self, *a, **k):
+        pending = self.journal.pending
+        doc = real_flush(self, *a, **k)
+        flushes.append((pending, self.last_flush["journal_bytes"], self.last_flush["json_bytes"]))
+        return doc
+
+    monkeypatch.setattr(ext._Store, "flush", spy)
+    state = run(small_mission, tmp_path, flush_batch_size=1, max_workers=1)
+    assert len(flushes) >= 14
+    for pending, nbytes, _ in flushes:
+        assert nbytes <= 600 * pending  # a few hundred bytes per file of the batch, no more
+        assert pending <= 4  # one orbit: at most its four instruments
+    on_disk = (tmp_path / "extrema.ledger.jsonl").stat().st_size
+    header = len((tmp_path / "extrema.ledger.jsonl").read_bytes().split(b"\n")[0]) + 1
+    assert sum(n for _, n, _ in flushes) == on_disk - header  # every byte appended once
+    assert "files" not in json.loads((tmp_path / "extrema.json").read_text())
+    assert len(state["files"]) == len(journal_lines(tmp_path)) - 1
+
+
+def test_second_concurrent_run_is_refused(small_mission, tmp_path):
+    """One writer per extrema JSON: the journal is append-only."""
+    from fastspectro_dask.state import StateLock, StateLockedError
+
+    with StateLock(tmp_path / "extrema.json"), pytest.raises(StateLockedError, match="PID"):
+        run(small_mission, tmp_path)
+    assert not (tmp_path / "extrema.json").exists()

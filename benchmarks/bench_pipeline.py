@@ -14,7 +14,7 @@ Three measurements, each printed as a plain-text table (medians over ``--rounds`
    (-> ``run finished``) and cluster close (-> return). A bare ``LocalCluster`` + ``Client``
    start/close is also timed on its own.
 2. **Pipeline vs serial rendering without Dask.** The same RenderJobs (planned with the
-   pipeline's own ``_plan_jobs`` from its extrema JSON, reading its zarr cache) are rendered
+   pipeline's own ``_plan`` from its extrema JSON, reading its zarr cache) are rendered
    in this process by calling :func:`fastspectro_dask.pipeline.render_job` one after the
    other (warm: imports and font cache loaded). Compared to the 1-worker pipeline's render
    phase (same work, one render process): overhead ratio and overhead per figure. The cold
@@ -529,7 +529,7 @@ def fake_jobs(n: int, start: int = 10_000) -> dict[int, list]:
     order = ("ees", "eeb", "ies", "ieb")
     extrema = {
         i: {"y_min": 4.0, "y_max": 3.2e4, "z_min": 1.0, "z_max": 1e6} for i in order
-    }  # shared, like the grid extrema of _plan_jobs
+    }  # shared, like the grid extrema of _plan
     jobs = {}
     for o in range(start, start + n):
         files = {i: f"/fake/{i}/fa_esa_l2_{i}_{o:05d}_v02.cdf" for i in order}
@@ -600,6 +600,129 @@ def run_loop(
                 "store._touched": len(store._touched),
             }
         size = path.stat().st_size
+        writes = store.writes
+    return {
+        "wall": wall,
+        "cpu": cpu,
+        "writes": writes,
+        "write_s": write_s[0],
+        "size": size,
+        "figures": summary.figures_written,
+        "errors": dict(summary.errors),
+        "sizes": sizes,
+    }
+
+
+def ledger_template(tmp: Path, client) -> dict[str, Any]:
+    """A real extrema state (one synthetic orbit, every instrument), as the pipeline gets it:
+    its per-file ledger entries are the templates of the dry run's mission."""
+    from fastspectro_dask.extrema import compute_global_extrema
+    from fastspectro_dask.synth import write_synthetic_dataset
+
+    data = tmp / "template-data"
+    write_synthetic_dataset(data, orbits=1, records=20, seed=1)
+    return compute_global_extrema(
+        data, "linear", "log", extrema_json_path=tmp / "template-extrema.json", client=client
+    )
+
+
+def fake_mission(n: int, template: dict[str, Any], start: int = 10_000):
+    """(index, state) for ``n`` orbits x 4 instruments, shaped like the real ones: an
+    ``OrbitIndex`` built from parsed file names, and the extrema state with one ledger
+    entry per file copied from ``template`` (round-tripped through JSON, like a state
+    loaded from disk)."""
+    import datetime as dt
+    import json
+
+    from fastspectro_dask.discovery import OrbitIndex, parse_esa_filename
+
+    root = Path("/fake/mission")
+    by_inst = {e["instrument"]: e for e in template["files"].values()}
+    files, ledger = [], {}
+    t0 = dt.datetime(1996, 9, 1)
+    for k, orbit in enumerate(range(start, start + n)):
+        ts = t0 + dt.timedelta(minutes=133 * k)
+        for inst, entry in by_inst.items():
+            rel = f"{ts:%Y/%m}/fa_esa_l2_{inst}_{ts:%Y%m%d%H%M%S}_{orbit:05d}_v02.cdf"
+            files.append(parse_esa_filename(root / rel))
+            ledger[rel] = {
+                **entry,
+                "orbit": orbit,
+                "entry": f"{inst}-{orbit}-{entry.get('entry', '')[-20:]}",
+            }
+    index = OrbitIndex(root, files)
+    state = json.loads(json.dumps({**template, "files": ledger}))
+    return index, state
+
+
+def run_planned(client, mission: dict[str, Any], tmp: Path) -> dict[str, Any]:
+    """The pipeline's phase 3 as it runs it: ``_plan`` (lazy planning from the index and
+    the extrema state, figure paths checked on disk; the state is then dropped, as the
+    pipeline does) feeding ``_loop`` with a real ProgressStore and the manifest; no-op
+    renders. ``mission`` is ``{"index": ..., "state": ...}``; the state is taken out of it.
+    Timed."""
+    from fastspectro_dask.pipeline import RunSummary, _loop, _Options, _plan, _Signals
+    from fastspectro_dask.reduce import normalize_categories
+    from fastspectro_dask.state import ProgressStore
+
+    index = mission["index"]
+    with tempfile.TemporaryDirectory(dir=tmp) as d:
+        out = Path(d)
+        write_s = [0.0]
+        opts = _Options(
+            input_dir=index.root,
+            out=out,
+            y_scale="linear",
+            z_scale="log",
+            instrument_order=("ees", "eeb", "ies", "ieb"),
+            extrema_path=out / "extrema.json",
+            cache_dir=out / "reduced.zarr",
+            max_percentile=95.0,
+            flush_batch_size=FLUSH,
+            variable="data",
+            cats=normalize_categories(None),
+            products=("instruments",),
+            overwrite=False,
+            window=None,
+            instrument_timeout=120.0,
+            orbit_timeout=600.0,
+            progress_bar=False,
+            render_fn=_noop(),
+        )
+        with ProgressStore(out / "progress.json", "linear", "log", flush_batch_size=FLUSH) as store:
+            orbits = list(index)
+            store.set_orbits(orbits)
+            real_write = store._write
+
+            def timed_write() -> None:
+                t = time.perf_counter()
+                real_write()
+                write_s[0] += time.perf_counter() - t
+
+            store._write = timed_write
+            summary = RunSummary()
+            c0, t0 = time.process_time(), time.perf_counter()
+            jobs = _plan(opts, orbits, index, mission.pop("state"), summary)
+            _loop(
+                client,
+                store,
+                _Signals(False),
+                jobs,
+                index,
+                summary,
+                window=None,
+                instrument_timeout=120.0,
+                orbit_timeout=600.0,
+                progress_bar=False,
+                y_scale="linear",
+                z_scale="log",
+                render_fn=opts.render_fn,
+                manifest=out / "manifest.jsonl",
+                total=len(orbits),
+            )
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            sizes = {"store._completed": len(store._completed)}
+        size = (out / "progress.json").stat().st_size
         writes = store.writes
     return {
         "wall": wall,
@@ -769,12 +892,16 @@ def dry_run(tmp: Path, args) -> None:
         client.wait_for_workers(2)
         window = 2 * n_workers(client) + 2
         print(
-            f"\n[3] {load()}\nbookkeeping dry run: _loop with no-op tasks, 2 workers, "
+            f"\n[3] {load()}\nbookkeeping dry run: the pipeline's planner (_plan, lazy) and "
+            f"_loop with no-op tasks, 2 workers, "
             f"window {window}, "
             f"ProgressStore(flush_batch_size=10), budget {args.budget:.0f} s per size; "
             f"RSS before the cluster {mb(rss_before_cluster)} MiB"
         )
-        warm = run_loop(client, fake_jobs(50), tmp)  # sandbox children started, imports done
+        template = ledger_template(tmp, client)
+        index, state = fake_mission(50, template)
+        warm = run_planned(client, {"index": index, "state": state}, tmp)  # children started
+        del index, state
         if warm["figures"] != 50:
             raise RuntimeError(f"warm-up failed: {warm}")
 
@@ -801,11 +928,13 @@ def dry_run(tmp: Path, args) -> None:
                     n = fits[-1]
             gc.collect()
             with RssSampler() as sampler:
-                jobs = fake_jobs(n)
+                index, state = fake_mission(n, template)
+                mission = {"index": index, "state": state}
+                del index, state
                 rss_jobs = rss_bytes()
-                res = run_loop(client, jobs, tmp)
+                res = run_planned(client, mission, tmp)
                 rss_loop_end = rss_bytes()
-            del jobs
+            del mission
             gc.collect()
             runs[n] = res
             mem[n] = {
@@ -841,8 +970,8 @@ def dry_run(tmp: Path, args) -> None:
         lines += [
             "",
             "Client RSS (this process: client + scheduler), MiB",
-            f"{'orbits':>7} {'start':>7} {'jobs built':>11} {'peak':>7} {'loop end':>9}"
-            f" {'jobs freed':>11} {'peak-start':>11} {'KiB/orbit':>10} {'peak-jobs built':>16}",
+            f"{'orbits':>7} {'start':>7} {'index+state':>11} {'peak':>7} {'loop end':>9}"
+            f" {'freed':>11} {'peak-start':>11} {'KiB/orbit':>10} {'peak-index+st':>16}",
             "-" * 98,
         ]
         for n, m in mem.items():
@@ -857,8 +986,10 @@ def dry_run(tmp: Path, args) -> None:
             g0, g1 = m0["peak"] - m0["start"], m1["peak"] - m1["start"]
             lines.append(
                 f"growth of the peak over start from {n0} to {n1} orbits: {mb(g0)} -> {mb(g1)} MiB"
-                f" ({(g1 - g0) / 1024 / (n1 - n0):.2f} KiB per extra orbit); of the built jobs "
-                f"alone: {mb(m0['jobs'] - m0['start'])} -> {mb(m1['jobs'] - m1['start'])} MiB"
+                f" ({(g1 - g0) / 1024 / (n1 - n0):.2f} KiB per extra orbit); of the index and "
+                f"extrema state alone: {mb(m0['jobs'] - m0['start'])} -> "
+                f"{mb(m1['jobs'] - m1['start'])} MiB; during the loop (peak - index+state): "
+                f"{mb(m0['peak'] - m0['jobs'])} -> {mb(m1['peak'] - m1['jobs'])} MiB"
             )
         if skipped:
             fit = fit_model(runs)

@@ -549,11 +549,13 @@ def _extrema_then_render(opts: _Options, summary, store, signals, dask_client, i
         return
     finally:
         signals.raise_now = False
+    jobs = _plan(opts, todo, index, state, summary)
+    del state  # the per-file ledger (~1 kB per file) is not needed while rendering
     _loop(
         dask_client,
         store,
         signals,
-        _iter_jobs(opts, todo, index, state, summary),
+        jobs,
         index,
         summary,
         window=opts.window,
@@ -597,8 +599,39 @@ def _cache_entries(state: Mapping[str, Any], input_dir) -> dict[str, str]:
     }
 
 
-def _iter_jobs(
+def _plan(
     opts: _Options, todo, index, state: Mapping[str, Any], summary: RunSummary
+) -> Iterator[tuple[int, list[RenderJob], dict[str, tuple[str, str]]]]:
+    """The lazy job source of phase 3. Takes from the extrema ``state`` only what rendering
+    needs (row limits, cache entry and error per file), so that the caller can drop the
+    state's per-file ledger, the largest thing a mission-sized run holds."""
+    y_scale, z_scale = opts.y_scale, opts.z_scale
+    grid_extrema = extrema_for_rows(state, y_scale, z_scale, instruments=opts.instrument_order)
+    pa_extrema = {
+        i: extrema_for_rows(state, y_scale, z_scale, instrument=i) for i in opts.instrument_order
+    }
+    return _iter_jobs(
+        opts,
+        todo,
+        index,
+        summary,
+        entries=_cache_entries(state, opts.input_dir),
+        invalid=_invalid_files(state, opts.input_dir),
+        grid_extrema=grid_extrema,
+        pa_extrema=pa_extrema,
+    )
+
+
+def _iter_jobs(
+    opts: _Options,
+    todo,
+    index,
+    summary: RunSummary,
+    *,
+    entries: Mapping[str, str],
+    invalid: Mapping[str, str],
+    grid_extrema: Mapping[str, Any],
+    pa_extrema: Mapping[str, Any],
 ) -> Iterator[tuple[int, list[RenderJob], dict[str, tuple[str, str]]]]:
     """Per orbit, lazily: its render jobs and the errors already known (invalid files).
 
@@ -607,13 +640,7 @@ def _iter_jobs(
     """
     from fastspectro_dask.render import figure_path
 
-    entries = _cache_entries(state, opts.input_dir)
-    invalid = _invalid_files(state, opts.input_dir)
     y_scale, z_scale = opts.y_scale, opts.z_scale
-    grid_extrema = extrema_for_rows(state, y_scale, z_scale, instruments=opts.instrument_order)
-    pa_extrema = {
-        i: extrema_for_rows(state, y_scale, z_scale, instrument=i) for i in opts.instrument_order
-    }
     for orbit in todo:
         files = {i: str(Path(p).absolute()) for i, p in index[orbit].items()}
         known = {i: ("invalid-cdf", invalid[p]) for i, p in files.items() if p in invalid}

@@ -44,10 +44,11 @@ __all__ = ["FileKey", "ReducedCache", "reduce_file"]
 logger = logging.getLogger(__name__)
 
 #: Layout version of an entry. 2: data decompressed to counts before the angle sum;
-#: 3: per-record ``time_delta`` (accumulation length) stored with the spectrogram.
-_SCHEMA = 3
+#: 3: per-record ``time_delta`` (accumulation length) stored with the spectrogram;
+#: 4: the reduction parameters include ``retrace`` (channel 0 dropped by default).
+_SCHEMA = 4
 #: Layouts whose ``values`` and pass-1 ``summary`` equal the current layout's.
-_SAME_VALUES = frozenset({2, 3})
+_SAME_VALUES = frozenset({4})
 
 
 @dataclass(frozen=True)
@@ -70,19 +71,24 @@ class FileKey:
 
 
 def reduce_file(
-    path: str | os.PathLike[str], variable: str, categories: Mapping[str, Any]
+    path: str | os.PathLike[str],
+    variable: str,
+    categories: Mapping[str, Any],
+    retrace: bool = False,
 ) -> xr.Dataset:
     """Open one CDF file and reduce it in memory (synchronously: called inside tasks)."""
     from fastspectro_dask.io import open_esa
     from fastspectro_dask.reduce import reduce_dataset
 
     ds = open_esa(path, variables=[variable, "pitch_angle", "domega", "energy_full", "time_delta"])
-    return reduce_dataset(ds, variable=variable, categories=categories).compute(
+    return reduce_dataset(ds, variable=variable, categories=categories, retrace=retrace).compute(
         scheduler="synchronous"
     )
 
 
-def _params_digest(key: FileKey, variable: str, categories: Mapping[str, Any]) -> str:
+def _params_digest(
+    key: FileKey, variable: str, categories: Mapping[str, Any], retrace: bool = False
+) -> str:
     blob = json.dumps(
         [
             _SCHEMA,
@@ -91,6 +97,7 @@ def _params_digest(key: FileKey, variable: str, categories: Mapping[str, Any]) -
             key.mtime_ns,
             variable,
             {k: [list(map(float, r)) for r in v] for k, v in categories.items()},
+            bool(retrace),
         ],
         sort_keys=True,
     )
@@ -146,9 +153,10 @@ class ReducedCache:
         categories: Mapping[str, Any],
         instrument: str = "x",
         orbit: int | str = 0,
+        retrace: bool = False,
     ) -> str:
         """The group name of an entry."""
-        return f"{instrument}-{orbit}-{_params_digest(key, variable, categories)}"
+        return f"{instrument}-{orbit}-{_params_digest(key, variable, categories, retrace)}"
 
     def has(self, name: str) -> bool:
         """Whether a complete entry of that name and of the current layout exists."""

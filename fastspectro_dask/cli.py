@@ -271,6 +271,7 @@ def _run_plots(args: argparse.Namespace, input_dir: Path, output_dir: Path) -> i
                     max_processing_percentile=args.percentile,
                     products=args.products,
                     window=window,
+                    retrace=args.keep_retrace,
                 )
                 summaries.append(s)
                 if s.interrupted:
@@ -326,6 +327,7 @@ def _cmd_extrema(args: argparse.Namespace) -> int:
             variable=args.variable,
             compute_mins=args.compute_mins,
             client=client,
+            retrace=args.keep_retrace,
         )
     print(
         f"{'instrument':<10} {'category':<14} {'y_min':>10} {'y_max':>10} {'z_min':>12} "
@@ -391,6 +393,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         default="data",
         help="counts (data) or energy flux (eflux)",
     )
+    _add_retrace_option(p)
     p.add_argument(
         "--products",
         nargs="+",
@@ -454,6 +457,15 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         help="do not write the HTML run report OUTPUT/index.html",
     )
     _add_scheduler_options(p)
+
+
+def _add_retrace_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--keep-retrace",
+        action="store_true",
+        help="keep energy channel 0, the sweep's high-voltage retrace step (dropped by "
+        "default, as the FAST user guide advises: its energy is unreliable)",
+    )
 
 
 def _add_scheduler_options(p: argparse.ArgumentParser) -> None:
@@ -631,6 +643,7 @@ def _build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="z_min is the exact 1st percentile instead of the smallest value",
     )
+    _add_retrace_option(p)
     _add_scheduler_options(p)
     p.set_defaults(func=_cmd_extrema)
 

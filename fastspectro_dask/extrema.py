@@ -97,7 +97,8 @@ logger = logging.getLogger(__name__)
 #: Fraction of positive samples below ``y_max`` (fixed by the contract).
 Y_MAX_FRACTION = 0.99
 # 2: data decompressed to counts before the angle sum;
-# 3: same numbers, the file ledger in an append-only journal beside the JSON
+# 3: same numbers, the file ledger in an append-only journal beside the JSON; its params
+#    name ``retrace`` (channel 0 dropped by default; schema 2 always kept it)
 _SCHEMA = 3
 _MIGRATABLE_SCHEMA = 2  # its numbers are those of schema 3: its ledger is moved, not recounted
 #: Compact the journal at the end of a complete run when it holds at least this many
@@ -184,10 +185,16 @@ def _summarise(values: np.ndarray, energy: np.ndarray, cats: Sequence[str]) -> d
 
 
 def _reduce_and_cache(
-    path: str, key: FileKey, entry: str, variable: str, cats: Mapping[str, Any], cache: ReducedCache
+    path: str,
+    key: FileKey,
+    entry: str,
+    variable: str,
+    cats: Mapping[str, Any],
+    cache: ReducedCache,
+    retrace: bool = False,
 ) -> tuple[Any, dict]:
     """Decode and reduce one file, store it with its pass-1 summary; return both."""
-    red = reduce_file(path, variable, cats)
+    red = reduce_file(path, variable, cats, retrace)
     summary = _summarise(
         red["values"].values.astype(np.float32),
         red["energy"].values.astype(np.float32),
@@ -205,12 +212,13 @@ def _pass1_file(
     variable: str,
     cats: Mapping[str, Any],
     cache: ReducedCache,
+    retrace: bool = False,
 ) -> dict:
     """Reduce one file, write it to the cache, return its small pass-1 summary."""
-    entry = cache.entry_name(key, variable, cats, instrument, orbit)
+    entry = cache.entry_name(key, variable, cats, instrument, orbit, retrace)
     summary = cache.summary(entry)
     if summary is None:
-        _red, summary = _reduce_and_cache(path, key, entry, variable, cats, cache)
+        _red, summary = _reduce_and_cache(path, key, entry, variable, cats, cache, retrace)
     return {"entry": entry, "summary": summary}
 
 
@@ -223,6 +231,7 @@ def _category_values(
     variable: str,
     cats: Mapping[str, Any],
     coarse_keys: np.ndarray | None = None,
+    retrace: bool = False,
 ) -> np.ndarray:
     """Pass-2 loader: one category's reduced float32 values of one file (cache first).
 
@@ -241,7 +250,7 @@ def _category_values(
     except KeyError:  # cache deleted: decode again (refusing a changed file), store again
         if FileKey.of(path) != key:
             raise RuntimeError(f"{path} changed during the extrema computation") from None
-        red, _summary = _reduce_and_cache(path, key, entry, variable, cats, cache)
+        red, _summary = _reduce_and_cache(path, key, entry, variable, cats, cache, retrace)
     return red["values"].values[k].astype(np.float32).reshape(-1)
 
 
@@ -490,7 +499,8 @@ class _Store:
         if (
             state.get("schema") == _MIGRATABLE_SCHEMA
             and isinstance(state.get("files"), dict)
-            and {**(state.get("params") or {}), "schema": _SCHEMA} == self.params
+            # schema 2 always counted the retrace channel: it matches retrace=True only
+            and {"retrace": True, **(state.get("params") or {}), "schema": _SCHEMA} == self.params
         ):
             return self._migrate(state)
         if state and state.get("params") != self.params:
@@ -770,6 +780,7 @@ def compute_global_extrema(
     max_workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     index: OrbitIndex | None = None,
+    retrace: bool = False,
 ) -> dict[str, Any]:
     """Exact mission-wide limits per instrument and pitch-angle category.
 
@@ -806,6 +817,10 @@ def compute_global_extrema(
         instruments=instrument_order)``.
     progress : callable, optional
         Called as ``progress(done, total)`` after each file of pass 1.
+    retrace : bool
+        Count channel 0, the sweep's high-voltage retrace step. By default it is dropped,
+        as the FAST user guide advises (see :func:`fastspectro_dask.reduce.reduce_dataset`):
+        kept, it puts ``y_max`` near 60 keV, beyond the instruments' range.
 
     Returns
     -------
@@ -836,6 +851,7 @@ def compute_global_extrema(
     params = {
         "variable": variable,
         "categories": {k: [list(r) for r in v] for k, v in cats.items()},
+        "retrace": bool(retrace),
         "schema": _SCHEMA,
     }
 
@@ -871,6 +887,7 @@ def compute_global_extrema(
                 flush_batch_size=flush_batch_size,
                 compute_mins=compute_mins,
                 variable=variable,
+                retrace=retrace,
                 client=client,
                 max_workers=max_workers,
                 progress=progress,
@@ -893,6 +910,7 @@ def _compute(
     flush_batch_size: int,
     compute_mins: bool,
     variable: str,
+    retrace: bool,
     client: Client | None,
     max_workers: int | None,
     progress: Callable[[int, int], None] | None,
@@ -963,6 +981,7 @@ def _compute(
                 variable,
                 cats,
                 cache,
+                retrace,
             ),
             {},
         )
@@ -1059,6 +1078,7 @@ def _compute(
                         variable,
                         cats,
                         wanted,
+                        retrace,
                         dask_key_name=f"extrema-values-{inst}-{cat}-{ledger[rel]['orbit']}-{n}",
                     )
                     for n, rel in enumerate(counted)
@@ -1109,6 +1129,7 @@ def _compute(
             "last_orbit": orbits[-1] if orbits else None,
             "method": _METHOD,
             "variable": variable,
+            "retrace": "kept" if retrace else "dropped (channel 0)",
         }
     scales = {tuple(s) for s in state.get("scales", [])} | {(y_scale, z_scale)}
     keys = _keys(results, sorted(scales))

@@ -76,6 +76,7 @@ class RenderJob:
     z_scale: str
     instrument_order: tuple[str, ...]
     extrema: dict[str, dict[str, float]]
+    retrace: bool = False  # keep channel 0 (the sweep's retrace step) in the reduction
 
     @property
     def instruments(self) -> list[str]:
@@ -90,7 +91,7 @@ def _load_reduced(job: RenderJob, inst: str):
             return ReducedCache(job.cache_path).read(entry)
         except KeyError:
             pass
-    return reduce_file(job.files[inst], job.variable, job.categories)
+    return reduce_file(job.files[inst], job.variable, job.categories, job.retrace)
 
 
 class _Capture(logging.Handler):
@@ -346,6 +347,7 @@ def FAST_plot_spectrograms_directory(
     render_fn: Callable[[RenderJob], dict[str, Any]] | None = None,
     directory_path: str | os.PathLike[str] | None = None,
     output_base: str | os.PathLike[str] | None = None,
+    retrace: bool = False,
 ) -> RunSummary:
     """Plot every orbit of a folder of FAST ESA L2 files, on Dask; resumable.
 
@@ -401,6 +403,9 @@ def FAST_plot_spectrograms_directory(
     render_fn : callable, optional
         Module-level function ``(RenderJob) -> report`` that draws one figure (default
         :func:`render_job`); for custom products and for tests.
+    retrace : bool
+        Keep energy channel 0, the sweep's high-voltage retrace step, in the figures and
+        the extrema. By default it is dropped, as the FAST user guide advises.
 
     Returns
     -------
@@ -479,6 +484,7 @@ def FAST_plot_spectrograms_directory(
                 variable=variable,
                 cats=cats,
                 products=tuple(products),
+                retrace=retrace,
                 overwrite=overwrite,
                 window=window,
                 instrument_timeout=instrument_timeout_seconds,
@@ -521,6 +527,7 @@ class _Options:
     orbit_timeout: float | None
     progress_bar: bool | None
     render_fn: Callable[[RenderJob], dict[str, Any]]
+    retrace: bool = False
 
 
 def _extrema_then_render(opts: _Options, summary, store, signals, dask_client, index, todo) -> None:
@@ -540,6 +547,7 @@ def _extrema_then_render(opts: _Options, summary, store, signals, dask_client, i
             categories=opts.cats,
             cache_path=opts.cache_dir,
             index=index,  # already discovered: do not walk the folder twice
+            retrace=opts.retrace,
         )
     except KeyboardInterrupt:
         if not signals.stop.is_set():
@@ -673,6 +681,7 @@ def _iter_jobs(
                     z_scale=z_scale,
                     instrument_order=opts.instrument_order,
                     extrema=ext,
+                    retrace=opts.retrace,
                 )
             )
         yield orbit, orbit_jobs, known
@@ -688,6 +697,7 @@ def _append_manifest(path: Path, job: RenderJob, result: Mapping[str, Any]) -> N
             "y_scale": job.y_scale,
             "z_scale": job.z_scale,
             "variable": job.variable,
+            "retrace": job.retrace,
             "limits": job.extrema,  # global extrema per row; overrides none in batch runs
             "instruments": job.instruments,
             "missing_or_invalid": sorted(result.get("errors", {})),

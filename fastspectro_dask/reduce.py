@@ -13,6 +13,10 @@ Energies are per record (modes change inside an orbit): the reduced energy of a 
 the median over the record's valid angle bins of ``energy_full`` (robust to the
 unreliable retrace step of channel 0, whose energy varies from angle to angle).
 
+Channel 0, the first step of every sweep, is the analyser's high-voltage retrace: its
+energy is unreliable and the FAST user guide says to ignore it. The reduction drops it
+(NaN values and energy) unless ``retrace=True``.
+
 Each record's accumulation length (the CDF ``time_delta``, ``time_end - time_start`` in
 seconds; the record's time stamp is the centre of that interval) travels along as
 ``time_delta``, so that plots can draw every record at its real width. Fill, non-finite and
@@ -30,6 +34,7 @@ import xarray as xr
 
 __all__ = [
     "DEFAULT_CATEGORIES",
+    "RETRACE_CHANNEL",
     "Categories",
     "category_mask",
     "collapse_angle",
@@ -58,6 +63,9 @@ _HOW = {"data": "sum", "eflux": "mean"}
 #: Counter maxima of the 16->8 bit (survey) and 14->8 bit (burst) count compression.
 _COUNT_MAX = {False: 65535.0, True: 16383.0}
 _BURST = ("eeb", "ieb")
+
+#: Index (along ``energy_channel``) of the sweep's high-voltage retrace step.
+RETRACE_CHANNEL = 0
 
 
 def decompress_counts(codes: np.ndarray, *, burst: bool) -> np.ndarray:
@@ -266,6 +274,7 @@ def reduce_dataset(
     variable: str = "data",
     categories: Categories | None = None,
     decompress: bool = True,
+    retrace: bool = False,
 ) -> xr.Dataset:
     """Reduce an ``open_esa`` Dataset to ``(category, time, energy_channel)`` spectrograms.
 
@@ -281,6 +290,11 @@ def reduce_dataset(
     decompress : bool
         For ``data``: turn the 8-bit compressed codes into counts before summing
         (:func:`decompress_counts`; default). ``False`` sums the codes as stored.
+    retrace : bool
+        Keep channel 0, the sweep's high-voltage retrace step (:data:`RETRACE_CHANNEL`).
+        By default it is dropped (NaN values and energy), as the FAST user guide advises:
+        its energy is unreliable, and kept it would stretch the energy axis and ``y_max``
+        beyond the instrument's range (to ~60 keV).
 
     Returns
     -------
@@ -365,4 +379,9 @@ def reduce_dataset(
         },
     )
     out["category"].attrs["ranges"] = repr(cats)
+    out.attrs["retrace"] = int(bool(retrace))
+    if not retrace:
+        measured = out["energy_channel"] != RETRACE_CHANNEL  # by label: slicing-safe
+        for name in ("values", "energy"):
+            out[name] = out[name].where(measured).assign_attrs(out[name].attrs)
     return out

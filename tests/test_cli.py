@@ -102,7 +102,10 @@ def test_extrema_command(tmp_path):
     res = run("extrema", str(data), "--output", str(tmp_path / "e.json"))
     assert res.returncode == 0, res.stderr
     assert "ees" in res.stdout and "z_max" in res.stdout
-    assert (tmp_path / "e.json").exists()
+    assert json.loads((tmp_path / "e.json").read_text())["params"]["retrace"] is False
+    res = run("extrema", str(data), "--output", str(tmp_path / "k.json"), "--keep-retrace")
+    assert res.returncode == 0, res.stderr
+    assert json.loads((tmp_path / "k.json").read_text())["params"]["retrace"] is True
 
 
 # --------------------------------------------------------------------------------------

@@ -536,17 +536,17 @@ def test_kill_during_compaction_resumes_either_journal(tmp_path, monkeypatch):
     assert len(state["files"]) == len(files)
 
 
-def test_schema2_state_is_migrated_without_rereading(
-    small_mission, full_state, tmp_path, monkeypatch, caplog
-):
+def test_schema2_state_is_migrated_without_rereading(small_mission, tmp_path, monkeypatch, caplog):
     """An extrema JSON of schema 2 (ledger and plain-list histograms inline) is converted:
-    its ledger moves to the journal and nothing is counted again."""
-    run(small_mission, tmp_path)
+    its ledger moves to the journal and nothing is counted again. Schema 2 always counted
+    the retrace channel, so only a run that keeps it (retrace=True) can take it over."""
+    kept = run(small_mission, tmp_path / "kept", retrace=True)
+    run(small_mission, tmp_path, retrace=True)
     doc = json.loads((tmp_path / "extrema.json").read_text())
     old = {k: v for k, v in doc.items() if k not in ("journal", "pass1")}
     old["schema"] = 2
-    old["params"] = {**doc["params"], "schema": 2}
-    old["files"] = full_state["files"]
+    old["params"] = {k: v for k, v in doc["params"].items() if k != "retrace"} | {"schema": 2}
+    old["files"] = kept["files"]
     old["pass1"] = {
         i: {c: ext._Merged.from_compact(m).to_json() for c, m in cm.items()}
         for i, cm in doc["pass1"]["merged"].items()
@@ -556,19 +556,25 @@ def test_schema2_state_is_migrated_without_rereading(
     reread = count_reads(monkeypatch)
     with caplog.at_level(logging.INFO, logger="fastspectro_dask.extrema"):
         state = compute_global_extrema(
-            small_mission, "log", "log", extrema_json_path=tmp_path / "extrema.json"
+            small_mission, "log", "log", extrema_json_path=tmp_path / "extrema.json", retrace=True
         )
     assert not reread and "migrated from schema 2" in caplog.text
-    assert state["results"] == full_state["results"]
-    assert state["ees_log_log_z_max"] == full_state["ees_linear_log_z_max"]
+    assert state["results"] == kept["results"]
+    assert state["ees_log_log_z_max"] == kept["ees_linear_log_z_max"]
     new = json.loads((tmp_path / "extrema.json").read_text())
     assert new["schema"] == 3 and "files" not in new and new["complete"]
-    assert ext._committed_ledger(tmp_path / "extrema.json") == full_state["files"]
-    # a schema-2 state computed with other parameters is not migrated
+    assert ext._committed_ledger(tmp_path / "extrema.json") == kept["files"]
+    # the default drops the retrace channel: a schema-2 state is recounted, not migrated
+    (tmp_path / "extrema.json").write_text(json.dumps(old))
+    (tmp_path / "extrema.ledger.jsonl").unlink()
+    state = run(small_mission, tmp_path)
+    assert "other parameters" in caplog.text and len(reread) == len(kept["files"])
+    # as is one computed with other parameters
+    reread.clear()
     old["params"]["variable"] = "eflux"
     (tmp_path / "extrema.json").write_text(json.dumps(old))
-    state = run(small_mission, tmp_path)
-    assert "other parameters" in caplog.text and len(reread) == len(full_state["files"])
+    state = run(small_mission, tmp_path, retrace=True)
+    assert len(reread) == len(kept["files"])
 
 
 def _synthetic_entry(i: int, cats) -> dict:
@@ -647,3 +653,22 @@ def test_second_concurrent_run_is_refused(small_mission, tmp_path):
     with StateLock(tmp_path / "extrema.json"), pytest.raises(StateLockedError, match="PID"):
         run(small_mission, tmp_path)
     assert not (tmp_path / "extrema.json").exists()
+
+
+def test_retrace_channel_is_dropped_unless_kept(small_mission, full_state, tmp_path):
+    """Channel 0 is the sweep's high-voltage retrace (unreliable energy, up to ~3x the top
+    of the range in the synthetic files, as in the real ones). Dropped by default, y_max
+    stays within the instruments' range (electrons to 30 keV, ions to 25 keV)."""
+    top = {"ees": 30e3, "eeb": 30e3, "ies": 25e3, "ieb": 25e3}
+    for inst, cats in full_state["results"].items():
+        assert cats["all"]["y_max"] <= top[inst] * 1.02, inst
+    assert full_state["params"]["retrace"] is False
+    kept = run(small_mission, tmp_path, retrace=True)
+    assert kept["params"]["retrace"] is True
+    assert any(
+        kept["results"][i]["all"]["y_max"] > top[i] * 1.02 for i in kept["results"]
+    )  # the retrace counts pull y_max beyond the range
+    assert (
+        kept["results"]["ees"]["all"]["n_samples"]
+        > full_state["results"]["ees"]["all"]["n_samples"]
+    )

@@ -91,6 +91,7 @@ def test_full_run_bad_files_and_resume(bad_mission, tmp_path, client):
     first = manifest[0]
     assert (out / first["figure"]).exists()
     assert first["y_scale"] == "linear" and first["variable"] == "data"
+    assert first["retrace"] is False  # channel 0 dropped by default
     assert set(first["limits"]) <= {
         "ees",
         "eeb",

@@ -156,10 +156,24 @@ def test_reduce_dataset_lazy_equals_eager(ees_file, variable):
     if variable == "data":
         raw = decompress_counts(ds.data.values, burst=False)
         total = np.nansum(raw, axis=1, dtype=np.float64)
-        any_valid = np.isfinite(raw).any(axis=1)
-        np.testing.assert_allclose(
-            eager["values"].sel(category="all").values, np.where(any_valid, total, np.nan)
-        )
+        want = np.where(np.isfinite(raw).any(axis=1), total, np.nan)
+        kept = reduce_dataset(ds.compute(), variable=variable, retrace=True)
+        np.testing.assert_allclose(kept["values"].sel(category="all").values, want)
+        # by default channel 0, the sweep's retrace step, is dropped, and nothing else
+        got = eager["values"].sel(category="all").values
+        assert np.isnan(got[:, 0]).all() and np.isnan(eager["energy"].values[:, 0]).all()
+        assert np.isfinite(want[:, 0]).any()  # it had data
+        np.testing.assert_allclose(got[:, 1:], want[:, 1:])
+        np.testing.assert_array_equal(eager["energy"].values[:, 1:], kept["energy"].values[:, 1:])
+        assert eager.attrs["retrace"] == 0 and kept.attrs["retrace"] == 1
+
+
+def test_retrace_is_dropped_by_label_not_position(ees_file):
+    ds = open_esa(ees_file).isel(energy_channel=slice(1, None)).compute()
+    out = reduce_dataset(ds)  # channel 0 already gone: nothing else is dropped
+    np.testing.assert_array_equal(
+        out["values"].values, reduce_dataset(ds, retrace=True)["values"].values
+    )
 
 
 def test_reduce_rejects_unknown_variable(ees_file):
@@ -196,9 +210,13 @@ def test_data_sums_counts_not_codes():
         coords={"time": np.array(["2000-01-01"], "datetime64[ns]"), "energy_channel": [0]},
         attrs={"instrument": "ees"},
     )
-    out = reduce_dataset(ds)["values"].sel(category="all").values[0, 0]
+    out = reduce_dataset(ds, retrace=True)["values"].sel(category="all").values[0, 0]
     assert out == pytest.approx(2 * decompress_counts(np.array([200.0]), burst=False)[0])
-    raw = reduce_dataset(ds, decompress=False)["values"].sel(category="all").values[0, 0]
+    raw = (
+        reduce_dataset(ds, decompress=False, retrace=True)["values"]
+        .sel(category="all")
+        .values[0, 0]
+    )
     assert raw == 400.0
 
 

@@ -554,20 +554,30 @@ def fake_jobs(n: int, start: int = 10_000) -> dict[int, list]:
 
 def run_loop(
     client,
-    jobs: dict[int, list],
+    jobs: dict[int, list] | None,
     tmp: Path,
     flush_batch_size: int = FLUSH,
     render_fn: Callable | None = None,
+    *,
+    orbits: list[int] | None = None,
+    index: Any = None,
+    plan: Callable[[Path, Any], Any] | None = None,
 ) -> dict[str, Any]:
-    """``_loop`` as the pipeline calls it, with a real ProgressStore; timed."""
+    """``_loop`` as the pipeline calls it, with a real ProgressStore; timed.
+
+    Either ``jobs`` (orbit -> jobs, built beforehand), or ``orbits``, ``index`` and
+    ``plan(out_dir, summary)`` returning the lazy job source (then a manifest is written
+    too, as in the pipeline)."""
     from fastspectro_dask.pipeline import RunSummary, _loop, _Signals
     from fastspectro_dask.state import ProgressStore
 
+    if jobs is not None:
+        orbits, index = list(jobs), {o: {} for o in jobs}
     with tempfile.TemporaryDirectory(dir=tmp) as d:
         path = Path(d) / "progress.json"
         write_s = [0.0]
         with ProgressStore(path, "linear", "log", flush_batch_size=flush_batch_size) as store:
-            store.set_orbits(list(jobs))
+            store.set_orbits(orbits)
             real_write = store._write
 
             def timed_write() -> None:
@@ -577,13 +587,13 @@ def run_loop(
 
             store._write = timed_write  # instance attribute: maybe_flush/flush call it
             summary = RunSummary()
-            index = {o: {} for o in jobs}
             c0, t0 = time.process_time(), time.perf_counter()
+            source = jobs if plan is None else plan(Path(d), summary)
             _loop(
                 client,
                 store,
                 _Signals(False),
-                jobs,
+                source,
                 index,
                 summary,
                 window=None,
@@ -593,6 +603,8 @@ def run_loop(
                 y_scale="linear",
                 z_scale="log",
                 render_fn=render_fn or _noop(),
+                manifest=None if plan is None else Path(d) / "manifest.jsonl",
+                total=len(orbits),
             )
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
             sizes = {
@@ -661,14 +673,13 @@ def run_planned(client, mission: dict[str, Any], tmp: Path) -> dict[str, Any]:
     pipeline does) feeding ``_loop`` with a real ProgressStore and the manifest; no-op
     renders. ``mission`` is ``{"index": ..., "state": ...}``; the state is taken out of it.
     Timed."""
-    from fastspectro_dask.pipeline import RunSummary, _loop, _Options, _plan, _Signals
+    from fastspectro_dask.pipeline import _Options, _plan
     from fastspectro_dask.reduce import normalize_categories
-    from fastspectro_dask.state import ProgressStore
 
     index = mission["index"]
-    with tempfile.TemporaryDirectory(dir=tmp) as d:
-        out = Path(d)
-        write_s = [0.0]
+    orbits = list(index)
+
+    def plan(out: Path, summary) -> Any:
         opts = _Options(
             input_dir=index.root,
             out=out,
@@ -689,51 +700,9 @@ def run_planned(client, mission: dict[str, Any], tmp: Path) -> dict[str, Any]:
             progress_bar=False,
             render_fn=_noop(),
         )
-        with ProgressStore(out / "progress.json", "linear", "log", flush_batch_size=FLUSH) as store:
-            orbits = list(index)
-            store.set_orbits(orbits)
-            real_write = store._write
+        return _plan(opts, orbits, index, mission.pop("state"), summary)
 
-            def timed_write() -> None:
-                t = time.perf_counter()
-                real_write()
-                write_s[0] += time.perf_counter() - t
-
-            store._write = timed_write
-            summary = RunSummary()
-            c0, t0 = time.process_time(), time.perf_counter()
-            jobs = _plan(opts, orbits, index, mission.pop("state"), summary)
-            _loop(
-                client,
-                store,
-                _Signals(False),
-                jobs,
-                index,
-                summary,
-                window=None,
-                instrument_timeout=120.0,
-                orbit_timeout=600.0,
-                progress_bar=False,
-                y_scale="linear",
-                z_scale="log",
-                render_fn=opts.render_fn,
-                manifest=out / "manifest.jsonl",
-                total=len(orbits),
-            )
-            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-            sizes = {"store._completed": len(store._completed)}
-        size = (out / "progress.json").stat().st_size
-        writes = store.writes
-    return {
-        "wall": wall,
-        "cpu": cpu,
-        "writes": writes,
-        "write_s": write_s[0],
-        "size": size,
-        "figures": summary.figures_written,
-        "errors": dict(summary.errors),
-        "sizes": sizes,
-    }
+    return run_loop(client, None, tmp, orbits=orbits, index=index, plan=plan)
 
 
 def _noop() -> Callable:

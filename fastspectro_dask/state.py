@@ -203,7 +203,6 @@ def load_json_state(path: str | os.PathLike[str], *, kind: str = "state") -> dic
         raw = path.read_bytes()
     except FileNotFoundError:
         return None
-    reason: str | None = None
     try:
         obj = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
@@ -212,22 +211,7 @@ def load_json_state(path: str | os.PathLike[str], *, kind: str = "state") -> dic
         if isinstance(obj, dict):
             return obj
         reason = f"JSON {type(obj).__name__}, not an object"
-    aside = path.with_name(f"{path.name}.corrupt-{_utc_stamp()}")
-    n = 1
-    while aside.exists():
-        aside = path.with_name(f"{path.name}.corrupt-{_utc_stamp()}-{n}")
-        n += 1
-    try:
-        os.replace(path, aside)
-    except FileNotFoundError:
-        return None
-    logger.warning(
-        "Corrupt %s file %s (%s): moved aside to %s; starting fresh.",
-        kind,
-        path,
-        reason,
-        aside,
-    )
+    move_aside(path, kind=kind, reason=reason)
     return None
 
 
@@ -1140,7 +1124,7 @@ def move_aside(
 ) -> Path | None:
     """Rename a bad state file to ``<name>.corrupt-<UTC timestamp>`` (kept, never deleted).
 
-    The same naming and warning as :func:`load_json_state` uses for a corrupt JSON.
+    :func:`load_json_state` moves a corrupt JSON aside with it.
 
     Parameters
     ----------

@@ -114,7 +114,32 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | None = 1) -> None:
+def _dumps(obj: Any, indent: int | None, one_line_per_key: bool, convert: bool = True) -> str:
+    """JSON text with sorted keys; NaN refused; non-JSON types converted."""
+    try:  # fast path: plain data (the common case) needs no conversion pass
+        if one_line_per_key and isinstance(obj, Mapping):
+            lines = [
+                f" {json.dumps(k)}: "
+                + json.dumps(obj[k], sort_keys=True, allow_nan=False, default=_json_default)
+                for k in sorted(obj)
+            ]
+            return "{\n" + ",\n".join(lines) + "\n}" if lines else "{}"
+        return json.dumps(
+            obj, indent=indent, sort_keys=True, allow_nan=False, default=_json_default
+        )
+    except TypeError:  # e.g. numpy or mixed-type mapping keys: convert everything first
+        if not convert:
+            raise
+        return _dumps(_to_builtin(obj), indent, one_line_per_key, convert=False)
+
+
+def atomic_write_json(
+    path: str | os.PathLike[str],
+    obj: Any,
+    *,
+    indent: int | None = 1,
+    one_line_per_key: bool = False,
+) -> None:
     """Write ``obj`` as JSON to ``path`` atomically.
 
     The object is serialised first (so a serialisation error never touches the
@@ -133,6 +158,11 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | N
         paths are converted to plain Python types. Keys are sorted.
     indent : int or None, optional
         Passed to :func:`json.dumps` (default 1).
+    one_line_per_key : bool, optional
+        For a mapping: one top-level key per line, each value written compactly on its
+        line (``indent`` is then not used). Still easy to read for a document of long
+        lists (the progress JSON), and several times faster to write, since the
+        standard library's C encoder only serves unindented output.
 
     Raises
     ------
@@ -143,13 +173,7 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | N
         If writing or renaming fails (the target is left untouched).
     """
     path = Path(path)
-    try:  # fast path: plain data (the common case) needs no conversion pass
-        text = json.dumps(
-            obj, indent=indent, sort_keys=True, allow_nan=False, default=_json_default
-        )
-    except TypeError:  # e.g. numpy or mixed-type mapping keys: convert everything first
-        text = json.dumps(_to_builtin(obj), indent=indent, sort_keys=True, allow_nan=False)
-    text += "\n"
+    text = _dumps(obj, indent, one_line_per_key) + "\n"
     data = text.encode("utf-8")
     directory = path.parent if str(path.parent) else Path(".")
     tmp = tempfile.NamedTemporaryFile(
@@ -759,7 +783,7 @@ class ProgressStore:
         data["schema"] = PROGRESS_SCHEMA
         data["version"] = PROGRESS_VERSION
         data["updated_utc"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        atomic_write_json(self.path, data)
+        atomic_write_json(self.path, data, one_line_per_key=True)
         self.writes += 1
         self._dirty = False
         self._since_flush.clear()

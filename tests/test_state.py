@@ -51,7 +51,8 @@ def leftovers(folder: Path) -> list[str]:
 # ----------------------------------------------------------------------------- atomic
 
 
-def test_atomic_write_roundtrip_numpy_and_sorted_keys(tmp_path: Path) -> None:
+@pytest.mark.parametrize("one_line_per_key", [False, True])
+def test_atomic_write_roundtrip_numpy_and_sorted_keys(tmp_path: Path, one_line_per_key) -> None:
     target = tmp_path / "state.json"
     obj = {
         "b": np.int64(3),
@@ -59,9 +60,16 @@ def test_atomic_write_roundtrip_numpy_and_sorted_keys(tmp_path: Path) -> None:
         "c": {"z": np.float32(1.5), "y": (1, 2)},
         np.int64(7): np.bool_(True),
     }
-    atomic_write_json(target, obj)
+    atomic_write_json(target, obj, one_line_per_key=one_line_per_key)
     text = target.read_text()
     assert json.loads(text) == {"7": True, "a": [0, 1, 2], "b": 3, "c": {"y": [1, 2], "z": 1.5}}
+    if one_line_per_key:  # one line per top-level key, values compact on their line
+        assert text.splitlines()[1:-1] == [
+            ' "7": true,',
+            ' "a": [0, 1, 2],',
+            ' "b": 3,',
+            ' "c": {"y": [1, 2], "z": 1.5}',
+        ]
     keys = [line.split('"')[1] for line in text.splitlines() if line.startswith(' "')]
     assert keys == sorted(keys)
     assert leftovers(tmp_path) == []
@@ -86,14 +94,17 @@ def test_atomic_write_crash_before_replace_keeps_old_file(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["progress.json"]
 
 
-def test_atomic_write_serialisation_error_never_touches_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("one_line_per_key", [False, True])
+def test_atomic_write_serialisation_error_never_touches_file(
+    tmp_path: Path, one_line_per_key
+) -> None:
     target = tmp_path / "x.json"
     atomic_write_json(target, {"ok": 1})
     before = target.read_bytes()
     with pytest.raises(TypeError):
-        atomic_write_json(target, {"bad": object()})
+        atomic_write_json(target, {"bad": object()}, one_line_per_key=one_line_per_key)
     with pytest.raises(ValueError):
-        atomic_write_json(target, {"nan": math.nan})
+        atomic_write_json(target, {"nan": math.nan}, one_line_per_key=one_line_per_key)
     assert target.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]
 

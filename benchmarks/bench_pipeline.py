@@ -69,6 +69,7 @@ if str(HERE) not in sys.path:  # so that workers and sandbox children import thi
 
 PRODUCTS = ("instruments", "pitch-angle")
 FLUSH = 10  # flush_batch_size of the dry run
+LOOP_FRACTIONS = (0.05, 0.25, 0.5, 0.75, 1.0)  # where the loop's RSS is reported
 
 
 # --------------------------------------------------------------------------------------
@@ -104,17 +105,25 @@ def rss_bytes() -> int:
 
 
 class RssSampler:
-    """Samples this process's RSS every ``interval`` seconds from a thread; keeps the peak."""
+    """Samples this process's RSS every ``interval`` seconds from a thread; keeps the peak
+    and the series of ``(time.perf_counter(), rss)`` samples."""
 
     def __init__(self, interval: float = 0.02) -> None:
         self.interval = interval
         self.start = self.peak = self.end = rss_bytes()
+        self.samples: list[tuple[float, int]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, rss_bytes())
+            rss = rss_bytes()
+            self.samples.append((time.perf_counter(), rss))
+            self.peak = max(self.peak, rss)
+
+    def at(self, t: float) -> int:
+        """The RSS sampled nearest to time ``t`` (perf_counter seconds)."""
+        return min(self.samples, key=lambda s: abs(s[0] - t))[1] if self.samples else 0
 
     def __enter__(self) -> RssSampler:
         self.start = self.peak = rss_bytes()
@@ -614,6 +623,7 @@ def run_loop(
         size = path.stat().st_size
         writes = store.writes
     return {
+        "t0": t0,
         "wall": wall,
         "cpu": cpu,
         "writes": writes,
@@ -907,6 +917,7 @@ def dry_run(tmp: Path, args) -> None:
             gc.collect()
             runs[n] = res
             mem[n] = {
+                "during": [sampler.at(res["t0"] + f * res["wall"]) for f in LOOP_FRACTIONS],
                 "start": sampler.start,
                 "jobs": rss_jobs,
                 "peak": sampler.peak,
@@ -949,6 +960,14 @@ def dry_run(tmp: Path, args) -> None:
                 f"{mb(m['end']):>9} {mb(m['freed']):>11} {mb(m['peak'] - m['start']):>11} "
                 f"{(m['peak'] - m['start']) / 1024 / n:10.2f} {mb(m['peak'] - m['jobs']):>16}"
             )
+        lines += [
+            "",
+            "Client RSS during the loop (state dropped after planning), MiB, at "
+            + " / ".join(f"{100 * f:.0f} %" for f in LOOP_FRACTIONS)
+            + " of its wall time",
+        ]
+        for n, m in mem.items():
+            lines.append(f"{n:>7}  " + " / ".join(mb(x) for x in m["during"]))
         if len(mem) >= 2:
             items = list(mem.items())
             (n0, m0), (n1, m1) = items[0], items[-1]

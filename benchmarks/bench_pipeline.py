@@ -819,11 +819,12 @@ def store_only(tmp: Path, n: int) -> str:
 
 
 def _write_breakdown(st, path: Path) -> str:
-    """Where one write's time goes, at the final size (private helpers of state.py)."""
+    """Where one write's time goes, at the final size (private helpers of state.py), next
+    to the indented dump the store used before (json's pure-Python encoder)."""
     import json
 
     try:
-        from fastspectro_dask.state import _to_builtin, load_json_state
+        from fastspectro_dask.state import _dumps, load_json_state
     except ImportError:
         return "(write breakdown skipped: state.py helpers renamed)"
 
@@ -836,8 +837,7 @@ def _write_breakdown(st, path: Path) -> str:
         return 1e3 * median(ts)
 
     doc = load_json_state(path, kind="progress")
-    plain = _to_builtin(doc)
-    text = json.dumps(plain, indent=1, sort_keys=True).encode()
+    text = _dumps(doc, None, True).encode()
 
     def write_fsync() -> None:
         with open(path.with_suffix(".x"), "wb") as f:
@@ -847,11 +847,8 @@ def _write_breakdown(st, path: Path) -> str:
 
     parts = {
         "re-read (load_json_state)": ms(lambda: load_json_state(path, kind="progress")),
-        "_to_builtin": ms(lambda: _to_builtin(doc)),
-        "json.dumps(indent=1, sort_keys)": ms(
-            lambda: json.dumps(plain, indent=1, sort_keys=True, allow_nan=False)
-        ),
-        "(json.dumps without indent)": ms(lambda: json.dumps(plain, sort_keys=True)),
+        "dump, one key per line (used)": ms(lambda: _dumps(doc, None, True)),
+        "(dump with indent=1, before)": ms(lambda: json.dumps(doc, indent=1, sort_keys=True)),
         "write + fsync": ms(write_fsync),
     }
     return "one write at the final size, ms: " + ", ".join(f"{k} {v:.1f}" for k, v in parts.items())

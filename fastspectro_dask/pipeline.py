@@ -789,11 +789,15 @@ def _loop(
         bar.update(1)
         bar.set_postfix(errors=sum(reasons.values()), timeouts=reasons["timeout"], refresh=False)
 
+    exhausted = False  # every orbit of the source has been planned
+
     def refill() -> None:
         """Plan orbits only as the window has room: memory stays flat for any mission."""
+        nonlocal exhausted
         while len(pending) < limit and not signals.stop.is_set():
             item = next(source, None)
             if item is None:
+                exhausted = True
                 return
             orbit, orbit_jobs, known = item
             orbit_errors[orbit] = dict(known)
@@ -882,6 +886,9 @@ def _loop(
                 if left[job.orbit] == 0:
                     finish_orbit(job.orbit)
             submit()
+        if signals.stop.is_set() and (pending or not exhausted):
+            # the signal came between two batches, with nothing in flight: work was left
+            summary.interrupted = True
     finally:
         bar.close()
         for reason, n in reasons.items():

@@ -363,3 +363,56 @@ def test_sigterm_then_double_sigint_in_a_real_process(mission, tmp_path):
     assert time.time() - t0 < 60
     assert proc.returncode != 0 and "KeyboardInterrupt" in stderr
     json.loads((tmp_path / "out2" / "progress.json").read_text())  # still valid JSON
+
+
+def test_a_signal_between_batches_with_nothing_in_flight_still_counts_as_interrupted(
+    client, tmp_path
+):
+    """The race CI hit once: SIGTERM landed after a result was handled and before the next
+    submission, so nothing was in flight and the loop ended as if finished."""
+    from fastspectro_dask.pipeline import RenderJob, RunSummary, _loop, _Signals
+    from fastspectro_dask.state import ProgressStore
+
+    def job(orbit: int) -> RenderJob:
+        return RenderJob(
+            orbit=orbit,
+            product="instruments",
+            files={"ees": f"/nowhere/{orbit}.cdf"},
+            entries={"ees": None},
+            output=str(tmp_path / f"{orbit}.png"),
+            cache_path=str(tmp_path / "c.zarr"),
+            variable="data",
+            categories={},
+            y_scale="linear",
+            z_scale="log",
+            instrument_order=("ees",),
+            extrema={},
+        )
+
+    signals = _Signals(False)
+    with ProgressStore(tmp_path / "progress.json", "linear", "log") as store:
+        real = store.record_success
+
+        def record_then_signal(orbit):  # the signal arrives right as the orbit is recorded
+            real(orbit)
+            signals.stop.set()
+
+        store.record_success = record_then_signal
+        summary = RunSummary()
+        jobs = {o: [job(o)] for o in (1, 2, 3)}
+        _loop(
+            client,
+            store,
+            signals,
+            jobs,
+            {o: {} for o in jobs},
+            summary,
+            window=1,
+            instrument_timeout=60.0,
+            orbit_timeout=None,
+            progress_bar=False,
+            y_scale="linear",
+            z_scale="log",
+            render_fn=_hooks.noop,
+        )
+    assert summary.orbits_completed == 1 and summary.interrupted

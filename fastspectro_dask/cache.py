@@ -39,16 +39,20 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from fastspectro_dask.reduce import REDUCTION_VERSION
+
 __all__ = ["FileKey", "ReducedCache", "reduce_file"]
 
 logger = logging.getLogger(__name__)
 
 #: Layout version of an entry. 2: data decompressed to counts before the angle sum;
 #: 3: per-record ``time_delta`` (accumulation length) stored with the spectrogram;
-#: 4: the reduction parameters include ``retrace`` (channel 0 dropped by default).
-_SCHEMA = 4
+#: 4: the reduction parameters include ``retrace`` (channel 0 dropped by default);
+#: 5: keys carry :data:`~fastspectro_dask.reduce.REDUCTION_VERSION` (flight-compressor
+#: decoding, fractional category weights): older entries are recomputed, never reused.
+_SCHEMA = 5
 #: Layouts whose ``values`` and pass-1 ``summary`` equal the current layout's.
-_SAME_VALUES = frozenset({4})
+_SAME_VALUES = frozenset({5})
 
 
 @dataclass(frozen=True)
@@ -78,9 +82,12 @@ def reduce_file(
 ) -> xr.Dataset:
     """Open one CDF file and reduce it in memory (synchronously: called inside tasks)."""
     from fastspectro_dask.io import open_esa
-    from fastspectro_dask.reduce import reduce_dataset
+    from fastspectro_dask.reduce import SOURCE_VARIABLE, reduce_dataset
 
-    ds = open_esa(path, variables=[variable, "pitch_angle", "domega", "energy_full", "time_delta"])
+    wanted = [SOURCE_VARIABLE[variable], "pitch_angle", "domega", "energy_full", "time_delta"]
+    if variable == "rate":
+        wanted.append("time_integ")
+    ds = open_esa(path, variables=wanted)
     return reduce_dataset(ds, variable=variable, categories=categories, retrace=retrace).compute(
         scheduler="synchronous"
     )
@@ -92,6 +99,7 @@ def _params_digest(
     blob = json.dumps(
         [
             _SCHEMA,
+            REDUCTION_VERSION,
             key.path,
             key.size,
             key.mtime_ns,

@@ -79,7 +79,7 @@ from fastspectro_dask.quantiles import (
     resolve_exact,
     targets_for,
 )
-from fastspectro_dask.reduce import normalize_categories
+from fastspectro_dask.reduce import REDUCTION_VERSION, normalize_categories
 from fastspectro_dask.state import (
     JsonLinesJournal,
     StateLock,
@@ -852,6 +852,7 @@ def compute_global_extrema(
         "variable": variable,
         "categories": {k: [list(r) for r in v] for k, v in cats.items()},
         "retrace": bool(retrace),
+        "reduction": REDUCTION_VERSION,
         "schema": _SCHEMA,
     }
 

@@ -32,13 +32,20 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from fastspectro_dask.compression import decode_counts
+
 __all__ = [
     "DEFAULT_CATEGORIES",
+    "REDUCTION_VERSION",
     "RETRACE_CHANNEL",
+    "SOURCE_VARIABLE",
     "Categories",
+    "category_label",
     "category_mask",
+    "category_weights",
     "collapse_angle",
     "decompress_counts",
+    "hemisphere_name",
     "normalize_categories",
     "record_durations",
     "reduce_dataset",
@@ -47,59 +54,65 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Category key -> ranges of pitch angle in degrees, each ``[lo, hi)`` (``hi == 360`` is
-#: closed). 0 deg is field-aligned (downgoing in the north), 180 deg anti-field-aligned.
+#: Category key -> ranges of pitch angle in degrees, each ``(lo, hi)``; ``lo > hi`` wraps
+#: through 0 deg. 0 deg is field-aligned, 180 deg anti-field-aligned (which of them is
+#: downgoing depends on the hemisphere: :func:`hemisphere_name`). Rows are labelled by
+#: pitch angle (:func:`category_label`): all, 0±30°, 180±30°, 90±50°.
 Categories = Mapping[str, Sequence[tuple[float, float]]]
 
 DEFAULT_CATEGORIES: dict[str, tuple[tuple[float, float], ...]] = {
     "all": ((0.0, 360.0),),
-    "downgoing": ((0.0, 30.0), (330.0, 360.0)),
-    "upgoing": ((150.0, 210.0),),
-    "perpendicular": ((40.0, 140.0), (210.0, 330.0)),
+    "parallel": ((330.0, 30.0),),
+    "antiparallel": ((150.0, 210.0),),
+    "perpendicular": ((40.0, 140.0), (220.0, 320.0)),
 }
 
-#: How each variable collapses over angle.
-_HOW = {"data": "sum", "eflux": "mean"}
-#: Counter maxima of the 16->8 bit (survey) and 14->8 bit (burst) count compression.
-_COUNT_MAX = {False: 65535.0, True: 16383.0}
+#: How each variable collapses over angle: counts summed, flux averaged with ``domega``
+#: weights, ``rate`` (counts per second per angle bin) the weighted counts over the
+#: accumulation time and the weight sum.
+_HOW = {"data": "sum", "eflux": "mean", "rate": "rate"}
+#: The CDF variable each plotted variable is read from.
+SOURCE_VARIABLE = {"data": "data", "eflux": "eflux", "rate": "data"}
 _BURST = ("eeb", "ieb")
+
+#: Version of the decoding and reduction: part of every cache key and extrema state, so
+#: that nothing computed by an older decoding or reduction is ever reused. 2: counts
+#: decoded with the flight compressor's segment table; fractional category edge weights.
+REDUCTION_VERSION = 2
 
 #: Index (along ``energy_channel``) of the sweep's high-voltage retrace step.
 RETRACE_CHANNEL = 0
 
 
 def decompress_counts(codes: np.ndarray, *, burst: bool) -> np.ndarray:
-    """Counts from FAST ESA's 8-bit pseudo-log compressed ``data`` codes.
+    """Counts from FAST ESA's 8-bit compressed ``data`` codes (flight compressor).
 
-    Codes below 32 are the counts themselves; above,
-    ``counts = 32 * (cmax / 32) ** ((code - 32) / 223)`` with ``cmax`` 65535 (survey,
-    16->8 bit) or 16383 (burst, 14->8 bit). This inverts the approximation of the
-    instrument's ``byteto16``/``byteto14`` tables given in the format reference (the
-    tables themselves are calibration files not available here); a code of 255 (counter
-    overflow) gives ``cmax``, a lower bound. NaN stays NaN.
+    The midpoint of each code's count range in the flight compressor's segment table
+    (:mod:`fastspectro_dask.compression`; FAST_ESA_L2_FORMAT.md §4.5): exact below 16,
+    ``lo + (step - 1) / 2`` above. NaN stays NaN.
 
     Parameters
     ----------
     codes : ndarray
         The ``data`` values (float, NaN where not measured).
     burst : bool
-        Burst (``eeb``, ``ieb``) or survey (``ees``, ``ies``) compression.
+        Burst (``eeb``, ``ieb``: 14->8 bit) or survey (``ees``, ``ies``: 16->8 bit).
 
     Returns
     -------
     ndarray of float32
     """
-    c = np.asarray(codes, dtype=np.float32)
-    cmax = _COUNT_MAX[bool(burst)]
-    with np.errstate(invalid="ignore"):
-        high = 32.0 * np.exp((c.astype(np.float64) - 32.0) * np.log(cmax / 32.0) / 223.0)
-        return np.where(c < 32, c, high).astype(np.float32)
+    return decode_counts(codes, burst=burst)
 
 
 def normalize_categories(
     categories: Categories | None,
 ) -> dict[str, tuple[tuple[float, float], ...]]:
-    """Validate categories (``None`` -> the defaults); ranges must lie in [0, 360]."""
+    """Validate categories (``None`` -> the defaults).
+
+    Each range is ``(lo, hi)`` in degrees within [0, 360]; ``lo > hi`` is a range that
+    wraps through 0 deg (e.g. ``(330, 30)``, the 60 deg around 0 deg).
+    """
     if categories is None:
         return dict(DEFAULT_CATEGORIES)
     out: dict[str, tuple[tuple[float, float], ...]] = {}
@@ -109,10 +122,10 @@ def normalize_categories(
         checked = []
         for lo, hi in ranges:
             lo, hi = float(lo), float(hi)
-            if not (0.0 <= lo < hi <= 360.0):
+            if not (0.0 <= lo <= 360.0 and 0.0 <= hi <= 360.0 and lo != hi):
                 raise ValueError(
-                    f"pitch-angle category {key!r}: range ({lo}, {hi}) must satisfy "
-                    "0 <= lo < hi <= 360"
+                    f"pitch-angle category {key!r}: range ({lo:g}, {hi:g}) must have both "
+                    "ends within [0, 360] and lo != hi (lo > hi wraps through 0)"
                 )
             checked.append((lo, hi))
         if not checked:
@@ -123,17 +136,146 @@ def normalize_categories(
     return out
 
 
-def category_mask(pitch_angle: np.ndarray, ranges: Sequence[tuple[float, float]]) -> np.ndarray:
-    """Boolean mask of the bins whose pitch angle lies in any ``[lo, hi)`` range.
+def _unwrapped(lo: float, hi: float) -> tuple[float, float]:
+    """A range as ``a <= b`` with ``a`` in [0, 360) and ``b - a`` in (0, 360]."""
+    a = lo % 360.0
+    b = hi if hi > lo else hi + 360.0
+    return a, b + (a - lo)
 
-    NaN pitch angles (bins outside the valid block) are never in a category.
+
+def category_label(ranges: Sequence[tuple[float, float]]) -> str:
+    """A category named by pitch angle: ``"0±30°"``, ``"90±50°"``, else its ranges.
+
+    A single range is its centre and half width; two ranges mirrored about 180 deg (the
+    two sides of the field line, as ``perpendicular`` is) are named by the first.
     """
-    pa = np.asarray(pitch_angle)
+    deg = "\N{DEGREE SIGN}"
+    rs = [_unwrapped(lo, hi) for lo, hi in ranges]
+    if len(rs) == 2:
+        (a1, b1), (a2, b2) = rs
+        if abs((a1 + b1) / 2 + (a2 + b2) / 2 - 360.0) < 1e-9 and abs((b1 - a1) - (b2 - a2)) < 1e-9:
+            rs = rs[:1]
+    if len(rs) == 1:
+        a, b = rs[0]
+        if b - a >= 360.0:
+            return f"0\N{EN DASH}360{deg}"
+        return f"{((a + b) / 2) % 360:g}\N{PLUS-MINUS SIGN}{(b - a) / 2:g}{deg}"
+    return ", ".join(f"{lo:g}\N{EN DASH}{hi:g}{deg}" for lo, hi in ranges)
+
+
+def hemisphere_name(ranges: Sequence[tuple[float, float]], hemisphere: str | None) -> str:
+    """``"downgoing"``/``"upgoing"`` for a category centred on 0 or 180 deg, else ``""``.
+
+    In the northern hemisphere the magnetic field points down, so 0 deg (field-aligned)
+    is downgoing; in the southern hemisphere 180 deg is. ``hemisphere`` is ``"north"``,
+    ``"south"`` or None (unknown: no name).
+    """
+    if hemisphere not in ("north", "south"):
+        return ""
+    rs = [_unwrapped(lo, hi) for lo, hi in ranges]
+    if len(rs) != 1 or rs[0][1] - rs[0][0] >= 180.0:
+        return ""
+    centre = ((rs[0][0] + rs[0][1]) / 2) % 360.0
+    along = min(centre, 360.0 - centre) < 1e-9
+    against = abs(centre - 180.0) < 1e-9
+    if not (along or against):
+        return ""
+    return "downgoing" if along == (hemisphere == "north") else "upgoing"
+
+
+def _range_weights(p_sorted: np.ndarray, a: float, b: float) -> tuple[np.ndarray, np.ndarray]:
+    """Weights of sorted, finite centres ``(rows, n)`` for the range ``[a, b]``.
+
+    Returns ``(index, weight)`` of shape ``(rows, 4n)``: for every copy of a centre
+    (shifted by -360, 0, +360, +720 deg) the bin it belongs to and its weight.
+    """
+    rows, n = p_sorted.shape
+    x = np.concatenate([p_sorted - 360.0, p_sorted, p_sorted + 360.0, p_sorted + 720.0], axis=1)
+    idx = np.tile(np.arange(n), 4)
+    w = ((x >= a) & (x <= b)).astype(np.float64)
+    r = np.arange(rows)
+    i_lo = (x < a).sum(axis=1) - 1  # last centre below the range (exists: x[0] < 0 <= a)
+    i_hi = (x <= b).sum(axis=1)  # first centre above it (exists: x[-1] >= 720 > b)
+    x_lo, x_lo1 = x[r, i_lo], x[r, i_lo + 1]
+    x_hi, x_hi0 = x[r, i_hi], x[r, i_hi - 1]
+    some = i_hi > i_lo + 1  # a centre lies inside
+    # Edge bins: the share of the gap to the inside neighbour that lies inside.
+    f_lo = np.where(some, (x_lo1 - a) / (x_lo1 - x_lo), (x_lo1 - (a + b) / 2) / (x_lo1 - x_lo))
+    f_hi = np.where(some, (b - x_hi0) / (x_hi - x_hi0), 1.0 - f_lo)
+    w[r, i_lo] += f_lo
+    w[r, i_hi] += np.where(some, f_hi, 0.0)
+    w[r, i_lo + 1] += np.where(some, 0.0, f_hi)  # no centre inside: interpolate at the midpoint
+    return np.broadcast_to(idx, w.shape), w
+
+
+def category_weights(pitch: np.ndarray, ranges: Sequence[tuple[float, float]]) -> np.ndarray:
+    """Fractional weights of angle bins in a pitch-angle category, as IDL SPEDAS does.
+
+    Per column (one record and energy channel: a set of bins with pitch-angle centres),
+    with the centres sorted and the wrap handled by shifted copies (±360 deg): a bin
+    whose centre lies inside a range weighs 1; the one bin beyond each edge weighs the
+    fraction of the gap between it and its inside neighbour that lies inside the range;
+    if no centre lies inside, the range's midpoint is interpolated between its two
+    neighbours (weights summing to 1), so a category is never empty. Ranges of a
+    category add up; every weight is capped at 1.
+
+    Parameters
+    ----------
+    pitch : ndarray, shape (..., angle)
+        Pitch angles in degrees, angle bins along the last axis; NaN marks a bin that is
+        not measured (weight 0).
+    ranges : sequence of (lo, hi)
+        Degrees; ``lo > hi`` wraps through 0.
+
+    Returns
+    -------
+    ndarray of float64, the shape of ``pitch``
+    """
+    pa = np.asarray(pitch, dtype=np.float64)
+    shape = pa.shape
+    cols = pa.reshape(-1, shape[-1]) % 360.0
+    out = np.zeros(cols.shape)
+    if cols.size == 0:
+        return out.reshape(shape)
+    valid = np.isfinite(cols)
+    # Columns repeat (one table per mode and shift): weigh each distinct column once.
+    uniq, inverse = np.unique(np.where(valid, cols, np.inf), axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    uw = np.zeros(uniq.shape)
+    nv = np.isfinite(uniq).sum(axis=1)
+    for n in np.unique(nv):
+        if n == 0:
+            continue
+        sel = np.flatnonzero(nv == n)
+        order = np.argsort(uniq[sel], axis=1, kind="stable")[:, :n]  # finite bins, sorted
+        p_sorted = np.take_along_axis(uniq[sel], order, axis=1)
+        acc = np.zeros((sel.size, int(n)))
+        for lo, hi in ranges:
+            a, b = _unwrapped(lo, hi)
+            idx, w = _range_weights(p_sorted, a, b)
+            rows = np.repeat(np.arange(sel.size), idx.shape[1])
+            np.add.at(acc, (rows, idx.reshape(-1)), w.reshape(-1))
+        block = np.zeros((sel.size, uniq.shape[1]))
+        np.put_along_axis(block, order, np.minimum(acc, 1.0), axis=1)
+        uw[sel] = block
+    out = uw[inverse]
+    out[~valid] = 0.0
+    return out.reshape(shape)
+
+
+def category_mask(pitch_angle: np.ndarray, ranges: Sequence[tuple[float, float]]) -> np.ndarray:
+    """Boolean mask of the bins whose pitch angle lies inside any range (closed ends).
+
+    NaN pitch angles (bins outside the valid block) are never in a category. The
+    reduction itself uses the fractional :func:`category_weights`.
+    """
+    pa = np.asarray(pitch_angle, dtype=np.float64)
     mask = np.zeros(pa.shape, bool)
     with np.errstate(invalid="ignore"):
         for lo, hi in ranges:
-            upper = pa <= hi if hi >= 360.0 else pa < hi
-            mask |= (pa >= lo) & upper
+            a, b = _unwrapped(lo, hi)
+            p = pa % 360.0
+            mask |= ((p >= a) & (p <= b)) | ((p + 360.0 >= a) & (p + 360.0 <= b))
     return mask
 
 
@@ -143,8 +285,11 @@ def collapse_angle(
     domega: np.ndarray | None,
     ranges: Sequence[tuple[float, float]],
     how: str = "sum",
+    integ: np.ndarray | None = None,
 ) -> np.ndarray:
     """Collapse ``(time, angle, energy)`` to ``(time, energy)`` over one category.
+
+    Bins weigh as :func:`category_weights` says (fractional at the category's edges).
 
     Parameters
     ----------
@@ -156,15 +301,18 @@ def collapse_angle(
         Solid angle per bin (sr); required for ``how="mean"``.
     ranges : sequence of (lo, hi)
         The category.
-    how : {"sum", "mean"}
-        ``"sum"`` adds the values (counts); ``"mean"`` is the ``domega``-weighted mean.
+    how : {"sum", "mean", "rate"}
+        ``"sum"``: ``Σ counts·w``; ``"mean"``: ``Σ v·domega·w / Σ domega·w``;
+        ``"rate"``: ``Σ counts·w / (integ · Σ w)``, counts per second per angle bin.
+    integ : ndarray, shape (time,), optional
+        Seconds of accumulation per sample; required for ``how="rate"``.
 
     Returns
     -------
     ndarray, shape (time, energy), float64
         NaN where a record has no valid bin of the category at that energy.
     """
-    return _collapse_categories(values, pitch_angle, domega, cats={"c": ranges}, how=how)[0]
+    return _collapse_categories(values, pitch_angle, domega, integ, cats={"c": ranges}, how=how)[0]
 
 
 def reduced_energy(energy_full: np.ndarray) -> np.ndarray:
@@ -235,37 +383,72 @@ def _collapse_categories(
     values: np.ndarray,
     pitch: np.ndarray,
     domega: np.ndarray | None,
+    integ: np.ndarray | None = None,
     *,
     cats: Mapping[str, Sequence[tuple[float, float]]],
     how: str,
 ) -> np.ndarray:
-    """(category, time, energy) for one block of records; shared work done once."""
-    if how not in ("sum", "mean"):
-        raise ValueError(f"how must be 'sum' or 'mean', not {how!r}")
+    """(category, time, energy) for one block of records; shared work done once.
+
+    ``integ`` (time, 1, 1), seconds, is each sample's accumulation time (for ``rate``).
+    """
+    if how not in ("sum", "mean", "rate"):
+        raise ValueError(f"how must be 'sum', 'mean' or 'rate', not {how!r}")
     values = np.asarray(values, dtype=np.float32)
-    finite = np.isfinite(values)
+    pitch = np.asarray(pitch, dtype=np.float64)
+    finite = np.isfinite(values) & np.isfinite(pitch)
     if how == "mean":
         if domega is None:
             raise ValueError("how='mean' needs domega weights")
-        domega = np.asarray(domega, dtype=np.float32)
+        domega = np.asarray(domega, dtype=np.float64)
         finite &= np.isfinite(domega) & (domega > 0)
-        weight = np.where(finite, domega, np.float32(0))
+        base = np.where(finite, domega, 0.0)
+    else:
+        base = finite.astype(np.float64)
     filled = np.where(finite, values, np.float32(0))
+    # weights per column (record, energy) over the angle bins: angle last
+    columns = np.where(finite, pitch, np.nan).transpose(0, 2, 1)
     out = np.empty((len(cats), values.shape[0], values.shape[2]))
     for k, ranges in enumerate(cats.values()):
-        member = category_mask(pitch, ranges) & finite
+        # products and sums in float64: a float32 product would underflow (tiny
+        # values) or round before the division
+        w = category_weights(columns, ranges).transpose(0, 2, 1) * base
+        total = np.einsum("tae,tae->te", filled, w, dtype=np.float64)
+        den = w.sum(axis=1)
+        out[k] = np.nan
         if how == "sum":
-            total = np.einsum("tae,tae->te", filled, member, dtype=np.float64)
-            out[k] = np.where(member.any(axis=1), total, np.nan)
-        else:
-            # products and sums in float64: a float32 product would underflow (tiny
-            # values) or round before the division
-            w = weight * member  # exact: member is 0/1
-            total = np.einsum("tae,tae->te", filled, w, dtype=np.float64)
-            den = w.sum(axis=1, dtype=np.float64)
-            out[k] = np.nan
-            np.divide(total, den, out=out[k], where=den > 0)
+            np.copyto(out[k], total, where=den > 0)
+            continue
+        if how == "rate":
+            if integ is None:
+                raise ValueError("how='rate' needs the accumulation time")
+            den = den * np.asarray(integ, dtype=np.float64).reshape(-1, 1)
+        np.divide(total, den, out=out[k], where=den > 0)
     return out
+
+
+def accumulation_times(ds: xr.Dataset) -> Any:
+    """Each record's per-sample accumulation time in seconds, NaN where unknown.
+
+    The CDF ``time_integ`` where it is valid, else ``time_delta / nenergy`` (the sweep's
+    steps share the record's accumulation).
+    """
+    durations = _durations_of(ds)
+    if "nenergy" in ds.variables and ds["nenergy"].dims == ("time",):
+        nen = ds["nenergy"].astype(np.float64)
+        nen = nen.where((nen > 0) & (nen < 255)).data
+        integ = durations / nen
+    else:
+        integ = durations * np.nan
+    if "time_integ" in ds.variables and ds["time_integ"].dims == ("time",):
+        own = ds["time_integ"].data
+        own = (
+            own.map_blocks(record_durations, dtype=np.float64)
+            if hasattr(own, "map_blocks")
+            else record_durations(own)
+        )
+        integ = np.where(np.isfinite(own), own, integ)
+    return integ
 
 
 def reduce_dataset(
@@ -282,9 +465,12 @@ def reduce_dataset(
     ----------
     ds : xarray.Dataset
         From :func:`fastspectro_dask.open_esa` (dask or numpy backed).
-    variable : {"data", "eflux"}
-        ``data`` (counts) is summed over the category's bins; ``eflux`` is averaged with
-        ``domega`` weights.
+    variable : {"data", "eflux", "rate"}
+        ``data`` (counts) is summed over the category's bins (fractional weights at its
+        edges, :func:`category_weights`); ``eflux`` is averaged with ``domega`` weights;
+        ``rate`` is counts per second per angle bin (the weighted counts over the
+        accumulation time, :func:`accumulation_times`, and the weight sum), which does
+        not jump where the survey mode changes.
     categories : mapping, optional
         Key -> ``[(lo, hi), ...]`` in degrees; default :data:`DEFAULT_CATEGORIES`.
     decompress : bool
@@ -311,23 +497,29 @@ def reduce_dataset(
         raise ValueError(f"variable must be one of {sorted(_HOW)}, not {variable!r}")
     cats = normalize_categories(categories)
     how = _HOW[variable]
-    arrays = [ds[variable].data, ds["pitch_angle"].data, ds["domega"].data, ds["energy_full"].data]
-    if variable == "data" and decompress:  # sum counts, not compressed codes
+    source = SOURCE_VARIABLE[variable]
+    arrays = [ds[source].data, ds["pitch_angle"].data, ds["domega"].data, ds["energy_full"].data]
+    integ = accumulation_times(ds) if how == "rate" else None
+    if source == "data" and decompress:  # sum counts, not compressed codes
         burst = str(ds.attrs.get("instrument", "")) in _BURST
         if isinstance(arrays[0], np.ndarray):
             arrays[0] = decompress_counts(arrays[0], burst=burst)
         else:
             arrays[0] = arrays[0].map_blocks(decompress_counts, burst=burst, dtype=np.float32)
     if all(isinstance(a, np.ndarray) for a in arrays):
-        values = _collapse_categories(*arrays[:3], cats=cats, how=how)
+        values = _collapse_categories(*arrays[:3], integ, cats=cats, how=how)
         energy = reduced_energy(arrays[3])
     else:
         import dask.array as da
 
         arrays = [da.asarray(a).rechunk({1: -1, 2: -1}) for a in arrays]
+        extra = []
+        if integ is not None:
+            extra = [da.asarray(integ).rechunk((arrays[0].chunks[0],))[:, None, None]]
         values = da.map_blocks(
             _collapse_categories,
             *arrays[:3],
+            *extra,
             cats=cats,
             how=how,
             dtype=np.float64,
@@ -345,7 +537,7 @@ def reduce_dataset(
             token="reduce-energy",
         )
     durations = _durations_of(ds)
-    units = ds[variable].attrs.get("UNITS", "")
+    units = "Counts/s" if how == "rate" else ds[source].attrs.get("UNITS", "")
     out = xr.Dataset(
         {
             "values": (

@@ -28,6 +28,8 @@ import cdflib
 import numpy as np
 from cdflib.cdfwrite import CDF as CDFWriter  # noqa: N811
 
+from fastspectro_dask.compression import COUNT_MAX, encode_counts
+
 __all__ = [
     "BAD_FILE_KINDS",
     "MANIFEST_NAME",
@@ -338,16 +340,6 @@ def _flux_model(
     return flux * noise
 
 
-def _compress_counts(counts: np.ndarray, burst: bool) -> np.ndarray:
-    """Pseudo-log 16->8 (survey) or 14->8 (burst) bit compression of counts."""
-    cmax = 16383.0 if burst else 65535.0
-    c = counts.astype(np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        high = 32 + 223 * np.log(np.maximum(c, 32) / 32) / np.log(cmax / 32)
-    byte = np.where(c < 32, c, np.round(high))
-    return np.clip(byte, 0, 255).astype(np.uint8)
-
-
 @dataclass
 class _Records:
     """Everything record-varying, ready for the writer."""
@@ -410,14 +402,15 @@ def _build_records(
     gain = (integ / (2.5 / 48))[:, None, None] / per_count
     counts = rng.poisson(np.minimum(expected * gain, 1e9))
     counts = np.where(valid, counts, 0)
-    cmax = 16383 if info["burst"] else 65535
-    overflow = (counts >= cmax).any(axis=(1, 2))
+    cmax = COUNT_MAX[bool(info["burst"])]
+    overflow = (counts > cmax).any(axis=(1, 2))  # beyond the code's range: byte 255
     counts = np.minimum(counts, cmax)
     dead = 1.1e-7
     dead_flag = ((counts * dead / integ[:, None, None]) > 0.9).any(axis=(1, 2))
     data_quality = (overflow * 2 + dead_flag * 4).astype(np.uint8)
     eflux = np.where(valid, counts / gain, FILL_FLOAT).astype(np.float32)
-    data = np.where(valid, _compress_counts(counts, info["burst"]), 0).astype(np.uint8)
+    # the flight encoder (truncating): 16->8 bit survey, 14->8 bit burst
+    data = np.where(valid, encode_counts(counts, burst=info["burst"]), 0).astype(np.uint8)
     arrays = {
         "data": data,
         "eflux": eflux,

@@ -10,40 +10,70 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from fastspectro_dask.compression import COUNT_MAX, code_ranges, encode_counts
 from fastspectro_dask.io import open_esa
 from fastspectro_dask.reduce import (
     DEFAULT_CATEGORIES,
+    category_label,
     category_mask,
+    category_weights,
     collapse_angle,
     decompress_counts,
+    hemisphere_name,
     normalize_categories,
     reduce_dataset,
     reduced_energy,
 )
 
 
-def oracle(values, pitch, domega, ranges, how):
+def oracle_weights(ps, lo, hi):
+    """Category weights of one column of centres, by a plain loop over shifted copies."""
+    a, b = lo % 360, (hi if hi > lo else hi + 360) + (lo % 360 - lo)
+    copies = sorted((p % 360 + 360 * k, j) for j, p in enumerate(ps) for k in (-1, 0, 1, 2))
+    w = [0.0] * len(ps)
+    inside = [c for c in copies if a <= c[0] <= b]
+    below = max(c for c in copies if c[0] < a)
+    above = min(c for c in copies if c[0] > b)
+    if inside:
+        first, last = min(inside), max(inside)
+        for _, j in inside:
+            w[j] += 1.0
+        w[below[1]] += (first[0] - a) / (first[0] - below[0])
+        w[above[1]] += (b - last[0]) / (above[0] - last[0])
+    else:
+        m, gap = (a + b) / 2, above[0] - below[0]
+        w[below[1]] += (above[0] - m) / gap
+        w[above[1]] += (m - below[0]) / gap
+    return w
+
+
+def oracle(values, pitch, domega, ranges, how, integ=None):
     t_n, a_n, e_n = values.shape
     out = np.full((t_n, e_n), np.nan)
     for t in range(t_n):
         for e in range(e_n):
-            num = den = 0.0
-            seen = False
-            for a in range(a_n):
-                v, p = values[t, a, e], pitch[t, a, e]
-                if not np.isfinite(v) or not np.isfinite(p):
-                    continue
-                if not any(lo <= p < hi or (hi >= 360 and p == hi) for lo, hi in ranges):
-                    continue
-                if how == "sum":
-                    num += float(v)
-                    seen = True
-                elif np.isfinite(domega[t, a, e]) and domega[t, a, e] > 0:
-                    num += float(v) * float(domega[t, a, e])
-                    den += float(domega[t, a, e])
-                    seen = True
-            if seen:
-                out[t, e] = num if how == "sum" else num / den
+            ok = [
+                a
+                for a in range(a_n)
+                if np.isfinite(values[t, a, e])
+                and np.isfinite(pitch[t, a, e])
+                and (how != "mean" or (np.isfinite(domega[t, a, e]) and domega[t, a, e] > 0))
+            ]
+            if not ok:
+                continue
+            w = [0.0] * len(ok)
+            for lo, hi in ranges:
+                for i, x in enumerate(oracle_weights([float(pitch[t, a, e]) for a in ok], lo, hi)):
+                    w[i] += x
+            w = [min(x, 1.0) for x in w]
+            vals = [float(values[t, a, e]) for a in ok]
+            if how == "mean":
+                dw = [float(domega[t, a, e]) * x for a, x in zip(ok, w, strict=True)]
+                if sum(dw) > 0:
+                    out[t, e] = sum(v * d for v, d in zip(vals, dw, strict=True)) / sum(dw)
+            elif sum(w) > 0:
+                total = sum(v * x for v, x in zip(vals, w, strict=True))
+                out[t, e] = total if how == "sum" else total / (integ[t] * sum(w))
     return out
 
 
@@ -64,10 +94,12 @@ def records(draw):
         hnp.arrays(
             np.float32,
             shape,
+            # centres on a 1/64 deg grid: distinct centres stay distinct after +-360
+            # (float64 rounding of 360 + 1e-45 would tie two bins' copies)
             elements=st.one_of(
-                st.floats(0, 359.75, width=32),
+                st.integers(0, 360 * 64 - 1).map(lambda k: k / 64.0),
                 st.just(np.nan),
-                st.sampled_from([30.0, 150.0, 210.0]),
+                st.sampled_from([30.0, 150.0, 210.0, 330.0, 5.0]),
             ),
         )
     )
@@ -82,22 +114,26 @@ def records(draw):
 
 
 @settings(max_examples=80, deadline=None)
-@given(records(), st.sampled_from(list(DEFAULT_CATEGORIES)), st.sampled_from(["sum", "mean"]))
+@given(
+    records(),
+    st.sampled_from([*DEFAULT_CATEGORIES.values(), ((350.0, 5.0),), ((102.0, 110.0),)]),
+    st.sampled_from(["sum", "mean", "rate"]),
+)
 @example(  # a subnormal value times a weight underflowed in float32 (found by CI)
     (
         np.full((1, 1, 1), 1e-45, np.float32),
         np.zeros((1, 1, 1), np.float32),
         np.full((1, 1, 1), 0.5, np.float32),
     ),
-    "all",
+    DEFAULT_CATEGORIES["all"],
     "mean",
 )
-def test_collapse_matches_loop_oracle(rec, key, how):
+def test_collapse_matches_loop_oracle(rec, ranges, how):
     vals, pitch, dom = rec
-    ranges = DEFAULT_CATEGORIES[key]
-    got = collapse_angle(vals, pitch, dom, ranges, how)
-    want = oracle(vals, pitch, dom, ranges, how)
-    np.testing.assert_allclose(got, want, rtol=1e-6, equal_nan=True)
+    integ = np.linspace(0.01, 0.05, vals.shape[0])
+    got = collapse_angle(vals, pitch, dom, ranges, how, integ=integ)
+    want = oracle(vals, pitch, dom, ranges, how, integ)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-300, equal_nan=True)
 
 
 def test_no_valid_bin_is_nan_not_zero():
@@ -106,23 +142,83 @@ def test_no_valid_bin_is_nan_not_zero():
     pitch[1] = np.nan  # record 1: nothing valid
     out = collapse_angle(vals, pitch, None, DEFAULT_CATEGORIES["perpendicular"], "sum")
     assert (out[0] == 0).all() and np.isnan(out[1]).all()
-    out = collapse_angle(vals, pitch, None, DEFAULT_CATEGORIES["upgoing"], "sum")
-    assert np.isnan(out).all()
+    # no centre inside a category: interpolated, never empty (the lone bin weighs 1)
+    out = collapse_angle(vals + 5, pitch, None, DEFAULT_CATEGORIES["antiparallel"], "sum")
+    assert (out[0] == 5).all() and np.isnan(out[1]).all()
 
 
-def test_category_edges_and_360():
-    pa = np.array([0.0, 29.999, 30.0, 330.0, 359.9, 360.0])
+TABLE = 5.625 + 11.25 * np.arange(32)  # 32 bins of 11.25 deg
+
+
+def test_edge_weights_hand_computed():
+    # 0±30 (330..30, wrapped) over centres 5.625 + 11.25 j: six inside, and 320.625 and
+    # 39.375 each weigh the 1.875 deg of their 11.25 deg gap that lies inside: 1/6
+    w = category_weights(TABLE, DEFAULT_CATEGORIES["parallel"])
+    want = np.zeros(32)
+    want[[0, 1, 2, 29, 30, 31]] = 1.0
+    want[[3, 28]] = 1.875 / 11.25
+    np.testing.assert_allclose(w, want)
+    # shifted by half a bin (centres 11.25 j): five inside, the edge bins 7.5/11.25 each;
+    # the total is the same, so theta_shift no longer steps the category's sum
+    w2 = category_weights(TABLE - 5.625, DEFAULT_CATEGORIES["parallel"])
+    want2 = np.zeros(32)
+    want2[[0, 1, 2, 30, 31]] = 1.0
+    want2[[3, 29]] = 7.5 / 11.25
+    np.testing.assert_allclose(w2, want2)
+    assert w.sum() == pytest.approx(w2.sum()) == pytest.approx(60 / 11.25 + 1)
+    # no centre inside 102..110: its midpoint 106 interpolated between 101.25 and 112.5
+    w3 = category_weights(TABLE - 5.625, [(102.0, 110.0)])
+    assert w3[9] == pytest.approx(6.5 / 11.25) and w3[10] == pytest.approx(4.75 / 11.25)
+    assert np.count_nonzero(w3) == 2
+    # all (0..360): every measured bin weighs exactly 1; NaN bins 0
+    pa = TABLE.copy()
+    pa[5] = np.nan
+    w4 = category_weights(pa, DEFAULT_CATEGORIES["all"])
+    assert w4[5] == 0 and (np.delete(w4, 5) == 1).all()
+
+
+def test_categories_with_unsorted_columns_and_mode_change():
+    rng = np.random.default_rng(1)
+    pitch = np.full((3, 64, 2), np.nan)
+    pitch[0, :32] = np.mod(TABLE + 17.0, 360.0)[:, None]  # unsorted after the wrap
+    pitch[1] = np.mod(2.8125 + 5.625 * np.arange(64), 360.0)[:, None]  # 64 bins
+    perm = rng.permutation(32)
+    pitch[2, :32] = np.mod(TABLE - 40.0, 360.0)[perm][:, None]
+    for ranges in DEFAULT_CATEGORIES.values():
+        got = category_weights(pitch.transpose(0, 2, 1), ranges)
+        for t in range(3):
+            ok = np.isfinite(pitch[t, :, 0])
+            want = np.zeros(64)
+            for lo, hi in ranges:
+                want[ok] += oracle_weights(list(pitch[t, ok, 0]), lo, hi)
+            np.testing.assert_allclose(got[t, 0], np.minimum(want, 1.0))
+
+
+def test_category_mask_and_labels():
+    pa = np.array([0.0, 29.999, 30.0, 31.0, 330.0, 359.9, 360.0])
     np.testing.assert_array_equal(
-        category_mask(pa, DEFAULT_CATEGORIES["downgoing"]), [True, True, False, True, True, True]
+        category_mask(pa, DEFAULT_CATEGORIES["parallel"]), [1, 1, 1, 0, 1, 1, 1]
     )
     assert not category_mask(np.array([np.nan]), [(0, 360)]).any()
+    assert category_label(DEFAULT_CATEGORIES["parallel"]) == "0\N{PLUS-MINUS SIGN}30\N{DEGREE SIGN}"
+    assert category_label(DEFAULT_CATEGORIES["antiparallel"]) == "180\N{PLUS-MINUS SIGN}30°"
+    assert category_label(DEFAULT_CATEGORIES["perpendicular"]) == "90\N{PLUS-MINUS SIGN}50°"
+    assert category_label(DEFAULT_CATEGORIES["all"]) == "0\N{EN DASH}360°"
+    assert hemisphere_name(DEFAULT_CATEGORIES["parallel"], "north") == "downgoing"
+    assert hemisphere_name(DEFAULT_CATEGORIES["parallel"], "south") == "upgoing"
+    assert hemisphere_name(DEFAULT_CATEGORIES["antiparallel"], "south") == "downgoing"
+    assert hemisphere_name(DEFAULT_CATEGORIES["antiparallel"], None) == ""
+    assert hemisphere_name(DEFAULT_CATEGORIES["perpendicular"], "north") == ""
 
 
 def test_normalize_categories():
     assert normalize_categories(None) == DEFAULT_CATEGORIES
     assert normalize_categories({"beam": (0, 15)}) == {"beam": ((0.0, 15.0),)}
-    with pytest.raises(ValueError, match="0 <= lo < hi <= 360"):
-        normalize_categories({"bad": [(30, 10)]})
+    assert normalize_categories({"wrap": [(330, 30)]}) == {"wrap": ((330.0, 30.0),)}
+    with pytest.raises(ValueError, match="within"):
+        normalize_categories({"bad": [(30, 400)]})
+    with pytest.raises(ValueError, match="lo != hi"):
+        normalize_categories({"bad": [(30, 30)]})
     with pytest.raises(ValueError):
         normalize_categories({})
 
@@ -182,19 +278,57 @@ def test_reduce_rejects_unknown_variable(ees_file):
 
 
 @pytest.mark.parametrize("burst", [False, True])
-def test_decompress_inverts_the_count_compression(burst):
-    from fastspectro_dask.synth import _compress_counts
-
-    cmax = 16383 if burst else 65535
-    counts = np.unique(np.round(np.geomspace(1, cmax, 400))).astype(np.int64)
-    codes = _compress_counts(counts, burst).astype(np.float32)
-    back = decompress_counts(codes, burst=burst)
-    small = counts < 32
-    np.testing.assert_array_equal(back[small], counts[small])  # exact below 32
-    step = np.log(cmax / 32) / 223  # one code step in ln(counts)
-    assert np.all(np.abs(np.log(back[~small] / counts[~small])) <= step / 2 + 1e-6)
-    assert decompress_counts(np.array([255.0]), burst=burst)[0] == pytest.approx(cmax, rel=1e-5)
+def test_flight_code_round_trip_exhaustive(burst):
+    """decode(encode(c)) lies in c's code range for every count the compressor takes."""
+    cmax = COUNT_MAX[burst]
+    counts = np.arange(cmax + 1)
+    codes = encode_counts(counts, burst=burst)
+    lo, hi = code_ranges(burst=burst)
+    assert ((lo[codes] <= counts) & (counts <= hi[codes])).all()
+    back = decompress_counts(codes.astype(np.float32), burst=burst)
+    assert ((lo[codes] <= back) & (back <= hi[codes])).all()
+    np.testing.assert_array_equal(back[:16], counts[:16])  # exact below 16
+    np.testing.assert_array_equal(back, decompress_counts(codes, burst=burst))  # uint8 path
+    assert (np.diff(codes.astype(int)) >= 0).all() and codes[0] == 0 and codes[-1] == 255
+    assert encode_counts(np.array([cmax + 1, 10**6]), burst=burst).tolist() == [255, 255]
     assert np.isnan(decompress_counts(np.array([np.nan]), burst=burst)[0])
+
+
+@pytest.mark.parametrize(
+    ("burst", "code", "lo", "hi"),
+    [
+        (False, 32, 64, 67),
+        (False, 100, 1280, 1343),
+        (False, 160, 8192, 8447),
+        (False, 255, 64512, 65535),
+        (True, 96, 1024, 1055),
+        (True, 255, 16256, 16383),
+    ],
+)
+def test_flight_code_reference_check_values(burst, code, lo, hi):
+    """The check values of FAST_ESA_L2_FORMAT.md §4.5."""
+    los, his = code_ranges(burst=burst)
+    assert (los[code], his[code]) == (lo, hi)
+    assert decompress_counts(np.array([float(code)]), burst=burst)[0] == (lo + hi) / 2
+    assert encode_counts(np.array([lo, hi]), burst=burst).tolist() == [code, code]
+
+
+def test_rate_is_counts_per_second_per_bin():
+    """rate = weighted counts / (accumulation time x weight sum): no jump at a mode change."""
+    ds = _tiny_dataset([2.5, 2.5, 0.625, 0.625])
+    ds["nenergy"] = ("time", np.array([48, 48, 48, 48], np.uint8))
+    out = reduce_dataset(ds, variable="rate", retrace=True)
+    np.testing.assert_allclose(
+        out["values"].sel(category="all").values[:, 0],
+        3 / (np.array([2.5, 2.5, 0.625, 0.625]) / 48),
+        rtol=1e-6,
+    )
+    assert out.attrs["units"] == "Counts/s"
+    ds["time_integ"] = ("time", np.array([0.1, -1e31, 0.1, 0.1]))
+    got = reduce_dataset(ds.chunk({"time": 2}), variable="rate", retrace=True)
+    np.testing.assert_allclose(
+        got["values"].sel(category="all").values[:, 0], [30, 3 / (2.5 / 48), 30, 30], rtol=1e-6
+    )
 
 
 def test_data_sums_counts_not_codes():

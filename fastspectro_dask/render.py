@@ -13,7 +13,7 @@ midpoints on a log axis, arithmetic on a linear one), so mode changes inside an 
 or 96 channels, other tables) land at the right heights. Runs of consecutive records with
 the same energy table become one :class:`~matplotlib.collections.QuadMesh` each; time
 gaps longer than ``gap_factor`` times the local cadence stay blank; on a log colour scale
-values <= 0 are masked (blank), never clipped to the lowest colour. A record whose
+finite values <= 0 (measured zeros) draw in the lowest colour; only NaN is blank. A record whose
 accumulation length is known (FAST: the CDF ``time_delta``, kept by the reduction; time
 stamps are accumulation centres) spans exactly that time, so a lone record or the last
 record of a pass is drawn at its real width; without it, widths come from the spacing of
@@ -49,7 +49,14 @@ from matplotlib.colors import Colormap, LogNorm, Normalize
 from matplotlib.figure import Figure
 
 from fastspectro_dask.errors import PlottingError
-from fastspectro_dask.reduce import DEFAULT_CATEGORIES, normalize_categories, reduce_dataset
+from fastspectro_dask.reduce import (
+    DEFAULT_CATEGORIES,
+    category_label,
+    hemisphere_name,
+    normalize_categories,
+    reduce_dataset,
+)
+from fastspectro_dask.timeaxis import TimeAxis
 
 __all__ = [
     "FAST_plot_instrument_grid",
@@ -57,6 +64,7 @@ __all__ = [
     "figure_path",
     "generic_batch_plot",
     "make_spectrogram",
+    "read_figure_metadata",
     "read_marked_intervals",
     "save_figure",
 ]
@@ -76,6 +84,8 @@ ROW_FIELDS: tuple[str, ...] = ("y_min", "y_max", "z_min", "z_max", "y_label", "z
 DEFAULT_Y_LABEL = "Energy (eV)"
 DEFAULT_INSTRUMENTS: tuple[str, ...] = ("ees", "eeb", "ies", "ieb")
 DEFAULT_DPI = 100
+#: Data gaps longer than this many minutes are squeezed out of a figure's UT axis.
+DEFAULT_SQUEEZE_MINUTES = 5.0
 #: zlib level of the PNG writer: 3 encodes as fast as 1 and ~2x faster than PIL's 6
 #: (files ~15 % larger); see benchmarks/bench_render.py.
 DEFAULT_COMPRESS_LEVEL = 3
@@ -372,11 +382,17 @@ def _durations_in_seconds(durations: Any, n: int) -> np.ndarray:
     return out
 
 
+#: Where a log colour scale puts finite values <= 0 (measured zeros): below any z_min, so
+#: they draw in the colormap's lowest colour (its "under" colour), as IDL's plots do.
+_BELOW_LOG = float(np.finfo(np.float64).tiny)
+
+
 def _mask_values(v: np.ndarray, z_scale: str) -> np.ma.MaskedArray:
+    """Only NaN (no measurement) is blank; on a log scale values <= 0 get the lowest colour."""
     bad = ~np.isfinite(v)
     if z_scale == "log":
         with np.errstate(invalid="ignore"):
-            bad |= v <= 0
+            v = np.where(v <= 0, _BELOW_LOG, v)
     return np.ma.masked_array(np.where(bad, 0.0, v), mask=bad)
 
 
@@ -458,6 +474,7 @@ def make_spectrogram(
     gap_factor: float = DEFAULT_GAP_FACTOR,
     rasterized: bool = False,
     durations: np.ndarray | None = None,
+    time_axis: TimeAxis | None = None,
 ) -> list[QuadMesh]:
     """Draw a time-energy spectrogram on bin edges computed per record.
 
@@ -481,7 +498,8 @@ def make_spectrogram(
         Percentiles for the omitted colour limits.
     y_scale, z_scale : {"linear", "log"}
         Energy axis and colour scales. Bin edges are geometric on a log axis and
-        arithmetic on a linear one. On a log colour scale values <= 0 are masked (blank).
+        arithmetic on a linear one. On a log colour scale finite values <= 0 (measured
+        zeros) draw in the lowest colour; NaN (no measurement) is blank.
     y_min, y_max : float, optional
         Energy axis limits (default: the extent of the drawn cells).
     colormap : str or Colormap, optional
@@ -510,6 +528,9 @@ def make_spectrogram(
         accumulations are contiguous). Where unknown (and when omitted), cell edges come
         from the neighbouring records: midpoints, half an adjacent interval at the ends of
         a segment, the local cadence (1 s with ``datetime64`` times) for a lone record.
+    time_axis : TimeAxis, optional
+        Draw on this gap-squeezed UT axis (x in its coordinates; ``times`` must be
+        ``datetime64``); the caller sets the ticks and limits.
 
     Returns
     -------
@@ -563,7 +584,9 @@ def make_spectrogram(
         dur = None if dur is None else dur[order]
 
     ax.set_yscale(y_scale)
-    if dates:
+    if time_axis is not None and not dates:
+        raise ValueError("a squeezed time axis needs datetime64 times")
+    if dates and time_axis is None:
         ax.xaxis_date(tz=_UTC)
         _date_axis(ax)
     if y_label:
@@ -581,8 +604,12 @@ def make_spectrogram(
 
     same = _same_table(e_s)
     left, right, gap = _time_geometry(secs, same, gap_factor, default_dt, dur)
-    left = base + left * scale
-    right = base + right * scale
+    if time_axis is not None:
+        left = time_axis.to_axis(t0 / 1e9 + left)
+        right = time_axis.to_axis(t0 / 1e9 + right)
+    else:
+        left = base + left * scale
+        right = base + right * scale
     breaks = np.flatnonzero(~same | gap) + 1
     starts = np.concatenate([[0], breaks])
     stops = np.concatenate([breaks, [secs.size]])
@@ -823,12 +850,23 @@ def _category_ranges(ds: xr.Dataset, categories: Mapping | None) -> dict[str, tu
 def _z_label_for(variable: str, units: str) -> str:
     if variable == "data":
         return "Counts"
+    if variable == "rate":
+        return "Counts/s"
     return units or variable
 
 
+def _sources_of(*datasets: xr.Dataset) -> tuple[str, ...]:
+    """File names a row was drawn from (the ``source`` attribute), for provenance."""
+    for ds in datasets:
+        src = ds.attrs.get("source") if ds is not None else None
+        if src:
+            return (Path(str(src)).name,)
+    return ()
+
+
 def _has_data(values: np.ndarray) -> bool:
-    with np.errstate(invalid="ignore"):
-        return bool(np.any(np.isfinite(values) & (values > 0)))
+    """Any measurement at all (a measured zero counts; only NaN is no measurement)."""
+    return bool(np.isfinite(values).any())
 
 
 def _orbit_of(datasets: Iterable[xr.Dataset | None]) -> int | None:
@@ -923,6 +961,7 @@ class _Row:
     values: np.ndarray | None = None
     defaults: dict[str, Any] = field(default_factory=dict)
     durations: np.ndarray | None = None  # accumulation length per record (s), NaN unknown
+    sources: tuple[str, ...] = ()  # the input files (names) the row was drawn from
 
     @property
     def empty(self) -> bool:
@@ -1014,17 +1053,21 @@ def _render_grid(
     zoom_duration_minutes: float,
     percentile: tuple[float, float],
     context: str,
+    squeeze_seconds: float | None = None,
+    ephemeris: Any | None = None,
 ) -> Figure:
     n_zoom = len(intervals)
     fig = _new_figure(figsize, dpi, layout)
     mains, zooms, caxes = _grid_axes(fig, len(rows), n_zoom, layout)
+    time_axis = _grid_time_axis(rows, squeeze_seconds)
     spans: list[tuple[float, float]] = []
     t_first: list[np.datetime64] = []
     t_last: list[np.datetime64] = []
     for row, ax, cax, zax in zip(rows, mains, caxes, zooms, strict=True):
         ax.set_label(row.key)
         ax.set_title(row.title, loc="left", fontsize="medium", y=1.0)
-        _date_axis(ax)
+        if time_axis is None:
+            _date_axis(ax)
         for z in zax:
             z.set_label(f"{row.key}-zoom")
         if row.empty:
@@ -1051,6 +1094,7 @@ def _render_grid(
             z_label=s.get("z_label"),
             cax=cax,
             durations=row.durations,
+            time_axis=time_axis,
         )
         if meshes:
             spans.append(ax.get_xlim())
@@ -1075,7 +1119,9 @@ def _render_grid(
                 durations=row.durations,
             )
             z.tick_params(labelleft=False)
-    if not spans:  # no row has data: still show the orbit's time span if known
+    if time_axis is not None:
+        spans = [time_axis.extent]
+    elif not spans:  # no row has data: still show the orbit's time span if known
         known = [r.times[~np.isnat(r.times)] for r in rows if r.times is not None]
         known = [t for t in known if t.size]
         if known:
@@ -1091,10 +1137,18 @@ def _render_grid(
         mains[-1].tick_params(labelbottom=False)
     for ax in mains[:-1]:
         ax.tick_params(labelbottom=False)
-    mains[-1].set_xlabel("UT")
+    label_rows = ["UT"]
+    if time_axis is not None:
+        label_rows = _squeezed_ticks(mains, time_axis, ephemeris, context)
+    else:
+        mains[-1].set_xlabel("UT")
     # Marked intervals: shaded on every row, a zoomed column each.
     for k, (start, end, label) in enumerate(intervals):
         a, b = _datetime_to_num(np.array([start, end]))
+        if time_axis is not None:
+            a, b = time_axis.to_axis(
+                np.array([start, end]).astype("datetime64[ns]").astype(np.int64) / 1e9
+            )
         for ax in mains:  # a bar along the top and dashed bounds; the data stay visible
             ax.axvspan(a, b, ymin=0.95, ymax=1.0, color="k", alpha=0.7, lw=0)
             ax.axvline(a, color="k", lw=0.8, ls="--")
@@ -1114,9 +1168,124 @@ def _render_grid(
         column[0].set_title(f"{label}  {a_s}\N{EN DASH}{b_s}".strip(), fontsize="small", y=1.0)
     span = _format_span(min(t_first), max(t_last)) if t_first else "(no data)"
     fig.suptitle(f"{title}  {span}", fontsize="large")
+    fig.fastspectro_metadata = _provenance(rows, mains, time_axis, label_rows)
     if not t_first:
         logger.warning("%s: no row has data", context)
     return fig
+
+
+def _unix_seconds(t: np.ndarray) -> np.ndarray:
+    return np.asarray(t).astype("datetime64[ns]").astype(np.int64) / 1e9
+
+
+def _grid_time_axis(rows: list[_Row], squeeze_seconds: float | None) -> TimeAxis | None:
+    """The figure's shared UT axis, squeezed around gaps (None: a plain date axis).
+
+    Built from the extent of every record that holds a finite value, in every row, so
+    all rows share its segments.
+    """
+    if squeeze_seconds is None:
+        return None
+    intervals = []
+    for row in rows:
+        if row.times is None or row.values is None or not _is_datetime(row.times):
+            continue
+        measured = np.isfinite(row.values).any(axis=1) & ~np.isnat(row.times)
+        if not measured.any():
+            continue
+        t = _unix_seconds(row.times[measured])
+        d = np.full(t.size, np.nan) if row.durations is None else row.durations[measured]
+        steps = np.diff(np.sort(t))
+        steps = steps[steps > 0]
+        cadence = float(np.median(steps)) if steps.size else 1.0
+        half = np.where(np.isfinite(d) & (d > 0), d / 2.0, cadence / 2.0)
+        intervals.append(np.column_stack([t - half, t + half]))
+    if not intervals:
+        return None
+    return TimeAxis.from_intervals(np.concatenate(intervals), squeeze_seconds)
+
+
+def _squeezed_ticks(
+    mains: list[Axes], time_axis: TimeAxis, ephemeris: Any | None, context: str
+) -> list[str]:
+    """UT ticks on every segment, marked breaks, and ephemeris label rows under the axis.
+
+    Returns the names of the label rows drawn (``UT`` and, with an orbit file, ``ALT``,
+    ``ILAT``, ``MLT``).
+    """
+    ax0 = mains[-1]
+    width_in = ax0.get_position().width * ax0.get_figure().get_figwidth()
+    ticks = time_axis.ticks(width_in)
+    pos = time_axis.to_axis(ticks)
+    labels = time_axis.tick_labels(ticks)
+    names = ["UT"]
+    if ephemeris is not None:
+        try:
+            rows = ephemeris_label_rows(ephemeris, ticks)
+        except Exception as exc:  # a bad orbit file never fails a figure
+            logger.warning("%s: ephemeris not drawn: %s", context, exc)
+            rows = {}
+        for name, texts in rows.items():
+            names.append(name)
+            labels = [f"{a}\n{b}" for a, b in zip(labels, texts, strict=True)]
+    for ax in mains:
+        ax.set_xticks(pos)
+        for a, b in time_axis.breaks:
+            ax.axvspan(a, b, facecolor="0.82", edgecolor="0.45", hatch="////", lw=0.4, zorder=3)
+    ax0.set_xticklabels(labels, fontsize="small")
+    ax0.annotate(
+        "\n".join(names),
+        xy=(0, 0),
+        xycoords="axes fraction",
+        xytext=(-6, -(ax0.xaxis.get_tick_padding() + 3.5)),
+        textcoords="offset points",
+        ha="right",
+        va="top",
+        fontsize="small",
+    )
+    return names
+
+
+def ephemeris_label_rows(ephemeris: Any, ticks: np.ndarray) -> dict[str, list[str]]:
+    """ALT/ILAT/MLT label text at each tick time (unix seconds), blank where unknown."""
+    values = ephemeris.at(np.asarray(ticks, dtype=np.float64))
+    out: dict[str, list[str]] = {}
+    for name, fmt in (("ALT", "{:.0f}"), ("ILAT", "{:.1f}"), ("MLT", "{:.1f}")):
+        v = np.asarray(values[name.lower()], dtype=np.float64)
+        out[name] = [fmt.format(x) if np.isfinite(x) else "" for x in v]
+    return out
+
+
+def _provenance(
+    rows: list[_Row], mains: list[Axes], time_axis: TimeAxis | None, label_rows: list[str]
+) -> dict[str, str]:
+    """The text chunks :func:`save_figure` writes into the PNG (see its docstring)."""
+    import json
+
+    limits = {}
+    for row, ax in zip(rows, mains, strict=True):
+        meshes = [c for c in ax.collections if isinstance(c, QuadMesh)]
+        if not meshes:
+            continue
+        y0, y1 = ax.get_ylim()
+        limits[row.key] = {
+            "y_min": float(y0),
+            "y_max": float(y1),
+            "z_min": float(meshes[0].norm.vmin),
+            "z_max": float(meshes[0].norm.vmax),
+        }
+    if time_axis is not None:
+        ranges = time_axis.drawn_ranges()
+    else:
+        lo, hi = mains[0].get_xlim()
+        ranges = [[d.strftime("%Y-%m-%dT%H:%M:%S.%fZ") for d in mdates.num2date([lo, hi], tz=_UTC)]]
+    sources = sorted({s for row in rows for s in row.sources})
+    return {
+        "Source": ",".join(sources),
+        "fastspectro:time-ranges": json.dumps(ranges),
+        "fastspectro:limits": json.dumps(limits, sort_keys=True),
+        "fastspectro:ephemeris": ",".join(label_rows),
+    }
 
 
 def _check_layout(layout: str | None) -> str | None:
@@ -1198,6 +1367,8 @@ def FAST_plot_instrument_grid(
     intervals: Mapping[int, Sequence] | Sequence | None = None,
     zoom_duration_minutes: float = 6.0,
     percentile: tuple[float, float] = (1.0, 99.0),
+    squeeze_gaps_minutes: float | None = DEFAULT_SQUEEZE_MINUTES,
+    ephemeris: Any | None = None,
 ) -> Figure:
     """One orbit's spectrograms, one row per instrument, on a shared UT axis.
 
@@ -1242,6 +1413,15 @@ def FAST_plot_instrument_grid(
         Width of each zoomed column, centred on its interval.
     percentile : (float, float)
         Percentiles of the data for colour limits that nothing else sets.
+    squeeze_gaps_minutes : float or None
+        Data gaps (in all rows at once) longer than this are cut out of the UT axis and
+        drawn as narrow hatched breaks, so the passes fill the width; tick labels stay
+        true UT on every segment. ``0`` keeps one segment from the first to the last
+        record; None draws a plain matplotlib date axis.
+    ephemeris : Ephemeris, optional
+        The orbit's ``fa_k0_orb`` ephemeris (:func:`fastspectro_dask.ephemeris.read_ephemeris`):
+        label rows ALT (km), ILAT (deg), MLT (h) under the UT tick labels (blank beyond the
+        file's span), and the hemisphere for the pitch-angle row names.
 
     Returns
     -------
@@ -1295,6 +1475,7 @@ def FAST_plot_instrument_grid(
                 values,
                 {"y_label": DEFAULT_Y_LABEL, "z_label": _z_label_for(var, units)},
                 _durations_of(red),
+                _sources_of(ds, red),
             )
         )
     return _grid_figure(
@@ -1313,6 +1494,8 @@ def FAST_plot_instrument_grid(
         layout=layout,
         zoom_duration_minutes=zoom_duration_minutes,
         percentile=percentile,
+        squeeze_gaps_minutes=squeeze_gaps_minutes,
+        ephemeris=ephemeris,
     )
 
 
@@ -1333,6 +1516,8 @@ def _grid_figure(
     layout,
     zoom_duration_minutes,
     percentile,
+    squeeze_gaps_minutes=DEFAULT_SQUEEZE_MINUTES,
+    ephemeris=None,
 ) -> Figure:
     """Limits per row (overrides > extrema > data), then draw: shared by both grids."""
     marks = _intervals_for(intervals, orbit_number)
@@ -1360,7 +1545,36 @@ def _grid_figure(
             zoom_duration_minutes=zoom_duration_minutes,
             percentile=percentile,
             context=context,
+            squeeze_seconds=None
+            if squeeze_gaps_minutes is None
+            else 60.0 * float(squeeze_gaps_minutes),
+            ephemeris=ephemeris,
         )
+
+
+def _hemisphere(ephemeris: Any | None, times: np.ndarray) -> str | None:
+    """``"north"``/``"south"`` over the drawn data from the orbit file, else None."""
+    t = np.asarray(times)
+    t = t[~np.isnat(t)] if t.size else t
+    if ephemeris is None or t.size == 0:
+        return None
+    try:
+        return ephemeris.hemisphere(*_unix_seconds(np.array([t.min(), t.max()])))
+    except Exception as exc:  # a bad orbit file never fails a figure
+        logger.warning("hemisphere unknown: %s", exc)
+        return None
+
+
+def _category_title(
+    instrument: str, key: str, ranges: Sequence[tuple[float, float]] | None, hemisphere: str | None
+) -> str:
+    """``ees  0±30° downgoing  (330-30°)``: by pitch angle, hemisphere name where known."""
+    if ranges is None:
+        return f"{instrument} {key}"
+    label = category_label(ranges)
+    name = hemisphere_name(ranges, hemisphere)
+    head = f"{instrument}  {key if key == 'all' else label}"
+    return f"{head}{'  ' + name if name else ''}  ({_format_ranges(ranges)})"
 
 
 def _format_ranges(ranges: Sequence[tuple[float, float]]) -> str:
@@ -1385,6 +1599,8 @@ def FAST_plot_pitch_angle_grid(
     intervals: Mapping[int, Sequence] | Sequence | None = None,
     zoom_duration_minutes: float = 6.0,
     percentile: tuple[float, float] = (1.0, 99.0),
+    squeeze_gaps_minutes: float | None = DEFAULT_SQUEEZE_MINUTES,
+    ephemeris: Any | None = None,
 ) -> Figure:
     """One instrument's spectrograms, one row per pitch-angle category.
 
@@ -1408,6 +1624,10 @@ def FAST_plot_pitch_angle_grid(
         For the title; default from the Dataset attributes.
     figsize, dpi, layout, intervals, zoom_duration_minutes, percentile
         As for :func:`FAST_plot_instrument_grid`.
+    squeeze_gaps_minutes, ephemeris
+        As for :func:`FAST_plot_instrument_grid`. With an ephemeris, the rows centred on
+        0 and 180 deg are also named downgoing/upgoing for the hemisphere (by the sign of
+        ILAT over the drawn data).
 
     Returns
     -------
@@ -1435,18 +1655,19 @@ def FAST_plot_pitch_angle_grid(
     energies = np.asarray(red["energy"].values, dtype=np.float64)
     values = np.asarray(red["values"].values, dtype=np.float64)
     durations = _durations_of(red)
+    hemisphere = _hemisphere(ephemeris, times)
     rows = []
     for i, key in enumerate(keys):
-        rng = f"  ({_format_ranges(ranges[key])})" if key in ranges else ""
         rows.append(
             _Row(
                 key,
-                f"{instrument} {key}{rng}",
+                _category_title(instrument, key, ranges.get(key), hemisphere),
                 times,
                 energies,
                 values[i],
                 {"y_label": DEFAULT_Y_LABEL, "z_label": _z_label_for(var, units)},
                 durations,
+                _sources_of(dataset, red),
             )
         )
     return _grid_figure(
@@ -1466,6 +1687,8 @@ def FAST_plot_pitch_angle_grid(
         layout=layout,
         zoom_duration_minutes=zoom_duration_minutes,
         percentile=percentile,
+        squeeze_gaps_minutes=squeeze_gaps_minutes,
+        ephemeris=ephemeris,
     )
 
 
@@ -1513,14 +1736,52 @@ def figure_path(
     )
 
 
+def _png_metadata(fig: Figure, extra: Mapping[str, str] | None) -> dict[str, str]:
+    from fastspectro_dask._version import __version__
+
+    return {
+        "Software": f"fastspectro_dask {__version__}",
+        **dict(getattr(fig, "fastspectro_metadata", None) or {}),
+        **dict(extra or {}),
+    }
+
+
+def read_figure_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The text chunks of a PNG (its provenance, see :func:`save_figure`).
+
+    Raises
+    ------
+    ValueError
+        The file is not a PNG image (the message names it).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            if im.format != "PNG":
+                raise ValueError(f"{path}: not a PNG image ({im.format})")
+            return {str(k): str(v) for k, v in getattr(im, "text", {}).items()}
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ValueError(f"{path}: not a readable image ({exc})") from None
+
+
 def save_figure(
     fig: Figure,
     path: str | os.PathLike,
     *,
     dpi: float | None = None,
     compress_level: int = DEFAULT_COMPRESS_LEVEL,
+    metadata: Mapping[str, str] | None = None,
 ) -> Path:
     """Write a figure as a deterministic PNG, atomically, and release the figure.
+
+    The PNG carries its provenance as text chunks: ``Software`` ("fastspectro_dask
+    <version>") and, for the FAST products (``fig.fastspectro_metadata``), ``Source``
+    (the input file names, comma-separated), ``fastspectro:time-ranges`` (JSON list of
+    ``[start, end]`` ISO-8601 UTC strings: the time segments drawn, after squeezing),
+    ``fastspectro:limits`` (JSON: each row's y and z limits) and
+    ``fastspectro:ephemeris`` (the label rows under the axis, e.g. ``UT,ALT,ILAT,MLT``).
+    :func:`read_figure_metadata` (``fastspectro info FIGURE.png``) reads them back.
 
     Parameters
     ----------
@@ -1532,11 +1793,13 @@ def save_figure(
         Default: the figure's dpi.
     compress_level : int
         zlib level 0-9 of the PNG (3, the default, is fast; 6 is PIL's default).
+    metadata : mapping, optional
+        More text chunks (they win over the figure's own).
 
     Returns
     -------
     pathlib.Path
-        The written file. Same figure -> identical bytes (no timestamp, no software tag).
+        The written file. Same figure -> identical bytes (no timestamp).
 
     Raises
     ------
@@ -1555,7 +1818,7 @@ def save_figure(
                 fh,
                 format="png",
                 dpi=dpi if dpi is not None else fig.dpi,
-                metadata={"Software": None},
+                metadata=_png_metadata(fig, metadata),
                 pil_kwargs={"compress_level": int(compress_level)},
             )
             fh.flush()

@@ -53,8 +53,29 @@ def _human_bytes(n: float) -> str:
     return f"{n:.1f} TB"  # pragma: no cover
 
 
+def _figure_info(path: Path) -> int:
+    """``fastspectro info FIGURE.png``: the provenance text chunks of a figure."""
+    from fastspectro_dask.render import read_figure_metadata
+
+    try:
+        meta = read_figure_metadata(path)
+    except ValueError as exc:
+        print(f"fastspectro info: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if not meta:
+        print(f"{path}: no provenance text in this PNG (not written by fastspectro_dask?)")
+        return EXIT_OK
+    width = max(len(k) for k in meta)
+    for key, value in meta.items():
+        print(f"{key:<{width}}  {value}")
+    return EXIT_OK
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from fastspectro_dask.discovery import INSTRUMENTS, discover
+
+    if args.input.is_file() and args.input.suffix.lower() == ".png":
+        return _figure_info(args.input)
 
     index = discover(args.input)
     print(index.summary())
@@ -272,6 +293,7 @@ def _run_plots(args: argparse.Namespace, input_dir: Path, output_dir: Path) -> i
                     products=args.products,
                     window=window,
                     retrace=args.keep_retrace,
+                    squeeze_gaps_minutes=args.squeeze_gaps,
                 )
                 summaries.append(s)
                 if s.interrupted:
@@ -301,7 +323,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     data, figures = args.out / "data", args.out / "figures"
     if not list(data.rglob("*.cdf")):
         man = write_synthetic_dataset(
-            data, orbits=args.orbits, records=args.records, seed=args.seed, bad_files=args.bad_files
+            data,
+            orbits=args.orbits,
+            records=args.records,
+            seed=args.seed,
+            bad_files=args.bad_files,
+            orb_files=True,  # ephemeris rows (ALT/ILAT/MLT) and hemisphere names
         )
         print(
             f"demo data: {sum(len(d) for d in man.files.values())} synthetic FAST ESA L2 "
@@ -389,9 +416,18 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--variable",
-        choices=("data", "eflux"),
+        choices=("data", "eflux", "rate"),
         default="data",
-        help="counts (data) or energy flux (eflux)",
+        help="counts (data, default), energy flux (eflux) or counts per second per angle "
+        "bin (rate: no jumps at survey mode changes)",
+    )
+    p.add_argument(
+        "--squeeze-gaps",
+        type=float,
+        default=5.0,
+        metavar="MINUTES",
+        help="cut data gaps longer than this out of the UT axis, drawn as narrow breaks "
+        "(default 5; 0 keeps the whole axis)",
     )
     _add_retrace_option(p)
     p.add_argument(
@@ -576,11 +612,12 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "info",
-        help="inventory of a folder of FAST ESA L2 files",
+        help="inventory of a folder of FAST ESA L2 files, or a figure's provenance",
         description="List orbits, instruments per orbit, duplicates, size "
-        "and time span of a folder (any depth).",
+        "and time span of a folder (any depth); for FIGURE.png, print where the figure "
+        "came from (software, source files, time ranges drawn, limits, ephemeris rows).",
     )
-    p.add_argument("input", type=Path, help="folder of CDF files")
+    p.add_argument("input", type=Path, help="folder of CDF files, or a figure (.png)")
     p.add_argument("--all", action="store_true", help="list every orbit")
     p.set_defaults(func=_cmd_info)
 
@@ -636,7 +673,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--y-scale", choices=SCALES, default="linear")
     p.add_argument("--z-scale", choices=SCALES, default="log")
-    p.add_argument("--variable", choices=("data", "eflux"), default="data")
+    p.add_argument("--variable", choices=("data", "eflux", "rate"), default="data")
     p.add_argument("--percentile", type=float, default=95.0)
     p.add_argument(
         "--compute-mins",

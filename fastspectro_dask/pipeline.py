@@ -46,9 +46,10 @@ from fastspectro_dask.errors import (
 )
 from fastspectro_dask.extrema import compute_global_extrema, extrema_for_rows
 from fastspectro_dask.logbuffer import buffered_file_logging, forward_worker_logs
-from fastspectro_dask.reduce import normalize_categories
+from fastspectro_dask.reduce import SOURCE_VARIABLE, normalize_categories
 from fastspectro_dask.sandbox import run_with_timeout
 from fastspectro_dask.state import ProgressStore, file_fingerprint
+from fastspectro_dask.timeaxis import DEFAULT_SQUEEZE_MINUTES
 
 __all__ = ["FAST_plot_spectrograms_directory", "RunSummary"]
 
@@ -77,6 +78,8 @@ class RenderJob:
     instrument_order: tuple[str, ...]
     extrema: dict[str, dict[str, float]]
     retrace: bool = False  # keep channel 0 (the sweep's retrace step) in the reduction
+    orb_file: str | None = None  # the orbit's fa_k0_orb ephemeris file, if any
+    squeeze_gaps_minutes: float | None = DEFAULT_SQUEEZE_MINUTES
 
     @property
     def instruments(self) -> list[str]:
@@ -145,6 +148,19 @@ def _log_notes(exc: BaseException) -> list[tuple[int, str]]:
     return out
 
 
+def _load_ephemeris(job: RenderJob):
+    """The orbit's ephemeris, or None (no orbit file; a bad one is a warning, UT only)."""
+    if not job.orb_file:
+        return None
+    from fastspectro_dask.ephemeris import EphemerisError, read_ephemeris
+
+    try:
+        return read_ephemeris(job.orb_file)
+    except EphemerisError as exc:
+        logger.warning("orbit %s: %s; the figure gets UT only", job.orbit, exc)
+        return None
+
+
 def render_job(job: RenderJob) -> dict[str, Any]:
     """Draw and save one figure (runs in the sandbox child). Returns a small report.
 
@@ -156,6 +172,7 @@ def render_job(job: RenderJob) -> dict[str, Any]:
     from fastspectro_dask import render
 
     t0 = time.perf_counter()
+    ephemeris = _load_ephemeris(job)
     errors: dict[str, tuple[str, str]] = {}
     data: dict[str, Any] = {}
     for inst in job.instruments:
@@ -176,6 +193,8 @@ def render_job(job: RenderJob) -> dict[str, Any]:
                 instrument_order=job.instrument_order,
                 extrema=job.extrema,
                 orbit_number=job.orbit,
+                squeeze_gaps_minutes=job.squeeze_gaps_minutes,
+                ephemeris=ephemeris,
             )
         else:
             inst = job.product.removeprefix("pa-")
@@ -188,6 +207,8 @@ def render_job(job: RenderJob) -> dict[str, Any]:
                 extrema=job.extrema,
                 orbit_number=job.orbit,
                 instrument=inst,
+                squeeze_gaps_minutes=job.squeeze_gaps_minutes,
+                ephemeris=ephemeris,
             )
         render.save_figure(fig, job.output)
     except (ZeroDivisionError, FloatingPointError, PlottingError, InvalidCDFError):
@@ -348,6 +369,7 @@ def FAST_plot_spectrograms_directory(
     directory_path: str | os.PathLike[str] | None = None,
     output_base: str | os.PathLike[str] | None = None,
     retrace: bool = False,
+    squeeze_gaps_minutes: float | None = DEFAULT_SQUEEZE_MINUTES,
 ) -> RunSummary:
     """Plot every orbit of a folder of FAST ESA L2 files, on Dask; resumable.
 
@@ -380,7 +402,7 @@ def FAST_plot_spectrograms_directory(
         Forget earlier progress of this scale combination: a fresh pass.
     max_processing_percentile : float
         Percentile of the colour-scale maximum (exact, mission-wide).
-    variable : {"data", "eflux"}
+    variable : {"data", "eflux", "rate"}
         Counts or calibrated energy flux.
     client : distributed.Client, optional
         Run on this cluster; by default a LocalCluster of processes (one thread each) is
@@ -403,6 +425,11 @@ def FAST_plot_spectrograms_directory(
     render_fn : callable, optional
         Module-level function ``(RenderJob) -> report`` that draws one figure (default
         :func:`render_job`); for custom products and for tests.
+    squeeze_gaps_minutes : float or None
+        Data gaps longer than this (minutes) are cut out of every figure's UT axis and
+        drawn as narrow breaks (default 5); 0 keeps one axis from the first to the last
+        record. With an orbit's ``fa_k0_orb`` file in the folder, ALT/ILAT/MLT label rows
+        sit under the UT tick labels.
     retrace : bool
         Keep energy channel 0, the sweep's high-voltage retrace step, in the figures and
         the extrema. By default it is dropped, as the FAST user guide advises.
@@ -417,6 +444,10 @@ def FAST_plot_spectrograms_directory(
     output_dir = _alias(output_dir, output_base, "output_dir", "output_base")
     if flush_batch_size < 1:
         raise ValueError("flush_batch_size must be >= 1")
+    if variable not in SOURCE_VARIABLE:
+        raise ValueError(f"variable must be one of {sorted(SOURCE_VARIABLE)}, not {variable!r}")
+    if squeeze_gaps_minutes is not None and not squeeze_gaps_minutes >= 0:
+        raise ValueError(f"squeeze_gaps_minutes must be >= 0, not {squeeze_gaps_minutes}")
     bad = set(products) - {"instruments", "pitch-angle"}
     if bad:
         raise ValueError(f"unknown products {sorted(bad)}; use 'instruments', 'pitch-angle'")
@@ -468,6 +499,15 @@ def FAST_plot_spectrograms_directory(
         orbits = list(index)
         store.set_orbits(orbits)
         summary.orbits_total = len(orbits)
+        without = [o for o in orbits if o not in index.orbit_files]
+        if without:
+            logger.info(
+                "%d of %d orbits have no fa_k0_orb orbit file: their figures show UT only "
+                "(no ALT/ILAT/MLT, no hemisphere names)%s",
+                len(without),
+                len(orbits),
+                f", e.g. orbit {without[0]}" if len(without) < len(orbits) else "",
+            )
         todo = [o for o in orbits if store.should_retry(o, index[o])]
         summary.orbits_skipped = len(orbits) - len(todo)
         if todo:
@@ -485,6 +525,7 @@ def FAST_plot_spectrograms_directory(
                 cats=cats,
                 products=tuple(products),
                 retrace=retrace,
+                squeeze_gaps_minutes=squeeze_gaps_minutes,
                 overwrite=overwrite,
                 window=window,
                 instrument_timeout=instrument_timeout_seconds,
@@ -528,6 +569,7 @@ class _Options:
     progress_bar: bool | None
     render_fn: Callable[[RenderJob], dict[str, Any]]
     retrace: bool = False
+    squeeze_gaps_minutes: float | None = DEFAULT_SQUEEZE_MINUTES
 
 
 def _extrema_then_render(opts: _Options, summary, store, signals, dask_client, index, todo) -> None:
@@ -653,6 +695,8 @@ def _iter_jobs(
         files = {i: str(Path(p).absolute()) for i, p in index[orbit].items()}
         known = {i: ("invalid-cdf", invalid[p]) for i, p in files.items() if p in invalid}
         start = _start_time(index, orbit)
+        orb = index.orbit_files.get(orbit)
+        orb_file = str(Path(orb).absolute()) if orb is not None else None
         wanted: list[tuple[str, dict[str, str], dict]] = []
         if "instruments" in opts.products:
             wanted.append(("instruments", files, grid_extrema))
@@ -682,6 +726,8 @@ def _iter_jobs(
                     instrument_order=opts.instrument_order,
                     extrema=ext,
                     retrace=opts.retrace,
+                    orb_file=orb_file,
+                    squeeze_gaps_minutes=opts.squeeze_gaps_minutes,
                 )
             )
         yield orbit, orbit_jobs, known

@@ -56,7 +56,7 @@ from fastspectro_dask.reduce import (
     normalize_categories,
     reduce_dataset,
 )
-from fastspectro_dask.timeaxis import TimeAxis
+from fastspectro_dask.timeaxis import DEFAULT_SQUEEZE_MINUTES, TimeAxis
 
 __all__ = [
     "FAST_plot_instrument_grid",
@@ -84,8 +84,6 @@ ROW_FIELDS: tuple[str, ...] = ("y_min", "y_max", "z_min", "z_max", "y_label", "z
 DEFAULT_Y_LABEL = "Energy (eV)"
 DEFAULT_INSTRUMENTS: tuple[str, ...] = ("ees", "eeb", "ies", "ieb")
 DEFAULT_DPI = 100
-#: Data gaps longer than this many minutes are squeezed out of a figure's UT axis.
-DEFAULT_SQUEEZE_MINUTES = 5.0
 #: zlib level of the PNG writer: 3 encodes as fast as 1 and ~2x faster than PIL's 6
 #: (files ~15 % larger); see benchmarks/bench_render.py.
 DEFAULT_COMPRESS_LEVEL = 3
@@ -1233,8 +1231,10 @@ def _squeezed_ticks(
         for a, b in time_axis.breaks:
             ax.axvspan(a, b, facecolor="0.82", edgecolor="0.45", hatch="////", lw=0.4, zorder=3)
     ax0.set_xticklabels(labels, fontsize="small")
+    from fastspectro_dask.ephemeris import ROW_TITLES
+
     ax0.annotate(
-        "\n".join(names),
+        "\n".join(ROW_TITLES.get(n, n) for n in names),
         xy=(0, 0),
         xycoords="axes fraction",
         xytext=(-6, -(ax0.xaxis.get_tick_padding() + 3.5)),
@@ -1248,12 +1248,9 @@ def _squeezed_ticks(
 
 def ephemeris_label_rows(ephemeris: Any, ticks: np.ndarray) -> dict[str, list[str]]:
     """ALT/ILAT/MLT label text at each tick time (unix seconds), blank where unknown."""
-    values = ephemeris.at(np.asarray(ticks, dtype=np.float64))
-    out: dict[str, list[str]] = {}
-    for name, fmt in (("ALT", "{:.0f}"), ("ILAT", "{:.1f}"), ("MLT", "{:.1f}")):
-        v = np.asarray(values[name.lower()], dtype=np.float64)
-        out[name] = [fmt.format(x) if np.isfinite(x) else "" for x in v]
-    return out
+    from fastspectro_dask.ephemeris import format_rows
+
+    return format_rows(ephemeris.at(np.asarray(ticks, dtype=np.float64)))
 
 
 def _provenance(

@@ -15,7 +15,10 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-__all__ = ["TimeAxis"]
+__all__ = ["DEFAULT_SQUEEZE_MINUTES", "TimeAxis"]
+
+#: Data gaps longer than this many minutes are squeezed out of a figure's UT axis.
+DEFAULT_SQUEEZE_MINUTES = 5.0
 
 #: Tick steps in seconds, from 1 s to 6 h.
 _STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600)

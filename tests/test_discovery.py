@@ -609,3 +609,28 @@ def test_single_skipped_file_path_has_its_reason(tmp_path):
     index = discover(f)
     assert len(index) == 0
     assert index.skipped == [SkippedFile(f, "gzip-compressed (gunzip it first)")]
+
+
+def test_info_lists_skipped_names_with_reasons(tmp_path, capsys):
+    from fastspectro_dask.cli import main
+
+    build(tmp_path, "nested")
+    for name in NEAR_MISSES:
+        touch(tmp_path / "2000" / "01" / name)
+    assert main(["info", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(NEAR_MISSES)} skipped" in out
+    for name, text in NEAR_MISSES.items():
+        assert f"  2000/01/{name}: " in out, name
+        line = next(ln for ln in out.splitlines() if f"2000/01/{name}: " in ln)
+        assert text in line, name
+
+
+def test_info_lists_skipped_names_when_nothing_is_indexed(tmp_path, capsys):
+    from fastspectro_dask.cli import main
+
+    touch(tmp_path / (GOOD + ".gz"))
+    assert main(["info", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "no FAST ESA L2 files found" in out
+    assert f"  {GOOD}.gz: gzip-compressed (gunzip it first)" in out

@@ -666,8 +666,9 @@ def open_esa(
         mission's CDF or otherwise lacks a required variable, has a wrong rank or
         shape, has inconsistent record counts, or has times beyond ``datetime64[ns]``.
         The message names the file and the cause. Whole-file-compressed CDFs (magic
-        ``CDF30001 CCCC0001``, GZIP or RLE) read like plain ones. Errors found only while decoding (a
-        corrupt compressed block) are raised, as InvalidCDFError, at compute time.
+        ``CDF30001 CCCC0001``, GZIP or RLE) read like plain ones. Errors found only
+        while decoding (a corrupt compressed block) are raised, as InvalidCDFError,
+        at compute time.
     FileNotFoundError
         The path does not exist.
     """

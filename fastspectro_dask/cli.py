@@ -12,6 +12,10 @@ import sys
 from collections.abc import Sequence
 from datetime import timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fastspectro_dask.discovery import OrbitIndex
 
 __all__ = ["main"]
 
@@ -81,6 +85,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(index.summary())
     if not len(index):
         print("no FAST ESA L2 files found")
+        _print_skipped(index, args.all)
         return EXIT_OK
     size = sum(p.stat().st_size for files in index.values() for p in files.values())
     starts = list(index.start_times.values())
@@ -105,9 +110,27 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(
         f"{missing} orbit(s) lack at least one instrument; "
         f"{len(index.duplicates)} duplicate(s) superseded; "
-        f"{len(index.unrecognized)} unrecognized file(s)"
+        f"{len(index.skipped)} skipped"
     )
+    _print_skipped(index, args.all)
     return EXIT_OK
+
+
+def _print_skipped(index: OrbitIndex, show_all: bool) -> None:
+    """The names discovery skipped, one a line with the reason (40 unless --all)."""
+    if not index.skipped:
+        return
+    n = len(index.skipped)
+    shown = index.skipped if show_all or n <= 40 else index.skipped[:40]
+    print(f"{n} skipped file(s), not indexed:")
+    for s in shown:
+        try:
+            name = s.path.relative_to(index.root) if s.path != index.root else s.path.name
+        except ValueError:
+            name = s.path
+        print(f"  {name}: {s.reason}")
+    if len(shown) < n:
+        print(f"  ... (+{n - len(shown)} more; --all lists them all)")
 
 
 SCALES = ("linear", "log")
@@ -618,7 +641,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "came from (software, source files, time ranges drawn, limits, ephemeris rows).",
     )
     p.add_argument("input", type=Path, help="folder of CDF files, or a figure (.png)")
-    p.add_argument("--all", action="store_true", help="list every orbit")
+    p.add_argument("--all", action="store_true", help="list every orbit and skipped file")
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser(

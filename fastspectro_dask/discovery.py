@@ -12,7 +12,10 @@ a version number of at least 2 digits. Orbit ephemeris files are named
 Name matching is strict and case-sensitive, except that the extension may be
 either ``.cdf`` or ``.CDF`` (some mirrors and FAT/exFAT copies upper-case it);
 mixed-case extensions such as ``.Cdf`` are not accepted. Parsed timestamps are
-timezone-aware UTC :class:`~datetime.datetime` objects.
+timezone-aware UTC :class:`~datetime.datetime` objects. A name is also refused when
+its values cannot be right: a date outside 1677-09-21..2262-04-11 (the range of
+``datetime64[ns]``, in which times and output folders are computed) or an orbit
+outside ``1..MAX_ORBIT``.
 
 :func:`discover` walks a folder of any layout (``<root>/<YYYY>/<MM>/``, the
 SPDF ``<root>/<inst>/<YYYY>/<MM>/``, flat, or anything deeper) and returns an
@@ -33,10 +36,12 @@ from types import MappingProxyType
 
 __all__ = [
     "INSTRUMENTS",
+    "MAX_ORBIT",
     "DuplicateFiles",
     "EsaFileName",
     "OrbFileName",
     "OrbitIndex",
+    "SkippedFile",
     "discover",
     "parse_esa_filename",
     "parse_orb_filename",
@@ -56,8 +61,31 @@ _ESA_RE = re.compile(
 )
 _ORB_RE = re.compile(r"fa_k0_orb_(\d{5,})_v(\d{2,})\.(?:cdf|CDF)", re.ASCII)
 
-#: How many example names the "unrecognized files" warning shows.
+#: Largest orbit number accepted in a file name. FAST's orbits run from 1 to about
+#: 51,315 (the mission ended in 2009) and the real names carry them in 5 digits;
+#: 99,999, the largest 5-digit number, leaves room for every real or synthetic orbit
+#: while a garbage number (a 30-digit "orbit") is refused instead of becoming an
+#: orbit, a progress-file key and an output folder.
+MAX_ORBIT = 99_999
+
+#: How many skipped names (with their reasons) the discovery warning shows.
 _MAX_EXAMPLES = 5
+
+#: Whole seconds from 1970 that datetime64[ns] still holds (1677-09-21 00:12:44 to
+#: 2262-04-11 23:47:16 UTC).
+_NS_LIMIT_SECONDS = 9_223_372_036
+
+#: Compression suffixes that hide a FAST file name, and what to do about them.
+_COMPRESSED_SUFFIXES: tuple[tuple[str, str], ...] = (
+    (".gz", "gzip-compressed (gunzip it first)"),
+    (".bz2", "bzip2-compressed (bunzip2 it first)"),
+    (".xz", "xz-compressed (unxz it first)"),
+    (".zst", "zstd-compressed (unzstd it first)"),
+    (".zip", "a ZIP archive (unzip it first)"),
+)
+
+_ESA_GRAMMAR = "fa_esa_l2_<ees|eeb|ies|ieb>_<YYYYMMDDhhmmss>_<orbit>_v<NN>.cdf"
+_ORB_GRAMMAR = "fa_k0_orb_<orbit>_v<NN>.cdf"
 
 _UTC = timezone.utc
 
@@ -133,31 +161,124 @@ class DuplicateFiles:
     discarded: tuple[Path, ...]
 
 
-def _parse_esa(name: str, path: Path | None) -> EsaFileName | None:
+@dataclass(frozen=True, slots=True)
+class SkippedFile:
+    """An entry the folder walk passed over, and why.
+
+    Attributes
+    ----------
+    path : pathlib.Path
+        The file (or symbolic link, fifo, ...).
+    reason : str
+        Why it was not indexed, in words a user can act on (e.g.
+        ``"gzip-compressed (gunzip it first)"``, ``"symbolic link loop"``,
+        ``"orbit 123456 beyond the mission ..."``).
+    """
+
+    path: Path
+    reason: str
+
+
+def _orbit_problem(orbit_s: str) -> str | None:
+    orbit = int(orbit_s)
+    if orbit < 1:
+        return f"orbit {orbit_s} is not an orbit (FAST orbits start at 1)"
+    if orbit > MAX_ORBIT:
+        shown = orbit_s if len(orbit_s) <= 12 else f"{orbit_s[:12]}... ({len(orbit_s)} digits)"
+        return (
+            f"orbit {shown} beyond the mission (FAST orbits end near 51,315; "
+            f"names above {MAX_ORBIT:,} are refused)"
+        )
+    return None
+
+
+def _check_esa(name: str, path: Path | None) -> EsaFileName | str | None:
+    """The parsed name; a reason if it has the grammar but impossible values; else None."""
     m = _ESA_RE.fullmatch(name)
     if m is None:
         return None
     inst, year, month, day, hour, minute, second, orbit_s, version_s = m.groups()
-    orbit = int(orbit_s)
-    if orbit < 1:
-        return None
+    problem = _orbit_problem(orbit_s)
+    if problem is not None:
+        return problem
+    stamp = "".join((year, month, day, hour, minute, second))
     try:
         start = datetime(
             int(year), int(month), int(day), int(hour), int(minute), int(second), tzinfo=_UTC
         )
-    except ValueError:  # month 13, Feb 30, second 60, ...
-        return None
-    return EsaFileName(inst, start, orbit, int(version_s), path if path is not None else Path(name))
+    except ValueError as exc:  # month 13, Feb 30, second 60, ...
+        return f"impossible date/time {stamp} in the name ({exc})"
+    if not -_NS_LIMIT_SECONDS <= start.timestamp() <= _NS_LIMIT_SECONDS:
+        return (
+            f"date {start:%Y-%m-%d %H:%M:%S} in the name is outside "
+            "1677-09-21 00:12:44..2262-04-11 23:47:16, the range of datetime64[ns] "
+            "times (a mistyped date?)"
+        )
+    return EsaFileName(
+        inst, start, int(orbit_s), int(version_s), path if path is not None else Path(name)
+    )
 
 
-def _parse_orb(name: str, path: Path | None) -> OrbFileName | None:
+def _check_orb(name: str, path: Path | None) -> OrbFileName | str | None:
+    """Like :func:`_check_esa`, for orbit ephemeris file names."""
     m = _ORB_RE.fullmatch(name)
     if m is None:
         return None
-    orbit = int(m.group(1))
-    if orbit < 1:
-        return None
-    return OrbFileName(orbit, int(m.group(2)), path if path is not None else Path(name))
+    problem = _orbit_problem(m.group(1))
+    if problem is not None:
+        return problem
+    return OrbFileName(int(m.group(1)), int(m.group(2)), path if path is not None else Path(name))
+
+
+def _parse_esa(name: str, path: Path | None) -> EsaFileName | None:
+    parsed = _check_esa(name, path)
+    return parsed if isinstance(parsed, EsaFileName) else None
+
+
+def _parse_orb(name: str, path: Path | None) -> OrbFileName | None:
+    parsed = _check_orb(name, path)
+    return parsed if isinstance(parsed, OrbFileName) else None
+
+
+def _skip_reason(name: str) -> str:
+    """Why `name` is neither a FAST ESA L2 nor an orbit file name."""
+    for check in (_check_esa, _check_orb):
+        problem = check(name, None)
+        if isinstance(problem, str):
+            return problem
+        if problem is not None:  # only when an OrbitIndex is built by hand
+            return "a valid name, listed as unrecognized by the caller"
+    for suffix, advice in _COMPRESSED_SUFFIXES:
+        if name.lower().endswith(suffix):
+            base = name[: -len(suffix)]
+            if _parse_esa(base, None) or _parse_orb(base, None):
+                return advice
+    found = _ESA_RE.search(name) or _ORB_RE.search(name)
+    odd = sorted({c for c in name if not c.isascii()})
+    if odd or any(c.isspace() for c in name):
+        what = "spaces" if not odd else "non-ASCII characters " + repr("".join(odd))
+        if odd and any(c.isspace() for c in name):
+            what = "spaces and " + what
+        if found is None:  # a browser's "name (1).cdf", a space typed into the name
+            cleaned = re.sub(r"\s*\(\d+\)(?=\.)|\s+", "", name)
+            if _parse_esa(cleaned, None) or _parse_orb(cleaned, None):
+                found = re.match(".+", cleaned)
+        hint = f" (rename it to {found.group(0)}?)" if found else ""
+        return f"the name contains {what}{hint}"
+    if found is not None and found.start() == 0:
+        return (
+            f"extra suffix {name[found.end() :]!r} after the name "
+            "(an unfinished download or a temporary file?)"
+        )
+    if found is not None:
+        return f"extra characters before the name {found.group(0)} (rename it?)"
+    if _parse_esa(name.lower(), None) or _parse_orb(name.lower(), None):
+        return "wrong letter case (names are lower case, extension .cdf or .CDF)"
+    if name.startswith("fa_esa_l2_"):
+        return f"not a valid FAST ESA L2 name (expected {_ESA_GRAMMAR})"
+    if name.startswith("fa_k0_orb_"):
+        return f"not a valid FAST orbit file name (expected {_ORB_GRAMMAR})"
+    return "not a FAST ESA L2 or orbit file name"
 
 
 def parse_esa_filename(name_or_path: str | os.PathLike[str]) -> EsaFileName | None:
@@ -173,8 +294,10 @@ def parse_esa_filename(name_or_path: str | os.PathLike[str]) -> EsaFileName | No
     EsaFileName or None
         The parsed fields, or ``None`` if the name is not a valid
         ``fa_esa_l2_<inst>_<YYYYMMDDhhmmss>_<orbit>_v<NN>.cdf`` name (unknown
-        instrument, impossible timestamp such as month 13, orbit 0, trailing
-        suffixes such as ``.part`` or ``.tmp``, ...).
+        instrument, impossible timestamp such as month 13, a date outside the
+        ``datetime64[ns]`` range 1677-2262, orbit 0 or above :data:`MAX_ORBIT`,
+        trailing suffixes such as ``.part`` or ``.tmp``, ...). :func:`discover`
+        records the reason for every name it refuses (:attr:`OrbitIndex.skipped`).
 
     Examples
     --------
@@ -196,7 +319,8 @@ def parse_orb_filename(name_or_path: str | os.PathLike[str]) -> OrbFileName | No
     Returns
     -------
     OrbFileName or None
-        The parsed fields, or ``None`` if the name does not match.
+        The parsed fields, or ``None`` if the name does not match (or its orbit is
+        0 or above :data:`MAX_ORBIT`).
     """
     path = Path(name_or_path)
     return _parse_orb(path.name, path)
@@ -247,6 +371,10 @@ class OrbitIndex(Mapping[int, Mapping[str, Path]]):
         :attr:`n_ignored`.
     n_ignored : int, optional
         Files already dropped by the caller, added to :attr:`n_ignored`.
+    skipped : iterable of SkippedFile, optional
+        Other entries passed over, with their reasons (symbolic link loops, broken
+        links, fifos, unreadable entries). The `unrecognized` files are added to
+        :attr:`skipped` with the reason their name was refused.
 
     Attributes
     ----------
@@ -262,6 +390,12 @@ class OrbitIndex(Mapping[int, Mapping[str, Path]]):
         Orbits with more than one ephemeris file (``instrument == "orb"``).
     unrecognized : list of pathlib.Path
         Files that are neither ESA L2 nor orbit files, in path order.
+    skipped : list of SkippedFile
+        Everything passed over, each with its reason, in path order: the
+        `unrecognized` files (why the name was refused: gzip-compressed, spaces or
+        accents in the name, a date beyond 2262, an orbit beyond the mission, ...)
+        and entries that are not readable regular files (symbolic link loops,
+        broken links, fifos). Hidden names (starting with ``.``) are not listed.
     start_times : dict of (int, str) to datetime.datetime
         UTC start time from the name of each kept file, keyed by
         ``(orbit, instrument)``.
@@ -278,6 +412,7 @@ class OrbitIndex(Mapping[int, Mapping[str, Path]]):
         *,
         instruments: Iterable[str] | str = INSTRUMENTS,
         n_ignored: int = 0,
+        skipped: Iterable[SkippedFile] = (),
     ) -> None:
         self.root = Path(root)
         self.instruments: tuple[str, ...] = _normalize_instruments(instruments)
@@ -323,6 +458,10 @@ class OrbitIndex(Mapping[int, Mapping[str, Path]]):
         self.orbit_files: dict[int, Path] = {k: orb_best[k].path for k in sorted(orb_best)}
 
         self.unrecognized: list[Path] = sorted((Path(p) for p in unrecognized), key=str)
+        self.skipped: list[SkippedFile] = sorted(
+            [*skipped, *(SkippedFile(p, _skip_reason(p.name)) for p in self.unrecognized)],
+            key=lambda s: str(s.path),
+        )
 
         self._entries: dict[int, dict[str, EsaFileName]] = {}
         for key in sorted(best, key=lambda k: (k[0], _INSTRUMENT_ORDER[k[1]])):
@@ -419,7 +558,7 @@ class OrbitIndex(Mapping[int, Mapping[str, Path]]):
         -------
         str
             Counts of orbits, files per instrument, orbit files, discarded
-            duplicates, unrecognized and ignored files.
+            duplicates, skipped entries (:attr:`skipped`) and ignored files.
         """
         per_inst = dict.fromkeys(self.instruments, 0)
         for _, inst in self.start_times:
@@ -430,7 +569,7 @@ class OrbitIndex(Mapping[int, Mapping[str, Path]]):
         return (
             f"{len(self)} orbits, {self.n_files} ESA files ({insts}), "
             f"{len(self.orbit_files)} orbit files, {n_dup} duplicates discarded, "
-            f"{len(self.unrecognized)} unrecognized, {self.n_ignored} ignored"
+            f"{len(self.skipped)} skipped, {self.n_ignored} ignored"
         )
 
     def __repr__(self) -> str:
@@ -438,7 +577,7 @@ class OrbitIndex(Mapping[int, Mapping[str, Path]]):
             f"{type(self).__name__}(root={str(self.root)!r}, orbits={len(self)}, "
             f"files={self.n_files}, orbit_files={len(self.orbit_files)}, "
             f"duplicates={len(self.duplicates) + len(self.orbit_file_duplicates)}, "
-            f"unrecognized={len(self.unrecognized)}, ignored={self.n_ignored})"
+            f"skipped={len(self.skipped)}, ignored={self.n_ignored})"
         )
 
 
@@ -460,11 +599,30 @@ def _classify(
     unrecognized.append(path)
 
 
+def _entry_problem(path: Path, exc: OSError | None) -> str:
+    """Why an entry that is neither a directory nor a regular file cannot be read."""
+    if exc is not None and exc.errno == errno.ELOOP:
+        return "symbolic link loop"
+    if exc is not None:
+        return f"cannot be read ({exc.strerror or exc})"
+    try:
+        if path.is_symlink():
+            os.stat(path)  # raises for a dangling link or a loop
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "symbolic link loop"
+        if err.errno == errno.ENOENT:
+            return f"broken symbolic link (to {os.readlink(path)!r}, which does not exist)"
+        return f"cannot be read ({err.strerror or err})"
+    return "not a regular file (a fifo, socket or device)"
+
+
 def _walk(
     root: Path,
     esa: list[EsaFileName],
     orb: list[OrbFileName],
     unrecognized: list[Path],
+    skipped: list[SkippedFile],
 ) -> None:
     """Depth-first, name-sorted walk; hidden entries skipped, symlink loops cut."""
     st = os.stat(root)
@@ -496,11 +654,13 @@ def _walk(
                     subdirs.append(directory / name)
                     continue
                 is_file = entry.is_file()
-            except OSError as exc:
-                logger.debug("skipping %s: %s", entry.path, exc)
+            except OSError as exc:  # a symlink loop, a permission error, ...
+                path = directory / name
+                skipped.append(SkippedFile(path, _entry_problem(path, exc)))
                 continue
             if not is_file:  # broken symlink, fifo, socket, ...
-                logger.debug("skipping non-regular file %s", entry.path)
+                path = directory / name
+                skipped.append(SkippedFile(path, _entry_problem(path, None)))
                 continue
             _classify(name, directory / name, esa, orb, unrecognized)
         stack.extend(reversed(subdirs))
@@ -520,10 +680,16 @@ def discover(
     starting with ``.``) are skipped silently. The walk is in sorted name
     order, so the result does not depend on the file system.
 
-    Other files (junk ``*.cdf`` names, ``.part`` downloads, ``README.txt``,
-    ...) are collected in :attr:`OrbitIndex.unrecognized` and reported once
-    as a single WARNING. ESA files of instruments not in `instruments` are
-    dropped and only counted (:attr:`OrbitIndex.n_ignored`).
+    Everything else is listed, each with its reason, in
+    :attr:`OrbitIndex.skipped`: files whose names are refused (junk ``*.cdf``
+    names, ``.part`` downloads, ``.cdf.gz`` files, names with spaces or accents,
+    dates beyond 2262, orbits beyond the mission, ``README.txt``, ...; their
+    paths are also in :attr:`OrbitIndex.unrecognized`) and entries that are not
+    readable regular files (symbolic link loops, broken links, fifos). They are
+    reported in one WARNING: the count and the first few names with their
+    reasons, names that look like FAST files first (``fastspectro info`` lists
+    them all). ESA files of instruments not in `instruments` are dropped and
+    only counted (:attr:`OrbitIndex.n_ignored`).
 
     Parameters
     ----------
@@ -552,16 +718,42 @@ def discover(
     esa: list[EsaFileName] = []
     orb: list[OrbFileName] = []
     unrecognized: list[Path] = []
+    skipped: list[SkippedFile] = []
     if root.is_dir():
-        _walk(root, esa, orb, unrecognized)
+        _walk(root, esa, orb, unrecognized, skipped)
     else:
         _classify(root.name, root, esa, orb, unrecognized)
 
-    index = OrbitIndex(root, esa, orb, unrecognized, instruments=wanted)
-    if index.unrecognized:
-        n = len(index.unrecognized)
-        examples = ", ".join(p.name for p in index.unrecognized[:_MAX_EXAMPLES])
-        more = f" (+{n - _MAX_EXAMPLES} more)" if n > _MAX_EXAMPLES else ""
-        logger.warning("%s: %d unrecognized file(s) ignored, e.g. %s%s", root, n, examples, more)
+    index = OrbitIndex(root, esa, orb, unrecognized, instruments=wanted, skipped=skipped)
+    if index.skipped:
+        _warn_skipped(root, index.skipped)
     logger.info("%s: %s", root, index.summary())
     return index
+
+
+def _looks_like_data(name: str) -> bool:
+    lower = name.lower()
+    return lower.startswith("fa_") or ".cdf" in lower
+
+
+def _warn_skipped(root: Path, skipped: list[SkippedFile]) -> None:
+    """One WARNING: the count, then the first names with their reasons."""
+    n = len(skipped)
+    first = sorted(skipped, key=lambda s: not _looks_like_data(s.path.name))[:_MAX_EXAMPLES]
+    listed = "; ".join(f"{_relative(s.path, root)}: {s.reason}" for s in first)
+    more = f"; +{n - _MAX_EXAMPLES} more" if n > _MAX_EXAMPLES else ""
+    logger.warning(
+        "%s: %d file(s) skipped: %s%s (`fastspectro info %s` lists them all)",
+        root,
+        n,
+        listed,
+        more,
+        root,
+    )
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root)) if path != root else path.name
+    except ValueError:
+        return str(path)

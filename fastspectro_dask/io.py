@@ -67,12 +67,29 @@ _SKIP_RV = {"epoch", "orbit_number", "orbit_number_time", "orbit_number_epoch"}
 _CDF_MAGIC = {b"\xcd\xf3\x00\x01", b"\xcd\xf2\x60\x02", b"\x00\x00\xff\xff"}
 _FLOAT_TYPES = {"CDF_FLOAT", "CDF_REAL4", "CDF_DOUBLE", "CDF_REAL8"}
 _DIMS = ("time", "pitch_angle_bin", "energy_channel")
+#: |time_unix| (s) at and beyond which datetime64[ns] overflows (years 1677 and 2262).
+_MAX_UNIX_NS = np.iinfo(np.int64).max / 1e9
 _NAME_RE = re.compile(r"fa_esa_l2_(ees|eeb|ies|ieb)_")
 
 
 # --------------------------------------------------------------------------------------
 # Low-level checks
 # --------------------------------------------------------------------------------------
+
+
+#: Container formats that users save as ``.cdf`` by mistake: leading bytes -> advice.
+_WRAPPERS: tuple[tuple[bytes, str], ...] = (
+    (b"\x1f\x8b", "gzip-compressed (gunzip it first)"),
+    (b"BZh", "bzip2-compressed (bunzip2 it first)"),
+    (b"\xfd7zXZ\x00", "xz-compressed (unxz it first)"),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed (unzstd it first)"),
+    (b"PK\x03\x04", "a ZIP archive (unzip it first)"),
+)
+#: Bytes 4-8 of a CDF whose whole file is compressed (a CCR record follows).
+_WHOLE_FILE_COMPRESSED = b"\xcc\xcc\x00\x01"
+#: Whole-file compression types (CPR ``cType``) that cdflib can inflate.
+_CDFLIB_WHOLE_FILE_TYPES = {1: "RLE", 5: "GZIP"}
+_COMPRESSION_NAMES = {0: "none", 1: "RLE", 2: "Huffman", 3: "adaptive Huffman", 5: "GZIP"}
 
 
 def _check_container(path: Path) -> int:
@@ -88,6 +105,9 @@ def _check_container(path: Path) -> int:
     with open(path, "rb") as fh:
         head = fh.read(64)
     if head[:4] not in _CDF_MAGIC:
+        for magic, what in _WRAPPERS:
+            if head.startswith(magic):
+                raise InvalidCDFError(path, f"not a plain CDF file: it is {what}")
         text = head.lstrip().lower()
         if text.startswith((b"<!doctype html", b"<html", b"<?xml", b"<")):
             raise InvalidCDFError(
@@ -96,7 +116,9 @@ def _check_container(path: Path) -> int:
                 "page saved as .cdf by a failed download?)",
             )
         raise InvalidCDFError(path, f"not a CDF file (starts with bytes {head[:8]!r})")
-    if head[:4] == b"\xcd\xf3\x00\x01" and len(head) >= 28:
+    if head[:4] == b"\xcd\xf3\x00\x01" and head[4:8] == _WHOLE_FILE_COMPRESSED:
+        _check_whole_file_compressed(path, head, size)
+    elif head[:4] == b"\xcd\xf3\x00\x01" and len(head) >= 28:
         # CDF v3: the CDR (at byte 8) points to the GDR, whose field at +36 is the
         # end-of-file offset the writer recorded; a shorter file was cut off.
         gdr = int.from_bytes(head[20:28], "big", signed=True)
@@ -110,6 +132,42 @@ def _check_container(path: Path) -> int:
                 path, f"truncated: the CDF header records {eof} bytes but the file has {size}"
             )
     return size
+
+
+def _check_whole_file_compressed(path: Path, head: bytes, size: int) -> None:
+    """Checks of a v3 CDF compressed as a whole (magic ``CDF30001 CCCC0001``).
+
+    Such a file holds, after the 8 magic bytes, one CCR record (the compressed image of
+    the plain file: size 8 bytes, type 4 bytes = 10, CPR offset 8 bytes, uncompressed
+    size 8 bytes, 4 reserved bytes, then the data) and a CPR record naming the
+    compression. CDAWeb's master CDFs are written this way. The plain file's GDR is
+    inside the compressed data, so only the outer records can be checked here.
+    """
+    if len(head) < 36:
+        raise InvalidCDFError(path, f"truncated: {size} bytes, its header is incomplete")
+    ccr_size = int.from_bytes(head[8:16], "big", signed=True)
+    ccr_type = int.from_bytes(head[16:20], "big", signed=True)
+    cpr = int.from_bytes(head[20:28], "big", signed=True)
+    if ccr_type != 10 or ccr_size < 32 or cpr < 8:
+        raise InvalidCDFError(
+            path, "corrupt header of a whole-file-compressed CDF (bad CCR record)"
+        )
+    if 8 + ccr_size > size or cpr + 28 > size:
+        raise InvalidCDFError(
+            path,
+            f"truncated: a whole-file-compressed CDF of {size} bytes whose compressed "
+            f"data end at byte {max(8 + ccr_size, cpr + 28)}",
+        )
+    with open(path, "rb") as fh:
+        fh.seek(cpr + 12)
+        ctype = int.from_bytes(fh.read(4), "big", signed=True)
+    if ctype not in _CDFLIB_WHOLE_FILE_TYPES:
+        kind = _COMPRESSION_NAMES.get(ctype, f"type {ctype}")
+        raise InvalidCDFError(
+            path,
+            f"the whole file is {kind}-compressed, which cdflib cannot read "
+            "(decompress it with the CDF tools' cdfconvert first)",
+        )
 
 
 def _open_cdf(path: Path) -> cdflib.CDF:
@@ -134,6 +192,19 @@ def _read(cdf: cdflib.CDF, path: Path, name: str, **kw: Any) -> np.ndarray:
     if out is None:
         raise InvalidCDFError(path, f"variable {name!r} has no records")
     return np.asarray(out)
+
+
+def _describe_foreign(cdf: cdflib.CDF) -> str:
+    """A few words on what a non-FAST-ESA CDF is, from its global attributes."""
+    try:
+        attrs = {k: _plain(v) for k, v in (cdf.globalattsget() or {}).items()}
+    except Exception:  # a description only: never the reason to fail differently
+        attrs = {}
+    for key in ("Logical_source", "Source_name", "Mission_group"):
+        value = attrs.get(key)
+        if isinstance(value, str) and value.strip():
+            return f"{key} {value.strip()!r}"
+    return "no FAST ESA variables"
 
 
 def _plain(value: Any) -> Any:
@@ -186,7 +257,10 @@ class _FileInfo:
         names = list(cdf.cdf_info().zVariables)
         missing = [v for v in (*_REQUIRED_SUPPORT, *big) if v not in names]
         if missing:
-            raise InvalidCDFError(path, f"missing required variable(s) {', '.join(missing)}")
+            cause = f"missing required variable(s) {', '.join(missing)}"
+            if "time_unix" in missing:  # nothing of the FAST ESA layout: say what it is
+                cause = f"not a FAST ESA L2 file ({_describe_foreign(cdf)}): {cause}"
+            raise InvalidCDFError(path, cause)
         if wanted is not None:  # varinq walks the VDR chain: only inquire what is used
             keep = {
                 *wanted,
@@ -203,7 +277,11 @@ class _FileInfo:
 
         n = self.inq["time_unix"].Last_Rec + 1
         if n <= 0:
-            raise InvalidCDFError(path, "contains no records (time_unix is empty)")
+            raise InvalidCDFError(
+                path,
+                "no records: time_unix is empty, the file describes its variables but "
+                "holds no measurements (a CDAWeb master/skeleton CDF?)",
+            )
         self.n = n
         time = _read(cdf, path, "time_unix").astype(np.float64).reshape(-1)
         fill = self.attrs["time_unix"].get("FILLVAL")
@@ -215,6 +293,13 @@ class _FileInfo:
                 path,
                 f"time_unix holds {int(bad.sum())} fill/non-finite "
                 "values; records cannot be placed in time",
+            )
+        out_of_range = np.abs(time) >= _MAX_UNIX_NS
+        if out_of_range.any():
+            raise InvalidCDFError(
+                path,
+                f"time_unix holds {int(out_of_range.sum())} value(s) outside 1677-2262 "
+                f"(e.g. {time[out_of_range][0]:.6g} s), beyond datetime64[ns]",
             )
         self.time_unix = time
 
@@ -576,10 +661,14 @@ def open_esa(
     Raises
     ------
     InvalidCDFError
-        The file is empty, not a CDF (e.g. an HTML page), truncated, lacks a required
-        variable, has a wrong rank or shape, or has inconsistent record counts. The
-        message names the file and the cause. Errors found only while decoding (a
-        corrupt compressed block) are raised, as InvalidCDFError, at compute time.
+        The file is empty, not a CDF (e.g. an HTML page, or a gzip file named
+        ``.cdf``), truncated, has no records (a CDAWeb master file), is another
+        mission's CDF or otherwise lacks a required variable, has a wrong rank or
+        shape, has inconsistent record counts, or has times beyond ``datetime64[ns]``.
+        The message names the file and the cause. Whole-file-compressed CDFs (magic
+        ``CDF30001 CCCC0001``, GZIP or RLE) read like plain ones. Errors found only
+        while decoding (a corrupt compressed block) are raised, as InvalidCDFError,
+        at compute time.
     FileNotFoundError
         The path does not exist.
     """

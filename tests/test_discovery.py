@@ -8,14 +8,17 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from fastspectro_dask.discovery import (
     INSTRUMENTS,
+    MAX_ORBIT,
     EsaFileName,
     OrbitIndex,
+    SkippedFile,
     discover,
     parse_esa_filename,
     parse_orb_filename,
@@ -44,7 +47,7 @@ ORBITS = [
     (999, datetime(1996, 11, 20, 3, 4, 5, tzinfo=UTC), INSTRUMENTS),
     (13616, datetime(2000, 1, 31, 23, 59, 50, tzinfo=UTC), ("ees", "ies")),
     (13617, datetime(2000, 2, 1, 2, 10, 0, tzinfo=UTC), INSTRUMENTS),
-    (123456, datetime(2009, 4, 30, 12, 0, 0, tzinfo=UTC), ("eeb",)),
+    (51314, datetime(2009, 4, 30, 12, 0, 0, tzinfo=UTC), ("eeb",)),
 ]
 
 
@@ -106,6 +109,11 @@ def test_parse_esa_filename_fields():
         "fa_esa_l2_ees_2000010100000_13616_v02.cdf",  # 13-digit timestamp
         "fa_esa_l2_ees_20000101000000_1361_v02.cdf",  # 4-digit orbit
         "fa_esa_l2_ees_20000101000000_00000_v02.cdf",  # orbit 0
+        "fa_esa_l2_ees_20000101000000_100000_v02.cdf",  # orbit beyond the mission
+        "fa_esa_l2_ees_20000101000000_" + "1" * 30 + "_v02.cdf",  # 30-digit orbit
+        "fa_esa_l2_ees_99991231000000_13616_v02.cdf",  # beyond datetime64[ns]
+        "fa_esa_l2_ees_22620411234717_13616_v02.cdf",  # one second past its end
+        "fa_esa_l2_ees_16770921001243_13616_v02.cdf",  # one second before its start
         "fa_esa_l2_ees_20000101000000_13616_v2.cdf",  # 1-digit version
         "fa_esa_l2_ees_20000101000000_13616_02.cdf",
         "fa_esa_l2_ees_20000101000000_13616_v02.cdf.tmp",
@@ -125,10 +133,20 @@ def test_parse_esa_filename_rejects(name):
 
 
 def test_parse_esa_filename_upper_case_extension_and_wide_orbit():
-    parsed = parse_esa_filename("fa_esa_l2_ieb_20090430120000_123456_v10.CDF")
+    parsed = parse_esa_filename("fa_esa_l2_ieb_20090430120000_051314_v10.CDF")
     assert parsed is not None
-    assert (parsed.instrument, parsed.orbit, parsed.version) == ("ieb", 123456, 10)
+    assert (parsed.instrument, parsed.orbit, parsed.version) == ("ieb", 51314, 10)
     assert parse_esa_filename("fa_esa_l2_ees_19960821000000_00001_v01.cdf").orbit == 1
+    assert parse_esa_filename(f"fa_esa_l2_ees_20000101000000_{MAX_ORBIT}_v01.cdf").orbit == 99_999
+
+
+def test_parse_esa_filename_datetime64_ns_edges():
+    first = parse_esa_filename("fa_esa_l2_ees_16770921001244_13616_v02.cdf")
+    last = parse_esa_filename("fa_esa_l2_ees_22620411234716_13616_v02.cdf")
+    assert first is not None and last is not None
+    for parsed in (first, last):  # both fit datetime64[ns]
+        ns = parsed.start.replace(tzinfo=None).isoformat()
+        assert str(np.datetime64(ns, "ns")) == ns + ".000000000"
 
 
 def test_parse_orb_filename():
@@ -142,6 +160,7 @@ def test_parse_orb_filename():
     for bad in (
         "fa_k0_orb_1361_v01.cdf",
         "fa_k0_orb_00000_v01.cdf",
+        "fa_k0_orb_100000_v01.cdf",
         "fa_k0_orb_13616_v01.cdf.part",
         "fa_k0_ees_13616_v01.cdf",
         "fa_esa_l2_ees_20000101000000_13616_v02.cdf",
@@ -156,8 +175,10 @@ def test_esa_file_name_requires_aware_start():
 
 @given(
     inst=st.sampled_from(INSTRUMENTS),
-    start=st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59)),
-    orbit=st.integers(min_value=1, max_value=10**7),
+    start=st.datetimes(
+        min_value=datetime(1677, 9, 21, 0, 12, 44), max_value=datetime(2262, 4, 11, 23, 47, 16)
+    ),
+    orbit=st.integers(min_value=1, max_value=MAX_ORBIT),
     version=st.integers(min_value=0, max_value=999),
     ext=st.sampled_from(["cdf", "CDF"]),
 )
@@ -173,7 +194,7 @@ def test_esa_filename_round_trip(inst, start, orbit, version, ext):
     assert parse_orb_filename(name) is None
 
 
-@given(orbit=st.integers(min_value=1, max_value=10**7), version=st.integers(0, 999))
+@given(orbit=st.integers(min_value=1, max_value=MAX_ORBIT), version=st.integers(0, 999))
 def test_orb_filename_round_trip(orbit, version):
     parsed = parse_orb_filename(f"fa_k0_orb_{orbit:05d}_v{version:02d}.cdf")
     assert (parsed.orbit, parsed.version) == (orbit, version)
@@ -201,7 +222,7 @@ def test_layouts_give_identical_indexes(tmp_path):
             inst: esa_name(inst, ORBITS[2][1] + timedelta(seconds=3 * k), 13617)
             for k, inst in enumerate(INSTRUMENTS)
         },
-        123456: {"eeb": "fa_esa_l2_eeb_20090430120000_123456_v02.cdf"},
+        51314: {"eeb": "fa_esa_l2_eeb_20090430120000_51314_v02.cdf"},
     }
     for layout, index in indexes.items():
         assert as_names(index) == reference, layout
@@ -237,11 +258,12 @@ def test_index_is_read_only_mapping(tmp_path):
 def test_sorted_by_orbit_numerically(tmp_path):
     t = datetime(2000, 1, 1, tzinfo=UTC)
     # names whose lexical order differs from numeric orbit order
-    for orbit in (13616, 999, 123456, 100000, 5, 51314, 1000):
+    for orbit in (13616, 999, 99999, 5, 51314, 1000):
         touch(tmp_path / esa_name("ees", t, orbit))
     touch(tmp_path / "fa_esa_l2_ees_20000101000000_0000042_v02.cdf")  # 7 digits, orbit 42
+    touch(tmp_path / "fa_esa_l2_ees_20000101000000_000051313_v02.cdf")  # 9 digits
     index = discover(tmp_path)
-    assert list(index) == [5, 42, 999, 1000, 13616, 51314, 100000, 123456]
+    assert list(index) == [5, 42, 999, 1000, 13616, 51313, 51314, 99999]
     assert list(index.keys()) == sorted(index.keys())
 
 
@@ -355,14 +377,16 @@ def test_unrecognized_files_one_summary_warning(tmp_path, caplog):
     assert sorted(index.unrecognized) == sorted(junk_paths)
     assert index.unrecognized == sorted(index.unrecognized, key=str)
     assert as_names(index) == as_names(discover(build(tmp_path / "ref", "nested")))
+    assert [s.path for s in index.skipped] == index.unrecognized
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1
     message = warnings[0].getMessage()
-    assert "8 unrecognized" in message
-    assert "(+3 more)" in message
-    assert sum(name in message for name in [*JUNK, "README.txt"]) >= 5
+    assert "8 file(s) skipped" in message
+    assert "+3 more" in message
+    assert sum(name in message for name in [*JUNK, "README.txt"]) == 5
+    assert "README.txt" not in message  # names that look like FAST files come first
     assert ".hidden" not in message and ".DS_Store" not in message
-    assert "8 unrecognized" in index.summary()
+    assert "8 skipped" in index.summary()
 
 
 def test_no_warning_when_clean(tmp_path, caplog):
@@ -378,7 +402,7 @@ def test_instruments_missing(tmp_path):
     index = discover(build(tmp_path, "spdf"))
     assert index.instruments_missing(999) == ()
     assert index.instruments_missing(13616) == ("eeb", "ieb")
-    assert index.instruments_missing(123456) == ("ees", "ies", "ieb")
+    assert index.instruments_missing(51314) == ("ees", "ies", "ieb")
     assert index.instruments_missing(42) == INSTRUMENTS
 
 
@@ -388,16 +412,16 @@ def test_instrument_filter(tmp_path, caplog):
         index = discover(tmp_path, instruments=("ies", "ees"))
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert index.instruments == ("ies", "ees")
-    assert list(index) == [999, 13616, 13617]  # 123456 only has eeb
+    assert list(index) == [999, 13616, 13617]  # 51314 only has eeb
     assert all(set(files) <= {"ees", "ies"} for files in index.values())
-    assert index.n_ignored == 5  # 2 at 999, 2 at 13617, 1 at 123456
+    assert index.n_ignored == 5  # 2 at 999, 2 at 13617, 1 at 51314
     assert index.unrecognized == []
     assert index.instruments_missing(13616) == ()
     assert "5 ignored" in index.summary()
     assert len(index.orbit_files) == 4
     # a single instrument name as a string
     only = discover(tmp_path, instruments="eeb")
-    assert list(only) == [999, 13617, 123456]
+    assert list(only) == [999, 13617, 51314]
     with pytest.raises(ValueError, match="unknown instrument"):
         discover(tmp_path, instruments=("ees", "xyz"))
     with pytest.raises(ValueError, match="empty"):
@@ -439,11 +463,11 @@ def test_summary_and_repr(tmp_path):
     assert "\n" not in summary
     assert summary == (
         "4 orbits, 11 ESA files (ees=3, eeb=3, ies=3, ieb=2), 4 orbit files, "
-        "0 duplicates discarded, 1 unrecognized, 0 ignored"
+        "0 duplicates discarded, 1 skipped, 0 ignored"
     )
     r = repr(index)
     assert r.startswith("OrbitIndex(")
-    for part in ("orbits=4", "files=11", "orbit_files=4", "duplicates=0", "unrecognized=1"):
+    for part in ("orbits=4", "files=11", "orbit_files=4", "duplicates=0", "skipped=1"):
         assert part in r
 
 
@@ -465,7 +489,13 @@ def test_symlink_loops_and_links(tmp_path):
     index = discover(data)
     assert as_names(index) == as_names(discover(build(tmp_path / "ref", "nested")))
     assert index.duplicates == []
-    assert index.unrecognized == []
+    assert index.unrecognized == []  # the names are fine; the entries are not files
+    assert index.skipped == [
+        SkippedFile(
+            data / "broken.cdf",
+            f"broken symbolic link (to {str(tmp_path / 'nowhere')!r}, which does not exist)",
+        )
+    ]
     # a symlinked directory as (part of) the tree is followed
     outside = build(tmp_path / "outside", "spdf")
     top = tmp_path / "top"
@@ -491,3 +521,116 @@ def test_many_files(tmp_path):
     assert index.n_files == n == 20_000
     assert len(index) == 5000
     assert list(index) == sorted(index)
+
+
+# --------------------------------------------------------------------------- skipped, with reasons
+
+GOOD = esa_name("ees", datetime(2000, 1, 1, tzinfo=UTC), 13616)
+#: name -> (the reason's expected text). Each one would have dropped a real orbit silently.
+NEAR_MISSES = {
+    GOOD + ".gz": "gzip-compressed (gunzip it first)",
+    GOOD.replace(".cdf", " (1).cdf"): f"the name contains spaces (rename it to {GOOD}?)",
+    GOOD.replace("_ees_", "_ées_"): "the name contains non-ASCII characters 'é'",
+    esa_name("ies", datetime(9999, 12, 31, tzinfo=UTC), 13616): (
+        "date 9999-12-31 00:00:00 in the name is outside 1677-09-21 00:12:44..2262-04-11 "
+        "23:47:16, the range of datetime64[ns] times"
+    ),
+    "fa_esa_l2_eeb_20000101000000_" + "7" * 30 + "_v02.cdf": (
+        "orbit 777777777777... (30 digits) beyond the mission (FAST orbits end near "
+        f"51,315; names above {MAX_ORBIT:,} are refused)"
+    ),
+    "fa_k0_orb_100000_v01.cdf": "orbit 100000 beyond the mission",
+    GOOD + ".part": "extra suffix '.part' after the name",
+    GOOD.replace(".cdf", ".Cdf"): "wrong letter case",
+}
+
+
+def test_skipped_names_are_listed_with_reasons_at_warning(tmp_path, caplog):
+    build(tmp_path, "nested")
+    folder = tmp_path / "2000" / "01"
+    for name in NEAR_MISSES:
+        touch(folder / name)
+    touch(tmp_path / "README.txt")
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        index = discover(tmp_path)
+    assert as_names(index) == as_names(discover(build(tmp_path / "ref", "nested")))
+    reasons = {s.path.name: s.reason for s in index.skipped}
+    assert set(reasons) == {*NEAR_MISSES, "README.txt"}
+    for name, text in NEAR_MISSES.items():
+        assert text in reasons[name], name
+    assert reasons["README.txt"] == "not a FAST ESA L2 or orbit file name"
+    assert [s.path for s in index.skipped] == index.unrecognized  # all of them are files
+    # one WARNING: the count, then the first names each with its reason
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1
+    message = warnings[0].getMessage()
+    assert f"{len(NEAR_MISSES) + 1} file(s) skipped: " in message
+    shown = [s for s in index.skipped if f"{s.path.relative_to(tmp_path)}: {s.reason}" in message]
+    assert len(shown) == 5 and all(s.path.name in NEAR_MISSES for s in shown)
+    assert f"+{len(NEAR_MISSES) + 1 - 5} more" in message
+    assert "fastspectro info" in message
+    assert f"{len(NEAR_MISSES) + 1} skipped" in index.summary()
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symlinks")
+def test_symlink_loop_named_like_a_cdf_is_reported(tmp_path, caplog):
+    folder = tmp_path / "2000" / "01"
+    touch(folder / GOOD)
+    loop_a, loop_b = folder / esa_name("ies", datetime(2000, 1, 1, tzinfo=UTC), 13616), folder / "b"
+    try:
+        os.symlink(loop_b, loop_a)
+        os.symlink(loop_a, loop_b)
+    except (OSError, NotImplementedError):
+        pytest.skip("cannot create symlinks here")
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        index = discover(tmp_path)
+    assert as_names(index) == {13616: {"ees": GOOD}}
+    assert index.skipped == [  # in path order
+        SkippedFile(loop_b, "symbolic link loop"),
+        SkippedFile(loop_a, "symbolic link loop"),
+    ]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1
+    assert f"2000/01/{loop_a.name}: symbolic link loop" in warnings[0]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs fifos")
+def test_fifo_is_skipped_with_its_reason(tmp_path):
+    os.mkfifo(tmp_path / GOOD)
+    index = discover(tmp_path)
+    assert len(index) == 0
+    assert index.skipped == [
+        SkippedFile(tmp_path / GOOD, "not a regular file (a fifo, socket or device)")
+    ]
+
+
+def test_single_skipped_file_path_has_its_reason(tmp_path):
+    f = touch(tmp_path / (GOOD + ".gz"))
+    index = discover(f)
+    assert len(index) == 0
+    assert index.skipped == [SkippedFile(f, "gzip-compressed (gunzip it first)")]
+
+
+def test_info_lists_skipped_names_with_reasons(tmp_path, capsys):
+    from fastspectro_dask.cli import main
+
+    build(tmp_path, "nested")
+    for name in NEAR_MISSES:
+        touch(tmp_path / "2000" / "01" / name)
+    assert main(["info", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(NEAR_MISSES)} skipped" in out
+    for name, text in NEAR_MISSES.items():
+        assert f"  2000/01/{name}: " in out, name
+        line = next(ln for ln in out.splitlines() if f"2000/01/{name}: " in ln)
+        assert text in line, name
+
+
+def test_info_lists_skipped_names_when_nothing_is_indexed(tmp_path, capsys):
+    from fastspectro_dask.cli import main
+
+    touch(tmp_path / (GOOD + ".gz"))
+    assert main(["info", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "no FAST ESA L2 files found" in out
+    assert f"  {GOOD}.gz: gzip-compressed (gunzip it first)" in out

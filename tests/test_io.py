@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import pickle
 import re
+import shutil
 from pathlib import Path
 
 import cdflib
@@ -14,13 +16,18 @@ import pytest
 import xarray as xr
 from dask.callbacks import Callback
 
+import fastspectro_dask.synth as synth
 from fastspectro_dask import InvalidCDFError
+from fastspectro_dask.errors import error_reason
 from fastspectro_dask.io import BIG_VARIABLES, FastEsaBackendEntrypoint, open_esa
 from fastspectro_dask.synth import BAD_FILE_KINDS, FILL_FLOAT, _OrbitPlan, write_esa_file
 
 from .conftest import RECORDS, SEED
 
 FLOAT_BIG = [v for v in BIG_VARIABLES if v != "data"]
+#: Real CDFs shipped in cdflib's source distribution (see the README there).
+CDFLIB_FILES = Path(__file__).parent / "data" / "cdflib_testfiles"
+FAST_MASTER = CDFLIB_FILES / "fa_esa_l2_eeb_00000000_v01.cdf"
 
 
 def expected_from_raw(path: Path, name: str) -> np.ndarray:
@@ -303,3 +310,113 @@ def test_corrupt_compressed_block_raises_at_compute(tmp_path, ees_file):
 def test_missing_path_is_file_not_found(tmp_path):
     with pytest.raises(FileNotFoundError):
         open_esa(tmp_path / "fa_esa_l2_ees_20000101000000_01000_v02.cdf")
+
+
+# --------------------------------------------------------------------------- real CDF variants
+
+
+class _WholeFileCompressedWriter(synth.CDFWriter):
+    """cdflib's writer with the ``Compressed`` spec option: the whole file is GZIP-6."""
+
+    def __init__(self, path, cdf_spec=None, delete=False):
+        super().__init__(path, cdf_spec={**(cdf_spec or {}), "Compressed": 6}, delete=delete)
+
+
+def _write_whole_file_compressed(root: Path, monkeypatch, **kw) -> Path:
+    with monkeypatch.context() as m:
+        m.setattr(synth, "CDFWriter", _WholeFileCompressedWriter)
+        return write_esa_file(root, "ees", 1000, records=20, seed=SEED, **kw)
+
+
+@pytest.mark.parametrize("compress_variables", [False, True])
+def test_whole_file_compressed_cdf_reads_like_the_plain_file(
+    tmp_path, monkeypatch, compress_variables
+):
+    plain = write_esa_file(
+        tmp_path / "plain", "ees", 1000, records=20, seed=SEED, compress=compress_variables
+    )
+    whole = _write_whole_file_compressed(
+        tmp_path / "whole", monkeypatch, compress=compress_variables
+    )
+    assert whole.read_bytes()[:8] == bytes.fromhex("cdf30001cccc0001")
+    assert plain.read_bytes()[:8] == bytes.fromhex("cdf300010000ffff")
+    assert cdflib.CDF(str(whole)).cdf_info().Compressed
+    ds, ref = open_esa(whole).compute(), open_esa(plain).compute()
+    assert set(ds.variables) == set(ref.variables) and ds.sizes["time"] > 1
+    xr.testing.assert_equal(ds, ref)  # values, dims, coords; NaN == NaN
+    for v in ref.data_vars:
+        assert ds[v].attrs == ref[v].attrs, v
+    assert ds.attrs["n_records"] == ref.attrs["n_records"]
+
+
+def test_truncated_whole_file_compressed_cdf_is_truncated(tmp_path, monkeypatch):
+    whole = _write_whole_file_compressed(tmp_path, monkeypatch, compress=False)
+    cut = tmp_path / ("cut_" + whole.name)
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(InvalidCDFError, match="truncated: a whole-file-compressed CDF") as info:
+        open_esa(cut)
+    assert info.value.path == str(cut)
+
+
+def test_gzip_file_named_cdf_says_gunzip(tmp_path, ees_file):
+    path = tmp_path / ees_file.name
+    path.write_bytes(gzip.compress(ees_file.read_bytes()[:4096]))
+    with pytest.raises(InvalidCDFError) as info:
+        open_esa(path)
+    assert (
+        str(info.value) == f"{path}: not a plain CDF file: it is gzip-compressed (gunzip it first)"
+    )
+    assert error_reason(info.value) == "invalid-cdf"
+
+
+def test_time_beyond_datetime64_ns_is_invalid(tmp_path, ees_file):
+    orbit = int(ees_file.name.split("_")[-2])
+    plan = _OrbitPlan(orbit, SEED, RECORDS)
+    rec, _ = plan.records_for("ees")
+    late = rec.grid.start + rec.grid.delta / 2
+    late[-1] = 253402300799.0  # 9999-12-31T23:59:59
+    path = plan.write(tmp_path, "ees", overrides={"time_unix": late})
+    with pytest.raises(InvalidCDFError, match=r"outside 1677-2262 .*beyond datetime64\[ns\]"):
+        open_esa(path)
+
+
+def test_cdaweb_fast_master_is_no_records(tmp_path):
+    """The real CDAWeb master of FAST ESA L2 eeb: whole-file RLE-compressed, 0 records."""
+    assert FAST_MASTER.read_bytes()[:8] == bytes.fromhex("cdf30001cccc0001")
+    master = cdflib.CDF(str(FAST_MASTER))
+    assert master.varinq("time_unix").Last_Rec == -1
+    # the same file decompressed (cdflib inflates it into a temporary plain CDF)
+    plain = tmp_path / FAST_MASTER.name
+    shutil.copyfile(master.temp_file, plain)
+    del master
+    assert plain.read_bytes()[:8] == bytes.fromhex("cdf300010000ffff")
+    for path in (FAST_MASTER, plain):
+        with pytest.raises(InvalidCDFError) as info:
+            open_esa(path)
+        assert info.value.path == str(path)
+        assert str(info.value).startswith(f"{path}: no records")
+        assert "truncated" not in str(info.value)
+        assert error_reason(info.value) == "invalid-cdf"
+
+
+@pytest.mark.parametrize(
+    ("name", "source"),
+    [
+        ("de2_ion2s_rpa_19830213_v01.cdf", "de2_ion2s_rpa"),  # CDF 2.7
+        ("psp_fld_l2_mag_rtn_1min_20200104_v02.cdf", "psp_fld_l2_mag_RTN_1min"),  # CDF 3.7
+    ],
+)
+def test_foreign_mission_cdf_is_invalid_naming_what_is_missing(name, source):
+    path = CDFLIB_FILES / name
+    cdflib.CDF(str(path))  # a valid CDF, only not FAST ESA
+    with pytest.raises(InvalidCDFError) as info:
+        open_esa(path)
+    assert info.value.path == str(path)
+    assert str(info.value).startswith(
+        f"{path}: not a FAST ESA L2 file (Logical_source {source!r}): "
+        "missing required variable(s) time_unix, nbins, nenergy, data, eflux"
+    )
+    assert "\n" not in str(info.value)
+    assert error_reason(info.value) == "invalid-cdf"
+    with pytest.raises(InvalidCDFError, match="not a FAST ESA L2 file"):
+        xr.open_dataset(path, engine=FastEsaBackendEntrypoint)

@@ -103,6 +103,7 @@ _MARGIN_LEFT = 0.85
 _MARGIN_RIGHT = 0.95  # colour-bar ticks and label
 _MARGIN_TOP = 0.55
 _MARGIN_BOTTOM = 0.6
+_EPHEMERIS_HEIGHT = 0.5  # three more label rows (ALT, ILAT, MLT) under the UT ticks
 _ROW_GAP = 0.38
 _COL_GAP = 0.14
 _CBAR_WIDTH = 0.16
@@ -972,12 +973,14 @@ def _new_figure(figsize: tuple[float, float], dpi: float, layout: str | None) ->
     return fig
 
 
-def _grid_geometry(figsize: tuple[float, float], n_rows: int, n_zoom: int) -> tuple[float, float]:
+def _grid_geometry(
+    figsize: tuple[float, float], n_rows: int, n_zoom: int, bottom: float = _MARGIN_BOTTOM
+) -> tuple[float, float]:
     """Main column width and row height (inches); ValueError if the figure is too small."""
     w, h = figsize
     main_w = w - _MARGIN_LEFT - _MARGIN_RIGHT - _CBAR_WIDTH - (n_zoom + 1) * _COL_GAP
     main_w -= n_zoom * _ZOOM_WIDTH
-    row_h = (h - _MARGIN_TOP - _MARGIN_BOTTOM - (n_rows - 1) * _ROW_GAP) / max(n_rows, 1)
+    row_h = (h - _MARGIN_TOP - bottom - (n_rows - 1) * _ROW_GAP) / max(n_rows, 1)
     if n_rows < 1 or main_w < 1.0 or row_h < 0.4:
         raise ValueError(
             f"figsize {tuple(figsize)} is too small for {n_rows} rows and {n_zoom} zoom columns"
@@ -986,11 +989,11 @@ def _grid_geometry(figsize: tuple[float, float], n_rows: int, n_zoom: int) -> tu
 
 
 def _grid_axes(
-    fig: Figure, n_rows: int, n_zoom: int, layout: str | None
+    fig: Figure, n_rows: int, n_zoom: int, layout: str | None, bottom: float = _MARGIN_BOTTOM
 ) -> tuple[list[Axes], list[list[Axes]], list[Axes]]:
     """Main axes per row, zoom axes per row and interval, colour-bar axes per row."""
     w, h = fig.get_size_inches()
-    main_w, row_h = _grid_geometry((w, h), n_rows, n_zoom)
+    main_w, row_h = _grid_geometry((w, h), n_rows, n_zoom, bottom)
     widths = [main_w, *([_ZOOM_WIDTH] * n_zoom), _CBAR_WIDTH]
     n_cols = len(widths)
     inner_w = sum(widths) + (n_cols - 1) * _COL_GAP
@@ -999,7 +1002,7 @@ def _grid_axes(
         gs_kw.update(
             left=_MARGIN_LEFT / w,
             right=(_MARGIN_LEFT + inner_w) / w,
-            bottom=_MARGIN_BOTTOM / h,
+            bottom=bottom / h,
             top=1.0 - _MARGIN_TOP / h,
             wspace=_COL_GAP / (sum(widths) / n_cols),
             hspace=_ROW_GAP / row_h,
@@ -1056,8 +1059,9 @@ def _render_grid(
 ) -> Figure:
     n_zoom = len(intervals)
     fig = _new_figure(figsize, dpi, layout)
-    mains, zooms, caxes = _grid_axes(fig, len(rows), n_zoom, layout)
     time_axis = _grid_time_axis(rows, squeeze_seconds)
+    bottom = _MARGIN_BOTTOM + (_EPHEMERIS_HEIGHT if ephemeris is not None else 0.0)
+    mains, zooms, caxes = _grid_axes(fig, len(rows), n_zoom, layout, bottom)
     spans: list[tuple[float, float]] = []
     t_first: list[np.datetime64] = []
     t_last: list[np.datetime64] = []
@@ -1307,6 +1311,7 @@ def _prepare_grid(
     extrema: Mapping | None,
     figsize: tuple[float, float] | None,
     n_zoom: int,
+    bottom: float = _MARGIN_BOTTOM,
 ) -> tuple[dict[str, dict[str, Any]], tuple[float, float]]:
     """Everything a caller can get wrong, checked before drawing (plain ValueErrors)."""
     keys = [row.key for row in rows]
@@ -1318,8 +1323,11 @@ def _prepare_grid(
         for row in rows
     }
     if figsize is None:
-        figsize = (12.0 + n_zoom * (_ZOOM_WIDTH + _COL_GAP), 1.15 + 2.1 * len(rows))
-    _grid_geometry(figsize, len(rows), n_zoom)
+        figsize = (
+            12.0 + n_zoom * (_ZOOM_WIDTH + _COL_GAP),
+            1.15 + (bottom - _MARGIN_BOTTOM) + 2.1 * len(rows),
+        )
+    _grid_geometry(figsize, len(rows), n_zoom, bottom)
     return settings, (float(figsize[0]), float(figsize[1]))
 
 
@@ -1526,6 +1534,7 @@ def _grid_figure(
         extrema=extrema,
         figsize=figsize,
         n_zoom=len(marks),
+        bottom=_MARGIN_BOTTOM + (_EPHEMERIS_HEIGHT if ephemeris is not None else 0.0),
     )
     with _PlottingErrors(context):
         return _render_grid(

@@ -25,8 +25,10 @@ non-positive values, or a source without the variable, give NaN (unknown).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -40,6 +42,7 @@ __all__ = [
     "RETRACE_CHANNEL",
     "SOURCE_VARIABLE",
     "Categories",
+    "PadSpec",
     "category_label",
     "category_mask",
     "category_weights",
@@ -233,14 +236,37 @@ def category_weights(pitch: np.ndarray, ranges: Sequence[tuple[float, float]]) -
     """
     pa = np.asarray(pitch, dtype=np.float64)
     shape = pa.shape
-    cols = pa.reshape(-1, shape[-1]) % 360.0
-    out = np.zeros(cols.shape)
+    cols = pa.reshape(-1, shape[-1])
     if cols.size == 0:
-        return out.reshape(shape)
+        return np.zeros(shape)
+    uniq, inverse, valid = _distinct_columns(cols)
+    out = _unique_weights(uniq, ranges)[inverse]
+    out[~valid] = 0.0
+    return out.reshape(shape)
+
+
+def _distinct_columns(cols: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct rows of ``cols`` (mod 360, NaN as inf), the inverse map, and validity.
+
+    Columns repeat (one table per mode and theta_shift): the weights are computed once
+    per distinct column. Rows are grouped by a random projection (fast), then checked
+    exactly; on a hash collision the exact (slower) ``np.unique`` decides.
+    """
+    cols = cols % 360.0
     valid = np.isfinite(cols)
-    # Columns repeat (one table per mode and shift): weigh each distinct column once.
-    uniq, inverse = np.unique(np.where(valid, cols, np.inf), axis=0, return_inverse=True)
+    filled = np.where(valid, cols, np.inf)
+    probe = np.where(valid, cols, -1.0) @ np.random.default_rng(0).random(cols.shape[1])
+    _, first, inverse = np.unique(probe, return_index=True, return_inverse=True)
+    uniq = filled[first]
     inverse = inverse.reshape(-1)
+    if not np.array_equal(uniq[inverse], filled):  # a collision: exact grouping
+        uniq, inverse = np.unique(filled, axis=0, return_inverse=True)
+        inverse = inverse.reshape(-1)
+    return uniq, inverse, valid
+
+
+def _unique_weights(uniq: np.ndarray, ranges: Sequence[tuple[float, float]]) -> np.ndarray:
+    """Category weights of distinct columns (NaN bins as inf: weight 0)."""
     uw = np.zeros(uniq.shape)
     nv = np.isfinite(uniq).sum(axis=1)
     for n in np.unique(nv):
@@ -258,9 +284,7 @@ def category_weights(pitch: np.ndarray, ranges: Sequence[tuple[float, float]]) -
         block = np.zeros((sel.size, uniq.shape[1]))
         np.put_along_axis(block, order, np.minimum(acc, 1.0), axis=1)
         uw[sel] = block
-    out = uw[inverse]
-    out[~valid] = 0.0
-    return out.reshape(shape)
+    return uw
 
 
 def category_mask(pitch_angle: np.ndarray, ranges: Sequence[tuple[float, float]]) -> np.ndarray:
@@ -407,12 +431,16 @@ def _collapse_categories(
         base = finite.astype(np.float64)
     filled = np.where(finite, values, np.float32(0))
     # weights per column (record, energy) over the angle bins: angle last
-    columns = np.where(finite, pitch, np.nan).transpose(0, 2, 1)
-    out = np.empty((len(cats), values.shape[0], values.shape[2]))
+    t_n, a_n, e_n = values.shape
+    columns = np.where(finite, pitch, np.nan).transpose(0, 2, 1).reshape(-1, a_n)
+    uniq, inverse, valid = _distinct_columns(columns)
+    out = np.empty((len(cats), t_n, e_n))
     for k, ranges in enumerate(cats.values()):
         # products and sums in float64: a float32 product would underflow (tiny
         # values) or round before the division
-        w = category_weights(columns, ranges).transpose(0, 2, 1) * base
+        w = _unique_weights(uniq, ranges)[inverse]
+        w[~valid] = 0.0
+        w = w.reshape(t_n, e_n, a_n).transpose(0, 2, 1) * base
         total = np.einsum("tae,tae->te", filled, w, dtype=np.float64)
         den = w.sum(axis=1)
         out[k] = np.nan
@@ -451,6 +479,58 @@ def accumulation_times(ds: xr.Dataset) -> Any:
     return integ
 
 
+@dataclass(frozen=True)
+class PadSpec:
+    """How the pitch-angle spectrogram (product ``pad``) collapses the energy channels.
+
+    Parameters
+    ----------
+    energy : (lo, hi) or None
+        Energy window in eV, as ``fa_esa_l2_pad``'s ``energy=``: channels inside weigh 1,
+        the nearest channel beyond each edge a fraction
+        (:func:`fastspectro_dask.padreduce.energy_window_weights`). None: every valid
+        channel (the retrace channel dropped unless ``retrace``).
+    """
+
+    energy: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.energy is not None:
+            lo, hi = (float(v) for v in self.energy)
+            if not (np.isfinite(lo) and np.isfinite(hi) and 0 <= lo < hi):
+                raise ValueError(f"pad energy window must be 0 <= lo < hi (eV), not {self.energy}")
+            object.__setattr__(self, "energy", (lo, hi))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"energy": None if self.energy is None else list(self.energy)}
+
+
+def _pad_block(
+    values: np.ndarray,
+    energy: np.ndarray,
+    denergy: np.ndarray,
+    pitch: np.ndarray,
+    integ: np.ndarray | None = None,
+    *,
+    window: tuple[float, float] | None,
+    how: str,
+    drop_channels: tuple[int, ...],
+) -> np.ndarray:
+    """``(2, time, angle)``: the pad values and their sorted pitch angles, one block."""
+    from fastspectro_dask.padreduce import collapse_energy
+
+    v = np.array(values, dtype=np.float64)
+    if drop_channels:
+        v[:, :, list(drop_channels)] = np.nan
+    pad, pitch_sorted, wsum = collapse_energy(
+        v, energy, denergy, pitch, window, "mean" if how == "mean" else "sum", weight_sum=True
+    )
+    if how == "rate":
+        den = wsum * np.asarray(integ, dtype=np.float64).reshape(-1, 1)
+        pad = np.divide(pad, den, out=np.full_like(pad, np.nan), where=den > 0)
+    return np.stack([pad, pitch_sorted])
+
+
 def reduce_dataset(
     ds: xr.Dataset,
     *,
@@ -458,6 +538,7 @@ def reduce_dataset(
     categories: Categories | None = None,
     decompress: bool = True,
     retrace: bool = False,
+    pad: PadSpec | None = None,
 ) -> xr.Dataset:
     """Reduce an ``open_esa`` Dataset to ``(category, time, energy_channel)`` spectrograms.
 
@@ -481,6 +562,13 @@ def reduce_dataset(
         By default it is dropped (NaN values and energy), as the FAST user guide advises:
         its energy is unreliable, and kept it would stretch the energy axis and ``y_max``
         beyond the instrument's range (to ~60 keV).
+    pad : PadSpec, optional
+        Also reduce the pitch-angle spectrogram (``pad``, ``(time, pitch_bin)``): the
+        energy channels inside ``pad.energy`` collapsed per angle bin as ``fa_esa_l2_pad``
+        does (counts summed, eflux averaged with ``denergy_full`` weights, rate over the
+        accumulation time and the weight sum), angle bins sorted by pitch angle per
+        record (``pad_pitch``, NaN where a record has fewer bins). Needs ``denergy_full``
+        for ``eflux``.
 
     Returns
     -------
@@ -536,6 +624,34 @@ def reduce_dataset(
             chunks=(arrays[3].chunks[0], arrays[3].chunks[2]),
             token="reduce-energy",
         )
+    pad_arrays = None
+    if pad is not None:
+        drop = () if retrace else tuple(
+            int(i) for i in np.flatnonzero(ds["energy_channel"].values == RETRACE_CHANNEL)
+        )
+        denergy = ds["denergy_full"].data if how == "mean" else arrays[3]
+        block = [arrays[0], arrays[3], denergy, arrays[1]]
+        kw = dict(window=pad.energy, how=how, drop_channels=drop)
+        if all(isinstance(a, np.ndarray) for a in block):
+            pad_arrays = _pad_block(*block, integ, **kw)
+        else:
+            import dask.array as da
+
+            block = [da.asarray(a).rechunk({1: -1, 2: -1}) for a in block]
+            extra = []
+            if integ is not None:
+                extra = [da.asarray(integ).rechunk((block[0].chunks[0],))[:, None, None]]
+            pad_arrays = da.map_blocks(
+                _pad_block,
+                *block,
+                *extra,
+                **kw,
+                dtype=np.float64,
+                drop_axis=2,
+                new_axis=0,
+                chunks=((2,), block[0].chunks[0], block[0].chunks[1]),
+                token=f"reduce-pad-{variable}",
+            )
     durations = _durations_of(ds)
     units = "Counts/s" if how == "rate" else ds[source].attrs.get("UNITS", "")
     out = xr.Dataset(
@@ -570,6 +686,18 @@ def reduce_dataset(
             **{k: ds.attrs[k] for k in ("instrument", "orbit", "source") if k in ds.attrs},
         },
     )
+    if pad_arrays is not None:
+        out["pad_values"] = (
+            ("time", "pitch_bin"),
+            pad_arrays[0],
+            {"long_name": f"{variable} ({how} over the energy window)", "units": units},
+        )
+        out["pad_pitch"] = (
+            ("time", "pitch_bin"),
+            pad_arrays[1],
+            {"long_name": "pitch angle of the sorted bins", "units": "degrees"},
+        )
+        out.attrs["pad_energy"] = json.dumps(pad.to_json()["energy"])
     out["category"].attrs["ranges"] = repr(cats)
     out.attrs["retrace"] = int(bool(retrace))
     if not retrace:

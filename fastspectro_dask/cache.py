@@ -20,7 +20,9 @@ be updated when a file changes or disappears.
 An entry holds ``values`` (category, time, energy_channel) and ``energy`` (time,
 energy_channel) as float32, ``time_delta`` (time; each record's accumulation length in
 seconds, NaN where unknown) as float64, and the ``time`` and ``energy_channel``
-coordinates.
+coordinates; with a :class:`~fastspectro_dask.reduce.PadSpec`, also ``pad_values`` and
+``pad_pitch`` (time, pitch_bin) as float32, the pitch-angle spectrogram and its sorted
+pitch angles (the spec is part of the entry's key).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from fastspectro_dask.reduce import REDUCTION_VERSION
+from fastspectro_dask.reduce import REDUCTION_VERSION, PadSpec
 
 __all__ = ["FileKey", "ReducedCache", "reduce_file"]
 
@@ -79,6 +81,7 @@ def reduce_file(
     variable: str,
     categories: Mapping[str, Any],
     retrace: bool = False,
+    pad: PadSpec | None = None,
 ) -> xr.Dataset:
     """Open one CDF file and reduce it in memory (synchronously: called inside tasks)."""
     from fastspectro_dask.io import open_esa
@@ -87,14 +90,20 @@ def reduce_file(
     wanted = [SOURCE_VARIABLE[variable], "pitch_angle", "domega", "energy_full", "time_delta"]
     if variable == "rate":
         wanted.append("time_integ")
+    if pad is not None and variable == "eflux":
+        wanted.append("denergy_full")
     ds = open_esa(path, variables=wanted)
-    return reduce_dataset(ds, variable=variable, categories=categories, retrace=retrace).compute(
-        scheduler="synchronous"
-    )
+    return reduce_dataset(
+        ds, variable=variable, categories=categories, retrace=retrace, pad=pad
+    ).compute(scheduler="synchronous")
 
 
 def _params_digest(
-    key: FileKey, variable: str, categories: Mapping[str, Any], retrace: bool = False
+    key: FileKey,
+    variable: str,
+    categories: Mapping[str, Any],
+    retrace: bool = False,
+    pad: PadSpec | None = None,
 ) -> str:
     blob = json.dumps(
         [
@@ -106,6 +115,7 @@ def _params_digest(
             variable,
             {k: [list(map(float, r)) for r in v] for k, v in categories.items()},
             bool(retrace),
+            None if pad is None else pad.to_json(),
         ],
         sort_keys=True,
     )
@@ -162,9 +172,11 @@ class ReducedCache:
         instrument: str = "x",
         orbit: int | str = 0,
         retrace: bool = False,
+        pad: PadSpec | None = None,
     ) -> str:
         """The group name of an entry."""
-        return f"{instrument}-{orbit}-{_params_digest(key, variable, categories, retrace)}"
+        digest = _params_digest(key, variable, categories, retrace, pad)
+        return f"{instrument}-{orbit}-{digest}"
 
     def has(self, name: str) -> bool:
         """Whether a complete entry of that name and of the current layout exists."""
@@ -198,11 +210,17 @@ class ReducedCache:
             durations = xr.DataArray(
                 np.full(reduced.sizes["time"], np.nan), dims=("time",), attrs={"units": "s"}
             )
+        pad_vars = {
+            name: reduced[name].astype(np.float32)
+            for name in ("pad_values", "pad_pitch")
+            if name in reduced.variables
+        }
         ds = xr.Dataset(
             {
                 "values": reduced["values"].astype(np.float32),
                 "energy": reduced["energy"].astype(np.float32),
                 "time_delta": durations,
+                **pad_vars,
             },
             coords={c: reduced[c] for c in ("time", "energy_channel")},
             attrs={k: v for k, v in reduced.attrs.items() if isinstance(v, (str, int, float))},
@@ -234,8 +252,10 @@ class ReducedCache:
         self.reads += 1
         return ds
 
-    def read_values(self, name: str, category_index: int) -> np.ndarray:
+    def read_values(self, name: str, category_index: int | str) -> np.ndarray:
         """One category's reduced values of an entry, as float32 (only that slice is read).
+
+        ``category_index="pad"``: the entry's pitch-angle spectrogram values instead.
 
         Also served from an older layout whose values are the same (:data:`_SAME_VALUES`).
         """
@@ -246,8 +266,11 @@ class ReducedCache:
             usable = False
         if not usable:
             raise KeyError(f"{self.path}: no complete cache entry {name!r}")
-        arr = zarr.open_array(str(self.path), mode="r", path=f"{name}/values")
         self.reads += 1
+        if category_index == "pad":
+            arr = zarr.open_array(str(self.path), mode="r", path=f"{name}/pad_values")
+            return np.asarray(arr[...], dtype=np.float32)
+        arr = zarr.open_array(str(self.path), mode="r", path=f"{name}/values")
         return np.asarray(arr[category_index], dtype=np.float32)
 
     def summary(self, name: str) -> dict[str, Any] | None:

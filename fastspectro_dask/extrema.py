@@ -79,7 +79,7 @@ from fastspectro_dask.quantiles import (
     resolve_exact,
     targets_for,
 )
-from fastspectro_dask.reduce import REDUCTION_VERSION, normalize_categories
+from fastspectro_dask.reduce import REDUCTION_VERSION, PadSpec, normalize_categories
 from fastspectro_dask.state import (
     JsonLinesJournal,
     StateLock,
@@ -94,6 +94,8 @@ __all__ = ["Y_MAX_FRACTION", "compute_global_extrema", "extrema_for_rows", "extr
 
 logger = logging.getLogger(__name__)
 
+#: Key of the pitch-angle spectrogram (product ``pad``) beside the categories.
+PAD = "pad"
 #: Fraction of positive samples below ``y_max`` (fixed by the contract).
 Y_MAX_FRACTION = 0.99
 # 2: data decompressed to counts before the angle sum;
@@ -124,12 +126,16 @@ def extrema_key(
 
     ``extrema_key("ees", "linear", "log", "z_max")`` is ``ees_linear_log_z_max`` (the
     ``all`` category, used by the instrument grid); with ``category="upgoing"`` it is
-    ``ees_pa-upgoing_linear_log_z_max``. ``bound`` is ``y_min``, ``y_max``, ``z_min`` or
-    ``z_max``.
+    ``ees_pa-upgoing_linear_log_z_max``; the pitch-angle spectrogram's (``category="pad"``)
+    is ``ees_pad_linear_log_z_max`` (its ``y_*`` are null: its y axis is pitch angle).
+    ``bound`` is ``y_min``, ``y_max``, ``z_min`` or ``z_max``.
     """
     if bound not in _BOUNDS:
         raise ValueError(f"bound must be one of {_BOUNDS}")
-    prefix = instrument if category is None else f"{instrument}_pa-{category}"
+    if category == PAD:  # the pitch-angle spectrogram (product pad)
+        prefix = f"{instrument}_pad"
+    else:
+        prefix = instrument if category is None else f"{instrument}_pa-{category}"
     return f"{prefix}_{y_scale}_{z_scale}_{bound}"
 
 
@@ -140,11 +146,13 @@ def extrema_for_rows(
     *,
     instruments: Iterable[str] = INSTRUMENTS,
     instrument: str | None = None,
+    category: str = "all",
 ) -> dict[str, dict[str, float]]:
     """Per-row limits (``{row: {"y_min":..., ...}}``) as the renderers take them.
 
-    Rows are instruments (``all`` category), or, with ``instrument=``, that instrument's
-    pitch-angle categories.
+    Rows are instruments (``category``: ``all`` for the instrument grid, ``pad`` for the
+    pitch-angle spectrogram), or, with ``instrument=``, that instrument's pitch-angle
+    categories.
     """
     results = state.get("results", {})
     if instrument is not None:
@@ -152,10 +160,11 @@ def extrema_for_rows(
         return {
             c: {b: v for b, v in r.items() if b in _BOUNDS and v is not None}
             for c, r in cats.items()
+            if c != PAD
         }
     out = {}
     for inst in instruments:
-        r = results.get(inst, {}).get("all")
+        r = results.get(inst, {}).get(category)
         if r:
             out[inst] = {b: v for b, v in r.items() if b in _BOUNDS and v is not None}
     return out
@@ -166,13 +175,24 @@ def extrema_for_rows(
 # --------------------------------------------------------------------------------------
 
 
-def _summarise(values: np.ndarray, energy: np.ndarray, cats: Sequence[str]) -> dict:
-    """Pass-1 summary of one reduced file: per category histogram, energy counts, minimum."""
+def _summarise(
+    values: np.ndarray,
+    energy: np.ndarray,
+    cats: Sequence[str],
+    pad_values: np.ndarray | None = None,
+) -> dict:
+    """Pass-1 summary of one reduced file: per category histogram, energy counts, minimum.
+
+    With ``pad_values`` (time, pitch_bin), also the pitch-angle spectrogram's (key
+    :data:`PAD`; no energy counts: its y axis is pitch angle).
+    """
     out = {}
-    for k, cat in enumerate(cats):
-        v = values[k]
+    items = [(cat, values[k], energy) for k, cat in enumerate(cats)]
+    if pad_values is not None:
+        items.append((PAD, pad_values, None))
+    for cat, v, en in items:
         pos = np.isfinite(v) & (v > 0)
-        e = energy[pos]
+        e = np.empty(0) if en is None else en[pos]
         e = e[np.isfinite(e) & (e > 0)]
         ue, ce = np.unique(e, return_counts=True)
         out[cat] = {
@@ -192,13 +212,15 @@ def _reduce_and_cache(
     cats: Mapping[str, Any],
     cache: ReducedCache,
     retrace: bool = False,
+    pad: PadSpec | None = None,
 ) -> tuple[Any, dict]:
     """Decode and reduce one file, store it with its pass-1 summary; return both."""
-    red = reduce_file(path, variable, cats, retrace)
+    red = reduce_file(path, variable, cats, retrace, pad)
     summary = _summarise(
         red["values"].values.astype(np.float32),
         red["energy"].values.astype(np.float32),
         list(cats),
+        None if pad is None else red["pad_values"].values.astype(np.float32),
     )
     cache.write(entry, red, summary=summary, key=key)
     return red, summary
@@ -213,27 +235,31 @@ def _pass1_file(
     cats: Mapping[str, Any],
     cache: ReducedCache,
     retrace: bool = False,
+    pad: PadSpec | None = None,
 ) -> dict:
     """Reduce one file, write it to the cache, return its small pass-1 summary."""
-    entry = cache.entry_name(key, variable, cats, instrument, orbit, retrace)
+    entry = cache.entry_name(key, variable, cats, instrument, orbit, retrace, pad)
     summary = cache.summary(entry)
     if summary is None:
-        _red, summary = _reduce_and_cache(path, key, entry, variable, cats, cache, retrace)
+        _red, summary = _reduce_and_cache(path, key, entry, variable, cats, cache, retrace, pad)
     return {"entry": entry, "summary": summary}
 
 
 def _category_values(
     cache: ReducedCache,
     entry: str,
-    k: int,
+    k: int | str,
     path: str,
     key: FileKey,
     variable: str,
     cats: Mapping[str, Any],
     coarse_keys: np.ndarray | None = None,
     retrace: bool = False,
+    pad: PadSpec | None = None,
 ) -> np.ndarray:
     """Pass-2 loader: one category's reduced float32 values of one file (cache first).
+
+    ``k`` is the category's index, or ``"pad"`` for the pitch-angle spectrogram.
 
     With ``coarse_keys`` (the pass-1 bins holding the wanted order statistics), a file
     whose cached pass-1 histogram has no value in them returns nothing without reading
@@ -242,7 +268,7 @@ def _category_values(
     if coarse_keys is not None:
         summary = cache.summary(entry)
         if summary is not None:
-            hist = Histogram.from_json(summary[list(cats)[k]]["hist"])
+            hist = Histogram.from_json(summary[k if k == PAD else list(cats)[k]]["hist"])
             if not hist.mass_in(coarse_keys):
                 return np.empty(0, np.float32)
     try:
@@ -250,8 +276,9 @@ def _category_values(
     except KeyError:  # cache deleted: decode again (refusing a changed file), store again
         if FileKey.of(path) != key:
             raise RuntimeError(f"{path} changed during the extrema computation") from None
-        red, _summary = _reduce_and_cache(path, key, entry, variable, cats, cache, retrace)
-    return red["values"].values[k].astype(np.float32).reshape(-1)
+        red, _summary = _reduce_and_cache(path, key, entry, variable, cats, cache, retrace, pad)
+    got = red["pad_values"].values if k == PAD else red["values"].values[k]
+    return got.astype(np.float32).reshape(-1)
 
 
 # --------------------------------------------------------------------------------------
@@ -781,6 +808,7 @@ def compute_global_extrema(
     progress: Callable[[int, int], None] | None = None,
     index: OrbitIndex | None = None,
     retrace: bool = False,
+    pad: PadSpec | None = None,
 ) -> dict[str, Any]:
     """Exact mission-wide limits per instrument and pitch-angle category.
 
@@ -821,6 +849,10 @@ def compute_global_extrema(
         Count channel 0, the sweep's high-voltage retrace step. By default it is dropped,
         as the FAST user guide advises (see :func:`fastspectro_dask.reduce.reduce_dataset`):
         kept, it puts ``y_max`` near 60 keV, beyond the instruments' range.
+    pad : PadSpec, optional
+        Also the colour limits of the pitch-angle spectrogram (product ``pad``): results
+        under ``"pad"`` and keys ``{instrument}_pad_{y}_{z}_{z|y}_{min|max}`` (z as for the
+        categories; y null).
 
     Returns
     -------
@@ -852,6 +884,7 @@ def compute_global_extrema(
         "variable": variable,
         "categories": {k: [list(r) for r in v] for k, v in cats.items()},
         "retrace": bool(retrace),
+        "pad": None if pad is None else pad.to_json(),
         "reduction": REDUCTION_VERSION,
         "schema": _SCHEMA,
     }
@@ -871,7 +904,8 @@ def compute_global_extrema(
                 "key": key,
             }
 
-    store = _Store(json_path, params, str(root.absolute()), instrument_order, list(cats))
+    keys_counted = [*cats, *([PAD] if pad is not None else [])]
+    store = _Store(json_path, params, str(root.absolute()), instrument_order, keys_counted)
     # one writer at a time: the journal is append-only and the JSON records its length
     with StateLock(json_path):
         try:
@@ -889,6 +923,7 @@ def compute_global_extrema(
                 compute_mins=compute_mins,
                 variable=variable,
                 retrace=retrace,
+                pad=pad,
                 client=client,
                 max_workers=max_workers,
                 progress=progress,
@@ -912,6 +947,7 @@ def _compute(
     compute_mins: bool,
     variable: str,
     retrace: bool,
+    pad: PadSpec | None,
     client: Client | None,
     max_workers: int | None,
     progress: Callable[[int, int], None] | None,
@@ -940,7 +976,7 @@ def _compute(
                 break
             inst = old["instrument"]
             if inst in merged:
-                for cat in cats:
+                for cat in store.cats:
                     merged[inst][cat].add(summary[cat], sign=-1)
         logger.info("%s %s: recounting", rel, "changed" if now else "removed")
         store.delete(rel)
@@ -983,6 +1019,7 @@ def _compute(
                 cats,
                 cache,
                 retrace,
+                pad,
             ),
             {},
         )
@@ -1017,13 +1054,13 @@ def _compute(
                 "mtime_ns": info["mtime_ns"],
             }
             if exc is None:
-                for cat in cats:
+                for cat in store.cats:
                     merged[info["instrument"]][cat].add(result["summary"][cat])
                 entry.update(
                     status="counted",
                     entry=result["entry"],
                     n=result["summary"][next(iter(cats))]["n"],
-                    min_positive={c: result["summary"][c]["min_positive"] for c in cats},
+                    min_positive={c: result["summary"][c]["min_positive"] for c in store.cats},
                 )
             else:
                 reason = error_reason(exc)
@@ -1056,7 +1093,9 @@ def _compute(
             ),
             key=lambda r: (ledger[r]["orbit"], r),
         )
-        for k, cat in enumerate(cats):
+        for k, cat in enumerate(store.cats):
+            if cat == PAD:
+                k = PAD
             m = merged[inst][cat]
             hist = m.histogram()
             y_min, y_max = _y_limits(m.energy)
@@ -1080,6 +1119,7 @@ def _compute(
                         cats,
                         wanted,
                         retrace,
+                        pad,
                         dask_key_name=f"extrema-values-{inst}-{cat}-{ledger[rel]['orbit']}-{n}",
                     )
                     for n, rel in enumerate(counted)

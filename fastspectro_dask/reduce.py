@@ -120,6 +120,8 @@ def normalize_categories(
         return dict(DEFAULT_CATEGORIES)
     out: dict[str, tuple[tuple[float, float], ...]] = {}
     for key, ranges in categories.items():
+        if str(key) == "pad":
+            raise ValueError("'pad' names the pitch-angle spectrogram; choose another category name")
         if isinstance(ranges, tuple) and len(ranges) == 2 and np.isscalar(ranges[0]):
             ranges = (ranges,)  # a single (lo, hi) pair
         checked = []

@@ -160,6 +160,18 @@ class _UsageError(Exception):
     """Bad options, found after parsing: message to stderr, exit code 2."""
 
 
+def _energy_window(text: str) -> tuple[float, float]:
+    """``LO:HI`` in eV, 0 <= LO < HI (argparse type: bad usage exits 2)."""
+    try:
+        lo, hi = (float(v) for v in text.split(":"))
+    except ValueError:
+        msg = f"expected LO:HI in eV, e.g. 50:5000, not {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    if not (0 <= lo < hi < float("inf")):
+        raise argparse.ArgumentTypeError(f"need 0 <= LO < HI, not {text!r}")
+    return lo, hi
+
+
 def _cluster_kw(text: str):
     """argparse type of --cluster-kw: ``key=value`` -> (key, parsed value)."""
     from fastspectro_dask.cluster import parse_cluster_kwarg
@@ -317,6 +329,8 @@ def _run_plots(args: argparse.Namespace, input_dir: Path, output_dir: Path) -> i
                     window=window,
                     retrace=args.keep_retrace,
                     squeeze_gaps_minutes=args.squeeze_gaps,
+                    pad_energy=args.pad_energy,
+                    pad_shift90=args.pad_shift90,
                 )
                 summaries.append(s)
                 if s.interrupted:
@@ -456,9 +470,21 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--products",
         nargs="+",
-        choices=("instruments", "pitch-angle"),
-        default=["instruments", "pitch-angle"],
-        help="figures to make",
+        choices=("instruments", "pitch-angle", "pad"),
+        default=["instruments", "pitch-angle", "pad"],
+        help="figures to make (default all three; pad: the pitch-angle spectrogram)",
+    )
+    p.add_argument(
+        "--pad-energy",
+        type=_energy_window,
+        default=None,
+        metavar="LO:HI",
+        help="energy window of the pad product in eV (default: all valid channels)",
+    )
+    p.add_argument(
+        "--pad-shift90",
+        action="store_true",
+        help="draw the pad product over -90..270 deg (0 and 180 deg off the edges)",
     )
     p.add_argument(
         "--percentile",

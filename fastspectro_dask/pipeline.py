@@ -46,12 +46,16 @@ from fastspectro_dask.errors import (
 )
 from fastspectro_dask.extrema import compute_global_extrema, extrema_for_rows
 from fastspectro_dask.logbuffer import buffered_file_logging, forward_worker_logs
-from fastspectro_dask.reduce import SOURCE_VARIABLE, normalize_categories
+from fastspectro_dask.reduce import SOURCE_VARIABLE, PadSpec, normalize_categories
 from fastspectro_dask.sandbox import run_with_timeout
 from fastspectro_dask.state import ProgressStore, file_fingerprint
 from fastspectro_dask.timeaxis import DEFAULT_SQUEEZE_MINUTES
 
-__all__ = ["FAST_plot_spectrograms_directory", "RunSummary"]
+__all__ = ["PRODUCTS", "FAST_plot_spectrograms_directory", "RunSummary"]
+
+#: The figures of a run, per orbit: the instrument grid, a pitch-angle grid per
+#: instrument, and the pitch-angle spectrogram (``pad``).
+PRODUCTS = ("instruments", "pitch-angle", "pad")
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +84,8 @@ class RenderJob:
     retrace: bool = False  # keep channel 0 (the sweep's retrace step) in the reduction
     orb_file: str | None = None  # the orbit's fa_k0_orb ephemeris file, if any
     squeeze_gaps_minutes: float | None = DEFAULT_SQUEEZE_MINUTES
+    pad: PadSpec | None = None  # the pad reduction (cached with the rest), if made
+    pad_shift90: bool = False  # draw the pad product over -90..270 deg
 
     @property
     def instruments(self) -> list[str]:
@@ -94,7 +100,7 @@ def _load_reduced(job: RenderJob, inst: str):
             return ReducedCache(job.cache_path).read(entry)
         except KeyError:
             pass
-    return reduce_file(job.files[inst], job.variable, job.categories, job.retrace)
+    return reduce_file(job.files[inst], job.variable, job.categories, job.retrace, job.pad)
 
 
 class _Capture(logging.Handler):
@@ -179,7 +185,7 @@ def render_job(job: RenderJob) -> dict[str, Any]:
         try:
             data[inst] = _load_reduced(job, inst)
         except InvalidCDFError as exc:
-            if job.product != "instruments":
+            if job.product not in ("instruments", "pad"):  # one-row-per-instrument products
                 raise
             errors[inst] = ("invalid-cdf", str(exc))
             data[inst] = None
@@ -193,6 +199,18 @@ def render_job(job: RenderJob) -> dict[str, Any]:
                 instrument_order=job.instrument_order,
                 extrema=job.extrema,
                 orbit_number=job.orbit,
+                squeeze_gaps_minutes=job.squeeze_gaps_minutes,
+                ephemeris=ephemeris,
+            )
+        elif job.product == "pad":
+            fig = render.FAST_plot_pad(
+                data,
+                z_scale=job.z_scale,
+                variable=job.variable,
+                instrument_order=job.instrument_order,
+                extrema=job.extrema,
+                orbit_number=job.orbit,
+                shift90=job.pad_shift90,
                 squeeze_gaps_minutes=job.squeeze_gaps_minutes,
                 ephemeris=ephemeris,
             )
@@ -361,7 +379,7 @@ def FAST_plot_spectrograms_directory(
     progress_json_path: str | os.PathLike[str] | None = None,
     extrema_json_path: str | os.PathLike[str] | None = None,
     categories: Mapping[str, Any] | None = None,
-    products: Sequence[str] = ("instruments", "pitch-angle"),
+    products: Sequence[str] = PRODUCTS,
     cache_path: str | os.PathLike[str] | None = None,
     window: int | None = None,
     progress_bar: bool | None = None,
@@ -370,6 +388,8 @@ def FAST_plot_spectrograms_directory(
     output_base: str | os.PathLike[str] | None = None,
     retrace: bool = False,
     squeeze_gaps_minutes: float | None = DEFAULT_SQUEEZE_MINUTES,
+    pad_energy: tuple[float, float] | None = None,
+    pad_shift90: bool = False,
 ) -> RunSummary:
     """Plot every orbit of a folder of FAST ESA L2 files, on Dask; resumable.
 
@@ -416,7 +436,7 @@ def FAST_plot_spectrograms_directory(
         Move the state files.
     categories : mapping, optional
         Pitch-angle categories (default ``reduce.DEFAULT_CATEGORIES``).
-    products : sequence of {"instruments", "pitch-angle"}
+    products : sequence of {"instruments", "pitch-angle", "pad"}
         Which figures to make.
     window : int, optional
         Render tasks in flight at once (default ``2 * workers + 2``).
@@ -425,6 +445,11 @@ def FAST_plot_spectrograms_directory(
     render_fn : callable, optional
         Module-level function ``(RenderJob) -> report`` that draws one figure (default
         :func:`render_job`); for custom products and for tests.
+    pad_energy : (lo, hi), optional
+        Energy window in eV of the ``pad`` product (default: all valid channels, the
+        retrace channel dropped unless ``retrace``); as ``fa_esa_l2_pad``'s ``energy=``.
+    pad_shift90 : bool
+        Draw the ``pad`` product over -90..270 deg, so 0 and 180 deg are off the edges.
     squeeze_gaps_minutes : float or None
         Data gaps longer than this (minutes) are cut out of every figure's UT axis and
         drawn as narrow breaks (default 5); 0 keeps one axis from the first to the last
@@ -448,9 +473,10 @@ def FAST_plot_spectrograms_directory(
         raise ValueError(f"variable must be one of {sorted(SOURCE_VARIABLE)}, not {variable!r}")
     if squeeze_gaps_minutes is not None and not squeeze_gaps_minutes >= 0:
         raise ValueError(f"squeeze_gaps_minutes must be >= 0, not {squeeze_gaps_minutes}")
-    bad = set(products) - {"instruments", "pitch-angle"}
+    bad = set(products) - set(PRODUCTS)
     if bad:
-        raise ValueError(f"unknown products {sorted(bad)}; use 'instruments', 'pitch-angle'")
+        raise ValueError(f"unknown products {sorted(bad)}; use {', '.join(map(repr, PRODUCTS))}")
+    pad = PadSpec(pad_energy) if "pad" in products else None
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     progress_path = Path(progress_json_path or out / "progress.json")
@@ -526,6 +552,8 @@ def FAST_plot_spectrograms_directory(
                 products=tuple(products),
                 retrace=retrace,
                 squeeze_gaps_minutes=squeeze_gaps_minutes,
+                pad=pad,
+                pad_shift90=pad_shift90,
                 overwrite=overwrite,
                 window=window,
                 instrument_timeout=instrument_timeout_seconds,
@@ -570,6 +598,8 @@ class _Options:
     render_fn: Callable[[RenderJob], dict[str, Any]]
     retrace: bool = False
     squeeze_gaps_minutes: float | None = DEFAULT_SQUEEZE_MINUTES
+    pad: PadSpec | None = None
+    pad_shift90: bool = False
 
 
 def _extrema_then_render(opts: _Options, summary, store, signals, dask_client, index, todo) -> None:
@@ -590,6 +620,7 @@ def _extrema_then_render(opts: _Options, summary, store, signals, dask_client, i
             cache_path=opts.cache_dir,
             index=index,  # already discovered: do not walk the folder twice
             retrace=opts.retrace,
+            pad=opts.pad,
         )
     except KeyboardInterrupt:
         if not signals.stop.is_set():
@@ -657,6 +688,9 @@ def _plan(
     state's per-file ledger, the largest thing a mission-sized run holds."""
     y_scale, z_scale = opts.y_scale, opts.z_scale
     grid_extrema = extrema_for_rows(state, y_scale, z_scale, instruments=opts.instrument_order)
+    pad_extrema = extrema_for_rows(
+        state, y_scale, z_scale, instruments=opts.instrument_order, category="pad"
+    )
     pa_extrema = {
         i: extrema_for_rows(state, y_scale, z_scale, instrument=i) for i in opts.instrument_order
     }
@@ -669,6 +703,7 @@ def _plan(
         invalid=_invalid_files(state, opts.input_dir),
         grid_extrema=grid_extrema,
         pa_extrema=pa_extrema,
+        pad_extrema=pad_extrema,
     )
 
 
@@ -682,6 +717,7 @@ def _iter_jobs(
     invalid: Mapping[str, str],
     grid_extrema: Mapping[str, Any],
     pa_extrema: Mapping[str, Any],
+    pad_extrema: Mapping[str, Any],
 ) -> Iterator[tuple[int, list[RenderJob], dict[str, tuple[str, str]]]]:
     """Per orbit, lazily: its render jobs and the errors already known (invalid files).
 
@@ -705,9 +741,13 @@ def _iter_jobs(
                 if inst in known:
                     continue
                 wanted.append((f"pa-{inst}", {inst: path}, pa_extrema[inst]))
+        if "pad" in opts.products:
+            wanted.append(("pad", files, pad_extrema))
         orbit_jobs = []
         for product, fs, ext in wanted:
-            path = figure_path(opts.out, orbit, start, product, y_scale, z_scale)
+            # the pad product's y axis is pitch angle: always linear
+            y_name = "linear" if product == "pad" else y_scale
+            path = figure_path(opts.out, orbit, start, product, y_name, z_scale)
             if path.exists() and not opts.overwrite:
                 summary.figures_existing += 1
                 continue
@@ -728,6 +768,8 @@ def _iter_jobs(
                     retrace=opts.retrace,
                     orb_file=orb_file,
                     squeeze_gaps_minutes=opts.squeeze_gaps_minutes,
+                    pad=opts.pad,
+                    pad_shift90=opts.pad_shift90,
                 )
             )
         yield orbit, orbit_jobs, known
@@ -744,6 +786,7 @@ def _append_manifest(path: Path, job: RenderJob, result: Mapping[str, Any]) -> N
             "z_scale": job.z_scale,
             "variable": job.variable,
             "retrace": job.retrace,
+            "pad_energy": None if job.pad is None else job.pad.energy,
             "limits": job.extrema,  # global extrema per row; overrides none in batch runs
             "instruments": job.instruments,
             "missing_or_invalid": sorted(result.get("errors", {})),

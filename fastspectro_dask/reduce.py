@@ -121,7 +121,7 @@ def normalize_categories(
     out: dict[str, tuple[tuple[float, float], ...]] = {}
     for key, ranges in categories.items():
         if str(key) == "pad":
-            raise ValueError("'pad' names the pitch-angle spectrogram; choose another category name")
+            raise ValueError("'pad' names the pitch-angle spectrogram: choose another name")
         if isinstance(ranges, tuple) and len(ranges) == 2 and np.isscalar(ranges[0]):
             ranges = (ranges,)  # a single (lo, hi) pair
         checked = []
@@ -628,8 +628,12 @@ def reduce_dataset(
         )
     pad_arrays = None
     if pad is not None:
-        drop = () if retrace else tuple(
-            int(i) for i in np.flatnonzero(ds["energy_channel"].values == RETRACE_CHANNEL)
+        drop = (
+            ()
+            if retrace
+            else tuple(
+                int(i) for i in np.flatnonzero(ds["energy_channel"].values == RETRACE_CHANNEL)
+            )
         )
         denergy = ds["denergy_full"].data if how == "mean" else arrays[3]
         block = [arrays[0], arrays[3], denergy, arrays[1]]

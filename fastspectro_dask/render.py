@@ -60,6 +60,7 @@ from fastspectro_dask.timeaxis import DEFAULT_SQUEEZE_MINUTES, TimeAxis
 
 __all__ = [
     "FAST_plot_instrument_grid",
+    "FAST_plot_pad",
     "FAST_plot_pitch_angle_grid",
     "figure_path",
     "generic_batch_plot",
@@ -1696,6 +1697,150 @@ def FAST_plot_pitch_angle_grid(
         squeeze_gaps_minutes=squeeze_gaps_minutes,
         ephemeris=ephemeris,
     )
+
+
+#: Pitch-angle raster step of the ``pad`` product (degrees): each record's bins, with
+#: their own edges, are sampled at this step on the y axis.
+PAD_STEP_DEGREES = 0.5
+PAD_Y_LABEL = "Pitch angle (deg)"
+
+
+def FAST_plot_pad(
+    orbit: Mapping[str, xr.Dataset | None],
+    *,
+    z_scale: str = "log",
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    variable: str = "data",
+    colormap: str | Colormap | None = None,
+    instrument_order: Sequence[str] = DEFAULT_INSTRUMENTS,
+    extrema: Mapping[str, Mapping[str, Any]] | None = None,
+    orbit_number: int | None = None,
+    pad_energy: tuple[float, float] | None = None,
+    shift90: bool = False,
+    figsize: tuple[float, float] | None = None,
+    dpi: float = DEFAULT_DPI,
+    layout: str | None = None,
+    intervals: Mapping[int, Sequence] | Sequence | None = None,
+    zoom_duration_minutes: float = 6.0,
+    percentile: tuple[float, float] = (1.0, 99.0),
+    squeeze_gaps_minutes: float | None = DEFAULT_SQUEEZE_MINUTES,
+    ephemeris: Any | None = None,
+) -> Figure:
+    """One orbit's pitch-angle spectrograms (product ``pad``), one row per instrument.
+
+    As IDL SPEDAS ``fa_esa_l2_pad``: y is pitch angle over one full turn (0-360 deg, or
+    -90-270 deg with ``shift90`` so that 0 and 180 deg are off the edges), z the counts
+    summed (``data``), ``eflux`` averaged with ``denergy`` weights, or the ``rate``, over
+    the energy channels inside an energy window (fractional weights at its edges; see
+    :func:`fastspectro_dask.padreduce.energy_window_weights`). Each record's angle bins
+    keep their own edges (mode changes inside an orbit: 32 or 64 bins), periodic, so the
+    bin across 0/360 deg fills both ends; they are drawn as a raster of
+    :data:`PAD_STEP_DEGREES` on the y axis.
+
+    Parameters
+    ----------
+    orbit : mapping
+        Instrument -> an :func:`~fastspectro_dask.open_esa` Dataset (reduced here with
+        ``pad_energy``) or a reduced Dataset holding ``pad_values`` and ``pad_pitch``;
+        None (or no pad data) gives a placeholder row.
+    z_scale : {"linear", "log"}
+    overrides, extrema : mapping, optional
+        Instrument -> ``z_min``, ``z_max``, ``z_label`` (y is always the full turn).
+    variable : {"data", "eflux", "rate"}
+        What to reduce from raw Datasets.
+    pad_energy : (lo, hi), optional
+        Energy window in eV for raw Datasets (default: all valid channels).
+    shift90 : bool
+        Draw -90..270 deg instead of 0..360 deg.
+    Other parameters
+        As for :func:`FAST_plot_instrument_grid`.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    from fastspectro_dask.padreduce import pitch_edges, sample_periodic
+    from fastspectro_dask.reduce import PadSpec
+
+    _check_scale("z_scale", z_scale)
+    layout = _check_layout(layout)
+    keys = [str(k) for k in instrument_order]
+    if orbit_number is None:
+        orbit_number = _orbit_of(orbit.get(k) for k in keys)
+    y0 = -90.0 if shift90 else 0.0
+    y = y0 + (np.arange(round(360 / PAD_STEP_DEGREES)) + 0.5) * PAD_STEP_DEGREES
+    window_text = None
+    rows: list[_Row] = []
+    for inst in keys:
+        ds = orbit.get(inst)
+        title = f"{inst}  {_INSTRUMENT_TITLES.get(inst, '')}".rstrip()
+        if ds is not None and "pad_values" not in ds.variables:
+            if _is_reduced(ds):
+                raise ValueError(f"{inst}: the reduced Dataset has no pad_values")
+            ds = reduce_dataset(
+                ds, variable=variable, categories={"all": ((0.0, 360.0),)}, pad=PadSpec(pad_energy)
+            ).compute()
+        if ds is None:
+            rows.append(_Row(inst, title))
+            continue
+        window_text = window_text or ds.attrs.get("pad_energy")
+        pad = np.asarray(ds["pad_values"].values, dtype=np.float64)
+        edges = pitch_edges(np.asarray(ds["pad_pitch"].values, dtype=np.float64))
+        var = str(ds.attrs.get("variable", variable))
+        rows.append(
+            _Row(
+                inst,
+                title,
+                np.asarray(ds["time"].values),
+                y,
+                sample_periodic(edges, pad, y),
+                {
+                    "y_label": PAD_Y_LABEL,
+                    "z_label": _z_label_for(var, str(ds.attrs.get("units", ""))),
+                    "y_min": y0,
+                    "y_max": y0 + 360.0,
+                },
+                _durations_of(ds),
+                _sources_of(ds),
+            )
+        )
+    energy = _pad_window_label(window_text if window_text else pad_energy)
+    fig = _grid_figure(
+        rows,
+        title=f"FAST orbit {orbit_number if orbit_number is not None else '?'}  "
+        f"pitch angle, {energy}",
+        context=f"orbit {orbit_number} pad",
+        orbit_number=orbit_number,
+        intervals=intervals,
+        y_scale="linear",
+        z_scale=z_scale,
+        overrides=overrides,
+        extrema=extrema,
+        colormap=colormap,
+        figsize=figsize,
+        dpi=dpi,
+        layout=layout,
+        zoom_duration_minutes=zoom_duration_minutes,
+        percentile=percentile,
+        squeeze_gaps_minutes=squeeze_gaps_minutes,
+        ephemeris=ephemeris,
+    )
+    for ax in fig.axes:
+        if ax.get_label() in keys and ax.get_ylabel() == PAD_Y_LABEL:
+            ax.set_yticks(np.arange(y0, y0 + 361.0, 90.0))
+    return fig
+
+
+def _pad_window_label(window: Any) -> str:
+    """``50-5000 eV`` or ``all energies``, from a (lo, hi) pair or its JSON text."""
+    import json
+
+    if isinstance(window, str):
+        window = json.loads(window)
+    if not window:
+        return "all energies"
+    lo, hi = window
+    return f"{lo:g}\N{EN DASH}{hi:g} eV"
 
 
 # --------------------------------------------------------------------------------------

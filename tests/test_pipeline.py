@@ -98,8 +98,8 @@ def test_full_run_bad_files_and_resume(bad_mission, tmp_path, client):
         "ies",
         "ieb",
         "all",
-        "downgoing",
-        "upgoing",
+        "parallel",
+        "antiparallel",
         "perpendicular",
     }
     # resume: nothing left to do (invalid-cdf is not retried while the file is unchanged)
@@ -416,3 +416,35 @@ def test_a_signal_between_batches_with_nothing_in_flight_still_counts_as_interru
             render_fn=_hooks.noop,
         )
     assert summary.orbits_completed == 1 and summary.interrupted
+
+
+def test_pad_product_with_orbit_files_end_to_end(tmp_path, client):
+    """products=pad: the pitch-angle spectrogram per orbit (y linear, pitch angle), its
+    exact colour limits from the extrema pass, provenance with the ephemeris rows."""
+    from fastspectro_dask.render import read_figure_metadata
+
+    data = tmp_path / "data"
+    write_synthetic_dataset(data, orbits=1, records=30, seed=5, orb_files=True)
+    out = tmp_path / "out"
+    s = plot(
+        data,
+        out,
+        client,
+        products=("instruments", "pad"),
+        y_scale="log",
+        pad_energy=(50.0, 5000.0),
+        pad_shift90=True,
+    )
+    assert not s.errors and s.figures_written == 2
+    (pad,) = out.rglob("13616_pad_y-linear_z-log.png")  # the pad's y axis is pitch angle
+    meta = read_figure_metadata(pad)
+    assert meta["fastspectro:ephemeris"] == "UT,ALT,ILAT,MLT"
+    assert "fa_esa_l2_ees_" in meta["Source"]
+    state = json.loads((out / "extrema.json").read_text())
+    assert state["params"]["pad"] == {"energy": [50.0, 5000.0]}
+    limits = json.loads(meta["fastspectro:limits"])
+    assert limits["ees"]["z_max"] == pytest.approx(state["ees_pad_log_log_z_max"])
+    assert limits["ees"]["y_min"] == -90.0 and limits["ees"]["y_max"] == 270.0
+    line = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+    assert {m["product"] for m in line} == {"instruments", "pad"}
+    assert next(m for m in line if m["product"] == "pad")["pad_energy"] == [50.0, 5000.0]

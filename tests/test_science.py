@@ -153,3 +153,59 @@ def test_info_prints_a_figures_provenance(tmp_path):
         check=False,
     )
     assert run.returncode == 2 and "bad.png" in run.stderr and "Traceback" not in run.stderr
+
+
+def _pad_dataset() -> xr.Dataset:
+    """Two records: 32 bins of 11.25 deg, then 64 of 5.625 deg (a mode change)."""
+    n = 64
+    pitch = np.full((2, n), np.nan)
+    vals = np.full((2, n), np.nan)
+    pitch[0, :32] = 5.625 + 11.25 * np.arange(32)
+    vals[0, :32] = np.arange(32) + 1.0
+    pitch[1] = 2.8125 + 5.625 * np.arange(64)
+    vals[1] = 100.0 + np.arange(64)
+    t = T0 + np.array([0, 2500], "timedelta64[ms]").astype("timedelta64[ns]")
+    return xr.Dataset(
+        {
+            "pad_values": (("time", "pitch_bin"), vals),
+            "pad_pitch": (("time", "pitch_bin"), pitch),
+            "time_delta": (("time",), np.array([2.5, 2.5])),
+        },
+        coords={"time": t},
+        attrs={"variable": "data", "units": "Counts", "orbit": 13616, "source": "/x/e.cdf"},
+    )
+
+
+@pytest.mark.parametrize("shift90", [False, True])
+def test_pad_figure_bins_per_record_and_the_wrap_bin_at_both_ends(shift90):
+    from matplotlib.collections import QuadMesh
+
+    from fastspectro_dask.render import FAST_plot_pad
+
+    fig = FAST_plot_pad(
+        {"ees": _pad_dataset()}, instrument_order=("ees",), shift90=shift90, z_scale="linear"
+    )
+    (ax,) = [a for a in fig.axes if a.get_label() == "ees"]
+    y0 = -90.0 if shift90 else 0.0
+    assert ax.get_ylim() == (y0, y0 + 360.0)
+    assert list(ax.get_yticks()) == list(np.arange(y0, y0 + 361, 90.0))
+    (mesh,) = [c for c in ax.collections if isinstance(c, QuadMesh)]
+    arr = mesh.get_array()  # (y raster ascending, time)
+    ys = mesh.get_coordinates()[:, 0, 1]
+    centres = (ys[:-1] + ys[1:]) / 2
+
+    def at(deg: float, rec: int) -> float:
+        return float(arr[np.argmin(np.abs(centres - deg)), rec])
+
+    # record 0 (32 bins, centres 5.625 + 11.25 j): edges at multiples of 11.25 deg
+    assert at(3.0, 0) == 1.0 and at(14.0, 0) == 2.0 and at(357.0 - 360 * shift90, 0) == 32.0
+    # record 1 (64 bins, centres 2.8125 + 5.625 j): the same angles, other bins
+    assert at(3.0, 1) == 100.0 and at(7.0, 1) == 101.0
+    # a bin across 0/360: record 1 shifted so one bin straddles 0 deg
+    ds = _pad_dataset()
+    ds["pad_pitch"][1] = np.mod(5.625 * np.arange(64), 360.0)  # centre 0: bin [-2.8, 2.8)
+    fig = FAST_plot_pad({"ees": ds}, instrument_order=("ees",), z_scale="linear")
+    (ax,) = [a for a in fig.axes if a.get_label() == "ees"]
+    (mesh,) = [c for c in ax.collections if isinstance(c, QuadMesh)]
+    arr = mesh.get_array()
+    assert float(arr[0, 1]) == 100.0 and float(arr[-1, 1]) == 100.0  # both ends

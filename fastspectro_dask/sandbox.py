@@ -72,23 +72,35 @@ def _serve(conn) -> None:  # pragma: no cover - runs in the child process
             fn, args, kwargs = pickle.loads(raw)
         except BaseException as exc:
             exc.__remote_traceback__ = traceback.format_exc()  # type: ignore[attr-defined]
-            _send_result(conn, (_ERROR, exc))
+            if not _send_result(conn, (_ERROR, exc)):
+                return
             continue
-        conn.send((_STARTED, None))  # ready: the caller's clock starts now
+        if not _send(conn, (_STARTED, None)):  # ready: the caller's clock starts now
+            return
         try:
             result = (_OK, fn(*args, **kwargs))
         except BaseException as exc:
             exc.__remote_traceback__ = traceback.format_exc()  # type: ignore[attr-defined]
             result = (_ERROR, exc)
-        _send_result(conn, result)
+        if not _send_result(conn, result):
+            return
 
 
-def _send_result(conn, result: tuple[str, Any]) -> None:  # pragma: no cover - child side
+def _send(conn, message: Any) -> bool:  # pragma: no cover - child side
+    """Send; ``False`` when the owner is gone (it closed the pipe): the child just ends."""
     try:
-        conn.send(result)
+        conn.send(message)
+    except (BrokenPipeError, ConnectionResetError, EOFError):
+        return False
+    return True
+
+
+def _send_result(conn, result: tuple[str, Any]) -> bool:  # pragma: no cover - child side
+    try:
+        return _send(conn, result)
     except Exception:  # the result or the exception itself was not picklable
         what = result[1]
-        conn.send((_ERROR, _RemoteError(f"{type(what).__name__}: {what}")))
+        return _send(conn, (_ERROR, _RemoteError(f"{type(what).__name__}: {what}")))
 
 
 # Process-wide bookkeeping: every sandbox of this process, the tags of cancelled calls,

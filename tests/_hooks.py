@@ -90,3 +90,16 @@ def terminate_then_hang_on_victim(job: RenderJob) -> dict:
     if job.orbit == VICTIM and job.product == "instruments":
         _terminate_client_then_block(job)
     return render_job(job)
+
+
+def ready_then_block_on_victim(job: RenderJob) -> dict:
+    """The victim's grid announces itself ({out}/victim-ready) and stays busy until its
+    process is stopped: the run is certainly mid-render when the test interrupts it."""
+    if job.orbit == VICTIM and job.product == "instruments":
+        root = _out_root(job)
+        (root / f"victim-{os.getpid()}.pid").write_text(str(os.getpid()))
+        (root / "victim-ready").write_text("")
+        parent = os.getppid()
+        while os.getppid() == parent:
+            time.sleep(0.05)
+    return render_job(job)

@@ -1,6 +1,8 @@
 """The ``fastspectro`` console script: a thin layer over the Python API.
 
-Exit codes: 0 success, 1 finished but with recorded errors, 2 bad usage, 130 interrupted.
+Exit codes: 0 success, 1 finished but with recorded errors, 2 bad usage, 75 the output
+folder is in use by another run (its lock is held: nothing was done or written), 130
+interrupted.
 """
 
 from __future__ import annotations
@@ -22,6 +24,13 @@ __all__ = ["main"]
 logger = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+#: Another run holds the lock of the output folder's state (sysexits' EX_TEMPFAIL: try
+#: again later). Nothing was started or written.
+EXIT_LOCKED = 75
+EXIT_CODES_HELP = (
+    "Exit codes: 0 success, 1 finished with recorded errors, 2 bad usage, 75 output "
+    "folder in use by another run (nothing done; try again when it ends), 130 interrupted."
+)
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -172,6 +181,43 @@ def _energy_window(text: str) -> tuple[float, float]:
     return lo, hi
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line (no usage block), exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _number(kind: type, *, minimum: float, inclusive: bool, maximum: float | None = None):
+    """An argparse type: ``kind`` (int or float) within the given bounds."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
+            ) from None
+        low_ok = value >= minimum if inclusive else value > minimum
+        if not low_ok or (maximum is not None and value > maximum) or value != value:
+            if maximum is not None:
+                bound = f"between {minimum:g} and {maximum:g}"
+            else:
+                bound = f"{'>=' if inclusive else '>'} {minimum:g}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        return value
+
+    parse.__name__ = f"{kind.__name__} value"
+    return parse
+
+
+_positive_int = _number(int, minimum=1, inclusive=True)
+_nonnegative_int = _number(int, minimum=0, inclusive=True)
+_positive_float = _number(float, minimum=0.0, inclusive=False)
+_percentile = _number(float, minimum=0.0, inclusive=True, maximum=100.0)
+_nonnegative_float = _number(float, minimum=0.0, inclusive=True)
+
+
 def _cluster_kw(text: str):
     """argparse type of --cluster-kw: ``key=value`` -> (key, parsed value)."""
     from fastspectro_dask.cluster import parse_cluster_kwarg
@@ -204,6 +250,11 @@ def _check_cluster_options(args: argparse.Namespace) -> None:
         )
         if value
     ]
+    if external and getattr(args, "dashboard_address", None):
+        raise _UsageError(
+            "--dashboard-address is for a cluster fastspectro makes; a running scheduler "
+            "has its own dashboard"
+        )
     if kind == "local":
         if jobqueue_opts:
             raise _UsageError(f"{', '.join(jobqueue_opts)} need --cluster slurm or --cluster pbs")
@@ -226,6 +277,7 @@ def _enter_client(stack: contextlib.ExitStack, args: argparse.Namespace, *, loca
     dask-jobqueue cluster; else a local cluster when ``local`` (plot, demo) or None.
     """
     from fastspectro_dask.cluster import (
+        DEFAULT_DASHBOARD_ADDRESS,
         ClusterConfigError,
         JobqueueMissingError,
         client_context,
@@ -241,11 +293,14 @@ def _enter_client(stack: contextlib.ExitStack, args: argparse.Namespace, *, loca
     if external is not None:
         stack.callback(external.close)
         return external
+    dashboard = getattr(args, "dashboard_address", None) or DEFAULT_DASHBOARD_ADDRESS
     if kind == "local":
         if not local:
             return None
         return stack.enter_context(
-            client_context(None, max_workers=getattr(args, "max_workers", None))
+            client_context(
+                None, max_workers=getattr(args, "max_workers", None), dashboard_address=dashboard
+            )
         )
     try:
         client = stack.enter_context(
@@ -254,6 +309,7 @@ def _enter_client(stack: contextlib.ExitStack, args: argparse.Namespace, *, loca
                 jobs=args.jobs,
                 adapt=args.adapt,
                 cluster_kwargs=dict(args.cluster_kw or []),
+                dashboard_address=dashboard,
             )
         )
     except (JobqueueMissingError, ClusterConfigError) as exc:
@@ -274,22 +330,53 @@ def _write_report(
     output_dir: Path, summaries: list, performance_report: Path | None
 ) -> Path | None:
     from fastspectro_dask.report import write_run_report
+    from fastspectro_dask.state import StateLock, StateLockedError
 
     if not output_dir.is_dir():
         return None
     try:
-        return write_run_report(
-            output_dir, summaries=summaries, performance_report=performance_report
-        )
+        with StateLock(output_dir / "progress.json"):  # not over a run started meanwhile
+            return write_run_report(
+                output_dir, summaries=summaries, performance_report=performance_report
+            )
+    except StateLockedError as exc:
+        print(f"fastspectro: run report not written: {_locked_line(exc)}", file=sys.stderr)
+        return None
     except Exception as exc:  # the run's outcome matters more than its report
         logger.warning("could not write the run report in %s: %s", output_dir, exc)
         print(f"fastspectro: could not write the run report: {exc}", file=sys.stderr)
         return None
 
 
+def _locked_line(exc) -> str:
+    """One line for a refused run: who holds the lock, since when, what to do."""
+    lock = Path(exc.lock_path)
+    holder = exc.holder or {}
+    who = (
+        f"PID {holder.get('pid', '?')} on host {holder.get('host', '?')}, "
+        f"since {holder.get('started_utc', '?')}"
+        if holder
+        else "a process that has not written its name yet"
+    )
+    return (
+        f"{lock.parent} is in use by another run ({who}; lock {lock.name}): wait for it to "
+        "finish (or stop it), or use another output folder"
+    )
+
+
+def _lock_output(stack: contextlib.ExitStack, output_dir: Path) -> None:
+    """Hold the output folder's state locks on ``stack`` (before any cluster starts), or
+    raise StateLockedError at once. Light imports only: refused within a second."""
+    from fastspectro_dask.state import StateLock
+
+    if output_dir.exists() and not output_dir.is_dir():
+        raise _UsageError(f"{output_dir}: not a folder")
+    for name in ("progress.json", "extrema.json"):
+        stack.enter_context(StateLock(output_dir / name))
+
+
 def _run_plots(args: argparse.Namespace, input_dir: Path, output_dir: Path) -> int:
-    from fastspectro_dask.cluster import expected_worker_threads, performance_report_context
-    from fastspectro_dask.pipeline import FAST_plot_spectrograms_directory
+    from fastspectro_dask.state import StateLockedError
 
     combos = (
         [(y, z) for y in SCALES for z in SCALES]
@@ -298,7 +385,21 @@ def _run_plots(args: argparse.Namespace, input_dir: Path, output_dir: Path) -> i
     )
     summaries: list = []
     report = None
+    refused = False
+    output_dir = Path(output_dir)
+    _check_cluster_options(args)  # bad usage is reported before anything is touched
+    if not Path(input_dir).is_dir():
+        raise _UsageError(f"{input_dir}: no such folder")
+    # The lock first, before the cluster: a second run is refused at once, writing nothing.
+    probe = contextlib.ExitStack()
+    _lock_output(probe, output_dir)
     try:
+        from fastspectro_dask.cluster import (
+            expected_worker_threads,
+            performance_report_context,
+        )
+        from fastspectro_dask.pipeline import FAST_plot_spectrograms_directory
+
         with contextlib.ExitStack() as stack:
             client = _enter_client(stack, args, local=True)
             print(f"Dask dashboard: {client.dashboard_link}", flush=True)
@@ -309,6 +410,7 @@ def _run_plots(args: argparse.Namespace, input_dir: Path, output_dir: Path) -> i
                 else None
             )
             stack.enter_context(performance_report_context(args.performance_report))
+            probe.close()  # the run takes the same locks itself, at once
             for y, z in combos:
                 s = FAST_plot_spectrograms_directory(
                     input_dir,
@@ -335,10 +437,14 @@ def _run_plots(args: argparse.Namespace, input_dir: Path, output_dir: Path) -> i
                 summaries.append(s)
                 if s.interrupted:
                     break
+    except StateLockedError:
+        refused = True  # another run got there first: its folder is left as it is
+        raise
     finally:
+        probe.close()
         # also after an interruption or a failure: what was written is worth seeing
-        if not args.no_report:
-            report = _write_report(Path(output_dir), summaries, args.performance_report)
+        if not args.no_report and not refused:
+            report = _write_report(output_dir, summaries, args.performance_report)
     print(_summary_table(summaries))
     print(f"figures, progress.json, extrema.json and logs/ are in {output_dir}")
     if report is not None:
@@ -460,7 +566,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--squeeze-gaps",
-        type=float,
+        type=_nonnegative_float,
         default=5.0,
         metavar="MINUTES",
         help="cut data gaps longer than this out of the UT axis, drawn as narrow breaks "
@@ -488,42 +594,45 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--percentile",
-        type=float,
+        type=_percentile,
         default=95.0,
         help="colour-scale maximum: exact mission-wide percentile (default 95)",
     )
     p.add_argument(
         "--flush-batch-size",
-        type=int,
+        type=_positive_int,
         default=10,
         help="write progress every N completed orbits (default 10)",
     )
     p.add_argument(
         "--log-flush-batch-size",
-        type=int,
+        type=_positive_int,
         default=None,
         help="write logs every N records (default: --flush-batch-size)",
     )
     p.add_argument(
-        "--flush-interval", type=float, default=None, help="also write progress every S seconds"
+        "--flush-interval",
+        type=_positive_float,
+        default=None,
+        help="also write progress every S seconds",
     )
     p.add_argument(
         "--max-workers",
-        type=int,
+        type=_positive_int,
         default=None,
         help="local cluster worker processes (default: cores)",
     )
     p.add_argument(
         "--orbit-timeout",
-        type=float,
+        type=_positive_float,
         default=600.0,
         help="seconds for all of an orbit's figures (default 600)",
     )
     p.add_argument(
         "--instrument-timeout",
-        type=float,
+        type=_positive_float,
         default=120.0,
-        help="seconds for one figure, from its start (default 120)",
+        help="seconds for one figure, from the moment its render process is ready (default 120)",
     )
     p.add_argument(
         "--ignore-progress", action="store_true", help="ignore progress.json: a fresh pass"
@@ -564,7 +673,11 @@ def _add_scheduler_options(p: argparse.ArgumentParser) -> None:
     )
     j = p.add_mutually_exclusive_group()
     j.add_argument(
-        "--jobs", type=int, default=None, metavar="N", help="slurm/pbs: run N jobs (default 1)"
+        "--jobs",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="slurm/pbs: run N jobs (default 1)",
     )
     j.add_argument(
         "--adapt",
@@ -583,6 +696,13 @@ def _add_scheduler_options(p: argparse.ArgumentParser) -> None:
         "(e.g. cores=8, memory=16GB, queue=normal, walltime=02:00:00, interface=ib0; "
         "JSON for lists: job_extra_directives='[\"--gres=gpu:1\"]')",
     )
+    p.add_argument(
+        "--dashboard-address",
+        default=None,
+        metavar="[HOST]:PORT",
+        help="where the Dask dashboard of a cluster fastspectro makes listens (default "
+        "127.0.0.1:8787, this machine only; ':8787' opens it to the network)",
+    )
     g = p.add_mutually_exclusive_group()
     g.add_argument(
         "--scheduler-address",
@@ -597,12 +717,11 @@ def _add_scheduler_options(p: argparse.ArgumentParser) -> None:
 def _build_parser() -> argparse.ArgumentParser:
     from fastspectro_dask._version import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="fastspectro",
         description="Batch FAST ESA spectrograms (ees, eeb, ies, ieb) from folders of L2 "
         "CDF files, on Dask.",
-        epilog="Exit codes: 0 success, 1 finished with recorded errors, 2 bad usage, "
-        "130 interrupted.",
+        epilog=EXIT_CODES_HELP,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
@@ -617,17 +736,17 @@ def _build_parser() -> argparse.ArgumentParser:
         "(for demos and tests: no download needed).",
     )
     p.add_argument("out", type=Path, help="output folder (created if needed)")
-    p.add_argument("--orbits", type=int, default=4, help="number of orbits (default 4)")
+    p.add_argument("--orbits", type=_positive_int, default=4, help="number of orbits (default 4)")
     p.add_argument(
         "--records",
-        type=int,
+        type=_positive_int,
         default=400,
         help="records per survey file, about (default 400; real files 300-3000)",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument(
         "--start-orbit",
-        type=int,
+        type=_nonnegative_int,
         default=13616,
         help="first orbit number (default 13616, January 2000)",
     )
@@ -683,8 +802,10 @@ def _build_parser() -> argparse.ArgumentParser:
         default=Path("fastspectro_demo"),
         help="demo folder (default ./fastspectro_demo)",
     )
-    p.add_argument("--orbits", type=int, default=4, help="number of orbits (default 4)")
-    p.add_argument("--records", type=int, default=400, help="records per file (default 400)")
+    p.add_argument("--orbits", type=_positive_int, default=4, help="number of orbits (default 4)")
+    p.add_argument(
+        "--records", type=_positive_int, default=400, help="records per file (default 400)"
+    )
     p.add_argument(
         "--seed",
         type=int,
@@ -703,7 +824,9 @@ def _build_parser() -> argparse.ArgumentParser:
         "plot",
         help="plot every orbit of a folder (resumable)",
         description="Compute exact mission-wide limits, then render every orbit's figures on "
-        "Dask. Re-running resumes where it stopped.",
+        "Dask. Re-running resumes where it stopped. A second run on the same OUTPUT is "
+        "refused at once (exit code 75) and writes nothing.",
+        epilog=EXIT_CODES_HELP,
     )
     p.add_argument("input", type=Path, help="folder of FAST ESA L2 CDF files (any layout)")
     p.add_argument("output", type=Path, help="output folder (figures and state)")
@@ -723,7 +846,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--y-scale", choices=SCALES, default="linear")
     p.add_argument("--z-scale", choices=SCALES, default="log")
     p.add_argument("--variable", choices=("data", "eflux", "rate"), default="data")
-    p.add_argument("--percentile", type=float, default=95.0)
+    p.add_argument("--percentile", type=_percentile, default=95.0)
     p.add_argument(
         "--compute-mins",
         action="store_true",
@@ -749,9 +872,14 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("output", type=Path, help="output folder of a plot run")
     p.add_argument(
-        "--thumb-width", type=int, default=320, help="figure width in the gallery, px (320)"
+        "--thumb-width",
+        type=_positive_int,
+        default=320,
+        help="figure width in the gallery, px (320)",
     )
-    p.add_argument("--page-size", type=int, default=500, help="orbits per page (default 500)")
+    p.add_argument(
+        "--page-size", type=_positive_int, default=500, help="orbits per page (default 500)"
+    )
     p.set_defaults(func=_cmd_report)
     return parser
 
@@ -772,8 +900,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
     logging.getLogger("fastspectro_dask").setLevel(logging.INFO)
+    from fastspectro_dask.state import StateLockedError
+
     try:
         return args.func(args)
+    except StateLockedError as exc:
+        print(f"fastspectro: {_locked_line(exc)}", file=sys.stderr)
+        return EXIT_LOCKED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -19,16 +19,20 @@ import contextlib
 import json
 import logging
 import os
+import signal
+import threading
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import dask
 from distributed import Client, LocalCluster
+from distributed.diagnostics.plugin import WorkerPlugin
 
 __all__ = [
     "CLUSTER_KINDS",
     "DAEMON_ENV_LINE",
+    "DEFAULT_DASHBOARD_ADDRESS",
     "ClusterConfigError",
     "JobqueueMissingError",
     "client_context",
@@ -52,6 +56,9 @@ _JOBQUEUE_CLASSES = {"slurm": "SLURMCluster", "pbs": "PBSCluster"}
 DAEMON_ENV_LINE = "export DASK_DISTRIBUTED__WORKER__DAEMON=False"
 #: Set on a cluster made by :func:`make_cluster`: worker threads it will have at most.
 _PLANNED_ATTR = "_fastspectro_planned_threads"
+#: Where the dashboard of a cluster we make listens: loopback only, unless the user opens
+#: it (``dashboard_address=":8787"`` / ``--dashboard-address :8787`` for every interface).
+DEFAULT_DASHBOARD_ADDRESS = "127.0.0.1:8787"
 
 
 class JobqueueMissingError(ImportError):
@@ -88,12 +95,69 @@ def expected_worker_threads(client: Client) -> int:
     return max(n_workers(client), planned)
 
 
+class _TaskErrorsToLog(logging.Filter):
+    """On a worker: distributed's multi-line "Compute Failed ... Traceback" record goes to
+    the package log (INFO, which the run forwards to its log file), not to the terminal.
+
+    The run reports each failed task itself, in one line; the traceback stays available
+    in the log file.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not (isinstance(record.msg, str) and record.msg.startswith("Compute Failed")):
+            return True
+        args = record.args if isinstance(record.args, tuple) else ()
+        if len(args) == 5:  # key, state, task, exception text, traceback text
+            key, _state, _task, exc_text, tb_text = args
+            logging.getLogger(__name__).info(
+                "task %s failed on a worker: %s\n%s", key, exc_text, str(tb_text).rstrip()
+            )
+        else:  # another version's layout: keep the whole message
+            logging.getLogger(__name__).info("task failed on a worker: %s", record.getMessage())
+        return False
+
+
+class WorkerTerminalPlugin(WorkerPlugin):
+    """Worker plugin for the clusters fastspectro makes on this machine.
+
+    * The worker process ignores SIGINT: a Ctrl-C in a terminal reaches the whole process
+      group, and the client, which handles it, stops the workers (no KeyboardInterrupt
+      tracebacks from each worker).
+    * distributed's per-task "Compute Failed" error blocks go to the package log (and so
+      to the run's log file), not to the terminal.
+    """
+
+    name = "fastspectro-worker-terminal"
+
+    def setup(self, worker: Any) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        log = logging.getLogger("distributed.worker")
+        if not any(isinstance(f, _TaskErrorsToLog) for f in log.filters):
+            log.addFilter(_TaskErrorsToLog())
+
+
+@contextlib.contextmanager
+def _sigint_ignored_by_children() -> Iterator[None]:
+    """While worker processes are spawned, SIGINT is ignored (a disposition children
+    inherit, so the interpreter in each worker never installs its KeyboardInterrupt
+    handler). Only from the main thread; restored afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @contextlib.contextmanager
 def client_context(
     client: Client | None = None,
     *,
     max_workers: int | None = None,
-    dashboard_address: str | None = ":8787",
+    dashboard_address: str | None = DEFAULT_DASHBOARD_ADDRESS,
 ) -> Iterator[Client]:
     """Yield ``client``, or a new :class:`LocalCluster` client closed on exit.
 
@@ -101,13 +165,26 @@ def client_context(
     with one thread each: matplotlib's ``Figure.draw`` takes a class-wide lock, so threads
     give no speed-up, and one thread per process keeps one render sandbox per worker.
     Workers are non-daemonic (``distributed.worker.daemon: False``) so that they can
-    start the child processes in which renders run with a real timeout.
+    start the child processes in which renders run with a real timeout. They ignore
+    SIGINT (the client stops them; a Ctrl-C while they start takes no effect) and keep
+    distributed's per-task error blocks out of the terminal
+    (:class:`WorkerTerminalPlugin`). A given ``client`` is used as it is.
+
+    Parameters
+    ----------
+    client : distributed.Client, optional
+        Use this one (not closed on exit).
+    max_workers : int, optional
+        Worker processes of the local cluster (default: cores).
+    dashboard_address : str or None
+        Where the dashboard listens (default loopback, :data:`DEFAULT_DASHBOARD_ADDRESS`;
+        ``":8787"`` opens it on every interface; ``None`` disables it).
     """
     if client is not None:
         yield client
         return
     workers = max_workers or os.cpu_count() or 1
-    with dask.config.set({"distributed.worker.daemon": False}):
+    with dask.config.set({"distributed.worker.daemon": False}), _sigint_ignored_by_children():
         cluster = LocalCluster(
             n_workers=workers,
             threads_per_worker=1,
@@ -116,6 +193,10 @@ def client_context(
         )
         own = Client(cluster)
     try:
+        try:  # also for workers that the nanny restarts later
+            own.register_plugin(WorkerTerminalPlugin(), name=WorkerTerminalPlugin.name)
+        except Exception as exc:  # pragma: no cover - cosmetic only
+            logger.debug("could not register the worker terminal plugin: %s", exc)
         logger.info("local Dask cluster: %d workers; dashboard %s", workers, own.dashboard_link)
         yield own
     finally:
@@ -280,6 +361,23 @@ def _with_daemon_prologue(kind: str, kwargs: dict[str, Any]) -> list[str]:
     return prologue
 
 
+def _with_dashboard_address(
+    kind: str, cluster_kwargs: Mapping[str, Any], dashboard_address: str | None
+) -> dict[str, Any]:
+    """``cluster_kwargs`` with the dashboard address in ``scheduler_options``, unless the
+    user's keyword or dask config already sets it (dask-jobqueue's own default is
+    ``":8787"``, every interface)."""
+    kwargs = dict(cluster_kwargs)
+    options = kwargs.get("scheduler_options")
+    if options is None:
+        options = dask.config.get(f"jobqueue.{kind}.scheduler-options", None) or {}
+    options = dict(options)
+    if "dashboard_address" not in options and dashboard_address is not None:
+        options["dashboard_address"] = dashboard_address
+        kwargs["scheduler_options"] = options
+    return kwargs
+
+
 def _jobqueue_cluster(kind: str, cluster_kwargs: Mapping[str, Any]):
     cls = _jobqueue_class(kind)
     kwargs = dict(cluster_kwargs)
@@ -302,7 +400,7 @@ def make_cluster(
     adapt: tuple[int, int] | None = None,
     cluster_kwargs: Mapping[str, Any] | None = None,
     max_workers: int | None = None,
-    dashboard_address: str | None = ":8787",
+    dashboard_address: str | None = DEFAULT_DASHBOARD_ADDRESS,
 ) -> Iterator[Client]:
     """Make a cluster of the given kind and yield a client of it; both closed on exit.
 
@@ -328,8 +426,10 @@ def make_cluster(
     max_workers : int, optional
         Worker processes of the local cluster (default: cores).
     dashboard_address : str, optional
-        Dashboard of the local cluster (a jobqueue cluster takes it from
-        ``scheduler_options``).
+        Where the dashboard listens: loopback by default
+        (:data:`DEFAULT_DASHBOARD_ADDRESS`), ``":8787"`` for every interface. For a
+        jobqueue cluster it goes into ``scheduler_options`` unless those (the keyword or
+        the ``jobqueue.<kind>.scheduler-options`` config) already name one.
 
     Yields
     ------
@@ -358,7 +458,9 @@ def make_cluster(
         return
     if jobs is not None and jobs < 1:
         raise ValueError("jobs must be >= 1")
-    cluster = _jobqueue_cluster(kind, cluster_kwargs or {})
+    cluster = _jobqueue_cluster(
+        kind, _with_dashboard_address(kind, cluster_kwargs or {}, dashboard_address)
+    )
     try:
         logger.info("%s job script:\n%s", type(cluster).__name__, cluster.job_script())
         threads = _threads_per_job(cluster)

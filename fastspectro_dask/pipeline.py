@@ -14,9 +14,11 @@
    records, and flushes both at the end, on exceptions and on SIGINT/SIGTERM.
 
 Each render runs in a persistent child process of its worker (:mod:`fastspectro_dask.sandbox`)
-so that ``instrument_timeout_seconds`` (from the moment the task starts) and
-``orbit_timeout_seconds`` (from the submission of the orbit's first task) really stop the
-work and free the worker.
+so that ``instrument_timeout_seconds`` (from the moment the figure's sandbox child is ready:
+a fresh child's start-up after a killed figure is not counted) and ``orbit_timeout_seconds``
+(from the submission of the orbit's first task) really stop the work and free the worker.
+On SIGINT/SIGTERM the renders in flight are cancelled and their sandbox children killed;
+figures they wrote before that are counted (the summary counts what is on disk).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -47,8 +50,13 @@ from fastspectro_dask.errors import (
 from fastspectro_dask.extrema import compute_global_extrema, extrema_for_rows
 from fastspectro_dask.logbuffer import buffered_file_logging, forward_worker_logs
 from fastspectro_dask.reduce import SOURCE_VARIABLE, PadSpec, normalize_categories
-from fastspectro_dask.sandbox import run_with_timeout
-from fastspectro_dask.state import ProgressStore, file_fingerprint
+from fastspectro_dask.sandbox import run_with_timeout, stop_calls
+from fastspectro_dask.state import (
+    ProgressStore,
+    StateLock,
+    file_fingerprint,
+    remove_stale_temporaries,
+)
 from fastspectro_dask.timeaxis import DEFAULT_SQUEEZE_MINUTES
 
 __all__ = ["PRODUCTS", "FAST_plot_spectrograms_directory", "RunSummary"]
@@ -247,8 +255,14 @@ def _run_job(
     instrument_timeout: float | None,
     orbit_deadline: float | None,
     render_fn: Callable[[RenderJob], dict[str, Any]] = render_job,
+    tag: str | None = None,
 ) -> dict[str, Any]:
-    """The Dask task: render in this worker's sandbox with the tighter of both timeouts."""
+    """The Dask task: render in this worker's sandbox with the tighter of both timeouts.
+
+    Timeouts count from the moment the sandbox child is ready for the figure (a fresh
+    child's start-up is not the figure's time). ``tag`` (the task key) lets the client
+    stop the render when it cancels the task (:func:`~fastspectro_dask.sandbox.stop_calls`).
+    """
     timeout = instrument_timeout
     if orbit_deadline is not None:
         left = orbit_deadline - time.time()
@@ -257,7 +271,7 @@ def _run_job(
                 f"orbit {job.orbit}: orbit timeout reached before {job.product} started"
             )
         timeout = left if timeout is None else min(timeout, left)
-    return run_with_timeout(_render_logged, render_fn, job, timeout=timeout)
+    return run_with_timeout(_render_logged, render_fn, job, timeout=timeout, tag=tag)
 
 
 # --------------------------------------------------------------------------------------
@@ -417,7 +431,8 @@ def FAST_plot_spectrograms_directory(
     orbit_timeout_seconds : float or None
         Bound on all of an orbit's render tasks, from the submission of its first one.
     instrument_timeout_seconds : float or None
-        Bound on one render task, from the moment it starts running.
+        Bound on one render task, from the moment its sandbox child is ready for it (the
+        start-up of a fresh child is not counted).
     ignore_progress_json : bool
         Forget earlier progress of this scale combination: a fresh pass.
     max_processing_percentile : float
@@ -491,20 +506,26 @@ def FAST_plot_spectrograms_directory(
     )
 
     with contextlib.ExitStack() as stack:
+        store = ProgressStore(
+            progress_path,
+            y_scale,
+            z_scale,
+            flush_batch_size=flush_batch_size,
+            flush_interval_seconds=flush_interval_seconds,
+            instrument_order=instrument_order,
+        )
+        # First the lock: a second run on this output is refused before it writes anything
+        # (no log file, no temporaries removed) or starts a cluster.
+        store.acquire_lock()
+        stack.callback(store.close)
+        stale = _remove_stale_temporaries(out, progress_path, extrema_path)
         logs = stack.enter_context(
             buffered_file_logging(out / "logs", capacity=log_flush_batch_size or flush_batch_size)
         )
         summary.log_file = str(logs.path)
-        store = stack.enter_context(
-            ProgressStore(
-                progress_path,
-                y_scale,
-                z_scale,
-                flush_batch_size=flush_batch_size,
-                flush_interval_seconds=flush_interval_seconds,
-                instrument_order=instrument_order,
-            )
-        )
+        if stale:
+            logger.info("removed %d stale temporary file(s) left by an interrupted run", stale)
+        stack.enter_context(store)  # loads the progress JSON under the lock taken above
         signals = stack.enter_context(_Signals(install_signal_handlers))
         dask_client = stack.enter_context(client_context(client, max_workers=max_workers))
         summary.dashboard_link = getattr(dask_client, "dashboard_link", None)
@@ -567,7 +588,11 @@ def FAST_plot_spectrograms_directory(
         if signals.received is not None:
             summary.signal = signal.Signals(signals.received).name
         summary.wall_seconds = time.perf_counter() - t_start
-        logger.info("run finished: %s", json.dumps(summary.to_dict()))
+        store.flush()  # the last progress write (a no-op when clean), counted below
+        summary.progress_writes = store.writes
+        # the log counters cannot count the write of this line: they are in the summary
+        done = {k: v for k, v in summary.to_dict().items() if not k.startswith("log_")}
+        logger.info("run finished: %s", json.dumps(done))
     # the state store and the log buffer are flushed and closed: count what they wrote
     summary.progress_writes = store.writes
     summary.log_writes, summary.log_records = logs.flushes, logs.records_written
@@ -658,6 +683,60 @@ def _alias(value, alias, name: str, alias_name: str):
     if value is None:
         raise TypeError(f"{name} is required")
     return value
+
+
+#: A figure's temporary as :func:`fastspectro_dask.render.save_figure` names it:
+#: ``.<orbit>_<product>_y-<y>_z-<z>.png.<pid>.<12 hex>.tmp``.
+_FIGURE_TMP = re.compile(r"\.\d+_[A-Za-z0-9-]+_y-[a-z]+_z-[a-z]+\.png\.\d+\.[0-9a-f]{12}\.tmp")
+#: Folder names of the figure layout ``{YYYY}/{MM}/{orbit}/``.
+_FIGURE_DIR = re.compile(r"\d+")
+
+
+def _remove_stale_figure_temporaries(out: Path) -> int:
+    """Remove figure temporaries that a killed run left in ``out/{YYYY}/{MM}/{orbit}/``.
+
+    Only files named exactly like :func:`~fastspectro_dask.render.save_figure`'s
+    temporaries, only in the figure folders of the layout (number-named, three deep).
+    """
+    removed = 0
+    level = [out]
+    for _depth in range(3):
+        nxt = []
+        for folder in level:
+            with contextlib.suppress(OSError), os.scandir(folder) as it:
+                nxt.extend(
+                    Path(e.path)
+                    for e in it
+                    if _FIGURE_DIR.fullmatch(e.name) and e.is_dir(follow_symlinks=False)
+                )
+        level = nxt
+    for folder in level:
+        stale: list[str] = []
+        with contextlib.suppress(OSError), os.scandir(folder) as it:
+            stale = [
+                e.path
+                for e in it
+                if _FIGURE_TMP.fullmatch(e.name) and e.is_file(follow_symlinks=False)
+            ]
+        for path in stale:
+            try:
+                os.unlink(path)
+            except OSError as exc:
+                logger.warning("could not remove the stale temporary %s: %s", path, exc)
+            else:
+                removed += 1
+    return removed
+
+
+def _remove_stale_temporaries(out: Path, progress_path: Path, extrema_path: Path) -> int:
+    """Temporaries of our own naming that a killed run left: the state files' (beside
+    them) and the figures'. Runs under the progress lock; the extrema JSON's lock is taken
+    for its part, so a run still computing extrema there refuses this one at once
+    (:class:`~fastspectro_dask.state.StateLockedError`)."""
+    removed = len(remove_stale_temporaries(progress_path))
+    with StateLock(extrema_path):
+        removed += len(remove_stale_temporaries(extrema_path))
+    return removed + _remove_stale_figure_temporaries(out)
 
 
 def _invalid_files(state: Mapping[str, Any], input_dir) -> dict[str, str]:
@@ -799,6 +878,29 @@ def _append_manifest(path: Path, job: RenderJob, result: Mapping[str, Any]) -> N
         fh.write(line + "\n")
 
 
+def _file_identity(path: str) -> tuple[int, int] | None:
+    """``(inode, mtime_ns)`` of a file, or ``None`` when it does not exist: a figure
+    replaced by ``os.replace`` gets a new identity."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
+def _stop_renders(client, keys: list[str]) -> None:
+    """Kill the sandbox children that run these (cancelled) render tasks, on every worker,
+    and wait until they are gone: a cancelled render must not write a figure later."""
+    if not keys:
+        return
+    try:
+        killed = client.run(stop_calls, keys)
+    except Exception as exc:  # a worker gone, a closing cluster: nothing more to stop
+        logger.info("could not stop every render in flight: %s", exc)
+        return
+    logger.info("stopped %d render(s) in flight", sum(int(n or 0) for n in dict(killed).values()))
+
+
 def _classify(exc: BaseException) -> str:
     """Error category of a task's exception (Dask's own errors by class name: this layer
     must not depend on where distributed defines them)."""
@@ -852,7 +954,7 @@ def _loop(
     left: dict[int, int] = {}
     orbit_errors: dict[int, dict[str, tuple[str, str]]] = {}
     deadlines: dict[int, float] = {}
-    inflight: dict[str, tuple[RenderJob, Any]] = {}
+    inflight: dict[str, tuple[RenderJob, Any, tuple[int, int] | None]] = {}
     limit = window or 2 * n_workers(client) + 2
     ac = as_completed()
     bar = _progress_bar(total or 0, progress_bar)
@@ -902,17 +1004,19 @@ def _loop(
             refill()
             if orbit_timeout is not None and job.orbit not in deadlines:
                 deadlines[job.orbit] = time.time() + orbit_timeout
+            key = f"render-{job.orbit}-{job.product}-y{y_scale}-z{z_scale}-{time.monotonic_ns()}"
             fut = client.submit(
                 _run_job,
                 job,
                 instrument_timeout,
                 deadlines.get(job.orbit),
                 render_fn,
-                key=f"render-{job.orbit}-{job.product}-y{y_scale}-z{z_scale}-{time.monotonic_ns()}",
+                key,
+                key=key,
                 pure=False,
                 retries=0,
             )
-            inflight[fut.key] = (job, fut)
+            inflight[fut.key] = (job, fut, _file_identity(job.output))
             ac.add(fut)
 
     try:
@@ -920,12 +1024,26 @@ def _loop(
         while inflight:
             if signals.stop.is_set():
                 summary.interrupted = True
-                futs = [f for _, f in inflight.values()]
-                client.cancel(futs)
+                stopped = list(inflight.items())
+                client.cancel([f for _, (_, f, _) in stopped])
+                _stop_renders(client, [key for key, _ in stopped])
+                # what they wrote before they were stopped is on disk: count it
+                for _key, (job, _fut, before) in stopped:
+                    if _file_identity(job.output) not in (None, before):
+                        summary.figures_written += 1
+                        if manifest is not None:
+                            _append_manifest(
+                                manifest, job, {"errors": orbit_errors.get(job.orbit, {})}
+                            )
+                        logger.info(
+                            "orbit %d %s was written before its task was cancelled",
+                            job.orbit,
+                            job.product,
+                        )
                 logger.warning(
                     "cancelled %d render tasks in flight; their orbits will be "
                     "redone by the next run",
-                    len(futs),
+                    len(stopped),
                 )
                 inflight.clear()
                 break
@@ -957,6 +1075,14 @@ def _loop(
                         type(exc).__name__,
                         exc,
                     )
+                    remote_tb = getattr(exc, "__remote_traceback__", None)
+                    if remote_tb:  # the log file keeps the detail; the terminal, one line
+                        logger.info(
+                            "orbit %d %s: traceback in the render sandbox:\n%s",
+                            job.orbit,
+                            job.product,
+                            str(remote_tb).rstrip(),
+                        )
                 else:
                     summary.figures_written += 1
                     if manifest is not None:

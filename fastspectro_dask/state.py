@@ -29,7 +29,6 @@ import operator
 import os
 import re
 import socket
-import tempfile
 import threading
 import time
 import uuid
@@ -53,6 +52,7 @@ __all__ = [
     "file_fingerprint",
     "load_json_state",
     "move_aside",
+    "remove_stale_temporaries",
 ]
 
 logger = logging.getLogger(__name__)
@@ -171,17 +171,26 @@ def atomic_write_json(
         infinities are refused, since they are not valid JSON.
     OSError
         If writing or renaming fails (the target is left untouched).
+
+    Notes
+    -----
+    The file is created with mode ``0666`` minus the process umask (as ``open()``
+    does), not ``0600``. The temporary is ``.<name>.<pid>.<12 hex>.tmp``; a
+    ``kill -9`` between its creation and the rename leaves it behind, and
+    :func:`remove_stale_temporaries` removes it at the start of the next run.
     """
     path = Path(path)
     text = _dumps(obj, indent, one_line_per_key) + "\n"
     data = text.encode("utf-8")
     directory = path.parent if str(path.parent) else Path(".")
-    tmp = tempfile.NamedTemporaryFile(
-        dir=directory, delete=False, prefix="." + path.name + ".", suffix=".tmp"
-    )
-    tmp_name = tmp.name
+    # Not NamedTemporaryFile/mkstemp: their 0600 mode would survive the rename. Created
+    # 0666 minus the umask, like the figures, so a group sharing results can read them.
+    tmp_name = str(directory / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
     try:
-        with tmp:
+        fd = os.open(
+            tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666
+        )
+        with os.fdopen(fd, "wb") as tmp:
             tmp.write(data)
             tmp.flush()
             os.fsync(tmp.fileno())
@@ -191,6 +200,60 @@ def atomic_write_json(
             os.unlink(tmp_name)
         raise
     _fsync_dir(directory)
+
+
+#: Temporaries of :func:`atomic_write_json` (``.<name>.<pid>.<12 hex>.tmp``) and of the
+#: ``tempfile`` naming it used before (``.<name>.<8 of [a-z0-9_]>.tmp``).
+_TMP_SUFFIX = re.compile(r"\.(?:\d+\.[0-9a-f]{12}|[a-z0-9_]{8})\.tmp")
+
+
+def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporaries that :func:`atomic_write_json` left beside ``path``.
+
+    Only files named exactly like this module's temporaries of *this* file
+    (``.<name>.<pid>.<12 hex>.tmp``, or the ``.<name>.<8 chars>.tmp`` of earlier
+    versions) are removed, only in ``path``'s folder. A temporary exists only between
+    its creation and the rename, so one found while the caller holds the state's lock
+    was left by a killed run. Call it only under that lock (a live writer's temporary
+    would be removed under its feet otherwise).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The state file (``progress.json``, ``extrema.json``...).
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files removed.
+    """
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    prefix = f".{path.name}"
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        name = entry.name
+        if not name.startswith(prefix) or not _TMP_SUFFIX.fullmatch(name[len(prefix) :]):
+            continue
+        try:
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            os.unlink(entry.path)
+        except OSError as exc:
+            logger.warning("could not remove the stale temporary %s: %s", entry.path, exc)
+            continue
+        removed.append(Path(entry.path))
+    if removed:
+        logger.info(
+            "removed %d stale temporary file(s) of %s left by an interrupted run",
+            len(removed),
+            path,
+        )
+    return removed
 
 
 def _utc_stamp() -> str:
@@ -324,7 +387,7 @@ class StateLock:
         if self._fd is not None:
             raise RuntimeError(f"{self.lock_path} is already held by this StateLock")
         self.lock_path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except (BlockingIOError, PermissionError) as exc:
@@ -633,8 +696,7 @@ class ProgressStore:
         with self._mutex:
             if self._open:
                 raise RuntimeError(f"{self!r} is already open")
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._lock.acquire()
+            self.acquire_lock()
             try:
                 self._load()
             except BaseException:
@@ -644,10 +706,29 @@ class ProgressStore:
             self._last_flush = self.clock()
         return self
 
+    def acquire_lock(self) -> None:
+        """Take the lock only, without reading the file (a no-op when already held).
+
+        A run calls it before it writes anything or starts a cluster, so that a second
+        run on the same state is refused at once; :meth:`open` then loads the file under
+        the lock it holds, and :meth:`close` releases it.
+
+        Raises
+        ------
+        StateLockedError
+            If another run holds the lock.
+        """
+        with self._mutex:
+            if self._lock.locked:
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock.acquire()
+
     def close(self) -> None:
         """Flush pending changes and release the lock (idempotent)."""
         with self._mutex:
             if not self._open:
+                self._lock.release()  # held by acquire_lock() alone, or not at all
                 return
             try:
                 self.flush()

@@ -57,3 +57,49 @@ def chatty(job: RenderJob) -> dict:
     if job.orbit == VICTIM:
         raise ValueError("the victim's render failed after logging")
     return render_job(job)
+
+
+def _out_root(job: RenderJob):
+    from pathlib import Path
+
+    return Path(job.output).parents[3]  # {out}/{YYYY}/{MM}/{orbit}/{file}.png
+
+
+def _terminate_client_then_block(job: RenderJob) -> None:
+    """SIGTERM to the process that runs the pipeline (its pid is in {out}/client.pid),
+    then block as a render still busy would, until this process is killed."""
+    root = _out_root(job)
+    (root / f"victim-{os.getpid()}.pid").write_text(str(os.getpid()))
+    os.kill(int((root / "client.pid").read_text()), signal.SIGTERM)
+    parent = os.getppid()
+    while os.getppid() == parent:  # ends if the worker dies without killing us
+        time.sleep(0.05)
+
+
+def write_then_terminate_on_victim(job: RenderJob) -> dict:
+    """The victim's grid is written, then the run is terminated before the result is back."""
+    result = render_job(job)
+    if job.orbit == VICTIM and job.product == "instruments":
+        _terminate_client_then_block(job)
+    return result
+
+
+def terminate_then_hang_on_victim(job: RenderJob) -> dict:
+    """The run is terminated while the victim's grid is being drawn; a render that went
+    on after its task was cancelled would write it (it must be stopped first)."""
+    if job.orbit == VICTIM and job.product == "instruments":
+        _terminate_client_then_block(job)
+    return render_job(job)
+
+
+def ready_then_block_on_victim(job: RenderJob) -> dict:
+    """The victim's grid announces itself ({out}/victim-ready) and stays busy until its
+    process is stopped: the run is certainly mid-render when the test interrupts it."""
+    if job.orbit == VICTIM and job.product == "instruments":
+        root = _out_root(job)
+        (root / f"victim-{os.getpid()}.pid").write_text(str(os.getpid()))
+        (root / "victim-ready").write_text("")
+        parent = os.getppid()
+        while os.getppid() == parent:
+            time.sleep(0.05)
+    return render_job(job)

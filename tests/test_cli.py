@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -226,45 +227,140 @@ def test_report_written_after_an_interruption(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "out2" / "index.html").exists()
 
 
+#: ``fastspectro`` with the render of the second orbit replaced by a hook (tests/_hooks.py)
+#: that announces itself and stays busy: the run is mid-render when the test acts.
+_HOOKED_CLI = (
+    "import sys; import fastspectro_dask.pipeline as p; from tests import _hooks; "
+    "p.render_job = _hooks.ready_then_block_on_victim; "
+    "from fastspectro_dask.cli import main; sys.exit(main(sys.argv[1:]))"
+)
+_REPO = Path(__file__).resolve().parent.parent
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, limit: float = 240) -> None:
+    """Wait for the hook's announcement (a file), or the process's end."""
+    deadline = time.time() + limit
+    while not path.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert path.exists(), "the hooked render never started"
+
+
 @pytest.mark.slow
 def test_ctrl_c_on_the_plot_command_exits_130_with_state_flushed(tmp_path):
     """Ctrl-C in a terminal: SIGINT to the whole foreground process group (the client and
-    the local cluster's worker processes alike). Exit 130, progress and log flushed."""
+    the local cluster's worker processes alike). Exit 130, progress and log flushed; no
+    KeyboardInterrupt traceback from the workers, no "Compute Failed" block for the
+    invalid file (its traceback is in the log file), our one line for it stays."""
     data, out = tmp_path / "d", tmp_path / "out"
     write_synthetic_dataset(data, orbits=6, records=80, seed=4, instruments=("ees", "ies"))
+    bad = data / "2000" / "01" / "fa_esa_l2_ees_20000102000000_13630_v01.cdf"
+    bad.write_text("<html><body>404 Not Found</body></html>\n")  # an error page saved as .cdf
     proc = subprocess.Popen(
         [
-            *(sys.executable, "-m", "fastspectro_dask.cli", "plot", str(data), str(out)),
+            *(sys.executable, "-c", _HOOKED_CLI, "plot", str(data), str(out)),
             *("--max-workers", "1", "--flush-batch-size", "1", "--products", "instruments"),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,  # its own process group, like a shell job
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(_REPO), *sys.path])},
     )
-
-    def completed() -> list[int]:
-        try:
-            return json.loads((out / "progress.json").read_text())["linear_log_completed"]
-        except (OSError, ValueError, KeyError):
-            return []
-
-    deadline = time.time() + 240
-    while time.time() < deadline and not completed() and proc.poll() is None:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be interrupted"
+    _wait_for(out / "victim-ready", proc)
     os.killpg(proc.pid, signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
+    assert "KeyboardInterrupt" not in stderr and "Traceback" not in stderr, stderr
+    assert "Compute Failed" not in stderr, stderr
+    assert "SIGINT received" in stderr  # our one line for the signal
     progress = json.loads((out / "progress.json").read_text())  # flushed, valid
     done = set(progress.get("linear_log_completed", []))
     drawn = {int(f.parent.name) for f in out.rglob("*_instruments_*.png")}
-    assert done and done <= drawn and len(drawn) < 6
+    assert done <= drawn and 13617 not in drawn and len(drawn) < 7
     logs = "".join(p.read_text() for p in (out / "logs").glob("*.log"))
     assert "SIGINT" in logs  # the buffered log reached the disk on the way out
+    assert "not a CDF file" in logs and "failed on a worker" in logs  # with its traceback
     # `status` reads what was flushed; the next run resumes and finishes the rest
     status = run("status", str(out))
     assert status.returncode == 0 and f"{len(done)}" in status.stdout
     res = run("plot", str(data), str(out), "--max-workers", "1", "--products", "instruments")
-    assert res.returncode == 0, res.stderr
+    assert res.returncode == 1, res.stderr  # finished, with the invalid file recorded
+    assert "Compute Failed" not in res.stderr and "Traceback" not in res.stderr, res.stderr
     assert len(json.loads((out / "progress.json").read_text())["linear_log_completed"]) == 6
+
+
+# --------------------------------------------------------------------------------------
+# Issue 13: the lock before the cluster, one-line usage errors
+# --------------------------------------------------------------------------------------
+
+
+def _files(folder: Path) -> dict[str, tuple[int, bytes]]:
+    """Every file but the lock files (which the holder itself writes)."""
+    return {
+        str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes())
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.suffix != ".lock"
+    }
+
+
+@pytest.mark.parametrize("held", ["progress.json", "extrema.json"])
+def test_a_locked_output_is_refused_at_once_and_nothing_is_written(tmp_path, held):
+    """A second run on the same output folder: one line naming the holder, exit 75, no
+    cluster, and the first run's report, summary and logs untouched (issue 13.2)."""
+    from fastspectro_dask.cli import EXIT_LOCKED
+    from fastspectro_dask.state import StateLock
+
+    data, out = tmp_path / "in", tmp_path / "out"
+    data.mkdir()
+    (out / "logs").mkdir(parents=True)
+    (out / "index.html").write_text("<html>the first run's report</html>")
+    (out / "run-summary.json").write_text('{"summaries": [{"scales": "y-linear z-log"}]}')
+    (out / "logs" / "fastspectro-first.log").write_text("first run\n")
+    before = _files(out)
+    with StateLock(out / held):  # the first run, still going
+        res = run("plot", str(data), str(out), "--max-workers", "1")
+    assert res.returncode == EXIT_LOCKED == 75
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    line = lines[0]
+    assert f"PID {os.getpid()}" in line and "since 20" in line and held + ".lock" in line
+    assert "another output folder" in line and str(out) in line
+    assert "Dask dashboard" not in res.stdout  # no cluster was started
+    assert _files(out) == before  # nothing written, nothing overwritten
+
+
+def test_exit_codes_documented():
+    for args in (("--help",), ("plot", "--help")):
+        out = run(*args)
+        assert out.returncode == 0 and "75 output folder in use by another run" in " ".join(
+            out.stdout.split()
+        )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("plot", "IN", "OUT", "--cluster", "slurm", "--jobs", "0"),
+        ("plot", "IN", "OUT", "--cluster", "slurm", "--jobs", "-2"),
+        ("plot", "IN", "OUT", "--max-workers", "0"),
+        ("plot", "IN", "OUT", "--flush-batch-size", "0"),
+        ("plot", "IN", "OUT", "--log-flush-batch-size", "-1"),
+        ("plot", "IN", "OUT", "--instrument-timeout", "0"),
+        ("plot", "IN", "OUT", "--orbit-timeout", "-5"),
+        ("plot", "IN", "OUT", "--flush-interval", "nan"),
+        ("plot", "IN", "OUT", "--percentile", "101"),
+        ("extrema", "IN", "--percentile", "-1"),
+        ("synth", "OUT", "--orbits", "0"),
+        ("demo", "OUT", "--records", "many"),
+        ("report", "OUT", "--page-size", "0"),
+        ("plot", "IN", "OUT", "--scheduler-address", "tcp://x:1", "--dashboard-address", ":1"),
+    ],
+)
+def test_bad_numeric_usage_is_exit_2_with_one_line(tmp_path, capsys, args):
+    """Bad usage is exit 2 with one line and no traceback; nothing is created (13.11)."""
+    argv = [str(tmp_path / a) if a in ("IN", "OUT") else a for a in args]
+    (tmp_path / "IN").mkdir()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert not (tmp_path / "OUT").exists()

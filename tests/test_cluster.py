@@ -415,3 +415,79 @@ def test_plot_and_extrema_on_external_scheduler(small_data, tmp_path, external_s
     # a jobqueue cluster cannot be combined with an external scheduler
     res = cli("plot", str(small_data), str(out), "--cluster", "slurm", "--scheduler-file", "x")
     assert res.returncode == 2 and "--scheduler" in res.stderr
+
+
+# --------------------------------------------------------------------------------------
+# Our own local cluster: loopback dashboard, workers that ignore SIGINT and keep task
+# tracebacks out of the terminal (issue 13.3, 13.6)
+# --------------------------------------------------------------------------------------
+
+
+def _fail_on_worker(x: int) -> int:
+    raise ValueError(f"deliberate failure {x}")
+
+
+def _listening_ips(port: int) -> set[str]:
+    import psutil
+
+    conns = psutil.Process().net_connections(kind="inet")
+    return {c.laddr.ip for c in conns if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+
+
+def test_own_local_cluster_loopback_dashboard_quiet_workers(tmp_path, capfd):
+    from urllib.parse import urlparse
+
+    from fastspectro_dask.cluster import client_context
+    from fastspectro_dask.logbuffer import buffered_file_logging, forward_worker_logs
+
+    with (
+        buffered_file_logging(tmp_path / "logs", capacity=1) as log,
+        client_context(None, max_workers=1) as client,
+    ):
+        port = urlparse(client.dashboard_link).port
+        assert _listening_ips(port) == {"127.0.0.1"}  # not 0.0.0.0: not the whole network
+        forward_worker_logs(client)
+        # workers ignore SIGINT: the client stops them
+        (pid,) = client.run(os.getpid).values()
+        (handler,) = client.run(signal.getsignal, signal.SIGINT).values()
+        assert handler == signal.SIG_IGN
+        os.kill(pid, signal.SIGINT)
+        assert list(client.run(os.getpid).values()) == [pid]  # still the same, alive
+        # a failing task: no "Compute Failed" block on the terminal, traceback in the log
+        fut = client.submit(_fail_on_worker, 7, pure=False)
+        with pytest.raises(ValueError, match="deliberate failure 7"):
+            fut.result()
+        client.run(lambda: None)  # the worker's forwarded log record has been sent
+    err = capfd.readouterr().err
+    assert "Compute Failed" not in err and "Traceback" not in err
+    assert "KeyboardInterrupt" not in err
+    text = log.path.read_text()
+    assert "failed on a worker: ValueError('deliberate failure 7')" in text
+    assert "_fail_on_worker" in text  # the traceback
+
+
+def test_dashboard_opened_deliberately(tmp_path):
+    from urllib.parse import urlparse
+
+    from fastspectro_dask.cluster import client_context
+
+    with client_context(None, max_workers=1, dashboard_address=":0") as client:
+        ips = _listening_ips(urlparse(client.dashboard_link).port)
+    assert ips and ips <= {"0.0.0.0", "::"}
+
+
+def test_jobqueue_dashboard_on_loopback_unless_set(monkeypatch):
+    from fastspectro_dask.cluster import _with_dashboard_address
+
+    assert _with_dashboard_address("slurm", {"cores": 1}, "127.0.0.1:8787") == {
+        "cores": 1,
+        "scheduler_options": {"dashboard_address": "127.0.0.1:8787"},
+    }
+    given = {"scheduler_options": {"dashboard_address": ":9999", "host": "h"}}
+    assert _with_dashboard_address("slurm", given, "127.0.0.1:8787") == given
+    with dask.config.set({"jobqueue.pbs.scheduler-options": {"dashboard_address": ":1"}}):
+        assert _with_dashboard_address("pbs", {}, "127.0.0.1:8787") == {}  # the config's
+    with dask.config.set({"jobqueue.pbs.scheduler-options": {"interface": "ib0"}}):
+        assert _with_dashboard_address("pbs", {}, ":8787") == {
+            "scheduler_options": {"interface": "ib0", "dashboard_address": ":8787"}
+        }

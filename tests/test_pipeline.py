@@ -191,6 +191,39 @@ def test_flushes_happen_when_the_contract_says(mission, tmp_path, client):
     lines = Path(s.log_file).read_text().splitlines()
     assert len(lines) >= s.log_records
     assert " INFO " in lines[0] and lines[0][:4].isdigit()
+    (finished,) = [x for x in lines if "run finished: " in x]
+    logged = json.loads(finished.split("run finished: ", 1)[1])
+    assert logged["progress_writes"] == s.progress_writes > 0  # not 0 (issue 13.11)
+
+
+@pytest.mark.parametrize(
+    "hook", [_hooks.write_then_terminate_on_victim, _hooks.terminate_then_hang_on_victim]
+)
+def test_sigterm_summary_counts_what_is_on_disk(mission, tmp_path, client, hook):
+    """A render in flight when SIGTERM arrives is stopped (it cannot write later) and a
+    figure written before its result came back is counted (issue 13.8)."""
+    import psutil
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "client.pid").write_text(str(os.getpid()))
+    s = plot(mission, out, client, products=("instruments", "pitch-angle"), render_fn=hook)
+    assert s.interrupted and s.signal == "SIGTERM"
+    victims = [int(p.read_text()) for p in out.glob("victim-*.pid")]
+    assert victims
+    for pid in victims:  # the busy render's process is gone: it cannot write any more
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+    on_disk = sorted(out.rglob("*.png"))
+    assert s.figures_written == len(on_disk)
+    victim_grid = list(out.rglob(f"{_hooks.VICTIM}_instruments_*.png"))
+    written_first = hook is _hooks.write_then_terminate_on_victim
+    assert len(victim_grid) == (1 if written_first else 0)
+    manifest = (out / "manifest.jsonl").read_text().splitlines() if s.figures_written else []
+    assert len(manifest) == s.figures_written
+    # the next run finishes the rest, and keeps the figure written before the signal
+    rest = plot(mission, out, client, products=("instruments", "pitch-angle"))
+    assert not rest.interrupted and len(progress(out)["linear_log_completed"]) == 3
+    assert rest.figures_written + rest.figures_existing >= len(on_disk)
 
 
 def test_render_log_records_reach_the_client_log_even_when_the_render_fails(
@@ -257,13 +290,60 @@ def test_aliases_and_validation(mission, tmp_path, client):
         FAST_plot_spectrograms_directory(mission, tmp_path / "b", flush_batch_size=0)
 
 
-def test_second_concurrent_run_is_refused(mission, tmp_path, client):
-    from fastspectro_dask.state import ProgressStore, StateLockedError
+def _snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
+    """Every file but the lock files (which the holder itself writes) with mtime and bytes."""
+    return {
+        str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes())
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.suffix != ".lock"
+    }
+
+
+@pytest.mark.parametrize("held", ["progress.json", "extrema.json"])
+def test_second_concurrent_run_is_refused(mission, tmp_path, client, monkeypatch, held):
+    """Refused before it writes anything (no log file, no state) or starts a cluster."""
+    import fastspectro_dask.pipeline as pipeline_mod
+    from fastspectro_dask.state import StateLock, StateLockedError
 
     out = tmp_path / "out"
-    out.mkdir()
-    with ProgressStore(out / "progress.json", "linear", "log"), pytest.raises(StateLockedError):
-        plot(mission, out, client)
+    plot(mission, out, client)  # the first run's folder
+    before = _snapshot(out)
+
+    def no_cluster(*a, **kw):
+        raise AssertionError("a cluster was started for a refused run")
+
+    monkeypatch.setattr(pipeline_mod, "client_context", no_cluster)
+    with StateLock(out / held), pytest.raises(StateLockedError) as info:
+        FAST_plot_spectrograms_directory(mission, out, progress_bar=False)
+    assert info.value.holder["pid"] == os.getpid()
+    assert _snapshot(out) == before  # nothing written, nothing removed
+
+
+def test_stale_temporaries_of_ours_removed_at_start(mission, tmp_path, client):
+    out = tmp_path / "out"
+    plot(mission, out, client)
+    fig = next(out.rglob("*_instruments_y-linear_z-log.png"))
+    ours = [
+        fig.parent / f".{fig.name}.4242.0123456789ab.tmp",  # a figure's, left by kill -9
+        out / ".progress.json.4242.0123456789ab.tmp",
+        out / ".extrema.json.k3_x9q0z.tmp",  # earlier versions' state temporaries
+    ]
+    others = [
+        fig.parent / f".{fig.name}.tmp",
+        fig.parent / "notes.png.4242.0123456789ab.tmp",
+        out / ".index.html.4242.0123456789ab.tmp",
+        out / "reduced.zarr" / f".{fig.name}.4242.0123456789ab.tmp",
+        mission / f".{fig.name}.4242.0123456789ab.tmp",  # never in the input folder
+    ]
+    for p in ours + others:
+        p.write_text("partial")
+    s = plot(mission, out, client)
+    assert s.orbits_skipped == 3
+    assert [p for p in ours if p.exists()] == []
+    assert all(p.exists() for p in others)
+    assert "removed 3 stale temporary file(s)" in Path(s.log_file).read_text()
+    for p in others:
+        p.unlink()
 
 
 _KILL_SCRIPT = """

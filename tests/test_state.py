@@ -576,3 +576,75 @@ def test_lock_held_by_subprocess_then_released_by_sigkill(tmp_path: Path) -> Non
                 raise
             time.sleep(0.05)
     assert read(target)["linear_log_completed"] == [1]
+
+
+# ----------------------------------------------------------------------------- issue 13
+
+
+def test_state_files_are_created_with_the_process_umask(tmp_path: Path) -> None:
+    """Like the figures (0666 minus the umask), not 0600: a group sharing results can
+    read progress.json and extrema.json (issue 13.7)."""
+    old = os.umask(0o002)
+    try:
+        atomic_write_json(tmp_path / "extrema.json", {"a": 1})
+        with ProgressStore(tmp_path / "progress.json", "linear", "log") as store:
+            store.record_success(1)
+    finally:
+        os.umask(old)
+    for name in ("extrema.json", "progress.json", "progress.json.lock"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o664, name
+    old = os.umask(0o077)
+    try:
+        atomic_write_json(tmp_path / "private.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "private.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_remove_stale_temporaries_only_ours_by_exact_name(tmp_path: Path) -> None:
+    from fastspectro_dask.state import remove_stale_temporaries
+
+    target = tmp_path / "progress.json"
+    atomic_write_json(target, {"ok": 1})
+    ours = [
+        ".progress.json.4242.0123456789ab.tmp",  # this version's naming
+        ".progress.json.k3_x9q0z.tmp",  # the tempfile naming of earlier versions
+    ]
+    others = [
+        ".progress.json.4242.0123456789AB.tmp",  # not our hex
+        ".progress.json.tmp",
+        ".progress.json.4242.0123456789ab.tmp.keep",
+        ".extrema.json.4242.0123456789ab.tmp",  # another state file's: not asked for
+        "progress.json.4242.0123456789ab.tmp",  # not hidden
+        ".progress.json.rewrite.tmp",
+        "notes.tmp",
+    ]
+    for name in ours + others:
+        (tmp_path / name).write_text("x")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / ours[0]).write_text("x")  # only the state file's own folder
+    removed = remove_stale_temporaries(target)
+    assert sorted(p.name for p in removed) == sorted(ours)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted([*others, "progress.json", "sub"])
+    assert (tmp_path / "sub" / ours[0]).exists() and read(target) == {"ok": 1}
+    assert remove_stale_temporaries(tmp_path / "missing" / "x.json") == []
+
+
+def test_acquire_lock_before_open_refuses_early_and_open_reuses_it(tmp_path: Path) -> None:
+    target = tmp_path / "progress.json"
+    atomic_write_json(target, {"linear_log_completed": [5]})
+    store = ProgressStore(target, "linear", "log")
+    store.acquire_lock()
+    store.acquire_lock()  # idempotent
+    with pytest.raises(StateLockedError):
+        ProgressStore(target, "linear", "log").acquire_lock()
+    with store:  # loads under the lock it already holds
+        assert store.is_completed(5)
+    with StateLock(target) as lock:  # released by close()
+        assert lock.locked
+    other = ProgressStore(target, "linear", "log")
+    other.acquire_lock()
+    other.close()  # releases a lock taken without open()
+    with StateLock(target):
+        pass

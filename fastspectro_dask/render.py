@@ -452,6 +452,132 @@ def _resolve_norm(
     return Normalize(vmin=lo, vmax=hi)
 
 
+@dataclass
+class _Panel:
+    """One spectrogram panel's geometry and colours, before drawing (shared by the
+    reference drawing, :func:`make_spectrogram`, and the fast engine, :mod:`draw`)."""
+
+    dates: bool
+    n: int
+    left: np.ndarray | None = None  # (n,) cell edges in axis x units
+    right: np.ndarray | None = None
+    gaps: int = 0
+    starts: np.ndarray | None = None  # runs: one energy table, no gap
+    stops: np.ndarray | None = None
+    edges: np.ndarray | None = None  # (n, k+1) energy edges per record, ascending
+    count: np.ndarray | None = None  # (n,) usable channels per record
+    cells: np.ma.MaskedArray | None = None  # (n, k) values, masked where not drawn
+    cmap: Colormap | None = None
+    norm: Normalize | None = None  # None: nothing to draw ("no data")
+    y_lo: float = 0.0
+    y_hi: float = 1.0
+
+
+def _panel_geometry(
+    times: np.ndarray,
+    energies: np.ndarray,
+    values: np.ndarray,
+    *,
+    vmin: float | None,
+    vmax: float | None,
+    percentile: tuple[float, float],
+    y_scale: str,
+    z_scale: str,
+    y_min: float | None,
+    y_max: float | None,
+    colormap: str | Colormap | None,
+    norm: Normalize | None,
+    gap_factor: float,
+    durations: np.ndarray | None,
+    time_axis: TimeAxis | None,
+) -> _Panel:
+    """Cell edges in time and energy, masked values, norm and limits of one panel."""
+    t = np.asarray(times)
+    v = np.asarray(values, dtype=np.float64)
+    e = np.asarray(energies, dtype=np.float64)
+    if t.ndim != 1 or v.ndim != 2 or v.shape[0] != t.size:
+        raise ValueError(f"times must be (n,) and values (n, m); got {t.shape} and {v.shape}")
+    if e.ndim == 1:
+        if e.size != v.shape[1]:
+            raise ValueError(f"energies {e.shape} do not match values {v.shape}")
+        e = np.broadcast_to(e, v.shape)
+    elif e.shape != v.shape:
+        raise ValueError(f"energies {e.shape} do not match values {v.shape}")
+    dur = None if durations is None else _durations_in_seconds(durations, t.size)
+
+    # Time to axis units, sorted, without NaT/NaN.
+    dates = _is_datetime(t)
+    if dates:
+        tn = t.astype("datetime64[ns]")
+        keep = ~np.isnat(tn)
+        ns = tn.astype(np.int64)
+        t0 = ns[keep][0] if keep.any() else 0
+        secs = (ns - t0) / 1e9
+        base = float(_datetime_to_num(np.array([t0]).astype("datetime64[ns]"))[0])
+        scale = 1.0 / 86400.0
+        default_dt = 1.0
+    else:
+        secs = t.astype(np.float64)
+        keep = np.isfinite(secs)
+        base, scale, default_dt = 0.0, 1.0, 1.0
+    if not keep.all():
+        secs, e, v = secs[keep], e[keep], v[keep]
+        dur = None if dur is None else dur[keep]
+    if secs.size > 1 and np.any(np.diff(secs) < 0):
+        order = np.argsort(secs, kind="stable")
+        secs, e, v = secs[order], e[order], v[order]
+        dur = None if dur is None else dur[order]
+
+    if time_axis is not None and not dates:
+        raise ValueError("a squeezed time axis needs datetime64 times")
+
+    e_s, v_s, count = _sorted_channels(e, v, y_scale)
+    vm = _mask_values(v_s, z_scale)
+    has_data = bool((~vm.mask).any()) if vm.size else False
+    if has_data and norm is None:
+        norm = _resolve_norm(v_s, vmin, vmax, z_scale, percentile)
+    if not has_data or norm is None:
+        return _Panel(dates=dates, n=int(secs.size))
+    cmap = _colormap(colormap, y_scale, z_scale)
+
+    same = _same_table(e_s)
+    left, right, gap = _time_geometry(secs, same, gap_factor, default_dt, dur)
+    if time_axis is not None:
+        left = time_axis.to_axis(t0 / 1e9 + left)
+        right = time_axis.to_axis(t0 / 1e9 + right)
+    else:
+        left = base + left * scale
+        right = base + right * scale
+    breaks = np.flatnonzero(~same | gap) + 1
+    starts = np.concatenate([[0], breaks])
+    stops = np.concatenate([breaks, [secs.size]])
+    edges_rows = _energy_edges(e_s, count, y_scale)
+    # Energy limits: the extent of the drawn cells unless given (checked before drawing).
+    drawn = np.flatnonzero(count > 0)
+    y_lo = float(edges_rows[drawn, 0].min()) if y_min is None else float(y_min)
+    y_hi = float(edges_rows[drawn, count[drawn]].max()) if y_max is None else float(y_max)
+    if y_scale == "log" and y_lo <= 0:
+        raise ValueError(f"a log energy axis needs y_min > 0, got {y_lo}")
+    if not y_hi > y_lo:
+        raise ValueError(f"energy limits must satisfy y_min < y_max, got {y_lo} and {y_hi}")
+    return _Panel(
+        dates=dates,
+        n=int(secs.size),
+        left=left,
+        right=right,
+        gaps=int(gap.sum()),
+        starts=starts,
+        stops=stops,
+        edges=edges_rows,
+        count=count,
+        cells=vm,
+        cmap=cmap,
+        norm=norm,
+        y_lo=y_lo,
+        y_hi=y_hi,
+    )
+
+
 def make_spectrogram(
     ax: Axes,
     times: np.ndarray,
@@ -547,81 +673,35 @@ def make_spectrogram(
     """
     y_scale = _check_scale("y_scale", y_scale)
     z_scale = _check_scale("z_scale", z_scale)
-    t = np.asarray(times)
-    v = np.asarray(values, dtype=np.float64)
-    e = np.asarray(energies, dtype=np.float64)
-    if t.ndim != 1 or v.ndim != 2 or v.shape[0] != t.size:
-        raise ValueError(f"times must be (n,) and values (n, m); got {t.shape} and {v.shape}")
-    if e.ndim == 1:
-        if e.size != v.shape[1]:
-            raise ValueError(f"energies {e.shape} do not match values {v.shape}")
-        e = np.broadcast_to(e, v.shape)
-    elif e.shape != v.shape:
-        raise ValueError(f"energies {e.shape} do not match values {v.shape}")
-    dur = None if durations is None else _durations_in_seconds(durations, t.size)
-
-    # Time to axis units, sorted, without NaT/NaN.
-    dates = _is_datetime(t)
-    if dates:
-        tn = t.astype("datetime64[ns]")
-        keep = ~np.isnat(tn)
-        ns = tn.astype(np.int64)
-        t0 = ns[keep][0] if keep.any() else 0
-        secs = (ns - t0) / 1e9
-        base = float(_datetime_to_num(np.array([t0]).astype("datetime64[ns]"))[0])
-        scale = 1.0 / 86400.0
-        default_dt = 1.0
-    else:
-        secs = t.astype(np.float64)
-        keep = np.isfinite(secs)
-        base, scale, default_dt = 0.0, 1.0, 1.0
-    if not keep.all():
-        secs, e, v = secs[keep], e[keep], v[keep]
-        dur = None if dur is None else dur[keep]
-    if secs.size > 1 and np.any(np.diff(secs) < 0):
-        order = np.argsort(secs, kind="stable")
-        secs, e, v = secs[order], e[order], v[order]
-        dur = None if dur is None else dur[order]
-
+    panel = _panel_geometry(
+        times,
+        energies,
+        values,
+        vmin=vmin,
+        vmax=vmax,
+        percentile=percentile,
+        y_scale=y_scale,
+        z_scale=z_scale,
+        y_min=y_min,
+        y_max=y_max,
+        colormap=colormap,
+        norm=norm,
+        gap_factor=gap_factor,
+        durations=durations,
+        time_axis=time_axis,
+    )
     ax.set_yscale(y_scale)
-    if time_axis is not None and not dates:
-        raise ValueError("a squeezed time axis needs datetime64 times")
-    if dates and time_axis is None:
+    if panel.dates and time_axis is None:
         ax.xaxis_date(tz=_UTC)
         _date_axis(ax)
     if y_label:
         ax.set_ylabel(y_label)
-
-    e_s, v_s, count = _sorted_channels(e, v, y_scale)
-    vm = _mask_values(v_s, z_scale)
-    has_data = bool((~vm.mask).any()) if vm.size else False
-    if has_data and norm is None:
-        norm = _resolve_norm(v_s, vmin, vmax, z_scale, percentile)
-    if not has_data or norm is None:
+    if panel.norm is None:
         ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center")
         return []
-    cmap = _colormap(colormap, y_scale, z_scale)
-
-    same = _same_table(e_s)
-    left, right, gap = _time_geometry(secs, same, gap_factor, default_dt, dur)
-    if time_axis is not None:
-        left = time_axis.to_axis(t0 / 1e9 + left)
-        right = time_axis.to_axis(t0 / 1e9 + right)
-    else:
-        left = base + left * scale
-        right = base + right * scale
-    breaks = np.flatnonzero(~same | gap) + 1
-    starts = np.concatenate([[0], breaks])
-    stops = np.concatenate([breaks, [secs.size]])
-    edges_rows = _energy_edges(e_s, count, y_scale)
-    # Energy limits: the extent of the drawn cells unless given (checked before drawing).
-    drawn = np.flatnonzero(count > 0)
-    y_lo = float(edges_rows[drawn, 0].min()) if y_min is None else float(y_min)
-    y_hi = float(edges_rows[drawn, count[drawn]].max()) if y_max is None else float(y_max)
-    if y_scale == "log" and y_lo <= 0:
-        raise ValueError(f"a log energy axis needs y_min > 0, got {y_lo}")
-    if not y_hi > y_lo:
-        raise ValueError(f"energy limits must satisfy y_min < y_max, got {y_lo} and {y_hi}")
+    vm, count, edges_rows = panel.cells, panel.count, panel.edges
+    left, right, starts, stops = panel.left, panel.right, panel.starts, panel.stops
+    cmap, norm, y_lo, y_hi = panel.cmap, panel.norm, panel.y_lo, panel.y_hi
 
     meshes: list[QuadMesh] = []
     mesh_kw = dict(antialiased=False, shading="flat")
@@ -674,9 +754,9 @@ def make_spectrogram(
             cb.set_label(z_label)
     logger.debug(
         "spectrogram: %d records, %d runs, %d gaps, %d meshes",
-        secs.size,
+        panel.n,
         starts.size,
-        int(gap.sum()),
+        panel.gaps,
         len(meshes),
     )
     return meshes

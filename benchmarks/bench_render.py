@@ -1,21 +1,23 @@
-"""Figure rendering speed: fastspectro_dask products vs bare matplotlib, side by side.
+"""Figure rendering speed: the fast engine vs the naive fresh-figure loop, side by side.
 
-Writes synthetic orbits (all four instruments), reduces them once (reduction and reading
-are not what is timed here), then times, interleaved over several rounds, one figure
-each from build to PNG bytes on disk:
+Writes synthetic orbits (all four instruments, with orbit files), reduces them once
+(reading is not what is timed here: ``bench_read.py``), then times, interleaved over
+several rounds, one figure each from build to PNG bytes on disk:
 
-* ``bare matplotlib``: per row one ``pcolormesh`` on a shared 1-D energy grid, a colour
-  bar, ``savefig`` (PIL's default PNG settings), same pixel size and dpi as the product;
-* ``instrument grid``: :func:`FAST_plot_instrument_grid` + :func:`save_figure` (4 rows);
-* ``pitch-angle grid``: :func:`FAST_plot_pitch_angle_grid` + :func:`save_figure` (4 rows);
-* the speed options, one at a time on the instrument grid: PNG compress level, layout
-  engine (none vs constrained), and the drawing strategy (one mesh per energy-table run vs
-  one interleaved mesh per row).
+* ``naive loop`` (the baseline): what most scripts do — a fresh figure, per row one
+  ``pcolormesh`` on a shared 1-D energy grid and a colour bar, ``savefig``; no reading, at
+  the same pixel size and dpi as our figure;
+* ``reference``: our products drawn the slow way (``engine="reference"``: a fresh figure,
+  per-record QuadMeshes), the drawing the fidelity test compares against;
+* ``fast``: our products with the engine of :mod:`fastspectro_dask.draw` (layout cached per
+  process, raster panels, PNG straight from the Agg buffer): instrument grid, pitch-angle
+  grid, pad; and the instrument grid at other PNG compression levels (the choice of
+  :data:`fastspectro_dask.draw.PNG_COMPRESS_LEVEL`).
 
-Prints the median wall and CPU (process) seconds per figure and their ratios to the bare
-baseline; CPU time is the steadier number on a shared machine.
+Prints medians of wall and CPU (process) seconds per figure and their ratios to the naive
+loop (CPU time is the steadier number on a shared machine), and the PNG size.
 
-    python benchmarks/bench_render.py [--records 600] [--orbits 3] [--rounds 5] [--scales log-log]
+    python benchmarks/bench_render.py [--records 800] [--orbits 3] [--rounds 5] [--scales log-log]
 """
 
 from __future__ import annotations
@@ -28,147 +30,158 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import xarray as xr
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 
+import fastspectro_dask.draw as draw
 import fastspectro_dask.render as render
-from fastspectro_dask.io import open_esa
-from fastspectro_dask.reduce import reduce_dataset
+from fastspectro_dask.cache import reduce_file
+from fastspectro_dask.ephemeris import read_ephemeris
+from fastspectro_dask.reduce import DEFAULT_CATEGORIES, PadSpec
 from fastspectro_dask.synth import write_synthetic_dataset
 
 INSTRUMENTS = ("ees", "eeb", "ies", "ieb")
 
 
-def make_orbits(root: Path, n_orbits: int, records: int) -> list[dict[str, xr.Dataset]]:
-    """Reduced (numpy-backed) datasets of orbits that have all four instruments."""
-    orbits: list[dict[str, xr.Dataset]] = []
+def make_orbits(root: Path, n_orbits: int, records: int) -> list[tuple[dict, object]]:
+    """(reduced datasets per instrument, ephemeris) of orbits with all four instruments."""
+    out = []
     orbit = 13616
-    while len(orbits) < n_orbits and orbit < 13616 + 20 * n_orbits:
+    while len(out) < n_orbits and orbit < 13616 + 20 * n_orbits:
         man = write_synthetic_dataset(
-            root / str(orbit), orbits=1, start_orbit=orbit, records=records, seed=21
+            root / str(orbit), orbits=1, start_orbit=orbit, records=records, seed=21, orb_files=True
         )
         files = man.files.get(orbit, {})
         if set(INSTRUMENTS) <= set(files):
-            orbits.append({i: reduce_dataset(open_esa(files[i])).compute() for i in INSTRUMENTS})
+            red = {
+                i: reduce_file(files[i], "data", DEFAULT_CATEGORIES, pad=PadSpec())
+                for i in INSTRUMENTS
+            }
+            out.append((red, read_ephemeris(man.orb_files[orbit])))
         orbit += 1
-    if not orbits:
+    if not out:
         raise RuntimeError("no synthetic orbit with all four instruments; change the seed")
-    return orbits
+    return out
 
 
-def bare(orbit: dict[str, xr.Dataset], path: Path, y_scale: str, z_scale: str) -> None:
-    """What a user writes by hand: a shared 1-D energy grid, no per-record edges."""
-    fig = Figure(figsize=(12.0, 1.15 + 2.1 * 4), dpi=render.DEFAULT_DPI)
-    FigureCanvasAgg(fig)
-    for r, inst in enumerate(INSTRUMENTS):
-        ds = orbit[inst]
-        ax = fig.add_subplot(4, 1, r + 1)
-        values = ds["values"].sel(category="all").values
-        grid = np.geomspace(3e4, 4.0, values.shape[1])  # one table for the whole orbit
-        z = np.ma.masked_invalid(values)
-        if z_scale == "log":
-            z = np.ma.masked_less_equal(z, 0)
-            norm = LogNorm(z.min(), z.max())
-        else:
-            norm = Normalize(z.min(), z.max())
-        ax.set_yscale(y_scale)
-        mesh = ax.pcolormesh(ds["time"].values, grid, z.T, shading="nearest", norm=norm)
-        fig.colorbar(mesh, ax=ax, label="Counts")
-        ax.set_ylabel("Energy (eV)")
-    fig.savefig(path, format="png")
+def limits(orbits, y_scale: str) -> dict[str, dict[str, float]]:
+    """Fixed mission-wide limits per row, as the pipeline passes them (from the extrema)."""
+    out = {}
+    for inst in INSTRUMENTS:
+        v = np.concatenate([o[inst]["values"].values.ravel() for o, _ in orbits])
+        v = v[np.isfinite(v) & (v > 0)]
+        out[inst] = {"z_min": float(v.min()), "z_max": float(np.percentile(v, 95))}
+        out[inst].update({"y_min": 5.0 if y_scale == "log" else 0.0, "y_max": 3.0e4})
+    return out
 
 
-def product(kind: str, **opts) -> Callable:
-    compress = opts.pop("compress_level", render.DEFAULT_COMPRESS_LEVEL)
+def naive(size_px: tuple[int, int]) -> Callable:
+    """The naive loop at the same pixel size as our figure (100 dpi)."""
 
-    def run(orbit: dict[str, xr.Dataset], path: Path, y_scale: str, z_scale: str) -> None:
-        if kind == "instruments":
-            fig = render.FAST_plot_instrument_grid(orbit, y_scale=y_scale, z_scale=z_scale, **opts)
-        else:
-            fig = render.FAST_plot_pitch_angle_grid(
-                orbit["ees"], y_scale=y_scale, z_scale=z_scale, **opts
-            )
-        render.save_figure(fig, path, compress_level=compress)
+    def run(orbit, eph, path: Path, y_scale: str, z_scale: str, ext) -> None:
+        fig = Figure(figsize=(size_px[0] / 100, size_px[1] / 100), dpi=100)
+        FigureCanvasAgg(fig)
+        for r, inst in enumerate(INSTRUMENTS):
+            ds = orbit[inst]
+            ax = fig.add_subplot(4, 1, r + 1)
+            values = ds["values"].sel(category="all").values
+            grid = np.geomspace(3e4, 4.0, values.shape[1])  # one table for the whole orbit
+            z = np.ma.masked_invalid(values)
+            if z_scale == "log":
+                z = np.ma.masked_less_equal(z, 0)
+                norm = LogNorm(z.min(), z.max())
+            else:
+                norm = Normalize(z.min(), z.max())
+            ax.set_yscale(y_scale)
+            mesh = ax.pcolormesh(ds["time"].values, grid, z.T, shading="nearest", norm=norm)
+            fig.colorbar(mesh, ax=ax, label="Counts")
+            ax.set_ylabel("Energy (eV)")
+        fig.savefig(path, format="png")
 
     return run
 
 
-class _Interleaved:
-    """Force one interleaved mesh per row (the general path for drifting energies)."""
+def product(kind: str, engine: str, compress_level: int | None = None) -> Callable:
+    def run(orbit, eph, path: Path, y_scale: str, z_scale: str, ext) -> None:
+        kw = dict(z_scale=z_scale, engine=engine, ephemeris=eph)
+        if kind == "instruments":
+            fig = render.FAST_plot_instrument_grid(orbit, y_scale=y_scale, extrema=ext, **kw)
+        elif kind == "pa":
+            fig = render.FAST_plot_pitch_angle_grid(orbit["ees"], y_scale=y_scale, **kw)
+        else:
+            fig = render.FAST_plot_pad(orbit, extrema=ext, **kw)
+        saved = draw.PNG_COMPRESS_LEVEL
+        if compress_level is not None:
+            draw.PNG_COMPRESS_LEVEL = compress_level
+        try:
+            render.save_figure(fig, path)
+        finally:
+            draw.PNG_COMPRESS_LEVEL = saved
 
-    def __enter__(self) -> None:
-        self.saved = render._MAX_RUN_MESHES
-        render._MAX_RUN_MESHES = 0
-
-    def __exit__(self, *exc) -> None:
-        render._MAX_RUN_MESHES = self.saved
+    return run
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, float]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--records", type=int, default=600)
+    ap.add_argument("--records", type=int, default=800)
     ap.add_argument("--orbits", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--scales", default="log-log", help="y-z scales, e.g. linear-log")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     y_scale, z_scale = args.scales.split("-")
-
-    cases: list[tuple[str, Callable, type | None]] = [
-        ("bare matplotlib (baseline)", bare, None),
-        ("instrument grid (defaults)", product("instruments"), None),
-        ("pitch-angle grid (defaults)", product("pa"), None),
-        ("instrument grid, compress_level=1", product("instruments", compress_level=1), None),
-        ("instrument grid, compress_level=6", product("instruments", compress_level=6), None),
-        ("instrument grid, compress_level=9", product("instruments", compress_level=9), None),
-        ("instrument grid, layout=constrained", product("instruments", layout="constrained"), None),
-        ("instrument grid, one interleaved mesh/row", product("instruments"), _Interleaved),
-    ]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         orbits = make_orbits(root / "data", args.orbits, args.records)
-        n_rec = [orbit["ees"].sizes["time"] for orbit in orbits]
+        ext = limits(orbits, y_scale)
         out = root / "out"
         out.mkdir()
-        times: dict[str, list[float]] = {name: [] for name, _, _ in cases}
-        cpu: dict[str, list[float]] = {name: [] for name, _, _ in cases}
+        probe = out / "probe.png"
+        product("instruments", "fast")(*orbits[0], probe, y_scale, z_scale, ext)
+        from PIL import Image
+
+        with Image.open(probe) as im:
+            size_px = im.size
+        cases: list[tuple[str, Callable]] = [
+            ("naive loop (baseline)", naive(size_px)),
+            ("reference: instrument grid", product("instruments", "reference")),
+            ("fast: instrument grid", product("instruments", "fast")),
+            ("fast: pitch-angle grid", product("pa", "fast")),
+            ("fast: pad", product("pad", "fast")),
+            ("fast: instrument grid, PNG level 3", product("instruments", "fast", 3)),
+            ("fast: instrument grid, PNG level 6", product("instruments", "fast", 6)),
+        ]
+        times: dict[str, list[float]] = {name: [] for name, _ in cases}
+        cpu: dict[str, list[float]] = {name: [] for name, _ in cases}
         sizes: dict[str, int] = {}
-        for _name, fn, ctx in cases:  # warm-up (font cache, imports)
-            with ctx() if ctx else _Null():
-                fn(orbits[0], out / "warm.png", y_scale, z_scale)
+        for _name, fn in cases:  # warm-up (font cache, imports, the layouts)
+            fn(*orbits[0], out / "warm.png", y_scale, z_scale, ext)
         for _ in range(args.rounds):
-            for name, fn, ctx in cases:
-                for k, orbit in enumerate(orbits):
+            for name, fn in cases:
+                for k, (orbit, eph) in enumerate(orbits):
                     path = out / f"{abs(hash(name))}_{k}.png"
-                    with ctx() if ctx else _Null():
-                        t0, c0 = time.perf_counter(), time.process_time()
-                        fn(orbit, path, y_scale, z_scale)
-                        times[name].append(time.perf_counter() - t0)
-                        cpu[name].append(time.process_time() - c0)
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    fn(orbit, eph, path, y_scale, z_scale, ext)
+                    times[name].append(time.perf_counter() - t0)
+                    cpu[name].append(time.process_time() - c0)
                     sizes[name] = path.stat().st_size
     base = statistics.median(times[cases[0][0]])
     base_cpu = statistics.median(cpu[cases[0][0]])
     print(
-        f"{len(orbits)} orbits x 4 instruments, ees records {n_rec}, scales {args.scales}, "
-        f"{args.rounds} rounds, figure 12 x 9.55 in at {render.DEFAULT_DPI} dpi; "
-        "medians (CPU = process time, immune to other load on the machine)"
+        f"{len(orbits)} orbits x 4 instruments, {args.records} records per file, scales "
+        f"{args.scales}, {args.rounds} rounds, figures {size_px[0]}x{size_px[1]} px; medians "
+        "per figure (CPU = process time)"
     )
-    print(f"{'case':44s} {'wall s':>7s} {'ratio':>6s} {'CPU s':>7s} {'ratio':>6s} {'PNG kB':>7s}")
-    for name, _, _ in cases:
+    print(f"{'case':38s} {'wall s':>7s} {'ratio':>6s} {'CPU s':>7s} {'ratio':>6s} {'PNG kB':>7s}")
+    ratios = {}
+    for name, _ in cases:
         med, med_cpu = statistics.median(times[name]), statistics.median(cpu[name])
+        ratios[name] = med / base
         print(
-            f"{name:44s} {med:7.3f} {med / base:6.2f} {med_cpu:7.3f} {med_cpu / base_cpu:6.2f} "
+            f"{name:38s} {med:7.3f} {med / base:6.2f} {med_cpu:7.3f} {med_cpu / base_cpu:6.2f} "
             f"{sizes[name] / 1024:7.0f}"
         )
-
-
-class _Null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc) -> None:
-        return None
+    return ratios
 
 
 if __name__ == "__main__":

@@ -1288,16 +1288,10 @@ def _grid_time_axis(rows: list[_Row], squeeze_seconds: float | None) -> TimeAxis
     return TimeAxis.from_intervals(np.concatenate(intervals), squeeze_seconds)
 
 
-def _squeezed_ticks(
-    mains: list[Axes], time_axis: TimeAxis, ephemeris: Any | None, context: str
-) -> list[str]:
-    """UT ticks on every segment, marked breaks, and ephemeris label rows under the axis.
-
-    Returns the names of the label rows drawn (``UT`` and, with an orbit file, ``ALT``,
-    ``ILAT``, ``MLT``).
-    """
-    ax0 = mains[-1]
-    width_in = ax0.get_position().width * ax0.get_figure().get_figwidth()
+def _time_ticks(
+    time_axis: TimeAxis, width_in: float, ephemeris: Any | None, context: str
+) -> tuple[np.ndarray, list[str], list[str]]:
+    """Tick positions (axis units), their labels (UT, then ephemeris rows) and row names."""
     ticks = time_axis.ticks(width_in)
     pos = time_axis.to_axis(ticks)
     labels = time_axis.tick_labels(ticks)
@@ -1311,23 +1305,45 @@ def _squeezed_ticks(
         for name, texts in rows.items():
             names.append(name)
             labels = [f"{a}\n{b}" for a, b in zip(labels, texts, strict=True)]
-    for ax in mains:
-        ax.set_xticks(pos)
-        for a, b in time_axis.breaks:
-            ax.axvspan(a, b, facecolor="0.82", edgecolor="0.45", hatch="////", lw=0.4, zorder=3)
-    ax0.set_xticklabels(labels, fontsize="small")
+    return pos, labels, names
+
+
+_BREAK_STYLE = dict(facecolor="0.82", edgecolor="0.45", hatch="////", lw=0.4, zorder=3)
+
+
+def _label_row_names(ax: Axes, names: list[str]) -> None:
+    """The names of the label rows (``UT``, ``ALT (km)``, ...) left of the tick labels."""
     from fastspectro_dask.ephemeris import ROW_TITLES
 
-    ax0.annotate(
+    ax.annotate(
         "\n".join(ROW_TITLES.get(n, n) for n in names),
         xy=(0, 0),
         xycoords="axes fraction",
-        xytext=(-6, -(ax0.xaxis.get_tick_padding() + 3.5)),
+        xytext=(-6, -(ax.xaxis.get_tick_padding() + 3.5)),
         textcoords="offset points",
         ha="right",
         va="top",
         fontsize="small",
     )
+
+
+def _squeezed_ticks(
+    mains: list[Axes], time_axis: TimeAxis, ephemeris: Any | None, context: str
+) -> list[str]:
+    """UT ticks on every segment, marked breaks, and ephemeris label rows under the axis.
+
+    Returns the names of the label rows drawn (``UT`` and, with an orbit file, ``ALT``,
+    ``ILAT``, ``MLT``).
+    """
+    ax0 = mains[-1]
+    width_in = ax0.get_position().width * ax0.get_figure().get_figwidth()
+    pos, labels, names = _time_ticks(time_axis, width_in, ephemeris, context)
+    for ax in mains:
+        ax.set_xticks(pos)
+        for a, b in time_axis.breaks:
+            ax.axvspan(a, b, **_BREAK_STYLE)
+    ax0.set_xticklabels(labels, fontsize="small")
+    _label_row_names(ax0, names)
     return names
 
 
@@ -1342,8 +1358,6 @@ def _provenance(
     rows: list[_Row], mains: list[Axes], time_axis: TimeAxis | None, label_rows: list[str]
 ) -> dict[str, str]:
     """The text chunks :func:`save_figure` writes into the PNG (see its docstring)."""
-    import json
-
     limits = {}
     for row, ax in zip(rows, mains, strict=True):
         meshes = [c for c in ax.collections if isinstance(c, QuadMesh)]
@@ -1361,6 +1375,14 @@ def _provenance(
     else:
         lo, hi = mains[0].get_xlim()
         ranges = [[d.strftime("%Y-%m-%dT%H:%M:%S.%fZ") for d in mdates.num2date([lo, hi], tz=_UTC)]]
+    return _provenance_text(rows, limits, ranges, label_rows)
+
+
+def _provenance_text(
+    rows: list[_Row], limits: Mapping[str, Any], ranges: list, label_rows: list[str]
+) -> dict[str, str]:
+    import json
+
     sources = sorted({s for row in rows for s in row.sources})
     return {
         "Source": ",".join(sources),
@@ -1455,6 +1477,7 @@ def FAST_plot_instrument_grid(
     percentile: tuple[float, float] = (1.0, 99.0),
     squeeze_gaps_minutes: float | None = DEFAULT_SQUEEZE_MINUTES,
     ephemeris: Any | None = None,
+    engine: str = "reference",
 ) -> Figure:
     """One orbit's spectrograms, one row per instrument, on a shared UT axis.
 
@@ -1582,6 +1605,7 @@ def FAST_plot_instrument_grid(
         percentile=percentile,
         squeeze_gaps_minutes=squeeze_gaps_minutes,
         ephemeris=ephemeris,
+        engine=engine,
     )
 
 
@@ -1604,8 +1628,17 @@ def _grid_figure(
     percentile,
     squeeze_gaps_minutes=DEFAULT_SQUEEZE_MINUTES,
     ephemeris=None,
-) -> Figure:
-    """Limits per row (overrides > extrema > data), then draw: shared by both grids."""
+    engine="reference",
+    y_ticks=None,
+) -> Figure | Any:
+    """Limits per row (overrides > extrema > data), then draw: shared by all grids.
+
+    ``engine="fast"`` draws with :mod:`fastspectro_dask.draw` (a cached layout and raster
+    panels; returns a :class:`~fastspectro_dask.draw.RasterFigure`) unless there are
+    marked intervals (zoom columns) or no time axis, which the reference drawing serves.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
     marks = _intervals_for(intervals, orbit_number)
     settings, figsize = _prepare_grid(
         rows,
@@ -1617,6 +1650,26 @@ def _grid_figure(
         n_zoom=len(marks),
         bottom=_MARGIN_BOTTOM + (_EPHEMERIS_HEIGHT if ephemeris is not None else 0.0),
     )
+    squeeze_seconds = None if squeeze_gaps_minutes is None else 60.0 * float(squeeze_gaps_minutes)
+    if engine == "fast" and not marks and _grid_time_axis(rows, squeeze_seconds or 0.0):
+        from fastspectro_dask import draw
+
+        with _PlottingErrors(context):
+            return draw.render_grid(
+                rows,
+                title=title,
+                y_scale=y_scale,
+                z_scale=z_scale,
+                settings=settings,
+                colormap=colormap,
+                figsize=figsize,
+                dpi=dpi,
+                percentile=percentile,
+                context=context,
+                squeeze_seconds=squeeze_seconds,
+                ephemeris=ephemeris,
+                y_ticks=y_ticks,
+            )
     with _PlottingErrors(context):
         return _render_grid(
             rows,
@@ -1632,9 +1685,7 @@ def _grid_figure(
             zoom_duration_minutes=zoom_duration_minutes,
             percentile=percentile,
             context=context,
-            squeeze_seconds=None
-            if squeeze_gaps_minutes is None
-            else 60.0 * float(squeeze_gaps_minutes),
+            squeeze_seconds=squeeze_seconds,
             ephemeris=ephemeris,
         )
 
@@ -1688,6 +1739,7 @@ def FAST_plot_pitch_angle_grid(
     percentile: tuple[float, float] = (1.0, 99.0),
     squeeze_gaps_minutes: float | None = DEFAULT_SQUEEZE_MINUTES,
     ephemeris: Any | None = None,
+    engine: str = "reference",
 ) -> Figure:
     """One instrument's spectrograms, one row per pitch-angle category.
 
@@ -1776,12 +1828,19 @@ def FAST_plot_pitch_angle_grid(
         percentile=percentile,
         squeeze_gaps_minutes=squeeze_gaps_minutes,
         ephemeris=ephemeris,
+        engine=engine,
     )
 
 
+#: Drawing engines: ``reference`` (a fresh figure, pcolormesh; returns a Figure) and
+#: ``fast`` (:mod:`fastspectro_dask.draw`: cached layouts, raster panels).
+ENGINES = ("reference", "fast")
+#: File formats of :func:`save_figure` (by the path's suffix).
+FORMATS = ("png", "pdf", "svg")
+
 #: Pitch-angle raster step of the ``pad`` product (degrees): each record's bins, with
 #: their own edges, are sampled at this step on the y axis.
-PAD_STEP_DEGREES = 0.5
+PAD_STEP_DEGREES = 1.0
 PAD_Y_LABEL = "Pitch angle (deg)"
 
 
@@ -1805,6 +1864,7 @@ def FAST_plot_pad(
     percentile: tuple[float, float] = (1.0, 99.0),
     squeeze_gaps_minutes: float | None = DEFAULT_SQUEEZE_MINUTES,
     ephemeris: Any | None = None,
+    engine: str = "reference",
 ) -> Figure:
     """One orbit's pitch-angle spectrograms (product ``pad``), one row per instrument.
 
@@ -1904,10 +1964,13 @@ def FAST_plot_pad(
         percentile=percentile,
         squeeze_gaps_minutes=squeeze_gaps_minutes,
         ephemeris=ephemeris,
+        engine=engine,
+        y_ticks=np.arange(y0, y0 + 361.0, 90.0),
     )
-    for ax in fig.axes:
-        if ax.get_label() in keys and ax.get_ylabel() == PAD_Y_LABEL:
-            ax.set_yticks(np.arange(y0, y0 + 361.0, 90.0))
+    if isinstance(fig, Figure):
+        for ax in fig.axes:
+            if ax.get_label() in keys and ax.get_ylabel() == PAD_Y_LABEL:
+                ax.set_yticks(np.arange(y0, y0 + 361.0, 90.0))
     return fig
 
 
@@ -1967,11 +2030,15 @@ def figure_path(
     )
 
 
-def _png_metadata(fig: Figure, extra: Mapping[str, str] | None) -> dict[str, str]:
+def _software() -> str:
     from fastspectro_dask._version import __version__
 
+    return f"fastspectro_dask {__version__}"
+
+
+def _png_metadata(fig: Figure, extra: Mapping[str, str] | None) -> dict[str, str]:
     return {
-        "Software": f"fastspectro_dask {__version__}",
+        "Software": _software(),
         **dict(getattr(fig, "fastspectro_metadata", None) or {}),
         **dict(extra or {}),
     }
@@ -2038,6 +2105,12 @@ def save_figure(
         Drawing or writing failed (chained to the cause); no partial file is left.
     """
     path = Path(path)
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    if fmt not in FORMATS:
+        raise ValueError(f"{path}: figures are written as {', '.join(FORMATS)}, not {fmt!r}")
+    if not isinstance(fig, Figure):  # drawn by the fast engine (draw.RasterFigure)
+        fig.metadata.update({k: v for k, v in (metadata or {}).items() if v is not None})
+        return fig.save(path, fmt=fmt)
     tmp: str | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -2045,12 +2118,16 @@ def save_figure(
         tmp = str(path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "wb") as fh:
+            meta = _png_metadata(fig, metadata)
             fig.savefig(
                 fh,
-                format="png",
+                format=fmt,
                 dpi=dpi if dpi is not None else fig.dpi,
-                metadata=_png_metadata(fig, metadata),
-                pil_kwargs={"compress_level": int(compress_level)},
+                **(
+                    {"metadata": meta, "pil_kwargs": {"compress_level": int(compress_level)}}
+                    if fmt == "png"
+                    else {"metadata": {"Creator": meta["Software"]} if fmt == "pdf" else {}}
+                ),
             )
             fh.flush()
             os.fsync(fh.fileno())

@@ -1,0 +1,516 @@
+"""The fast render engine: per-process layouts, raster panels, PNGs from the Agg buffer.
+
+About 90 % of a fresh matplotlib figure's cost is building tick and text objects, and every
+figure of a product has the same layout: the axes, their y scales and limits, the colour
+bars (the colour limits are mission-wide) and the labels. So each worker process builds a
+product's layout once (:class:`_Layout`, kept in a small LRU cache keyed by everything
+static), draws it, and keeps the drawn pixels. Per figure it then:
+
+1. restores those pixels (Agg ``restore_region``);
+2. writes each spectrogram panel straight into the panel's pixels: every pixel centre looks
+   up the record (exact time edges, non-uniform, gap-squeezed) and the channel (that
+   record's own energy edges, log or linear) it falls in, and is colour-mapped with the
+   row's norm; NaN and gaps stay transparent. This is what Agg does with the reference
+   drawing's non-antialiased QuadMesh (a pixel takes the cell holding its centre), without
+   building any mesh;
+3. draws only what changes: the time ticks and their labels (UT and the ephemeris rows),
+   the hatched breaks, the spines over the panels, the title;
+4. encodes the RGBA buffer with Pillow (:data:`PNG_COMPRESS_LEVEL`, chosen by measurement,
+   ``benchmarks/bench_render.py``), with the provenance text chunks.
+
+Vector formats (``pdf``, ``svg``) get a fresh figure of the same layout whose panels are the
+same rasters as images (text stays text). The reference drawing
+(:func:`fastspectro_dask.render.FAST_plot_instrument_grid` & co. with ``engine="reference"``,
+pcolormesh on a fresh figure) stays for fidelity tests.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import uuid
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+
+from fastspectro_dask.errors import PlottingError
+
+__all__ = ["PNG_COMPRESS_LEVEL", "RasterFigure", "clear_layouts", "layout_cache_info"]
+
+logger = logging.getLogger(__name__)
+
+#: zlib level of the engine's PNGs (1: fastest; see ``benchmarks/bench_render.py``).
+PNG_COMPRESS_LEVEL = 1
+#: Layouts kept per process (least recently used dropped first).
+MAX_LAYOUTS = 8
+
+_LAYOUTS: OrderedDict[tuple, _Layout] = OrderedDict()
+
+
+def clear_layouts() -> None:
+    """Drop every cached layout of this process."""
+    while _LAYOUTS:
+        _LAYOUTS.popitem(last=False)[1].close()
+
+
+def layout_cache_info() -> dict[str, int]:
+    """``{"layouts": cached, "max": MAX_LAYOUTS, "built": built since start}``."""
+    return {"layouts": len(_LAYOUTS), "max": MAX_LAYOUTS, "built": _Layout.built}
+
+
+@dataclass(frozen=True)
+class _RowSpec:
+    """What is static about one row of a grid (part of the layout key)."""
+
+    key: str
+    title: str
+    kind: str  # "data", "placeholder" (no data at all) or "nodata" (nothing drawable)
+    y_scale: str = "linear"
+    y_lim: tuple[float, float] = (0.0, 1.0)
+    y_label: str | None = None
+    y_ticks: tuple[float, ...] | None = None
+    z_label: str | None = None
+    norm: tuple[str, float, float] | None = None  # (class name, vmin, vmax)
+    cmap: str | None = None
+
+
+@dataclass
+class RasterFigure:
+    """A figure drawn by the engine: its RGBA pixels and provenance, ready to save.
+
+    Attributes
+    ----------
+    rgba : ndarray, shape (height, width, 4), uint8
+    metadata : dict
+        The provenance text chunks (as ``Figure.fastspectro_metadata``).
+    dpi : float
+    vector : callable or None
+        Builds a matplotlib Figure of the same content (for ``pdf``/``svg``).
+    """
+
+    rgba: np.ndarray
+    metadata: dict[str, str]
+    dpi: float
+    vector: Any = None
+    texts: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, path: str | os.PathLike, *, fmt: str | None = None) -> Path:
+        """Write atomically as PNG (from the pixels) or PDF/SVG (vector figure)."""
+        path = Path(path)
+        fmt = (fmt or path.suffix.lstrip(".") or "png").lower()
+        if fmt == "png":
+            data = encode_png(self.rgba, self.metadata, self.dpi)
+        elif fmt in ("pdf", "svg"):
+            fig = self.vector()
+            buf = io.BytesIO()
+            meta = {"Creator": self.metadata.get("Software")} if fmt == "pdf" else {}
+            fig.savefig(buf, format=fmt, dpi=self.dpi, metadata=meta)
+            fig.clear()
+            data = buf.getvalue()
+        else:
+            raise ValueError(f"format must be png, pdf or svg, not {fmt!r}")
+        return write_atomic(path, data)
+
+
+def encode_png(rgba: np.ndarray, metadata: Mapping[str, str], dpi: float) -> bytes:
+    """PNG bytes of an RGBA buffer with text chunks (Pillow, deterministic)."""
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    for k, v in metadata.items():
+        if v is None:
+            continue
+        try:
+            str(v).encode("latin-1")
+            info.add_text(str(k), str(v))
+        except UnicodeEncodeError:
+            info.add_itxt(str(k), str(v))
+    im = Image.frombuffer("RGBA", (rgba.shape[1], rgba.shape[0]), rgba, "raw", "RGBA", 0, 1)
+    out = io.BytesIO()
+    im.save(out, format="PNG", pnginfo=info, compress_level=PNG_COMPRESS_LEVEL, dpi=(dpi, dpi))
+    return out.getvalue()
+
+
+def write_atomic(path: Path, data: bytes) -> Path:
+    """Write bytes to ``path`` atomically: a temporary file of our naming, then rename.
+
+    The temporary honours the umask (not ``mkstemp``'s 0600) and is removed on failure.
+    """
+    tmp: str | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = str(path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as exc:
+        raise PlottingError(f"saving figure to {path} failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+    return path
+
+
+class _Layout:
+    """A product's figure with everything static drawn once; per figure only the rest."""
+
+    built = 0
+
+    def __init__(
+        self,
+        specs: tuple[_RowSpec, ...],
+        figsize: tuple[float, float],
+        dpi: float,
+        bottom: float,
+        label_rows: tuple[str, ...],
+    ) -> None:
+        from fastspectro_dask import render
+
+        self.specs = specs
+        fig = render._new_figure(figsize, dpi, None)
+        mains, _zooms, caxes = render._grid_axes(fig, len(specs), 0, None, bottom)
+        for spec, ax, cax in zip(specs, mains, caxes, strict=True):
+            ax.set_label(spec.key)
+            ax.set_title(spec.title, loc="left", fontsize="medium", y=1.0)
+            if spec.kind == "placeholder":
+                render._placeholder(ax, spec.key, cax)
+                continue
+            ax.set_yscale(spec.y_scale)
+            if spec.y_label:
+                ax.set_ylabel(spec.y_label)
+            if spec.kind == "nodata":
+                ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center")
+                continue
+            ax.set_ylim(*spec.y_lim)
+            if spec.y_ticks is not None:
+                ax.set_yticks(spec.y_ticks)
+            cb = fig.colorbar(ScalarMappable(_norm_of(spec.norm), spec.cmap), cax=cax)
+            if spec.z_label:
+                cb.set_label(spec.z_label)
+        for ax in mains[:-1]:
+            ax.tick_params(labelbottom=False)
+        for ax in mains:
+            ax.set_xticks([])  # the time ticks change per figure: not in the background
+        render._label_row_names(mains[-1], list(label_rows))
+        self.title = fig.suptitle("", fontsize="large")
+        # spines go over the panels: drawn per figure after the rasters, not in the background
+        self.spines = [sp for ax in mains for sp in ax.spines.values() if sp.get_visible()]
+        for sp in self.spines:
+            sp.set_visible(False)
+        fig.canvas.draw()
+        self.background = fig.canvas.copy_from_bbox(fig.bbox)
+        for sp in self.spines:
+            sp.set_visible(True)
+        self.fig, self.mains = fig, mains
+        self.height = np.asarray(fig.canvas.buffer_rgba()).shape[0]
+        _Layout.built += 1
+
+    def close(self) -> None:
+        self.fig.clear()
+
+
+def _norm_of(spec: tuple[str, float, float] | None) -> Normalize | None:
+    if spec is None:
+        return None
+    from matplotlib.colors import LogNorm
+
+    kind, lo, hi = spec
+    return LogNorm(vmin=lo, vmax=hi) if kind == "LogNorm" else Normalize(vmin=lo, vmax=hi)
+
+
+def _layout(key: tuple, *args: Any) -> _Layout:
+    layout = _LAYOUTS.get(key)
+    if layout is None:
+        layout = _Layout(*args)
+        _LAYOUTS[key] = layout
+        while len(_LAYOUTS) > MAX_LAYOUTS:
+            _LAYOUTS.popitem(last=False)[1].close()
+    else:
+        _LAYOUTS.move_to_end(key)
+    return layout
+
+
+# --------------------------------------------------------------------------------------
+# Raster panels
+# --------------------------------------------------------------------------------------
+
+
+def _pixel_centres(ax: Any, height: int) -> tuple[slice, slice, np.ndarray, np.ndarray]:
+    """Buffer rows/columns of the pixels whose centres lie inside the axes, and the data
+    coordinates of those centres (x per column, y per row, top row first)."""
+    bb = ax.bbox
+    c0, c1 = int(np.ceil(bb.x0 - 0.5)), int(np.floor(bb.x1 - 0.5))
+    # buffer row j has its centre at display y = height - j - 0.5
+    r0 = int(np.ceil(height - bb.y1 - 0.5))
+    r1 = int(np.floor(height - bb.y0 - 0.5))
+    cols = np.arange(c0, c1 + 1) + 0.5
+    rows = height - (np.arange(r0, r1 + 1) + 0.5)
+    inv = ax.transData.inverted()
+    xs = inv.transform(np.column_stack([cols, np.full(cols.size, bb.y0)]))[:, 0]
+    ys = inv.transform(np.column_stack([np.full(rows.size, bb.x0), rows]))[:, 1]
+    return slice(r0, r1 + 1), slice(c0, c1 + 1), xs, ys
+
+
+def _widen_lone_runs(
+    left: np.ndarray,
+    right: np.ndarray,
+    starts: np.ndarray,
+    stops: np.ndarray,
+    min_w: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The reference drawing's aid (``render._keep_slivers_visible``) on record edges: a run
+    narrower than ``min_w`` with no other run within ``min_w`` is stretched to ``min_w``
+    about its centre."""
+    a = left[starts]
+    b = right[stops - 1]
+    narrow = np.flatnonzero(b - a < min_w)
+    if narrow.size == 0:
+        return left, right
+    left, right = left.copy(), right.copy()
+    for k in narrow.tolist():
+        near = (a - min_w < b[k]) & (a[k] < b + min_w)
+        near[k] = False
+        if near.any():
+            continue
+        s, e = starts[k], stops[k]
+        centre = (a[k] + b[k]) / 2.0
+        if b[k] > a[k]:
+            f = min_w / (b[k] - a[k])
+            left[s:e] = centre + (left[s:e] - centre) * f
+            right[s:e] = centre + (right[s:e] - centre) * f
+        else:
+            edges = np.linspace(centre - min_w / 2, centre + min_w / 2, e - s + 1)
+            left[s:e], right[s:e] = edges[:-1], edges[1:]
+    return left, right
+
+
+def panel_rgba(panel: Any, xs: np.ndarray, ys: np.ndarray, min_w: float) -> np.ndarray:
+    """RGBA (uint8) at every pixel centre: rows ``ys`` (top first) by columns ``xs``.
+
+    Cells are colour-mapped once (the row's norm and colormap; masked cells and NaN get
+    the colormap's "bad" colour, transparent), then gathered per pixel: the record whose
+    time edges hold the pixel's x, the channel whose energy edges (that record's own)
+    hold its y. Pixels outside every cell stay transparent.
+    """
+    left, right = _widen_lone_runs(panel.left, panel.right, panel.starts, panel.stops, min_w)
+    out = np.zeros((ys.size, xs.size, 4), np.uint8)
+    rec = np.searchsorted(left, xs, side="right") - 1
+    ok = rec >= 0
+    ok[ok] &= xs[ok] < right[rec[ok]]
+    if not ok.any():
+        return out
+    colours = panel.cmap(panel.norm(panel.cells), bytes=True)  # (n, k, 4)
+    run_of = np.repeat(np.arange(panel.starts.size), panel.stops - panel.starts)
+    cols = np.flatnonzero(ok)
+    col_rec = rec[cols]
+    col_run = run_of[col_rec]
+    for r in np.unique(col_run).tolist():
+        a = panel.starts[r]
+        k = int(panel.count[a])
+        if k == 0:
+            continue
+        idx = np.searchsorted(panel.edges[a, : k + 1], ys, side="right") - 1
+        rows_ok = np.flatnonzero((idx >= 0) & (idx < k))
+        if rows_ok.size == 0:
+            continue
+        these = col_run == r
+        block = colours[col_rec[these]][:, idx[rows_ok]]  # (columns, rows, 4)
+        out[np.ix_(rows_ok, cols[these])] = block.transpose(1, 0, 2)
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# One grid figure
+# --------------------------------------------------------------------------------------
+
+
+def render_grid(
+    rows: Sequence[Any],
+    *,
+    title: str,
+    y_scale: str,
+    z_scale: str,
+    settings: Mapping[str, Mapping[str, Any]],
+    colormap: Any,
+    figsize: tuple[float, float],
+    dpi: float,
+    percentile: tuple[float, float],
+    context: str,
+    squeeze_seconds: float | None,
+    ephemeris: Any | None,
+    y_ticks: Sequence[float] | None = None,
+) -> RasterFigure:
+    """Draw a grid of rows (``render._Row``) with a cached layout; see the module doc."""
+    from fastspectro_dask import render
+
+    time_axis = render._grid_time_axis(list(rows), squeeze_seconds or 0.0)
+    if time_axis is None:
+        raise ValueError("nothing to draw on a time axis")
+    bottom = render._MARGIN_BOTTOM + (render._EPHEMERIS_HEIGHT if ephemeris is not None else 0.0)
+    main_w, _ = render._grid_geometry(figsize, len(rows), 0, bottom)
+    pos, labels, names = render._time_ticks(time_axis, main_w, ephemeris, context)
+
+    specs, panels = [], []
+    for row in rows:
+        if row.empty:
+            specs.append(_RowSpec(row.key, row.title, "placeholder"))
+            panels.append(None)
+            continue
+        s = settings[row.key]
+        panel = render._panel_geometry(
+            row.times,
+            row.energies,
+            row.values,
+            vmin=s.get("z_min"),
+            vmax=s.get("z_max"),
+            percentile=percentile,
+            y_scale=y_scale,
+            z_scale=z_scale,
+            y_min=s.get("y_min"),
+            y_max=s.get("y_max"),
+            colormap=colormap,
+            norm=None,
+            gap_factor=render.DEFAULT_GAP_FACTOR,
+            durations=row.durations,
+            time_axis=time_axis,
+        )
+        y_label = s.get("y_label", render.DEFAULT_Y_LABEL)
+        if panel.norm is None:
+            specs.append(_RowSpec(row.key, row.title, "nodata", y_scale, y_label=y_label))
+            panels.append(None)
+            continue
+        specs.append(
+            _RowSpec(
+                row.key,
+                row.title,
+                "data",
+                y_scale,
+                (panel.y_lo, panel.y_hi),
+                y_label,
+                None if y_ticks is None else tuple(float(t) for t in y_ticks),
+                s.get("z_label"),
+                (type(panel.norm).__name__, float(panel.norm.vmin), float(panel.norm.vmax)),
+                panel.cmap.name,
+            )
+        )
+        panels.append(panel)
+    key = (tuple(specs), tuple(figsize), float(dpi), bottom, tuple(names))
+    layout = _layout(key, tuple(specs), tuple(figsize), float(dpi), bottom, tuple(names))
+    fig, canvas = layout.fig, layout.fig.canvas
+    canvas.restore_region(layout.background)
+    buf = np.asarray(canvas.buffer_rgba())
+    x_lo, x_hi = time_axis.extent
+    rasters = []
+    for ax, panel in zip(layout.mains, panels, strict=True):
+        ax.set_xlim(x_lo, x_hi)
+        if panel is None:
+            rasters.append(None)
+            continue
+        rs, cs, xs, ys = _pixel_centres(ax, layout.height)
+        rgba = panel_rgba(panel, xs, ys, (x_hi - x_lo) / ax.bbox.width)
+        region = buf[rs, cs]
+        drawn = rgba[..., 3] > 0
+        region[drawn] = rgba[drawn]
+        rasters.append(rgba)
+    patches = []
+    for sp in layout.spines:
+        sp.axes.draw_artist(sp)
+    for ax in layout.mains:
+        for a, b in time_axis.breaks:
+            patch = ax.axvspan(a, b, **render._BREAK_STYLE)
+            ax.draw_artist(patch)
+            patches.append(patch)
+        ax.set_xticks(pos)
+    layout.mains[-1].set_xticklabels(labels, fontsize="small")
+    for ax in layout.mains:
+        ax.draw_artist(ax.xaxis)
+    t_known = [r.times[~np.isnat(r.times)] for r in rows if not r.empty]
+    t_known = [t for t in t_known if t.size]
+    span = (
+        render._format_span(min(t.min() for t in t_known), max(t.max() for t in t_known))
+        if t_known
+        else "(no data)"
+    )
+    layout.title.set_text(f"{title}  {span}")
+    fig.draw_artist(layout.title)
+    rgba_out = np.array(buf, copy=True)
+    texts = {
+        "title": layout.title.get_text(),
+        "xticklabels": list(labels),
+        "xticks": [float(p) for p in pos],
+        "row_titles": [ax.get_title(loc="left") for ax in layout.mains],
+        "ylims": [ax.get_ylim() for ax in layout.mains],
+    }
+    for patch in patches:
+        patch.remove()
+    for ax in layout.mains:
+        ax.set_xticks([])
+    limits = {
+        spec.key: {
+            "y_min": float(spec.y_lim[0]),
+            "y_max": float(spec.y_lim[1]),
+            "z_min": float(spec.norm[1]),
+            "z_max": float(spec.norm[2]),
+        }
+        for spec in specs
+        if spec.kind == "data"
+    }
+    metadata = {
+        "Software": render._software(),
+        **render._provenance_text(list(rows), limits, time_axis.drawn_ranges(), names),
+    }
+
+    def vector() -> Figure:
+        return _vector_figure(
+            specs, rasters, figsize, dpi, bottom, names, time_axis, pos, labels, texts["title"]
+        )
+
+    return RasterFigure(rgba_out, metadata, float(dpi), vector, texts)
+
+
+def _vector_figure(specs, rasters, figsize, dpi, bottom, names, time_axis, pos, labels, title):
+    """A fresh figure of the layout with the raster panels as images (PDF/SVG)."""
+    from fastspectro_dask import render
+
+    layout = _Layout(tuple(specs), tuple(figsize), float(dpi), bottom, tuple(names))
+    x_lo, x_hi = time_axis.extent
+    for ax, rgba in zip(layout.mains, rasters, strict=True):
+        ax.set_xlim(x_lo, x_hi)
+        if rgba is not None:
+            _panel_image(ax, rgba)
+        for a, b in time_axis.breaks:
+            ax.axvspan(a, b, **render._BREAK_STYLE)
+        ax.set_xticks(pos)
+    layout.mains[-1].set_xticklabels(labels, fontsize="small")
+    layout.title.set_text(title)
+    return layout.fig
+
+
+def _panel_image(ax: Any, rgba: np.ndarray) -> None:
+    """The raster over the whole axes (axes coordinates: right for log and linear y)."""
+    xlim, ylim = ax.get_xlim(), ax.get_ylim()
+    ax.imshow(
+        rgba,
+        extent=(0, 1, 0, 1),
+        transform=ax.transAxes,
+        aspect="auto",
+        interpolation="nearest",
+        zorder=1,
+    )
+    ax.set_xlim(xlim)
+    ax.set_ylim(ylim)

@@ -218,6 +218,19 @@ _percentile = _number(float, minimum=0.0, inclusive=True, maximum=100.0)
 _nonnegative_float = _number(float, minimum=0.0, inclusive=True)
 
 
+def _figsize(text: str) -> tuple[float, float]:
+    """``WxH`` in inches (argparse type)."""
+    try:
+        w, h = (float(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected WxH in inches, e.g. 16x12, not {text!r}"
+        ) from None
+    if not (0 < w < 1000 and 0 < h < 1000):
+        raise argparse.ArgumentTypeError(f"width and height must be positive inches, not {text!r}")
+    return w, h
+
+
 def _cluster_kw(text: str):
     """argparse type of --cluster-kw: ``key=value`` -> (key, parsed value)."""
     from fastspectro_dask.cluster import parse_cluster_kwarg
@@ -433,6 +446,10 @@ def _run_plots(args: argparse.Namespace, input_dir: Path, output_dir: Path) -> i
                     squeeze_gaps_minutes=args.squeeze_gaps,
                     pad_energy=args.pad_energy,
                     pad_shift90=args.pad_shift90,
+                    engine=args.engine,
+                    dpi=args.dpi,
+                    figsize=args.figsize,
+                    figure_format=args.figure_format,
                 )
                 summaries.append(s)
                 if s.interrupted:
@@ -586,6 +603,28 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="LO:HI",
         help="energy window of the pad product in eV (default: all valid channels)",
+    )
+    p.add_argument(
+        "--engine",
+        choices=("fast", "reference"),
+        default="fast",
+        help="fast (default: layouts reused, raster panels) or reference (a fresh "
+        "matplotlib figure each time; slow)",
+    )
+    p.add_argument("--dpi", type=_positive_float, default=100.0, help="dots per inch (100)")
+    p.add_argument(
+        "--figsize",
+        type=_figsize,
+        default=None,
+        metavar="WxH",
+        help="figure size in inches, e.g. 16x12 (default 12 wide, 2.1 per row)",
+    )
+    p.add_argument(
+        "--format",
+        dest="figure_format",
+        choices=("png", "pdf", "svg"),
+        default="png",
+        help="figure format; pdf/svg embed the raster panels, text stays text",
     )
     p.add_argument(
         "--pad-shift90",

@@ -94,6 +94,9 @@ class RenderJob:
     squeeze_gaps_minutes: float | None = DEFAULT_SQUEEZE_MINUTES
     pad: PadSpec | None = None  # the pad reduction (cached with the rest), if made
     pad_shift90: bool = False  # draw the pad product over -90..270 deg
+    engine: str = "fast"  # render engine: "fast" (cached layouts, rasters) or "reference"
+    dpi: float = 100.0
+    figsize: tuple[float, float] | None = None  # inches; None: the product's default
 
     @property
     def instruments(self) -> list[str]:
@@ -187,6 +190,7 @@ def render_job(job: RenderJob) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     ephemeris = _load_ephemeris(job)
+    style = {"engine": job.engine, "dpi": job.dpi, "figsize": job.figsize}
     errors: dict[str, tuple[str, str]] = {}
     data: dict[str, Any] = {}
     for inst in job.instruments:
@@ -209,6 +213,7 @@ def render_job(job: RenderJob) -> dict[str, Any]:
                 orbit_number=job.orbit,
                 squeeze_gaps_minutes=job.squeeze_gaps_minutes,
                 ephemeris=ephemeris,
+                **style,
             )
         elif job.product == "pad":
             fig = render.FAST_plot_pad(
@@ -221,6 +226,7 @@ def render_job(job: RenderJob) -> dict[str, Any]:
                 shift90=job.pad_shift90,
                 squeeze_gaps_minutes=job.squeeze_gaps_minutes,
                 ephemeris=ephemeris,
+                **style,
             )
         else:
             inst = job.product.removeprefix("pa-")
@@ -235,6 +241,7 @@ def render_job(job: RenderJob) -> dict[str, Any]:
                 instrument=inst,
                 squeeze_gaps_minutes=job.squeeze_gaps_minutes,
                 ephemeris=ephemeris,
+                **style,
             )
         render.save_figure(fig, job.output)
     except (ZeroDivisionError, FloatingPointError, PlottingError, InvalidCDFError):
@@ -404,6 +411,10 @@ def FAST_plot_spectrograms_directory(
     squeeze_gaps_minutes: float | None = DEFAULT_SQUEEZE_MINUTES,
     pad_energy: tuple[float, float] | None = None,
     pad_shift90: bool = False,
+    engine: str = "fast",
+    dpi: float = 100.0,
+    figsize: tuple[float, float] | None = None,
+    figure_format: str = "png",
 ) -> RunSummary:
     """Plot every orbit of a folder of FAST ESA L2 files, on Dask; resumable.
 
@@ -465,6 +476,16 @@ def FAST_plot_spectrograms_directory(
         retrace channel dropped unless ``retrace``); as ``fa_esa_l2_pad``'s ``energy=``.
     pad_shift90 : bool
         Draw the ``pad`` product over -90..270 deg, so 0 and 180 deg are off the edges.
+    engine : {"fast", "reference"}
+        ``fast`` (default): layouts built once per worker process, panels as rasters
+        (:mod:`fastspectro_dask.draw`); ``reference``: a fresh matplotlib figure per figure,
+        pcolormesh panels (slow; the fidelity reference).
+    dpi : float
+        Dots per inch of the figures (default 100).
+    figsize : (width, height), optional
+        Inches; default 12 wide and 2.1 per row.
+    figure_format : {"png", "pdf", "svg"}
+        File format; vector formats embed the raster panels and keep text as text.
     squeeze_gaps_minutes : float or None
         Data gaps longer than this (minutes) are cut out of every figure's UT axis and
         drawn as narrow breaks (default 5); 0 keeps one axis from the first to the last
@@ -492,6 +513,14 @@ def FAST_plot_spectrograms_directory(
     if bad:
         raise ValueError(f"unknown products {sorted(bad)}; use {', '.join(map(repr, PRODUCTS))}")
     pad = PadSpec(pad_energy) if "pad" in products else None
+    from fastspectro_dask.render import ENGINES, FORMATS  # here: matplotlib stays lazy
+
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
+    if figure_format not in FORMATS:
+        raise ValueError(f"figure_format must be one of {FORMATS}, not {figure_format!r}")
+    if not dpi > 0 or (figsize is not None and not (len(figsize) == 2 and min(figsize) > 0)):
+        raise ValueError(f"dpi must be > 0 and figsize two positive inches, not {dpi}, {figsize}")
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     progress_path = Path(progress_json_path or out / "progress.json")
@@ -575,6 +604,10 @@ def FAST_plot_spectrograms_directory(
                 squeeze_gaps_minutes=squeeze_gaps_minutes,
                 pad=pad,
                 pad_shift90=pad_shift90,
+                engine=engine,
+                dpi=float(dpi),
+                figsize=None if figsize is None else (float(figsize[0]), float(figsize[1])),
+                figure_format=figure_format,
                 overwrite=overwrite,
                 window=window,
                 instrument_timeout=instrument_timeout_seconds,
@@ -625,6 +658,10 @@ class _Options:
     squeeze_gaps_minutes: float | None = DEFAULT_SQUEEZE_MINUTES
     pad: PadSpec | None = None
     pad_shift90: bool = False
+    engine: str = "fast"
+    dpi: float = 100.0
+    figsize: tuple[float, float] | None = None
+    figure_format: str = "png"
 
 
 def _extrema_then_render(opts: _Options, summary, store, signals, dask_client, index, todo) -> None:
@@ -826,7 +863,9 @@ def _iter_jobs(
         for product, fs, ext in wanted:
             # the pad product's y axis is pitch angle: always linear
             y_name = "linear" if product == "pad" else y_scale
-            path = figure_path(opts.out, orbit, start, product, y_name, z_scale)
+            path = figure_path(
+                opts.out, orbit, start, product, y_name, z_scale, fmt=opts.figure_format
+            )
             if path.exists() and not opts.overwrite:
                 summary.figures_existing += 1
                 continue
@@ -849,6 +888,9 @@ def _iter_jobs(
                     squeeze_gaps_minutes=opts.squeeze_gaps_minutes,
                     pad=opts.pad,
                     pad_shift90=opts.pad_shift90,
+                    engine=opts.engine,
+                    dpi=opts.dpi,
+                    figsize=opts.figsize,
                 )
             )
         yield orbit, orbit_jobs, known

@@ -1998,6 +1998,8 @@ def figure_path(
     product: str,
     y_scale: str,
     z_scale: str,
+    *,
+    fmt: str = "png",
 ) -> Path:
     """Where a product goes: ``{output_dir}/{YYYY}/{MM}/{orbit}/{orbit}_{product}_y-{y}_z-{z}.png``.
 
@@ -2010,12 +2012,16 @@ def figure_path(
     product : str
         ``instruments`` for the instrument grid, ``pa-<inst>`` for a pitch-angle grid.
     y_scale, z_scale : {"linear", "log"}
+    fmt : {"png", "pdf", "svg"}
+        The file format (suffix).
 
     Returns
     -------
     pathlib.Path
     """
     _check_scale("y_scale", y_scale)
+    if fmt not in FORMATS:
+        raise ValueError(f"fmt must be one of {FORMATS}, not {fmt!r}")
     _check_scale("z_scale", z_scale)
     if not product or re.search(r"[\\/\s]", product):
         raise ValueError(f"product must be a plain name, not {product!r}")
@@ -2026,7 +2032,7 @@ def figure_path(
         / f"{when:%Y}"
         / f"{when:%m}"
         / str(o)
-        / f"{o}_{product}_y-{y_scale}_z-{z_scale}.png"
+        / f"{o}_{product}_y-{y_scale}_z-{z_scale}.{fmt}"
     )
 
 

@@ -1,6 +1,14 @@
 """Batch pipeline: end-to-end figures/s, overhead vs serial rendering, bookkeeping at scale.
 
-Three measurements, each printed as a plain-text table (medians over ``--rounds``):
+Four measurements, each printed as a plain-text table (medians over ``--rounds``):
+
+0. **The whole CLI run vs the naive loop** (``--cli-orbits 12 --cli-records 800``, the
+   issue's setting): ``fastspectro plot DATA OUT --max-workers 2`` in a subprocess, cold
+   (from nothing: cluster start, extrema, cache, every product) and warm (``--ignore-progress
+   --overwrite``: extrema and cache reused), against the naive loop most scripts use (in this
+   process, no reading at all: a fresh figure, ``pcolormesh`` + colour bar per panel,
+   ``savefig``) drawing as many 4-panel figures at the same pixel size. Prints the medians
+   and the ratios naive/cold and naive/warm (higher is better for us).
 
 1. **End to end, 1 and 2 workers.** Synthetic data (``write_synthetic_dataset(orbits=N,
    records=R, seed=1)``) through :func:`FAST_plot_spectrograms_directory` with
@@ -42,7 +50,8 @@ Three measurements, each printed as a plain-text table (medians over ``--rounds`
 
     python benchmarks/bench_pipeline.py [--orbits 12] [--records 400] [--rounds 3]
         [--dry-sizes 10000,50000] [--budget 360] [--ipc-tasks 2000] [--store-orbits 50000]
-        [--skip-e2e] [--skip-dry]
+        [--cli-orbits 12] [--cli-records 800] [--only-cli] [--skip-cli] [--skip-e2e]
+        [--skip-dry]
 """
 
 from __future__ import annotations
@@ -1068,6 +1077,70 @@ def dry_run(tmp: Path, args) -> None:
 # --------------------------------------------------------------------------------------
 
 
+def cli_vs_naive(tmp: Path, args) -> None:
+    """Part 0 (see the module docstring)."""
+    from bench_render import naive
+    from PIL import Image
+
+    from fastspectro_dask.cache import reduce_file
+    from fastspectro_dask.reduce import DEFAULT_CATEGORIES
+    from fastspectro_dask.synth import write_synthetic_dataset
+
+    data = tmp / "cli-data"
+    man = write_synthetic_dataset(
+        data, orbits=args.cli_orbits, records=args.cli_records, seed=1, orb_files=True
+    )
+    n_files = sum(len(f) for f in man.files.values())
+    cmd = [sys.executable, "-m", "fastspectro_dask.cli", "plot", str(data)]
+    opts = ["--max-workers", "2", "--no-report"]
+    cold, warm, figures = [], [], []
+    for k in range(args.rounds):
+        out = tmp / f"cli-out-{k}"
+        for label, extra, sink in (
+            ("cold", [], cold),
+            ("warm", ["--ignore-progress", "--overwrite"], warm),
+        ):
+            t0 = time.perf_counter()
+            res = subprocess.run([*cmd, str(out), *opts, *extra], capture_output=True, text=True)
+            sink.append(time.perf_counter() - t0)
+            if res.returncode != 0:
+                raise RuntimeError(f"{label} run failed: {res.stderr[-2000:]}")
+        figures.append(sorted(out.rglob("*.png")))
+    pngs = figures[-1]
+    with Image.open(next(p for p in pngs if "_instruments_" in p.name)) as im:
+        size_px = im.size
+    orbits = [
+        {i: reduce_file(p, "data", DEFAULT_CATEGORIES) for i, p in files.items()}
+        for files in man.files.values()
+        if {"ees", "eeb", "ies", "ieb"} <= set(files)
+    ]
+    draw_one = naive(size_px)
+    naive_walls = []
+    for _ in range(args.rounds):
+        t0 = time.perf_counter()
+        for j in range(len(pngs)):
+            draw_one(orbits[j % len(orbits)], None, tmp / "naive.png", "linear", "log", None)
+        naive_walls.append(time.perf_counter() - t0)
+    med = {
+        name: statistics.median(v)
+        for name, v in (("naive", naive_walls), ("cold", cold), ("warm", warm))
+    }
+    print(
+        f"\n0. whole CLI run vs the naive loop: {args.cli_orbits} orbits x "
+        f"{args.cli_records} records ({n_files} files), {len(pngs)} figures of "
+        f"{size_px[0]}x{size_px[1]} px, 2 workers; medians of {args.rounds} runs"
+    )
+    print(f"{'run':44s} {'wall s':>8s} {'runs':>28s} {'naive/run':>9s}")
+    rows = (
+        ("naive loop: draw only, 1 process", "naive", naive_walls),
+        ("fastspectro plot, cold (from nothing)", "cold", cold),
+        ("fastspectro plot, warm (extrema+cache kept)", "warm", warm),
+    )
+    for label, key, runs in rows:
+        shown = ", ".join(f"{x:.1f}" for x in runs)
+        print(f"{label:44s} {med[key]:8.1f} {shown:>28s} {med['naive'] / med[key]:9.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--orbits", type=int, default=12)
@@ -1087,6 +1160,10 @@ def main() -> None:
         default=50_000,
         help="orbits of the ProgressStore-only measurement (0: skip)",
     )
+    ap.add_argument("--cli-orbits", type=int, default=12, help="orbits of part 0")
+    ap.add_argument("--cli-records", type=int, default=800, help="records per file, part 0")
+    ap.add_argument("--only-cli", action="store_true", help="part 0 only")
+    ap.add_argument("--skip-cli", action="store_true", help="skip part 0")
     ap.add_argument("--skip-e2e", action="store_true", help="skip parts 1 and 2")
     ap.add_argument("--skip-dry", action="store_true", help="skip part 3")
     args = ap.parse_args()
@@ -1097,6 +1174,10 @@ def main() -> None:
     print(machine_header())
     with tempfile.TemporaryDirectory(prefix="bench_pipeline-") as t:
         tmp = Path(t)
+        if not args.skip_cli:
+            cli_vs_naive(tmp, args)
+        if args.only_cli:
+            return
         if not args.skip_e2e:
             e2e = end_to_end(tmp, args)
             serial_vs_pipeline(tmp, e2e, args)

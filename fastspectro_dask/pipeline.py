@@ -800,10 +800,8 @@ def _append_manifest(path: Path, job: RenderJob, result: Mapping[str, Any]) -> N
 
 
 def _classify(exc: BaseException) -> str:
-    """Error category of a task's exception (Dask's own errors by class name: this layer
-    must not depend on where distributed defines them)."""
-    if type(exc).__name__ in ("KilledWorker", "FutureCancelledError", "CancelledError"):
-        return "worker-lost"  # the task's worker died, or the cluster dropped the task
+    """Error category of a task's exception: :func:`~fastspectro_dask.errors.error_reason`,
+    the one classification, also used by the extrema ledger."""
     return error_reason(exc)
 
 

@@ -45,7 +45,11 @@ from fastspectro_dask.errors import (
     error_reason,
 )
 from fastspectro_dask.extrema import compute_global_extrema, extrema_for_rows
-from fastspectro_dask.logbuffer import buffered_file_logging, forward_worker_logs
+from fastspectro_dask.logbuffer import (
+    buffered_file_logging,
+    forward_worker_logs,
+    unforward_worker_logs,
+)
 from fastspectro_dask.reduce import SOURCE_VARIABLE, PadSpec, normalize_categories
 from fastspectro_dask.sandbox import run_with_timeout
 from fastspectro_dask.state import ProgressStore, file_fingerprint
@@ -517,7 +521,8 @@ def FAST_plot_spectrograms_directory(
             variable,
             summary.dashboard_link,
         )
-        forward_worker_logs(dask_client)
+        if forward_worker_logs(dask_client) and client is not None:
+            stack.callback(unforward_worker_logs, dask_client)  # the user's client outlives us
         if ignore_progress_json:
             store.reset()
 

@@ -647,9 +647,11 @@ def test_flushes_of_a_real_run_append_only_their_orbits(small_mission, tmp_path,
 
 
 def test_second_concurrent_run_is_refused(small_mission, tmp_path):
-    """One writer per extrema JSON: the journal is append-only."""
-    from fastspectro_dask.state import StateLock, StateLockedError
+    """One writer per extrema JSON: the journal is append-only. The error is public."""
+    from fastspectro_dask import FastSpectroError, StateLockedError
+    from fastspectro_dask.state import StateLock
 
+    assert issubclass(StateLockedError, FastSpectroError)
     with StateLock(tmp_path / "extrema.json"), pytest.raises(StateLockedError, match="PID"):
         run(small_mission, tmp_path)
     assert not (tmp_path / "extrema.json").exists()

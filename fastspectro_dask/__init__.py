@@ -9,7 +9,8 @@ Public API (everything else is private):
 * :func:`discover` - index a folder of FAST ESA L2 files by orbit and instrument;
 * :func:`open_esa` - one CDF file as a lazy :class:`xarray.Dataset` (also the xarray
   backend ``engine="fastesa"``);
-* :class:`InvalidCDFError` and the other errors of :mod:`fastspectro_dask.errors`.
+* :class:`InvalidCDFError` and the other errors of :mod:`fastspectro_dask.errors`;
+* :class:`StateLockedError` - another run holds the lock of the same progress/extrema file.
 
 The plotting and cluster layers are imported on first use, so ``import fastspectro_dask``
 stays light (no distributed, no matplotlib).
@@ -32,6 +33,7 @@ _LAZY = {
     "make_spectrogram": "fastspectro_dask.render",
     "generic_batch_plot": "fastspectro_dask.render",
     "save_figure": "fastspectro_dask.render",
+    "StateLockedError": "fastspectro_dask.state",
 }
 
 __all__ = [
@@ -44,6 +46,7 @@ __all__ = [
     "InvalidCDFError",
     "OrbitIndex",
     "RunSummary",
+    "StateLockedError",
     "__version__",
     "compute_global_extrema",
     "discover",

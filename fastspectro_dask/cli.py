@@ -880,7 +880,10 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("input", type=Path, help="folder of CDF files")
     p.add_argument(
-        "--output", type=Path, default=None, help="extrema JSON path (default INPUT/extrema.json)"
+        "--output",
+        type=Path,
+        default=None,
+        help="extrema JSON path (default ./extrema.json; never inside INPUT)",
     )
     p.add_argument("--y-scale", choices=SCALES, default="linear")
     p.add_argument("--z-scale", choices=SCALES, default="log")
@@ -953,6 +956,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fastspectro: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except FileNotFoundError as exc:
+        print(f"fastspectro: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ValueError as exc:  # a setting the API refused before any work (one line)
+        logging.getLogger(__name__).debug("refused", exc_info=True)
         print(f"fastspectro: {exc}", file=sys.stderr)
         return EXIT_USAGE
     finally:  # main() may be called in-process (tests, notebooks): leave logging as it was

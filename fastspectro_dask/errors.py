@@ -10,6 +10,7 @@ from __future__ import annotations
 from os import PathLike
 
 __all__ = [
+    "DASK_WORKER_LOST_ERRORS",
     "ERROR_REASONS",
     "EmptyDataError",
     "FastSpectroError",
@@ -28,6 +29,15 @@ ERROR_REASONS: tuple[str, ...] = (
     "plotting",
     "generic",
     "worker-lost",
+)
+
+
+#: Class names of Dask's own errors that mean the task's worker died or the cluster dropped
+#: the task (``distributed.KilledWorker``, ``distributed.client.FutureCancelledError``,
+#: ``asyncio``/``concurrent.futures`` ``CancelledError``). They are matched by name, so
+#: this module does not import distributed (and does not depend on where it defines them).
+DASK_WORKER_LOST_ERRORS: frozenset[str] = frozenset(
+    {"KilledWorker", "FutureCancelledError", "CancelledError"}
 )
 
 
@@ -78,20 +88,32 @@ class WorkerLostError(FastSpectroError):
 def error_reason(exc: BaseException) -> str:
     """Map an exception to its error category.
 
+    The one classification of task errors: the progress JSON (pipeline) and the
+    extrema ledger both use it, so one failure gets the same reason in both.
+
     Parameters
     ----------
     exc : BaseException
-        The exception raised by a task.
+        The exception raised by a task, or by Dask for it.
 
     Returns
     -------
     str
-        One of :data:`ERROR_REASONS`. (The pipeline also maps Dask's ``KilledWorker``
-        to ``"worker-lost"``.)
+        One of :data:`ERROR_REASONS`. Dask's own errors for a dead worker or a dropped
+        task (:data:`DASK_WORKER_LOST_ERRORS`, matched by class name, subclasses too)
+        are ``"worker-lost"``.
+
+    Examples
+    --------
+    >>> error_reason(ZeroDivisionError())
+    'divide-by-zero'
+    >>> class KilledWorker(Exception): ...
+    >>> error_reason(KilledWorker("task", "worker"))
+    'worker-lost'
     """
     if isinstance(exc, TimeoutError):
         return "timeout"
-    if isinstance(exc, WorkerLostError):
+    if isinstance(exc, WorkerLostError) or _is_dask_worker_lost(exc):
         return "worker-lost"
     if isinstance(exc, InvalidCDFError):
         return "invalid-cdf"
@@ -100,3 +122,8 @@ def error_reason(exc: BaseException) -> str:
     if isinstance(exc, PlottingError):
         return "plotting"
     return "generic"
+
+
+def _is_dask_worker_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` is (a subclass of) one of :data:`DASK_WORKER_LOST_ERRORS`."""
+    return any(cls.__name__ in DASK_WORKER_LOST_ERRORS for cls in type(exc).__mro__)

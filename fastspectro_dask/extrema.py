@@ -821,8 +821,12 @@ def compute_global_extrema(
     instrument_order : sequence of str
         Instruments to compute.
     extrema_json_path : path-like, optional
-        The state file; default ``<directory_path>/extrema.json``. The pipeline puts it in
-        its output folder.
+        The state file; default ``extrema.json`` in the current working directory (as the
+        original tool's ``FAST_calculated_extrema.json``), with its lock
+        ``extrema.json.lock`` and ledger ``extrema.ledger.jsonl`` beside it. The input
+        folder is never written: a default that would fall inside it (the current
+        directory is in ``directory_path``) is a ``ValueError``. The pipeline puts the
+        file in its output folder.
     max_percentile : float
         Percentile of positive finite values for ``z_max`` (default 95.0).
     flush_batch_size : int
@@ -836,7 +840,8 @@ def compute_global_extrema(
     categories : mapping, optional
         Pitch-angle categories (default :data:`fastspectro_dask.reduce.DEFAULT_CATEGORIES`).
     cache_path : path-like, optional
-        The zarr store of reduced spectrograms; default ``reduced.zarr`` beside the JSON.
+        The zarr store of reduced spectrograms; default ``reduced.zarr`` beside the JSON
+        (so ``./reduced.zarr`` by default).
     max_workers : int, optional
         Local threads when no client is given.
     index : OrbitIndex, optional
@@ -868,6 +873,9 @@ def compute_global_extrema(
     ------
     EmptyDataError
         No instrument has a single positive finite value.
+    ValueError
+        A bad ``flush_batch_size`` or ``max_percentile``; or no ``extrema_json_path``
+        while the current directory is inside ``directory_path``.
     fastspectro_dask.state.StateLockedError
         Another run is using the same extrema JSON (lock ``<extrema JSON>.lock``).
     """
@@ -876,7 +884,14 @@ def compute_global_extrema(
     if not 0.0 <= float(max_percentile) <= 100.0:
         raise ValueError("max_percentile must be within [0, 100]")
     root = Path(directory_path)
-    json_path = Path(extrema_json_path) if extrema_json_path else root / "extrema.json"
+    # default: the current folder (as the original FAST_calculated_extrema.json), never the input
+    json_path = Path(extrema_json_path) if extrema_json_path else Path.cwd() / "extrema.json"
+    if not extrema_json_path and json_path.parent.resolve().is_relative_to(root.resolve()):
+        raise ValueError(
+            f"the default extrema.json/reduced.zarr would go in the current folder "
+            f"{json_path.parent}, inside the input folder {root}, which is never written: "
+            "run from another folder or pass extrema_json_path= (and cache_path=)"
+        )
     json_path.parent.mkdir(parents=True, exist_ok=True)
     cache = ReducedCache(cache_path or json_path.parent / "reduced.zarr")
     cats = normalize_categories(categories)

@@ -48,7 +48,11 @@ from fastspectro_dask.errors import (
     error_reason,
 )
 from fastspectro_dask.extrema import compute_global_extrema, extrema_for_rows
-from fastspectro_dask.logbuffer import buffered_file_logging, forward_worker_logs
+from fastspectro_dask.logbuffer import (
+    buffered_file_logging,
+    forward_worker_logs,
+    unforward_worker_logs,
+)
 from fastspectro_dask.reduce import SOURCE_VARIABLE, PadSpec, normalize_categories
 from fastspectro_dask.sandbox import run_with_timeout, stop_calls
 from fastspectro_dask.state import (
@@ -567,7 +571,8 @@ def FAST_plot_spectrograms_directory(
             variable,
             summary.dashboard_link,
         )
-        forward_worker_logs(dask_client)
+        if forward_worker_logs(dask_client) and client is not None:
+            stack.callback(unforward_worker_logs, dask_client)  # the user's client outlives us
         if ignore_progress_json:
             store.reset()
 
@@ -944,10 +949,8 @@ def _stop_renders(client, keys: list[str]) -> None:
 
 
 def _classify(exc: BaseException) -> str:
-    """Error category of a task's exception (Dask's own errors by class name: this layer
-    must not depend on where distributed defines them)."""
-    if type(exc).__name__ in ("KilledWorker", "FutureCancelledError", "CancelledError"):
-        return "worker-lost"  # the task's worker died, or the cluster dropped the task
+    """Error category of a task's exception: :func:`~fastspectro_dask.errors.error_reason`,
+    the one classification, also used by the extrema ledger."""
     return error_reason(exc)
 
 

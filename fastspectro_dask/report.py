@@ -18,8 +18,11 @@ scan even for a mission of ~51,000 orbits (small PNG thumbnails would cost a dec
 resize and encode per figure, hours for a mission, and could go stale), and it always
 shows the figures as they are. Every link is relative, so the folder can be copied or
 served as is. Long runs are split into pages of ``page_size`` orbits (``index.html``,
-``index-2.html``, ...). All text is HTML-escaped. The run-summary file is the only one
-written besides the pages; the state files are only read, never moved or rewritten.
+``index-2.html``, ...). The pages are rendered from the Jinja2 template
+``fastspectro_dask/templates/report.html.j2`` with autoescape on, so every value from the
+folder (file names, error messages, state contents) is HTML-escaped. The run-summary file is
+the only one written besides the pages; the state files are only read, never moved or
+rewritten.
 
 """
 
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import functools
 import html
 import json
 import logging
@@ -39,6 +43,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
+
+import jinja2
+from markupsafe import Markup
 
 from fastspectro_dask.discovery import INSTRUMENTS
 from fastspectro_dask.state import atomic_write_json
@@ -78,9 +85,33 @@ _ERROR_RE = re.compile(
 _COMPLETED_RE = re.compile(r"^(?P<y>linear|log)_(?P<z>linear|log)_completed$")
 
 
-def _e(value: Any) -> str:
-    """HTML-escaped text of a value (quotes too: safe in attributes)."""
-    return html.escape(str(value), quote=True)
+#: The template of a report page, in ``fastspectro_dask/templates``.
+_TEMPLATE = "report.html.j2"
+
+
+def _html_text(value: Any) -> Markup:
+    """Escape a template value as :func:`html.escape` does (quotes too).
+
+    The template environment autoescapes; this ``finalize`` hook only picks the entity
+    spelling (``&quot;``, ``&#x27;``, as the reports before the templates had). Values that
+    are already markup pass through unchanged.
+    """
+    if hasattr(value, "__html__"):
+        return Markup(value)
+    return Markup(html.escape(str(value), quote=True))
+
+
+@functools.lru_cache(maxsize=1)
+def _template() -> jinja2.Template:
+    """The page template, loaded once per process from the package."""
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("fastspectro_dask", "templates"),
+        autoescape=True,
+        finalize=_html_text,
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
+    return env.get_template(_TEMPLATE)
 
 
 def _num(value: Any) -> str:
@@ -270,28 +301,9 @@ def _rel_link(target: str | os.PathLike[str] | None, root: Path) -> str | None:
     return quote(rel.as_posix()) if path.exists() else None
 
 
-_CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:1.5em;color:#222}
-h1{font-size:1.5em;margin-bottom:.2em} h2{font-size:1.2em;margin-top:1.6em}
-table{border-collapse:collapse;margin:.5em 0} th,td{border:1px solid #ccc;padding:.25em .5em;
-vertical-align:top;text-align:left} th{background:#f2f2f2} td.n{text-align:right;
-font-variant-numeric:tabular-nums} .muted{color:#666} .errors{color:#a00000}
-td{white-space:nowrap}
-div.orbit{border-left:5px solid #2a2;padding:.1em 0 .1em .7em;margin:1em 0}
-div.orbit.err{border-left-color:#c00} div.orbit h3{margin:.1em 0 .3em;font-size:1.05em}
-div.figs{display:flex;flex-wrap:wrap;gap:.6em}
-figure{margin:0} figcaption{font-size:.8em;color:#444}
-img{border:1px solid #ddd;background:#fafafa;height:auto;display:block}
-nav{margin:.6em 0} nav a{margin-right:.6em} ul.errs{margin:.2em 0 .5em;padding-left:1.2em}
-"""
-
-
-def _summary_rows(summaries: Sequence[Mapping[str, Any]]) -> list[str]:
-    rows = [
-        "<table class='runs'><tr><th>scales</th><th>orbits</th><th>done</th><th>skipped</th>"
-        "<th>errors</th><th>figures written</th><th>wall s</th><th>figures/s</th>"
-        "<th>status</th></tr>"
-    ]
+def _run_rows(summaries: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """The last run's summaries (one per scale combination) as table cells."""
+    rows = []
     for s in summaries:
         errors = ", ".join(f"{k} {v}" for k, v in sorted((s.get("errors") or {}).items()))
         wall = float(s.get("wall_seconds") or 0.0)
@@ -300,17 +312,18 @@ def _summary_rows(summaries: Sequence[Mapping[str, Any]]) -> list[str]:
             fps = (s.get("figures_written") or 0) / wall if wall else 0.0
         status = f"interrupted ({s.get('signal') or '?'})" if s.get("interrupted") else "finished"
         rows.append(
-            "<tr>"
-            f"<td>{_e(s.get('scales', ''))}</td>"
-            f"<td class='n'>{_e(s.get('orbits_total', ''))}</td>"
-            f"<td class='n'>{_e(s.get('orbits_completed', ''))}</td>"
-            f"<td class='n'>{_e(s.get('orbits_skipped', ''))}</td>"
-            f"<td>{_e(errors or '0')}</td>"
-            f"<td class='n'>{_e(s.get('figures_written', ''))}</td>"
-            f"<td class='n'>{wall:.1f}</td><td class='n'>{float(fps):.2f}</td>"
-            f"<td>{_e(status)}</td></tr>"
+            {
+                "scales": str(s.get("scales", "")),
+                "orbits_total": str(s.get("orbits_total", "")),
+                "orbits_completed": str(s.get("orbits_completed", "")),
+                "orbits_skipped": str(s.get("orbits_skipped", "")),
+                "errors": errors or "0",
+                "figures_written": str(s.get("figures_written", "")),
+                "wall": f"{wall:.1f}",
+                "fps": f"{float(fps):.2f}",
+                "status": status,
+            }
         )
-    rows.append("</table>")
     return rows
 
 
@@ -318,12 +331,10 @@ def _inst_key(inst: str) -> int:
     return INSTRUMENTS.index(inst) if inst in INSTRUMENTS else len(INSTRUMENTS)
 
 
-def _extrema_section(extrema: Mapping[str, Any] | None) -> list[str]:
+def _extrema_context(extrema: Mapping[str, Any] | None) -> dict[str, Any]:
     """The limits per instrument (with provenance), then per pitch-angle category."""
-    out = ["<h2 id='extrema'>Extrema used</h2>"]
     if not extrema or not extrema.get("results"):
-        out.append("<p class='muted'>no extrema.json with results in this folder.</p>")
-        return out
+        return {"instruments": []}
     params = extrema.get("params") or {}
     note = [f"variable {params.get('variable', '?')}"]
     note.append("complete" if extrema.get("complete") else "INCOMPLETE (an interrupted run)")
@@ -331,35 +342,39 @@ def _extrema_section(extrema: Mapping[str, Any] | None) -> list[str]:
         note.append(f"written {extrema['updated_utc']}")
     if extrema.get("input_root"):
         note.append(f"input {extrema['input_root']}")
-    out.append(f"<p class='muted'>{_e('; '.join(note))}. Values in linear physical units.</p>")
     results = extrema["results"]
     prov = extrema.get("provenance") or {}
     insts = sorted(results, key=_inst_key)
-    # the instrument grid's rows (category "all") with their provenance
-    out.append(
-        "<table class='extrema-instruments'><tr><th>instrument</th><th>y_min</th>"
-        "<th>y_max</th><th>z_min</th><th>z_max</th><th>z_max percentile</th><th>samples</th>"
-        "<th>orbits covered</th><th>orbit range</th><th>files counted</th>"
-        "<th>files with errors</th></tr>"
-    )
+    instruments = []  # the instrument grid's rows (category "all") with their provenance
+    categories = []
     for inst in insts:
         cats = results[inst] or {}
         r = cats.get("all") or next(iter(cats.values()), None) or {}
         p = prov.get(inst) or {}
-        rng = f"{_num(p.get('first_orbit'))}{_DASH}{_num(p.get('last_orbit'))}"
-        out.append(
-            f"<tr><td>{_e(inst)}</td>"
-            + "".join(
-                f"<td class='n'>{_e(_num(r.get(k)))}</td>"
-                for k in ("y_min", "y_max", "z_min", "z_max")
-            )
-            + f"<td class='n'>{_e(_num(p.get('percentile')))}</td>"
-            f"<td class='n'>{_e(_num(p.get('sample_count', r.get('n_samples'))))}</td>"
-            f"<td class='n'>{_e(_num(p.get('orbits_covered')))}</td><td>{_e(rng)}</td>"
-            f"<td class='n'>{_e(_num(p.get('files_counted')))}</td>"
-            f"<td class='n'>{_e(_num(p.get('files_with_errors')))}</td></tr>"
+        instruments.append(
+            {
+                "instrument": inst,
+                "numbers": [
+                    *(_num(r.get(k)) for k in ("y_min", "y_max", "z_min", "z_max")),
+                    _num(p.get("percentile")),
+                    _num(p.get("sample_count", r.get("n_samples"))),
+                    _num(p.get("orbits_covered")),
+                ],
+                "orbit_range": f"{_num(p.get('first_orbit'))}{_DASH}{_num(p.get('last_orbit'))}",
+                "files": [_num(p.get("files_counted")), _num(p.get("files_with_errors"))],
+            }
         )
-    out.append("</table>")
+        for cat, rc in cats.items():
+            rc = rc or {}
+            categories.append(
+                {
+                    "instrument": inst,
+                    "category": cat,
+                    "numbers": [
+                        _num(rc.get(k)) for k in ("y_min", "y_max", "z_min", "z_max", "n_samples")
+                    ],
+                }
+            )
     rules = {
         f"z_min: {p.get('z_min_rule')}; y_max: energy below which "
         f"{_num(p.get('y_max_fraction'))} of the positive samples lie"
@@ -367,86 +382,52 @@ def _extrema_section(extrema: Mapping[str, Any] | None) -> list[str]:
         if p and p.get("z_min_rule")
     }
     method = next((p.get("method") for p in prov.values() if p and p.get("method")), None)
-    out.append("<details><summary>per pitch-angle category (the pitch-angle grids' rows)</summary>")
-    out.append(
-        "<table class='extrema'><tr><th>instrument</th><th>category</th><th>y_min</th>"
-        "<th>y_max</th><th>z_min</th><th>z_max</th><th>samples</th></tr>"
-    )
-    for inst in insts:
-        for cat, r in (results[inst] or {}).items():
-            r = r or {}
-            out.append(
-                f"<tr><td>{_e(inst)}</td><td>{_e(cat)}</td>"
-                + "".join(
-                    f"<td class='n'>{_e(_num(r.get(k)))}</td>"
-                    for k in ("y_min", "y_max", "z_min", "z_max", "n_samples")
-                )
-                + "</tr>"
-            )
-    out.append("</table>")
-    for rule in sorted(rules):
-        out.append(f"<p class='muted'>{_e(rule)}</p>")
-    if method:
-        out.append(f"<p class='muted'>method: {_e(method)}</p>")
-    out.append("</details>")
-    return out
+    return {
+        "note": "; ".join(note),
+        "instruments": instruments,
+        "categories": categories,
+        "rules": sorted(rules),
+        "method": method,
+    }
 
 
-def _orbit_block(
-    orbit: int,
-    figures: Sequence[FigureFile],
-    errors: Sequence[_Error],
-    width: int,
-    lazy: bool = True,
-) -> str:
-    """One orbit: a heading, its errors, its figures (each linking to the full image)."""
-    month = next((f.month for f in figures if f.month), "")
-    parts = [
-        f"<div class='orbit {'err' if errors else 'ok'}' id='orbit-{orbit}'>",
-        f"<h3>orbit {orbit} <span class='muted'>{_e(month)}</span></h3>",
-    ]
-    if errors:
-        items = "".join(
-            f"<li><b>{_e(e.instrument)}</b> {_e(e.reason)} "
-            f"<span class='muted'>({_e(_scale_label(e.scales))})</span>"
-            + (f": {_e(e.detail)}" if e.detail else "")
-            + "</li>"
-            for e in errors
-        )
-        parts.append(f"<ul class='errs errors'>{items}</ul>")
-    cells = []
-    load = " loading='lazy' decoding='async'" if lazy else ""
+def _orbit_context(
+    orbit: int, figures: Sequence[FigureFile], errors: Sequence[_Error], lazy: bool
+) -> dict[str, Any]:
+    """One orbit: its errors and its figures (each linking to the full image)."""
+    figs = []
     for f in figures:
-        url = _e(quote(f.rel))
         caption = f"{f.product} · {_scale_label(f.scales)}"
-        cells.append(
-            f"<figure><a href='{url}'><img src='{url}' width='{width}'{load} "
-            f"alt='{_e(f'orbit {orbit} {caption}')}'></a>"
-            f"<figcaption>{_e(caption)}</figcaption></figure>"
-        )
-    parts.append(
-        f"<div class='figs'>{''.join(cells)}</div>" if cells else "<p class='muted'>no figure</p>"
-    )
-    parts.append("</div>")
-    return "".join(parts)
+        figs.append({"url": quote(f.rel), "caption": caption, "alt": f"orbit {orbit} {caption}"})
+    return {
+        "orbit": orbit,
+        "month": next((f.month for f in figures if f.month), ""),
+        "errors": [
+            {
+                "instrument": e.instrument,
+                "reason": e.reason,
+                "scales": _scale_label(e.scales),
+                "detail": e.detail,
+            }
+            for e in errors
+        ],
+        "figures": figs,
+        "lazy": lazy,
+    }
 
 
 def _page_name(n: int) -> str:
     return REPORT_NAME if n == 1 else f"index-{n}.html"
 
 
-def _nav(n: int, pages: int, orbit_pages: Sequence[tuple[int, int]]) -> str:
-    if pages <= 1:
-        return ""
-    links = []
-    for k in range(1, pages + 1):
-        lo, hi = orbit_pages[k - 1]
-        label = f"{lo}{_DASH}{hi}"
-        if k == n:
-            links.append(f"<b>{_e(label)}</b>")
-        else:
-            links.append(f"<a href='{_e(_page_name(k))}'>{_e(label)}</a>")
-    return f"<nav>orbits: {' '.join(links)}</nav>"
+def _nav(n: int, orbit_pages: Sequence[tuple[int, int]]) -> list[dict[str, str | None]]:
+    """Links to the pages (none for a single page); the current one without a link."""
+    if len(orbit_pages) <= 1:
+        return []
+    return [
+        {"label": f"{lo}{_DASH}{hi}", "href": None if k == n else _page_name(k)}
+        for k, (lo, hi) in enumerate(orbit_pages, start=1)
+    ]
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
@@ -557,50 +538,13 @@ def write_run_report(
     reasons: Counter[str] = Counter(e.reason for es in errors.values() for e in es)
     title = title or f"FAST ESA spectrograms: {root.resolve().name}"
 
-    head = [
-        "<!DOCTYPE html>",
-        "<html lang='en'><head><meta charset='utf-8'>",
-        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
-        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>",
-        f"<h1>{_e(title)}</h1>",
-        f"<p class='muted'>report written {_e(now)}"
-        + (
-            f"; progress.json written {_e(progress['updated_utc'])}"
-            if progress.get("updated_utc")
-            else ""
-        )
-        + f"; folder {_e(root.resolve())}</p>",
-    ]
-    header = ["<h2 id='summary'>Summary</h2>", "<table class='counts'>"]
-    header.append(f"<tr><th>orbits</th><td class='n'>{len(orbits)}</td></tr>")
-    header.append(f"<tr><th>figures</th><td class='n'>{n_figures}</td></tr>")
-    header.append(
-        f"<tr><th>orbits with errors</th><td class='n'>{sum(1 for o in orbits if o in errors)}"
-        "</td></tr>"
-    )
-    header.append(
-        "<tr><th>errors (orbit, instrument)</th><td>"
-        + _e(", ".join(f"{r} {n}" for r, n in sorted(reasons.items())) or "none")
-        + "</td></tr>"
-    )
-    header.append("<tr><th>scales</th><td>")
-    parts = []
+    scale_lines = []
     for s in scales:
         done = len(completed.get(s, ()))
         n_fig = sum(1 for fs in figures.values() for f in fs if f.scales == s)
         mark = progress.get(f"{s}_last_orbit")
-        parts.append(
+        scale_lines.append(
             f"{_scale_label(s)}: {done} orbits completed, {n_fig} figures, watermark {_num(mark)}"
-        )
-    header.append("<br>".join(_e(p) for p in parts) or "none")
-    header.append("</td></tr></table>")
-    if runs:
-        when = saved.get("finished_utc")
-        header.append(
-            "<p>Last run"
-            + (f" (finished {_e(when)})" if when else "")
-            + ":</p>"
-            + "".join(_summary_rows(runs))
         )
     links = []
     for label, target in (
@@ -611,30 +555,42 @@ def write_run_report(
     ):
         url = _rel_link(target, root)
         if url:
-            links.append(f"<a href='{_e(url)}'>{_e(label)}</a>")
-    if links:
-        header.append(f"<p>{' · '.join(links)}</p>")
+            links.append({"label": label, "href": url})
+    common = {
+        "title": title,
+        "written": now,
+        "progress_written": progress.get("updated_utc"),
+        "folder": str(root.resolve()),
+        "counts": {
+            "orbits": len(orbits),
+            "figures": n_figures,
+            "orbits_with_errors": sum(1 for o in orbits if o in errors),
+            "errors": ", ".join(f"{r} {n}" for r, n in sorted(reasons.items())) or "none",
+        },
+        "scale_lines": scale_lines,
+        "runs": _run_rows(runs),
+        "runs_finished": saved.get("finished_utc"),
+        "links": links,
+        "n_orbits": len(orbits),
+        "width": width,
+    }
+    extrema_context = _extrema_context(extrema)
 
     chunks = [orbits[i : i + int(page_size)] for i in range(0, len(orbits), int(page_size))]
     chunks = chunks or [[]]
     ranges = [(c[0], c[-1]) if c else (0, 0) for c in chunks]
+    template = _template()
     for n, chunk in enumerate(chunks, start=1):
-        body = list(head)
-        body += header
-        if n == 1:
-            body += _extrema_section(extrema)
-        body.append(f"<h2 id='orbits'>Orbits ({len(orbits)})</h2>")
-        body.append(_nav(n, len(chunks), ranges))
-        if chunk:
-            body += [
-                _orbit_block(o, figures.get(o, []), errors.get(o, []), width, k >= _EAGER_ORBITS)
+        page = template.render(
+            **common,
+            extrema=extrema_context if n == 1 else None,
+            pages=_nav(n, ranges),
+            orbits=[
+                _orbit_context(o, figures.get(o, []), errors.get(o, []), k >= _EAGER_ORBITS)
                 for k, o in enumerate(chunk)
-            ]
-        else:
-            body.append("<p class='muted'>no orbit yet.</p>")
-        body.append(_nav(n, len(chunks), ranges))
-        body.append("</body></html>\n")
-        _write_text_atomic(root / _page_name(n), "\n".join(b for b in body if b))
+            ],
+        )
+        _write_text_atomic(root / _page_name(n), page)
     # pages of an earlier, longer report
     for stale in root.glob("index-*.html"):
         m = re.fullmatch(r"index-(\d+)\.html", stale.name)

@@ -647,9 +647,11 @@ def test_flushes_of_a_real_run_append_only_their_orbits(small_mission, tmp_path,
 
 
 def test_second_concurrent_run_is_refused(small_mission, tmp_path):
-    """One writer per extrema JSON: the journal is append-only."""
-    from fastspectro_dask.state import StateLock, StateLockedError
+    """One writer per extrema JSON: the journal is append-only. The error is public."""
+    from fastspectro_dask import FastSpectroError, StateLockedError
+    from fastspectro_dask.state import StateLock
 
+    assert issubclass(StateLockedError, FastSpectroError)
     with StateLock(tmp_path / "extrema.json"), pytest.raises(StateLockedError, match="PID"):
         run(small_mission, tmp_path)
     assert not (tmp_path / "extrema.json").exists()
@@ -672,3 +674,63 @@ def test_retrace_channel_is_dropped_unless_kept(small_mission, full_state, tmp_p
         kept["results"]["ees"]["all"]["n_samples"]
         > full_state["results"]["ees"]["all"]["n_samples"]
     )
+
+
+def _listing(root: Path) -> dict[str, tuple]:
+    """Every entry under ``root`` with its kind, size, mtime and mode."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            st = path.lstat()
+            out[path.relative_to(root).as_posix()] = (
+                path.is_dir(),
+                st.st_size,
+                st.st_mtime_ns,
+                st.st_mode,
+            )
+    return out
+
+
+def _chmod_tree(root: Path, dir_mode: int, file_mode: int) -> None:
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for name in filenames:
+            os.chmod(Path(dirpath) / name, file_mode)
+        os.chmod(dirpath, dir_mode)
+
+
+def test_default_paths_keep_the_input_folder_untouched(tmp_path, monkeypatch):
+    """Without paths, extrema.json, its lock and ledger and reduced.zarr go in the current
+    directory (as the original FAST_calculated_extrema.json), never in the input folder,
+    which may be a read-only archive."""
+    data = tmp_path / "archive"
+    write_synthetic_dataset(data, orbits=2, records=16, seed=5)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    _chmod_tree(data, 0o555, 0o444)  # (root ignores the modes: the listing is the check)
+    try:
+        before = _listing(data)
+        state = compute_global_extrema(data)
+        assert _listing(data) == before
+    finally:
+        _chmod_tree(data, 0o755, 0o644)
+    assert state["ees_linear_log_z_max"] > 0
+    assert (work / "extrema.json").is_file() and (work / "extrema.ledger.jsonl").is_file()
+    assert (work / "reduced.zarr" / "zarr.json").is_file()
+    assert json.loads((work / "extrema.json").read_text())["complete"]
+    assert not discover(data).unrecognized  # the next discover sees only the data
+
+
+def test_default_paths_inside_the_input_folder_are_refused(tmp_path, monkeypatch):
+    data = tmp_path / "archive"
+    write_synthetic_dataset(data, orbits=1, records=16, seed=5)
+    inside = next(p for p in data.rglob("*") if p.is_dir())
+    for cwd in (data, inside):
+        monkeypatch.chdir(cwd)
+        before = _listing(data)
+        with pytest.raises(ValueError, match="never written"):
+            compute_global_extrema(data)
+        assert _listing(data) == before
+    state = compute_global_extrema(data, extrema_json_path=tmp_path / "elsewhere" / "e.json")
+    assert state["complete"] and (tmp_path / "elsewhere" / "reduced.zarr").is_dir()

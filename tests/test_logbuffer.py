@@ -165,3 +165,58 @@ def test_worker_logs_forwarded_to_file(tmp_path: Path, pkg_logger) -> None:
     assert m.group("name") == "fastspectro_dask.something"
     assert m.group("msg") == f"hello from pid {pid}"
     assert "[worker tcp://" in got[0]
+
+
+def _worker_plugins(dask_worker) -> list[str]:
+    return sorted(dask_worker.plugins)
+
+
+def test_pipeline_undoes_forwarding_on_a_users_client(
+    tmp_path: Path, pkg_logger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pipeline forwards worker logs for its run; on a client the user gave it (which
+    outlives the run) it undoes that at the end: no plugin of ours is left on the workers
+    (so they publish no record for it), and the client stays open."""
+    distributed = pytest.importorskip("distributed")
+    import dask
+
+    from fastspectro_dask.pipeline import FAST_plot_spectrograms_directory
+    from fastspectro_dask.synth import write_synthetic_dataset
+
+    write_synthetic_dataset(tmp_path / "data", orbits=1, records=16, seed=5, instruments=("ees",))
+    ours = {"forward-logging-fastspectro_dask", "fastspectro-log-level-fastspectro_dask"}
+    with (
+        dask.config.set({"distributed.worker.daemon": False}),
+        distributed.LocalCluster(
+            n_workers=1,
+            processes=True,
+            threads_per_worker=1,
+            dashboard_address=":0",
+            silence_logs=logging.ERROR,
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        before = client.run(_worker_plugins)
+        assert not ours & {p for ps in before.values() for p in ps}
+
+        forwarded_during_run = []
+
+        def spy(c: object) -> bool:
+            ok = forward_worker_logs(c)
+            forwarded_during_run.append(set(client.run(_worker_plugins).popitem()[1]))
+            return ok
+
+        monkeypatch.setattr("fastspectro_dask.pipeline.forward_worker_logs", spy)
+        summary = FAST_plot_spectrograms_directory(
+            tmp_path / "data",
+            tmp_path / "out",
+            products=("instruments",),
+            client=client,
+            progress_bar=False,
+            install_signal_handlers=False,
+        )
+        assert summary.figures_written == 1
+        assert forwarded_during_run and ours <= forwarded_during_run[0]  # it did forward
+        after = client.run(_worker_plugins)
+        assert after == before  # and undid it
+        assert client.status == "running"  # the user's client stays open

@@ -276,6 +276,45 @@ def test_text_is_escaped(tmp_path):
     assert f"{evil} generic" in page.orbit_text[20001]  # shown as text
 
 
+def test_hostile_file_name_and_error_message_are_escaped(tmp_path):
+    """A figure whose file name and an error message that carry markup show as text:
+    the templates autoescape every value (no tag, no attribute breakout)."""
+    hostile = "<script>alert(1)<!--'\"&"
+    out = tmp_path / "out"
+    fig = _fake_figure(out, 20002, product=hostile)
+    bad = "/archive/<script>alert(2)<'.cdf"
+    progress = {
+        "ees_log_log_error-invalid-cdf": [20002],
+        "ees_log_log_error-invalid-cdf_files": {"20002": {"path": bad}},
+        "log_log_completed": [],
+    }
+    (out / "progress.json").write_text(json.dumps(progress))
+    message = f"InvalidCDFError: {bad}: <script>alert(3)</script> in the header"
+    (out / "extrema.json").write_text(
+        json.dumps(
+            {
+                "complete": True,
+                "input_root": "/archive",
+                "errors": {"<script>alert(2)<'.cdf": message},
+                "params": {"variable": "data"},
+                "results": {"ees": {"all": {"y_min": 1.0, "y_max": 2.0, "n_samples": 3}}},
+                "provenance": {"ees": {"method": "<script>alert(4)</script>"}},
+            }
+        )
+    )
+    text = write_run_report(out).read_text()
+    assert "<script" not in text.lower() and "<!--" not in text
+    assert text.count("&lt;script&gt;alert(") >= 4  # caption, alt, error, method
+    page = parse(out / "index.html")
+    [img] = page.imgs
+    assert (out / unquote(img["src"])) == fig  # the link still finds the file
+    assert img["alt"] == f"orbit 20002 {hostile} \u00b7 y log, z log"  # one attribute, intact
+    shown = page.orbit_text[20002]
+    assert "ees invalid-cdf" in shown
+    assert "<script>alert(2)<'.cdf: <script>alert(3)</script> in the header" in shown
+    assert hostile in shown  # the caption, as text
+
+
 def test_pages_and_stale_pages(tmp_path):
     for orbit in range(30001, 30006):
         _fake_figure(tmp_path, orbit)
@@ -359,6 +398,7 @@ def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
 def test_report_in_headless_chromium(run_output, tmp_path):
     requests: list[tuple[str, int]] = []

@@ -1100,6 +1100,12 @@ def FAST_plot_instrument_grid(
         The orbit's ``fa_k0_orb`` ephemeris (:func:`fastspectro_dask.ephemeris.read_ephemeris`):
         label rows ALT (km), ILAT (deg), MLT (h) under the UT tick labels (blank beyond the
         file's span), and the hemisphere for the pitch-angle row names.
+    engine : {"reference", "fast"}
+        ``reference`` (default here): a fresh matplotlib Figure (QuadMesh panels) that the
+        caller may still change. ``fast``: the engine of :mod:`fastspectro_dask.draw` (the
+        layout built once per process and reused, panels written as rasters; 5-6x faster,
+        what the batch pipeline uses) returning a :class:`~fastspectro_dask.draw.RasterFigure`
+        for :func:`save_figure`; figures with marked intervals fall back to ``reference``.
 
     Returns
     -------
@@ -1332,7 +1338,7 @@ def FAST_plot_pitch_angle_grid(
         For the title; default from the Dataset attributes.
     figsize, dpi, layout, intervals, zoom_duration_minutes, percentile
         As for :func:`FAST_plot_instrument_grid`.
-    squeeze_gaps_minutes, ephemeris
+    squeeze_gaps_minutes, ephemeris, engine
         As for :func:`FAST_plot_instrument_grid`. With an ephemeris, the rows centred on
         0 and 180 deg are also named downgoing/upgoing for the hemisphere (by the sign of
         ILAT over the drawn data).
@@ -1459,7 +1465,9 @@ def FAST_plot_pad(
         Energy window in eV for raw Datasets (default: all valid channels).
     shift90 : bool
         Draw -90..270 deg instead of 0..360 deg.
-    Other parameters
+    colormap, instrument_order, orbit_number, figsize, dpi, layout, intervals
+        As for :func:`FAST_plot_instrument_grid`.
+    zoom_duration_minutes, percentile, squeeze_gaps_minutes, ephemeris, engine
         As for :func:`FAST_plot_instrument_grid`.
 
     Returns

@@ -83,8 +83,14 @@ def reduce_file(
     retrace: bool = False,
     pad: PadSpec | None = None,
 ) -> xr.Dataset:
-    """Open one CDF file and reduce it in memory (synchronously: called inside tasks)."""
-    from fastspectro_dask.io import open_esa
+    """Read one CDF file straight into NumPy and reduce it in memory (called inside tasks).
+
+    No dask at all: :func:`~fastspectro_dask.io.load_esa` decodes each needed variable
+    once and :func:`~fastspectro_dask.reduce.reduce_dataset` takes its NumPy path, so the
+    result equals ``reduce_dataset(open_esa(path), ...).compute()`` without a nested
+    graph computed inside the calling task.
+    """
+    from fastspectro_dask.io import load_esa
     from fastspectro_dask.reduce import SOURCE_VARIABLE, reduce_dataset
 
     wanted = [SOURCE_VARIABLE[variable], "pitch_angle", "domega", "energy_full", "time_delta"]
@@ -92,10 +98,8 @@ def reduce_file(
         wanted.append("time_integ")
     if pad is not None and variable == "eflux":
         wanted.append("denergy_full")
-    ds = open_esa(path, variables=wanted)
-    return reduce_dataset(
-        ds, variable=variable, categories=categories, retrace=retrace, pad=pad
-    ).compute(scheduler="synchronous")
+    ds = load_esa(path, variables=wanted)
+    return reduce_dataset(ds, variable=variable, categories=categories, retrace=retrace, pad=pad)
 
 
 def _params_digest(

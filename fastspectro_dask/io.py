@@ -30,7 +30,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -38,12 +37,13 @@ from typing import Any
 import cdflib
 import numpy as np
 import xarray as xr
-from xarray.backends import BackendArray, BackendEntrypoint
+from xarray.backends import BackendArray, BackendEntrypoint, CachingFileManager
+from xarray.backends.locks import SerializableLock
 from xarray.core import indexing
 
 from fastspectro_dask.errors import InvalidCDFError
 
-__all__ = ["BIG_VARIABLES", "FastEsaBackendEntrypoint", "open_esa"]
+__all__ = ["BIG_VARIABLES", "FastEsaBackendEntrypoint", "load_esa", "open_esa"]
 
 logger = logging.getLogger(__name__)
 
@@ -223,15 +223,68 @@ def _plain(value: Any) -> Any:
 # --------------------------------------------------------------------------------------
 
 
+class _CdfFile:
+    """An open :class:`cdflib.CDF` with the ``close()`` that xarray's file managers call.
+
+    cdflib's reader has no ``close()``: it keeps a file handle (and, for a
+    whole-file-compressed CDF, a decompressed temporary copy, deleted when the object
+    dies) for as long as the object lives.
+    """
+
+    __slots__ = ("cdf",)
+
+    def __init__(self, path: str) -> None:
+        self.cdf: cdflib.CDF | None = _open_cdf(Path(path))
+
+    def close(self) -> None:
+        cdf, self.cdf = self.cdf, None
+        handle = getattr(cdf, "_f", None)
+        if handle is not None and hasattr(handle, "close"):
+            handle.close()
+
+
+class _Source:
+    """Where an array's bytes come from: a CDF handle in xarray's file cache, and a lock.
+
+    The handle is managed by :class:`xarray.backends.CachingFileManager` (xarray's
+    per-process LRU cache of open files, ``xr.set_options(file_cache_maxsize=...)``):
+    it opens on first use, is reopened after eviction, and pickles as the path, so a
+    Dask worker opens its own handle. A cdflib reader seeks and reads one shared file
+    object, so reads of one opened file are serialised by a
+    :class:`~xarray.backends.locks.SerializableLock` (which pickles too); different files
+    decode in parallel.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lock = SerializableLock()
+        self.manager = CachingFileManager(_CdfFile, str(path), lock=self.lock)
+
+    def varget(self, name: str, **kw: Any) -> np.ndarray:
+        """``_read`` of one variable (InvalidCDFError naming the file on failure)."""
+        with self.lock:
+            cdf = self.manager.acquire(needs_lock=False).cdf
+            return _read(cdf, self.path, name, **kw)
+
+    def cdf(self) -> cdflib.CDF:
+        """The open reader (callers hold :attr:`lock` while they use it)."""
+        return self.manager.acquire(needs_lock=False).cdf
+
+    def close(self) -> None:
+        self.manager.close()
+
+
 class _LazyAttrs(dict):
     """Variable attributes, read from the CDF on first use (cdflib reads them slowly)."""
 
-    def __init__(self, cdf: cdflib.CDF) -> None:
+    def __init__(self, source: _Source) -> None:
         super().__init__()
-        self._cdf = cdf
+        self._source = source
 
     def __missing__(self, name: str) -> dict[str, Any]:
-        value = {k: _plain(a) for k, a in (self._cdf.varattsget(name) or {}).items()}
+        with self._source.lock:
+            raw = self._source.cdf().varattsget(name) or {}
+        value = {k: _plain(a) for k, a in raw.items()}
         self[name] = value
         return value
 
@@ -242,15 +295,27 @@ class _FileInfo:
     def __init__(self, path: Path, big: Iterable[str], wanted: set[str] | None = None) -> None:
         self.path = path
         self.size = _check_container(path)
-        cdf = _open_cdf(path)
+        self.source = _Source(path)
+        #: Small record-varying variables read here, kept so they are never read twice.
+        self.preread: dict[str, np.ndarray] = {}
         try:
-            self._inspect(cdf, tuple(big), wanted)
-        except InvalidCDFError:
-            raise
-        except Exception as exc:  # garbage inside a CDF container
+            # a new manager: no other thread has this handle yet, so no lock (the
+            # attributes read here take it themselves)
+            self._inspect(self.source.cdf(), tuple(big), wanted)
+        except Exception as exc:
+            self.source.close()
+            if isinstance(exc, (InvalidCDFError, FileNotFoundError)):
+                raise
+            # garbage inside a CDF container
             raise InvalidCDFError(
                 path, f"unreadable CDF structure ({type(exc).__name__}: {exc})"
             ) from exc
+
+    def _read_small(self, cdf: cdflib.CDF, name: str) -> np.ndarray:
+        """Read a small per-record variable once; the Dataset reuses the array."""
+        raw = _read(cdf, self.path, name)
+        self.preread[name] = raw
+        return raw
 
     def _inspect(self, cdf: cdflib.CDF, big: tuple[str, ...], wanted: set[str] | None) -> None:
         path = self.path
@@ -272,7 +337,7 @@ class _FileInfo:
             }
             names = [v for v in names if v in keep]
         self.inq = {v: cdf.varinq(v) for v in names}
-        self.attrs = _LazyAttrs(cdf)
+        self.attrs = _LazyAttrs(self.source)
         self.global_attrs = {k: _plain(v) for k, v in (cdf.globalattsget() or {}).items()}
 
         n = self.inq["time_unix"].Last_Rec + 1
@@ -283,7 +348,7 @@ class _FileInfo:
                 "holds no measurements (a CDAWeb master/skeleton CDF?)",
             )
         self.n = n
-        time = _read(cdf, path, "time_unix").astype(np.float64).reshape(-1)
+        time = self._read_small(cdf, "time_unix").astype(np.float64).reshape(-1)
         fill = self.attrs["time_unix"].get("FILLVAL")
         if time.size != n:
             raise InvalidCDFError(path, f"time_unix has {time.size} values, expected {n}")
@@ -331,12 +396,12 @@ class _FileInfo:
             self.transposed[v] = self._orientation(v, self.inq[v].Dim_Sizes)
         self.big = [b for b in BIG_VARIABLES if b in self.transposed]
 
-        self.nbins = _read(cdf, path, "nbins").astype(np.int64).reshape(-1)
-        self.nenergy = _read(cdf, path, "nenergy").astype(np.int64).reshape(-1)
+        self.nbins = self._read_small(cdf, "nbins").astype(np.int64).reshape(-1)
+        self.nenergy = self._read_small(cdf, "nenergy").astype(np.int64).reshape(-1)
         # Records flagged not valid (valid == 0) carry no measurement.
         self.invalid = np.zeros(n, bool)
         if "valid" in names and self.inq["valid"].Rec_Vary and self.inq["valid"].Num_Dims == 0:
-            valid = _read(cdf, path, "valid").reshape(-1)
+            valid = self._read_small(cdf, "valid").reshape(-1)
             if valid.size == n:
                 self.invalid = valid == 0
         if (self.nbins > self.n_angle).any() or (self.nenergy > self.n_energy).any():
@@ -391,27 +456,13 @@ class _FileInfo:
 # Lazy arrays
 # --------------------------------------------------------------------------------------
 
-# cdflib.CDF objects hold an open file and cannot be pickled: each process keeps its own.
-_local = threading.local()
-
-
-def _cdf_for(path: Path) -> cdflib.CDF:
-    cache: dict[str, cdflib.CDF] = getattr(_local, "cdfs", None) or {}
-    _local.cdfs = cache
-    key = str(path)
-    cdf = cache.get(key)
-    if cdf is None:
-        if len(cache) > 16:
-            cache.clear()
-        cdf = cache[key] = _open_cdf(path)
-    return cdf
-
 
 class _RecordArray(BackendArray):
     """A record-varying CDF variable, read on demand, with fills and blocks masked."""
 
     def __init__(self, info: _FileInfo, name: str) -> None:
         self.path = info.path
+        self.source = info.source
         self.name = name
         inq = info.inq[name]
         self.cdf_type = inq.Data_Type_Description
@@ -427,6 +478,7 @@ class _RecordArray(BackendArray):
         self.nbins = info.nbins if self.is_big else None
         self.nenergy = info.nenergy if self.is_big else None
         self.invalid = info.invalid if name in _MEASURED and info.invalid.any() else None
+        self.preread = info.preread.get(name)
 
     def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
         return indexing.explicit_indexing_adapter(
@@ -453,13 +505,12 @@ class _RecordArray(BackendArray):
     def _read(self, start: int, stop: int) -> np.ndarray:
         if stop <= start:
             return np.empty((0, *self.shape[1:]), self.dtype)
-        cdf = _cdf_for(self.path)
-        kw = (
-            {}
-            if (start == 0 and stop == self.shape[0])
-            else {"startrec": start, "endrec": stop - 1}
-        )
-        raw = _read(cdf, self.path, self.name, **kw)
+        if self.preread is not None:  # read at open time: never twice
+            raw = self.preread[start:stop]
+        else:
+            whole = start == 0 and stop == self.shape[0]
+            kw = {} if whole else {"startrec": start, "endrec": stop - 1}
+            raw = self.source.varget(self.name, **kw)
         n = stop - start
         disk_shape = self.shape[1:][::-1] if self.transposed else self.shape[1:]
         try:
@@ -479,7 +530,7 @@ class _RecordArray(BackendArray):
             fill_mask = raw == raw.dtype.type(self.fill)
             if fill_mask.any():
                 if self.name == "data":  # 255 is an overflow, not a fill, in flagged records
-                    fill_mask &= ~self._overflow_records(cdf, start, stop)[:, None, None]
+                    fill_mask &= ~self._overflow_records(start, stop)[:, None, None]
                 np.copyto(out, np.nan, where=fill_mask)
         if self.is_big:
             self._mask_blocks(out, start, stop)
@@ -487,10 +538,10 @@ class _RecordArray(BackendArray):
             out[self.invalid[start:stop]] = np.nan
         return out
 
-    def _overflow_records(self, cdf: cdflib.CDF, start: int, stop: int) -> np.ndarray:
+    def _overflow_records(self, start: int, stop: int) -> np.ndarray:
         """Records whose data_quality has the counter-overflow bit (2) set."""
         try:
-            dq = np.asarray(cdf.varget("data_quality", startrec=start, endrec=stop - 1))
+            dq = self.source.varget("data_quality", startrec=start, endrec=stop - 1)
             return (dq.reshape(-1).astype(np.int64) & 2) != 0
         except Exception:
             return np.zeros(stop - start, bool)
@@ -513,6 +564,7 @@ class _TableArray(BackendArray):
 
     def __init__(self, info: _FileInfo, name: str) -> None:
         self.path = info.path
+        self.source = info.source
         self.name = name
         dims = list(info.inq[name].Dim_Sizes)
         self.shape = tuple(dims if len(dims) == 3 else [1, *dims])
@@ -525,7 +577,7 @@ class _TableArray(BackendArray):
         )
 
     def _getitem(self, key: tuple) -> np.ndarray:
-        raw = _read(_cdf_for(self.path), self.path, self.name).reshape(self.shape)
+        raw = self.source.varget(self.name).reshape(self.shape)
         out = raw.astype(np.float32)
         if self.fill is not None:
             out[raw == raw.dtype.type(self.fill)] = np.nan
@@ -564,7 +616,11 @@ def _instrument(path: Path, global_attrs: dict) -> str | None:
 
 
 def _build_dataset(
-    path: Path, variables: Iterable[str] | None, drop_variables: Iterable[str] | None
+    path: Path,
+    variables: Iterable[str] | None,
+    drop_variables: Iterable[str] | None,
+    *,
+    eager: bool = False,
 ) -> xr.Dataset:
     drop = set(drop_variables or ())
     wanted = None if variables is None else set(variables)
@@ -626,7 +682,44 @@ def _build_dataset(
     )
     ds = xr.Dataset(data_vars, coords=coords, attrs=attrs)
     ds.encoding["source"] = str(path)
+    if eager:
+        try:
+            ds = ds.load()
+        finally:
+            info.source.close()  # everything is in memory: release the handle now
     return ds
+
+
+def load_esa(
+    path: str | os.PathLike,
+    *,
+    variables: Iterable[str] | None = None,
+    drop_variables: Iterable[str] | None = None,
+) -> xr.Dataset:
+    """Read one FAST ESA L2 CDF file into memory: a NumPy-backed :class:`xarray.Dataset`.
+
+    The same Dataset as :func:`open_esa` gives (same variables, conventions and errors),
+    decoded at once, each variable read once, without dask: this is what a task that
+    reduces one file calls (no graph inside a task). The file handle is closed before
+    returning.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    variables, drop_variables : iterable of str, optional
+        As for :func:`open_esa`.
+
+    Returns
+    -------
+    xarray.Dataset
+        Variables are NumPy arrays.
+
+    Raises
+    ------
+    InvalidCDFError, FileNotFoundError
+        As :func:`open_esa`, and for corrupt compressed blocks found while decoding.
+    """
+    return _build_dataset(Path(path), variables, drop_variables, eager=True)
 
 
 def open_esa(

@@ -405,6 +405,11 @@ def _durations_of(ds: xr.Dataset) -> Any:
     return da.asarray(raw).map_blocks(record_durations, dtype=np.float64, token="reduce-time-delta")
 
 
+#: Records per block in :func:`_collapse_categories`: its float64 temporaries
+#: (``block x angle x energy``) stay in the CPU cache instead of streaming 40 MB arrays.
+_BLOCK_RECORDS = 16
+
+
 def _collapse_categories(
     values: np.ndarray,
     pitch: np.ndarray,
@@ -417,44 +422,97 @@ def _collapse_categories(
     """(category, time, energy) for one block of records; shared work done once.
 
     ``integ`` (time, 1, 1), seconds, is each sample's accumulation time (for ``rate``).
+
+    Each column (record, energy) of pitch angles over the valid bins gets its category
+    weights (:func:`_unique_weights`, computed once per distinct column); the sums over
+    angle then run record block by record block (:data:`_BLOCK_RECORDS`), in float64 and
+    in angle order, so every temporary stays in the CPU cache. The arithmetic, and so
+    every bit of the result, is that of one ``einsum`` over the whole array.
     """
     if how not in ("sum", "mean", "rate"):
         raise ValueError(f"how must be 'sum', 'mean' or 'rate', not {how!r}")
     values = np.asarray(values, dtype=np.float32)
-    pitch = np.asarray(pitch, dtype=np.float64)
+    pitch = np.asarray(pitch)
+    if pitch.dtype != np.float32:
+        pitch = pitch.astype(np.float64, copy=False)
     finite = np.isfinite(values) & np.isfinite(pitch)
     if how == "mean":
         if domega is None:
             raise ValueError("how='mean' needs domega weights")
-        domega = np.asarray(domega, dtype=np.float64)
-        finite &= np.isfinite(domega) & (domega > 0)
-        base = np.where(finite, domega, 0.0)
-    else:
-        base = finite.astype(np.float64)
-    filled = np.where(finite, values, np.float32(0))
-    # weights per column (record, energy) over the angle bins: angle last
-    t_n, a_n, e_n = values.shape
-    columns = np.where(finite, pitch, np.nan).transpose(0, 2, 1).reshape(-1, a_n)
-    uniq, inverse, valid = _distinct_columns(columns)
-    out = np.empty((len(cats), t_n, e_n))
-    for k, ranges in enumerate(cats.values()):
-        # products and sums in float64: a float32 product would underflow (tiny
-        # values) or round before the division
-        w = _unique_weights(uniq, ranges)[inverse]
-        w[~valid] = 0.0
-        w = w.reshape(t_n, e_n, a_n).transpose(0, 2, 1) * base
-        total = np.einsum("tae,tae->te", filled, w, dtype=np.float64)
-        den = w.sum(axis=1)
-        out[k] = np.nan
-        if how == "sum":
-            np.copyto(out[k], total, where=den > 0)
-            continue
-        if how == "rate":
-            if integ is None:
-                raise ValueError("how='rate' needs the accumulation time")
-            den = den * np.asarray(integ, dtype=np.float64).reshape(-1, 1)
-        np.divide(total, den, out=out[k], where=den > 0)
+        domega = np.asarray(domega)
+        if domega.dtype != np.float32:
+            domega = domega.astype(np.float64, copy=False)
+        with np.errstate(invalid="ignore"):
+            finite &= np.isfinite(domega) & (domega > 0)
+    if how == "rate":
+        if integ is None:
+            raise ValueError("how='rate' needs the accumulation time")
+        integ = np.asarray(integ, dtype=np.float64).reshape(-1, 1)
+    t_n, e_n = values.shape[0], values.shape[2]
+    uniq, inverse = _distinct_pitch_columns(pitch, finite)
+    # weights per distinct column, angle first: a take() along axis 1 gives (angle, t, e)
+    tables = [np.ascontiguousarray(_unique_weights(uniq, r).T) for r in cats.values()]
+    out = np.full((len(cats), t_n, e_n), np.nan)
+    step = _BLOCK_RECORDS
+    for t0 in range(0, t_n, step):
+        sl = slice(t0, min(t0 + step, t_n))
+        fin = finite[sl].transpose(1, 0, 2)  # (angle, t, e) views: sums run over axis 0
+        filled = np.where(fin, values[sl].transpose(1, 0, 2), np.float32(0))
+        base = np.where(fin, domega[sl].transpose(1, 0, 2), 0.0) if how == "mean" else None
+        inv = inverse[sl]
+        for k, table in enumerate(tables):
+            # products and sums in float64: a float32 product would underflow (tiny
+            # values) or round before the division
+            w = np.take(table, inv, axis=1)  # 0 where a bin is not valid
+            if base is not None:
+                w *= base
+            total = np.einsum("ate,ate->te", filled, w, dtype=np.float64)
+            den = w.sum(axis=0)
+            res = out[k, sl]
+            if how == "sum":
+                np.copyto(res, total, where=den > 0)
+                continue
+            if how == "rate":
+                den = den * integ[sl]
+            np.divide(total, den, out=res, where=den > 0)
     return out
+
+
+def _distinct_pitch_columns(pitch: np.ndarray, finite: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct columns (record, energy) of valid pitch angles, and the (t, e) inverse.
+
+    Returns ``uniq`` (n, angle), mod 360 with invalid bins as inf (as
+    :func:`_distinct_columns` gives them), and ``inverse`` (time, energy) into it.
+    Columns are grouped by a random projection computed in the arrays' own layout, and
+    the grouping is then checked exactly (an exact ``np.unique`` decides on a collision).
+    Columns that agree only after ``% 360`` may stay apart: their weights are the same.
+    """
+    t_n, a_n, e_n = pitch.shape
+    rng = np.random.default_rng(0).random(a_n)
+    probe = np.empty((t_n, e_n))
+    step = 4 * _BLOCK_RECORDS
+    for t0 in range(0, t_n, step):
+        sl = slice(t0, min(t0 + step, t_n))
+        keyed = np.where(finite[sl], pitch[sl], -1.0)
+        np.einsum("tae,a->te", keyed, rng, out=probe[sl])
+    _, first, inverse = np.unique(probe.reshape(-1), return_index=True, return_inverse=True)
+    inverse = inverse.reshape(t_n, e_n)
+    ft, fe = np.divmod(first, e_n)
+    u_fin = finite[ft, :, fe]  # (n, angle)
+    u_pitch = np.where(u_fin, pitch[ft, :, fe], np.nan)
+    for t0 in range(0, t_n, step):  # exact check: every column equals its group's first
+        sl = slice(t0, min(t0 + step, t_n))
+        inv = inverse[sl]
+        fin = finite[sl].transpose(0, 2, 1)
+        same = np.array_equal(u_fin[inv], fin) and np.array_equal(
+            u_pitch[inv][fin], pitch[sl].transpose(0, 2, 1)[fin]
+        )
+        if not same:  # a hash collision: the exact (slower) grouping
+            cols = np.where(finite, pitch.astype(np.float64), np.nan).transpose(0, 2, 1)
+            uniq, inv_all, _ = _distinct_columns(cols.reshape(-1, a_n))
+            return uniq, inv_all.reshape(t_n, e_n)
+    uniq = np.where(u_fin, u_pitch.astype(np.float64) % 360.0, np.inf)
+    return uniq, inverse
 
 
 def accumulation_times(ds: xr.Dataset) -> Any:

@@ -142,3 +142,30 @@ def test_entry_of_an_older_layout_is_not_served(
         assert cache.summary("e") is None
         with pytest.raises(KeyError):
             cache.read_values("e", 0)
+
+
+@pytest.mark.parametrize("variable", ["data", "eflux", "rate"])
+@pytest.mark.parametrize("pad", [None, (50.0, 5000.0)])
+def test_reduce_file_is_eager_and_equals_the_lazy_reduction(ees_file, variable, pad):
+    import dask
+    from dask.callbacks import Callback
+
+    from fastspectro_dask.reduce import PadSpec
+
+    spec = None if pad is None else PadSpec(pad)
+    lazy = reduce_dataset(open_esa(ees_file), variable=variable, pad=spec)
+    assert isinstance(lazy["values"].data, dask.array.Array)
+    want = lazy.compute(scheduler="synchronous")
+    tasks = []
+    with Callback(start=lambda dsk: tasks.append(len(dsk))):
+        got = reduce_file(ees_file, variable, DEFAULT_CATEGORIES, False, spec)
+    assert not tasks  # no dask graph computed inside the calling task
+    xr_names = ["values", "energy", "time_delta"] + (
+        [] if spec is None else ["pad_values", "pad_pitch"]
+    )
+    for name in xr_names:
+        assert isinstance(got[name].data, np.ndarray)
+        assert got[name].dtype == want[name].dtype
+        np.testing.assert_array_equal(got[name].values, want[name].values, err_msg=name)
+    assert got.attrs == want.attrs
+    np.testing.assert_array_equal(got["time"].values, want["time"].values)

@@ -19,7 +19,7 @@ from dask.callbacks import Callback
 import fastspectro_dask.synth as synth
 from fastspectro_dask import InvalidCDFError
 from fastspectro_dask.errors import error_reason
-from fastspectro_dask.io import BIG_VARIABLES, FastEsaBackendEntrypoint, open_esa
+from fastspectro_dask.io import BIG_VARIABLES, FastEsaBackendEntrypoint, load_esa, open_esa
 from fastspectro_dask.synth import BAD_FILE_KINDS, FILL_FLOAT, _OrbitPlan, write_esa_file
 
 from .conftest import RECORDS, SEED
@@ -420,3 +420,69 @@ def test_foreign_mission_cdf_is_invalid_naming_what_is_missing(name, source):
     assert error_reason(info.value) == "invalid-cdf"
     with pytest.raises(InvalidCDFError, match="not a FAST ESA L2 file"):
         xr.open_dataset(path, engine=FastEsaBackendEntrypoint)
+
+
+def _spy_varget(monkeypatch) -> list[str]:
+    read: list[str] = []
+    original = cdflib.CDF.varget
+
+    def spy(self, variable=None, *args, **kwargs):
+        read.append(variable)
+        return original(self, variable, *args, **kwargs)
+
+    monkeypatch.setattr(cdflib.CDF, "varget", spy)
+    return read
+
+
+def test_load_esa_is_numpy_and_equals_the_lazy_dataset(ees_file, monkeypatch):
+    wanted = ["data", "eflux", "pitch_angle", "domega", "energy_full", "time_delta"]
+    want = open_esa(ees_file, variables=wanted).compute(scheduler="synchronous")
+    read = _spy_varget(monkeypatch)
+    with CountTasks() as counter:
+        got = load_esa(ees_file, variables=wanted)
+    assert counter.n == 0  # no dask graph at all
+    assert all(isinstance(v.data, np.ndarray) for v in got.variables.values())
+    xr.testing.assert_identical(got, want)
+    # every variable decoded once: the small ones read at open time are reused
+    repeated = {v for v in read if read.count(v) > 1}
+    assert not repeated, read
+    assert set(wanted) <= set(read)
+
+
+def test_load_esa_keeps_overflow_rule_and_reads_data_quality_once(tmp_path, ees_file, monkeypatch):
+    read = _spy_varget(monkeypatch)
+    ds = load_esa(ees_file, variables=["data"])
+    assert read.count("data") == 1 and read.count("data_quality") <= 1
+    np.testing.assert_array_equal(
+        ds.data.values, open_esa(ees_file, variables=["data"]).data.values
+    )
+
+
+def test_handles_live_in_xarrays_file_cache_and_pickle(ees_file):
+    from xarray.backends.file_manager import FILE_CACHE
+
+    from fastspectro_dask.io import _CdfFile
+
+    ds = open_esa(ees_file, variables=["eflux"])
+    ds.eflux.sum().compute(scheduler="synchronous")
+    ours = [k for k in FILE_CACHE.keys() if _CdfFile in tuple(k)]
+    assert ours  # the handle is in xarray's LRU file cache, not a private one
+    # the graph (with its file manager and lock) pickles and decodes in a fresh handle
+    again = cloudpickle.loads(cloudpickle.dumps(ds))
+    np.testing.assert_array_equal(again.eflux.values, ds.eflux.values)
+
+
+def test_load_esa_closes_its_handle(ees_file):
+    from xarray.backends.file_manager import FILE_CACHE
+
+    before = set(FILE_CACHE.keys()) if hasattr(FILE_CACHE, "keys") else set()
+    load_esa(ees_file, variables=["eflux"])
+    after = set(FILE_CACHE.keys()) if hasattr(FILE_CACHE, "keys") else set()
+    assert not (after - before)  # nothing left open
+
+
+def test_threads_reading_one_file_agree(ees_file):
+    ds = open_esa(ees_file, variables=list(BIG_VARIABLES))
+    got = ds.compute(scheduler="threads")
+    want = load_esa(ees_file, variables=list(BIG_VARIABLES))
+    xr.testing.assert_identical(got, want)

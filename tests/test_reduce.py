@@ -416,3 +416,90 @@ def test_lazy_reductions_of_two_files_do_not_share_graph_keys(good_files):
     np.testing.assert_array_equal(vb, want_b["values"].values)
     np.testing.assert_array_equal(ea, want_a["energy"].values)
     np.testing.assert_array_equal(tb, want_b["time_delta"].values)
+
+
+def _collapse_reference(values, pitch, domega, integ, *, cats, how):
+    """The reduction as it was before blocking (REDUCTION_VERSION 2): one einsum over
+    the whole array. The blocked implementation must equal it bit for bit."""
+    from fastspectro_dask.reduce import _distinct_columns, _unique_weights
+
+    values = np.asarray(values, dtype=np.float32)
+    pitch = np.asarray(pitch, dtype=np.float64)
+    finite = np.isfinite(values) & np.isfinite(pitch)
+    if how == "mean":
+        domega = np.asarray(domega, dtype=np.float64)
+        finite &= np.isfinite(domega) & (domega > 0)
+        base = np.where(finite, domega, 0.0)
+    else:
+        base = finite.astype(np.float64)
+    filled = np.where(finite, values, np.float32(0))
+    t_n, a_n, e_n = values.shape
+    columns = np.where(finite, pitch, np.nan).transpose(0, 2, 1).reshape(-1, a_n)
+    uniq, inverse, valid = _distinct_columns(columns)
+    out = np.empty((len(cats), t_n, e_n))
+    for k, ranges in enumerate(cats.values()):
+        w = _unique_weights(uniq, ranges)[inverse]
+        w[~valid] = 0.0
+        w = w.reshape(t_n, e_n, a_n).transpose(0, 2, 1) * base
+        total = np.einsum("tae,tae->te", filled, w, dtype=np.float64)
+        den = w.sum(axis=1)
+        out[k] = np.nan
+        if how == "sum":
+            np.copyto(out[k], total, where=den > 0)
+            continue
+        if how == "rate":
+            den = den * np.asarray(integ, dtype=np.float64).reshape(-1, 1)
+        np.divide(total, den, out=out[k], where=den > 0)
+    return out
+
+
+@pytest.mark.parametrize("inst", ["ees", "eeb"])
+@pytest.mark.parametrize("how", ["sum", "mean", "rate"])
+@pytest.mark.parametrize("block", [16, 7])
+def test_blocked_collapse_is_bit_identical_to_one_einsum(good_files, inst, how, block, monkeypatch):
+    import fastspectro_dask.reduce as red
+
+    monkeypatch.setattr(red, "_BLOCK_RECORDS", block)  # 7: blocks that do not divide n
+    path = next(files[inst] for _, files in sorted(good_files.items()) if inst in files)
+    ds = open_esa(path).compute()
+    values = ds["eflux" if how == "mean" else "data"].values
+    args = (values, ds["pitch_angle"].values, ds["domega"].values)
+    integ = np.linspace(0.01, 0.05, values.shape[0])
+    cats = normalize_categories(None)
+    got = red._collapse_categories(*args, integ, cats=cats, how=how)
+    want = _collapse_reference(*args, integ, cats=cats, how=how)
+    np.testing.assert_array_equal(got, want)
+
+
+@settings(max_examples=40, deadline=None)
+@given(records(), st.sampled_from(["sum", "mean", "rate"]))
+def test_blocked_collapse_bit_identical_on_random_records(rec, how):
+    from fastspectro_dask.reduce import _collapse_categories
+
+    vals, pitch, dom = rec
+    integ = np.linspace(0.01, 0.05, vals.shape[0])
+    cats = normalize_categories(None)
+    got = _collapse_categories(vals, pitch, dom, integ, cats=cats, how=how)
+    want = _collapse_reference(vals, pitch, dom, integ, cats=cats, how=how)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_column_grouping_collision_falls_back_to_exact(monkeypatch):
+    import fastspectro_dask.reduce as red
+
+    original, calls = red._distinct_columns, []
+
+    def spy(cols):
+        calls.append(cols.shape)
+        return original(cols)
+
+    # a finite pitch of -1 deg and a missing bin hash alike: the exact check must see it
+    pitch = np.array([[[-1.0, np.nan], [10.0, 10.0]]], np.float32)  # 1 record, 2x2
+    vals = np.ones_like(pitch)
+    cats = normalize_categories(None)
+    monkeypatch.setattr(red, "_distinct_columns", spy)
+    got = red._collapse_categories(vals, pitch, None, None, cats=cats, how="sum")
+    monkeypatch.undo()
+    assert calls, "the collision was not detected"
+    want = _collapse_reference(vals, pitch, None, None, cats=cats, how="sum")
+    np.testing.assert_array_equal(got, want)

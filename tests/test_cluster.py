@@ -60,6 +60,7 @@ def test_missing_jobqueue_is_a_clear_usage_error(monkeypatch, tmp_path, capsys):
     with pytest.raises(JobqueueMissingError, match=r"fastspectro_dask\[jobqueue\]"):
         with make_cluster("slurm", jobs=1, cluster_kwargs={"cores": 1, "memory": "1GB"}):
             pass
+    (tmp_path / "in").mkdir()  # an existing input: the missing package is what is refused
     code = main(
         ["plot", str(tmp_path / "in"), str(tmp_path / "out"), "--cluster", "slurm", "--jobs", "2"]
     )

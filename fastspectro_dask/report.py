@@ -36,7 +36,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -47,8 +46,8 @@ from urllib.parse import quote
 import jinja2
 from markupsafe import Markup
 
+from fastspectro_dask.atomic import atomic_write, atomic_write_json
 from fastspectro_dask.discovery import INSTRUMENTS
-from fastspectro_dask.state import atomic_write_json
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",
@@ -431,18 +430,7 @@ def _nav(n: int, orbit_pages: Sequence[tuple[int, int]]) -> list[dict[str, str |
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", dir=path.parent, delete=False, prefix=f".{path.name}.", suffix=".tmp"
-    )
-    try:
-        with tmp:
-            tmp.write(text)
-        os.chmod(tmp.name, 0o644)
-        os.replace(tmp.name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp.name)
-        raise
+    atomic_write(path, text.encode("utf-8"))
 
 
 def _as_dicts(summaries: Iterable[Any]) -> list[dict[str, Any]]:

@@ -48,6 +48,7 @@ from markupsafe import Markup
 
 from fastspectro_dask.atomic import atomic_write, atomic_write_json
 from fastspectro_dask.discovery import INSTRUMENTS
+from fastspectro_dask.progress import parse_key
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",
@@ -78,10 +79,6 @@ _SCALE_ORDER = ("linear_linear", "linear_log", "log_linear", "log_log")
 _FIGURE_RE = re.compile(
     r"^(?P<orbit>\d+)_(?P<product>[^/\\\s]+)_y-(?P<y>linear|log)_z-(?P<z>linear|log)\.png$"
 )
-_ERROR_RE = re.compile(
-    r"^(?P<inst>[^_]+)_(?P<y>linear|log)_(?P<z>linear|log)_error-(?P<reason>[a-z0-9-]+)$"
-)
-_COMPLETED_RE = re.compile(r"^(?P<y>linear|log)_(?P<z>linear|log)_completed$")
 
 
 #: The template of a report page, in ``fastspectro_dask/templates``.
@@ -243,8 +240,8 @@ def _errors_by_orbit(
             messages[os.path.normpath(str(root / rel))] = str(msg)
     out: dict[int, list[_Error]] = defaultdict(list)
     for key, orbits in progress.items():
-        m = _ERROR_RE.match(key)
-        if not m or not isinstance(orbits, list):
+        k = parse_key(key)
+        if k is None or k.kind != "error" or not isinstance(orbits, list):
             continue
         files = progress.get(f"{key}_files") or {}
         for orbit in orbits:
@@ -260,7 +257,7 @@ def _errors_by_orbit(
                 # "InvalidCDFError: /the/path.cdf: the cause" -> "the cause"
                 detail = msg.split(f"{path}: ", 1)[-1] if f"{path}: " in msg else msg
                 detail = f"{Path(path).name}: {detail}" if detail else Path(path).name
-            out[orbit].append(_Error(m["inst"], f"{m['y']}_{m['z']}", m["reason"], detail))
+            out[orbit].append(_Error(k.instrument, k.scales, k.reason, detail))
     for errs in out.values():
         errs.sort(
             key=lambda e: (
@@ -275,9 +272,9 @@ def _errors_by_orbit(
 def _completed(progress: Mapping[str, Any]) -> dict[str, set[int]]:
     out: dict[str, set[int]] = {}
     for key, orbits in progress.items():
-        m = _COMPLETED_RE.match(key)
-        if m and isinstance(orbits, list):
-            out[f"{m['y']}_{m['z']}"] = {int(o) for o in orbits}
+        k = parse_key(key)
+        if k is not None and k.kind == "completed" and isinstance(orbits, list):
+            out[k.scales] = {int(o) for o in orbits}
     return out
 
 

@@ -833,7 +833,7 @@ def _write_breakdown(st, path: Path) -> str:
     import json
 
     try:
-        from fastspectro_dask.state import _dumps, load_json_state
+        from fastspectro_dask.atomic import _dumps, load_json_state
     except ImportError:
         return "(write breakdown skipped: state.py helpers renamed)"
 

@@ -33,7 +33,7 @@ _LAZY = {
     "make_spectrogram": "fastspectro_dask.render",
     "generic_batch_plot": "fastspectro_dask.render",
     "save_figure": "fastspectro_dask.render",
-    "StateLockedError": "fastspectro_dask.state",
+    "StateLockedError": "fastspectro_dask.atomic",
 }
 
 __all__ = [

@@ -543,17 +543,19 @@ def _cmd_extrema(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     import json
 
+    from fastspectro_dask.progress import parse_key
+
     path = args.output / "progress.json"
     if not path.exists():
         print(f"no progress.json in {args.output}", file=sys.stderr)
         return EXIT_USAGE
     doc = json.loads(path.read_text())
     print(f"{path} (last written {doc.get('updated_utc', '?')})")
-    combos = sorted({k.rsplit("_completed", 1)[0] for k in doc if k.endswith("_completed")})
-    for combo in combos:
+    keys = {key: k for key in doc if (k := parse_key(key)) is not None}
+    for combo in sorted({k.scales for k in keys.values() if k.kind == "completed"}):
         done = doc.get(f"{combo}_completed", [])
         print(f"{combo}: {len(done)} orbits completed, watermark {doc.get(f'{combo}_last_orbit')}")
-        for key in sorted(k for k in doc if f"_{combo}_error-" in k and not k.endswith("_files")):
+        for key in sorted(x for x, k in keys.items() if k.kind == "error" and k.scales == combo):
             orbits = doc[key]
             if orbits:
                 shown = ", ".join(map(str, orbits[:12])) + (" ..." if len(orbits) > 12 else "")

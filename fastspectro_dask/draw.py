@@ -29,7 +29,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import uuid
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
+from fastspectro_dask.atomic import atomic_write
 from fastspectro_dask.errors import PlottingError
 
 __all__ = ["PNG_COMPRESS_LEVEL", "RasterFigure", "clear_layouts", "layout_cache_info"]
@@ -144,26 +144,11 @@ def write_atomic(path: Path, data: bytes) -> Path:
 
     The temporary honours the umask (not ``mkstemp``'s 0600) and is removed on failure.
     """
-    tmp: str | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = str(path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        tmp = None
+        return atomic_write(path, data, sync_dir=False)
     except OSError as exc:
         raise PlottingError(f"saving figure to {path} failed: {type(exc).__name__}: {exc}") from exc
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-    return path
 
 
 class _Layout:

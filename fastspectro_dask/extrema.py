@@ -24,55 +24,33 @@ the file's pass-1 summary) and merges its integer histograms into the state. A r
 only files not yet counted, a changed file is recounted (its old contribution subtracted), a
 removed file is subtracted, and the result equals that of an uninterrupted run.
 
-Persistent state (schema 3), two files committed together every ``flush_batch_size`` orbits
-and at the end:
-
-* ``extrema.json`` (:func:`atomic_write_json`): the small file a person reads - the keys,
-  ``results``, ``provenance``, ``params``, the merged pass-1 histograms (``pass1``: 16
-  fixed-size histograms, zlib + base64, bounded whatever the mission size) and ``journal``,
-  the commit record of the ledger (``lines``, ``bytes``, ``sha256`` and ``id`` of its
-  committed part);
-* ``extrema.ledger.jsonl`` (beside it; ``<stem>.ledger.jsonl`` for ``<stem>.json``): the
-  ledger of files, an append-only journal (:class:`~fastspectro_dask.state.JsonLinesJournal`)
-  of ``{"op": "put", "path": <relative path>, "orbit", "instrument", "size", "mtime_ns",
-  "status", ...}`` and ``{"op": "del", "path": ...}`` lines after one header line.
-
-A flush appends the batch's ledger lines to the journal and ``fsync``-s it, *then* replaces
-the JSON: the JSON replace is the commit point, and its cost, like the append's, does not
-depend on how many files are already counted. On load only the committed prefix of the
-journal counts (checked by length, line count and SHA-256): lines after it (a torn line
-after a SIGKILL, or the lines of a flush whose JSON was never written) are dropped and those
-files counted again, from the cache. A journal that does not match its commit record is
-moved aside (``.corrupt-<UTC>``, with a warning) and everything is recounted. At the end of a
-complete run, a journal with many superseded lines (changed or removed files, retried errors)
-is rewritten compactly; the JSON names the old and the new journal while the new one is moved
-into place, so a crash at any step leaves a matching pair. Schema 2 files (the ledger inline in
-the JSON) are migrated on first use: their ledger is moved to the journal, nothing is re-read.
-A run holds ``<extrema JSON>.lock`` (:class:`~fastspectro_dask.state.StateLock`): a second run
-on the same state is refused.
+Persistent state: ``extrema.json`` and its ledger journal ``extrema.ledger.jsonl``,
+committed together every ``flush_batch_size`` orbits and at the end, corrupt files moved
+aside, schema-2 files migrated (:mod:`fastspectro_dask.ledger`). A run holds
+``<extrema JSON>.lock`` (:class:`~fastspectro_dask.atomic.StateLock`): a second run on the
+same state is refused.
 """
 
 from __future__ import annotations
 
-import base64
 import concurrent.futures as cf
 import hashlib
-import json
 import logging
 import os
 import time
-import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import dask
 import numpy as np
 
+from fastspectro_dask.atomic import StateLock
 from fastspectro_dask.cache import FileKey, ReducedCache, reduce_file
 from fastspectro_dask.discovery import INSTRUMENTS, OrbitIndex, discover
 from fastspectro_dask.errors import EmptyDataError, error_reason
+from fastspectro_dask.ledger import SCHEMA as _SCHEMA
+from fastspectro_dask.ledger import Ledger as _Store
 from fastspectro_dask.quantiles import (
     Histogram,
     coarse_histogram,
@@ -80,12 +58,6 @@ from fastspectro_dask.quantiles import (
     targets_for,
 )
 from fastspectro_dask.reduce import REDUCTION_VERSION, PadSpec, normalize_categories
-from fastspectro_dask.state import (
-    JsonLinesJournal,
-    StateLock,
-    atomic_write_json,
-    load_json_state,
-)
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -98,20 +70,6 @@ logger = logging.getLogger(__name__)
 PAD = "pad"
 #: Fraction of positive samples below ``y_max`` (fixed by the contract).
 Y_MAX_FRACTION = 0.99
-# 2: data decompressed to counts before the angle sum;
-# 3: same numbers, the file ledger in an append-only journal beside the JSON; its params
-#    name ``retrace`` (channel 0 dropped by default; schema 2 always kept it)
-_SCHEMA = 3
-_MIGRATABLE_SCHEMA = 2  # its numbers are those of schema 3: its ledger is moved, not recounted
-#: Compact the journal at the end of a complete run when it holds at least this many
-#: superseded lines and this fraction of the live entries.
-_COMPACT_MIN_SUPERSEDED = 1024
-_COMPACT_FRACTION = 0.25
-_PASS1_ENCODING = (
-    "zlib + base64 of little-endian arrays; hist: the uint16 differences of the ascending bin "
-    "keys (float32 bits >> 16; the first difference is from 0), then their int64 counts; "
-    "energy: the ascending float64 energies, then their int64 counts"
-)
 _METHOD = (
     "exact: pass 1 tree-merges integer histograms of float32 bit patterns >> 16, pass 2 "
     "resolves the target bins (radix select); numpy 'linear' interpolation"
@@ -355,389 +313,6 @@ def _take(it: Iterator[int], n: int) -> list[int]:
     return out
 
 
-# --------------------------------------------------------------------------------------
-# The state: ledger of counted files and merged pass-1 summaries
-# --------------------------------------------------------------------------------------
-
-
-class _Merged:
-    """Merged pass-1 summary of one (instrument, category): dense, exact integers."""
-
-    def __init__(self, obj: Mapping[str, Any] | None = None) -> None:
-        self.counts = np.zeros(1 << 16, np.int64)
-        self.energy: dict[float, int] = {}
-        if obj:
-            h = Histogram.from_json(obj["hist"])
-            self.counts[h.keys.astype(np.int64)] = h.counts
-            self.energy = {float(e): int(c) for e, c in zip(*obj["energy"], strict=True)}
-
-    def add(self, summary: Mapping[str, Any], sign: int = 1) -> None:
-        h = Histogram.from_json(summary["hist"])
-        self.counts[h.keys.astype(np.int64)] += sign * h.counts
-        for e, c in zip(*summary["energy"], strict=True):
-            total = self.energy.get(float(e), 0) + sign * int(c)
-            if total:
-                self.energy[float(e)] = total
-            else:
-                self.energy.pop(float(e), None)
-        if (self.counts < 0).any() or any(c < 0 for c in self.energy.values()):
-            raise ValueError("extrema state inconsistent: negative counts after subtraction")
-
-    def histogram(self) -> Histogram:
-        keys = np.flatnonzero(self.counts)
-        return Histogram("float32", keys, self.counts[keys])
-
-    def to_json(self) -> dict[str, Any]:
-        """The schema-2 form (plain lists), kept to read and write old files."""
-        es = sorted(self.energy)
-        return {"hist": self.histogram().to_json(), "energy": [es, [self.energy[e] for e in es]]}
-
-    def to_compact(self) -> dict[str, Any]:
-        """The schema-3 form: one short line per array pair (see :data:`_PASS1_ENCODING`)."""
-        keys = np.flatnonzero(self.counts)
-        es = sorted(self.energy)
-        return {
-            "n": int(self.counts.sum()),
-            "bins": int(keys.size),
-            "hist": _pack(np.diff(keys, prepend=0).astype("<u2"), self.counts[keys].astype("<i8")),
-            "energies": len(es),
-            "energy": _pack(np.asarray(es, "<f8"), np.asarray([self.energy[e] for e in es], "<i8")),
-        }
-
-    @classmethod
-    def from_compact(cls, obj: Mapping[str, Any]) -> _Merged:
-        """Inverse of :meth:`to_compact`; ``ValueError`` on anything inconsistent."""
-        m = cls()
-        try:
-            nb, ne, n = int(obj["bins"]), int(obj["energies"]), int(obj["n"])
-            raw = _unpack(obj["hist"])
-            raw_e = _unpack(obj["energy"])
-        except (KeyError, TypeError, ValueError, zlib.error) as exc:
-            raise ValueError(f"pass-1 histogram not readable: {exc}") from None
-        if len(raw) != 10 * nb or len(raw_e) != 16 * ne:
-            raise ValueError("pass-1 histogram: array lengths do not match")
-        keys = np.cumsum(np.frombuffer(raw[: 2 * nb], "<u2").astype(np.int64))
-        counts = np.frombuffer(raw[2 * nb :], "<i8")
-        es = np.frombuffer(raw_e[: 8 * ne], "<f8")
-        cs = np.frombuffer(raw_e[8 * ne :], "<i8")
-        if (
-            (nb and (np.any(np.diff(keys) <= 0) or np.any(counts <= 0) or keys[-1] >= 1 << 16))
-            or int(counts.sum()) != n
-            or np.any(cs <= 0)
-            or np.any(np.diff(es) <= 0)
-        ):
-            raise ValueError("pass-1 histogram: inconsistent content")
-        m.counts[keys] = counts
-        m.energy = {float(e): int(c) for e, c in zip(es, cs, strict=True)}
-        return m
-
-
-def _pack(*arrays: np.ndarray) -> str:
-    return base64.b64encode(zlib.compress(b"".join(a.tobytes() for a in arrays), 6)).decode()
-
-
-def _unpack(text: str) -> bytes:
-    return zlib.decompress(base64.b64decode(text.encode("ascii"), validate=True))
-
-
-def _journal_path(json_path: Path) -> Path:
-    """``extrema.json`` -> ``extrema.ledger.jsonl`` (any other name: ``<name>.ledger.jsonl``)."""
-    name = json_path.name
-    stem = name[: -len(".json")] if name.endswith(".json") else name
-    return json_path.with_name(f"{stem}.ledger.jsonl")
-
-
-_ENTRY_FIELDS = frozenset({"orbit", "instrument", "size", "mtime_ns", "status"})
-_COUNTED_FIELDS = _ENTRY_FIELDS | {"entry", "min_positive"}
-
-
-def _replay(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The ledger (relative path -> entry) a journal's records describe.
-
-    The records are consumed: their ``op`` and ``path`` are popped, the rest is the entry.
-    """
-    ledger: dict[str, dict[str, Any]] = {}
-    for n, rec in enumerate(records, start=2):  # line 1 is the header
-        op, rel = rec.pop("op", None), rec.pop("path", None)
-        if not isinstance(rel, str):
-            raise ValueError(f"ledger line {n}: no path")
-        if op == "put":
-            counted = rec.get("status") == "counted"
-            if not rec.keys() >= (_COUNTED_FIELDS if counted else _ENTRY_FIELDS) or (
-                counted and not isinstance(rec["min_positive"], dict)
-            ):
-                raise ValueError(f"ledger line {n}: incomplete entry for {rel}")
-            ledger[rel] = rec
-        elif op == "del":
-            if ledger.pop(rel, None) is None:
-                raise ValueError(f"ledger line {n}: removes {rel}, which is not there")
-        else:
-            raise ValueError(f"ledger line {n}: unknown op {op!r}")
-    return ledger
-
-
-class _Store:
-    """The extrema JSON and its ledger journal, committed together (module docstring).
-
-    ``ledger`` and ``merged`` are the in-memory state; :meth:`put` and :meth:`delete`
-    change the ledger and queue the journal line; :meth:`flush` commits the queued lines,
-    then writes the JSON with the merged histograms and the journal's commit record. The
-    caller keeps ``merged`` equal to the sum of the counted files' summaries.
-    """
-
-    def __init__(
-        self,
-        json_path: Path,
-        params: Mapping[str, Any],
-        input_root: str,
-        instruments: Sequence[str],
-        cats: Sequence[str],
-    ) -> None:
-        self.json_path = json_path
-        self.params = dict(params)
-        self.input_root = input_root
-        self.instruments = list(instruments)
-        self.cats = list(cats)
-        self.journal = JsonLinesJournal(_journal_path(json_path), kind="extrema ledger")
-        self.ledger: dict[str, dict[str, Any]] = {}
-        self.merged = self._zeros()
-        #: ``{"journal_bytes", "json_bytes"}`` written by the last flush.
-        self.last_flush: dict[str, int] = {}
-
-    def _zeros(self) -> dict[str, dict[str, _Merged]]:
-        return {i: {c: _Merged() for c in self.cats} for i in self.instruments}
-
-    def _header(self) -> dict[str, Any]:
-        return {
-            "schema": _SCHEMA,
-            "extrema_json": self.json_path.name,
-            "input_root": self.input_root,
-        }
-
-    # -- loading -----------------------------------------------------------------------
-
-    def open(self) -> dict[str, Any]:
-        """Load the committed state; returns the JSON document (``{}``: start afresh)."""
-        existed = self.json_path.exists()
-        loaded = load_json_state(self.json_path, kind="extrema")
-        if existed and loaded is None and self.journal.path.exists():
-            self.journal.move_aside("its extrema JSON was corrupt")
-        state = loaded or {}
-        if (
-            state.get("schema") == _MIGRATABLE_SCHEMA
-            and isinstance(state.get("files"), dict)
-            # schema 2 always counted the retrace channel: it matches retrace=True only
-            and {"retrace": True, **(state.get("params") or {}), "schema": _SCHEMA} == self.params
-        ):
-            return self._migrate(state)
-        if state and state.get("params") != self.params:
-            logger.warning(
-                "%s: computed for other parameters (%s); starting afresh",
-                self.json_path,
-                state.get("params"),
-            )
-            state = {}
-        if state and not state.get("journal"):
-            logger.info("%s: no committed ledger; starting afresh", self.json_path)
-            state = {}
-        if state:
-            records = self.journal.load([state.get("journal"), state.get("journal_next")])
-            if records is None:
-                logger.warning(
-                    "%s: its ledger %s is unusable; recounting every file",
-                    self.json_path,
-                    self.journal.path,
-                )
-                state = {}
-            else:
-                try:
-                    self.ledger = _replay(records)
-                    self.merged = self._decode_pass1(state.get("pass1"))
-                    self._check_counts()
-                except ValueError as exc:
-                    self.journal.move_aside(f"it does not match {self.json_path.name}: {exc}")
-                    self.ledger, self.merged = {}, self._zeros()
-                    state = {}
-        if not state:
-            if self.journal.path.exists():
-                logger.info("%s: replacing the previous ledger", self.journal.path)
-            self.journal.create(self._header())
-        return state
-
-    def _decode_pass1(self, obj: Any) -> dict[str, dict[str, _Merged]]:
-        if not isinstance(obj, Mapping) or not isinstance(obj.get("merged"), Mapping):
-            raise ValueError("no merged pass-1 histograms")
-        merged = self._zeros()
-        for inst in self.instruments:
-            for cat in self.cats:
-                got = obj["merged"].get(inst, {}).get(cat)
-                if got is not None:
-                    merged[inst][cat] = _Merged.from_compact(got)
-        return merged
-
-    def _check_counts(self) -> None:
-        """The ledger's sample counts must add up to the merged histograms' (exact ints)."""
-        first = self.cats[0]
-        totals = dict.fromkeys(self.instruments, 0)
-        for e in self.ledger.values():
-            if e["status"] == "counted" and e["instrument"] in totals:
-                totals[e["instrument"]] += int(e.get("n", 0))
-        for inst, total in totals.items():
-            have = int(self.merged[inst][first].counts.sum())
-            if have != total:
-                raise ValueError(f"{inst}: ledger counts {total} samples, histograms {have}")
-
-    def _migrate(self, old: dict[str, Any]) -> dict[str, Any]:
-        """Schema 2 -> 3: move the inline ledger to the journal; the numbers stay valid."""
-        ledger = {str(k): dict(v) for k, v in old["files"].items()}
-        try:
-            merged = {
-                i: {c: _Merged((old.get("pass1") or {}).get(i, {}).get(c)) for c in self.cats}
-                for i in self.instruments
-            }
-            self.ledger, self.merged = ledger, merged
-            self._check_counts()
-            _replay(self._put_records())  # validates the entries
-        except (KeyError, TypeError, ValueError) as exc:
-            logger.warning(
-                "%s: schema-%d state not migratable (%s); starting afresh",
-                self.json_path,
-                _MIGRATABLE_SCHEMA,
-                exc,
-            )
-            self.ledger, self.merged = {}, self._zeros()
-            self.journal.create(self._header())
-            return {}
-        self.journal.create(self._header(), self._put_records())
-        kept = {k: v for k, v in old.items() if k not in ("files", "pass1", "schema", "params")}
-        doc = self._write(kept)
-        logger.info(
-            "%s: migrated from schema %d; its ledger of %d files moved to %s",
-            self.json_path,
-            _MIGRATABLE_SCHEMA,
-            len(ledger),
-            self.journal.path,
-        )
-        return doc
-
-    def _put_records(self) -> Iterator[dict[str, Any]]:
-        for rel in sorted(self.ledger):
-            yield {"op": "put", "path": rel, **self.ledger[rel]}
-
-    # -- changing ----------------------------------------------------------------------
-
-    def put(self, rel: str, entry: dict[str, Any]) -> None:
-        """Record a file's outcome (replacing any earlier one)."""
-        self.journal.add({"op": "put", "path": rel, **entry})
-        self.ledger[rel] = entry
-
-    def delete(self, rel: str) -> None:
-        """Forget a file (the caller subtracted its contribution)."""
-        self.journal.add({"op": "del", "path": rel})
-        del self.ledger[rel]
-
-    def restart(self) -> None:
-        """Forget everything: an empty ledger and histograms, committed at once."""
-        self.journal.discard_pending()
-        self.ledger.clear()
-        for cm in self.merged.values():
-            for m in cm.values():
-                m.counts[:] = 0
-                m.energy.clear()
-        # the JSON first: from here a crash means "start afresh", never a mismatch
-        atomic_write_json(self.json_path, self._doc(False, None))
-        self.journal.create(self._header())
-
-    # -- writing -----------------------------------------------------------------------
-
-    def _doc(self, complete: bool, journal: Mapping[str, Any] | None) -> dict[str, Any]:
-        return {
-            "schema": _SCHEMA,
-            "params": self.params,
-            "complete": complete,
-            "updated_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "input_root": self.input_root,
-            "journal": journal,
-            "pass1": {
-                "encoding": _PASS1_ENCODING,
-                "merged": {
-                    i: {c: m.to_compact() for c, m in cm.items()} for i, cm in self.merged.items()
-                },
-            },
-        }
-
-    def _write(self, fields: Mapping[str, Any], complete: bool | None = None) -> dict[str, Any]:
-        rec = self.journal.commit()
-        doc = dict(fields)
-        doc.update(self._doc(bool(fields.get("complete")) if complete is None else complete, rec))
-        atomic_write_json(self.json_path, doc)
-        self.last_flush = {
-            "journal_bytes": self.journal.last_commit_bytes,
-            "json_bytes": self.json_path.stat().st_size,
-        }
-        return doc
-
-    def flush(
-        self, complete: bool, results: dict | None = None, extra: Mapping[str, Any] | None = None
-    ) -> dict[str, Any]:
-        """Commit the queued ledger lines, then write the JSON; returns the JSON document."""
-        fields: dict[str, Any] = {}
-        if results is not None:
-            fields["results"] = results
-        fields.update(extra or {})
-        return self._write(fields, complete)
-
-    def rewrite_json(self, doc: Mapping[str, Any]) -> dict[str, Any]:
-        """Write ``doc`` (a loaded state with new fields) back, as :meth:`flush` would."""
-        return self._write({k: v for k, v in doc.items() if k not in ("files", "journal_next")})
-
-    def maybe_compact(self, doc: dict[str, Any]) -> bool:
-        """Rewrite the journal without superseded lines if there are many (end of a run).
-
-        ``doc`` is the JSON just written by :meth:`flush`; its ``journal`` is updated.
-        """
-        live = len(self.ledger)
-        superseded = self.journal.lines - 1 - live
-        if superseded < max(_COMPACT_MIN_SUPERSEDED, _COMPACT_FRACTION * live):
-            return False
-        before = self.journal.lines
-        nxt = self.journal.prepare_rewrite(self._header(), self._put_records())
-        try:
-            # both records valid while the new journal is moved into place
-            atomic_write_json(self.json_path, {**doc, "journal_next": nxt})
-            self.journal.finish_rewrite()
-        except BaseException:
-            self.journal.discard_rewrite()
-            raise
-        doc["journal"] = self.journal.record
-        atomic_write_json(self.json_path, doc)
-        logger.info(
-            "%s: compacted, %d lines -> %d (%d superseded)",
-            self.journal.path,
-            before,
-            self.journal.lines,
-            superseded,
-        )
-        return True
-
-    def close(self) -> None:
-        self.journal.close()
-
-
-def _committed_ledger(json_path: str | os.PathLike[str]) -> dict[str, dict[str, Any]] | None:
-    """The committed ledger of an extrema JSON, read only (no repair); ``None`` if none."""
-    json_path = Path(json_path)
-    try:
-        state = json.loads(json_path.read_text())
-    except (OSError, ValueError):
-        return None
-    if isinstance(state.get("files"), dict):  # schema 2
-        return state["files"]
-    journal = JsonLinesJournal(_journal_path(json_path))
-    records = journal.load([state.get("journal"), state.get("journal_next")], repair=False)
-    return None if records is None else _replay(records)
-
-
 def _y_limits(energy_counts: Mapping[float, int]) -> tuple[float | None, float | None]:
     """(y_min, y_max): lowest energy with a positive sample, and the 99 % energy."""
     if not energy_counts:
@@ -876,7 +451,7 @@ def compute_global_extrema(
     ValueError
         A bad ``flush_batch_size`` or ``max_percentile``; or no ``extrema_json_path``
         while the current directory is inside ``directory_path``.
-    fastspectro_dask.state.StateLockedError
+    fastspectro_dask.atomic.StateLockedError
         Another run is using the same extrema JSON (lock ``<extrema JSON>.lock``).
     """
     if flush_batch_size < 1:

@@ -13,13 +13,13 @@ from __future__ import annotations
 import logging
 import os
 import re
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
 
+from fastspectro_dask.atomic import atomic_open
 from fastspectro_dask.errors import PlottingError
 from fastspectro_dask.geometry import _check_scale, _to_datetime64
 
@@ -161,13 +161,9 @@ def save_figure(
     if not isinstance(fig, Figure):  # drawn by the fast engine (draw.RasterFigure)
         fig.metadata.update({k: v for k, v in (metadata or {}).items() if v is not None})
         return fig.save(path, fmt=fmt)
-    tmp: str | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # Not mkstemp: its 0600 mode would survive the rename; this honours the umask.
-        tmp = str(path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as fh:
+        with atomic_open(path, sync_dir=False) as fh:
             meta = _png_metadata(fig, metadata)
             fig.savefig(
                 fh,
@@ -179,20 +175,11 @@ def save_figure(
                     else {"metadata": {"Creator": meta["Software"]} if fmt == "pdf" else {}}
                 ),
             )
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        tmp = None
     except (ZeroDivisionError, FloatingPointError):
         raise
     except Exception as exc:
         raise PlottingError(f"saving figure to {path} failed: {type(exc).__name__}: {exc}") from exc
     finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
         fig.clear()
     logger.debug("wrote %s", path)
     return path

@@ -36,7 +36,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -47,8 +46,9 @@ from urllib.parse import quote
 import jinja2
 from markupsafe import Markup
 
+from fastspectro_dask.atomic import atomic_write, atomic_write_json
 from fastspectro_dask.discovery import INSTRUMENTS
-from fastspectro_dask.state import atomic_write_json
+from fastspectro_dask.progress import parse_key
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",
@@ -79,10 +79,6 @@ _SCALE_ORDER = ("linear_linear", "linear_log", "log_linear", "log_log")
 _FIGURE_RE = re.compile(
     r"^(?P<orbit>\d+)_(?P<product>[^/\\\s]+)_y-(?P<y>linear|log)_z-(?P<z>linear|log)\.png$"
 )
-_ERROR_RE = re.compile(
-    r"^(?P<inst>[^_]+)_(?P<y>linear|log)_(?P<z>linear|log)_error-(?P<reason>[a-z0-9-]+)$"
-)
-_COMPLETED_RE = re.compile(r"^(?P<y>linear|log)_(?P<z>linear|log)_completed$")
 
 
 #: The template of a report page, in ``fastspectro_dask/templates``.
@@ -244,8 +240,8 @@ def _errors_by_orbit(
             messages[os.path.normpath(str(root / rel))] = str(msg)
     out: dict[int, list[_Error]] = defaultdict(list)
     for key, orbits in progress.items():
-        m = _ERROR_RE.match(key)
-        if not m or not isinstance(orbits, list):
+        k = parse_key(key)
+        if k is None or k.kind != "error" or not isinstance(orbits, list):
             continue
         files = progress.get(f"{key}_files") or {}
         for orbit in orbits:
@@ -261,7 +257,7 @@ def _errors_by_orbit(
                 # "InvalidCDFError: /the/path.cdf: the cause" -> "the cause"
                 detail = msg.split(f"{path}: ", 1)[-1] if f"{path}: " in msg else msg
                 detail = f"{Path(path).name}: {detail}" if detail else Path(path).name
-            out[orbit].append(_Error(m["inst"], f"{m['y']}_{m['z']}", m["reason"], detail))
+            out[orbit].append(_Error(k.instrument, k.scales, k.reason, detail))
     for errs in out.values():
         errs.sort(
             key=lambda e: (
@@ -276,9 +272,9 @@ def _errors_by_orbit(
 def _completed(progress: Mapping[str, Any]) -> dict[str, set[int]]:
     out: dict[str, set[int]] = {}
     for key, orbits in progress.items():
-        m = _COMPLETED_RE.match(key)
-        if m and isinstance(orbits, list):
-            out[f"{m['y']}_{m['z']}"] = {int(o) for o in orbits}
+        k = parse_key(key)
+        if k is not None and k.kind == "completed" and isinstance(orbits, list):
+            out[k.scales] = {int(o) for o in orbits}
     return out
 
 
@@ -431,18 +427,7 @@ def _nav(n: int, orbit_pages: Sequence[tuple[int, int]]) -> list[dict[str, str |
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", dir=path.parent, delete=False, prefix=f".{path.name}.", suffix=".tmp"
-    )
-    try:
-        with tmp:
-            tmp.write(text)
-        os.chmod(tmp.name, 0o644)
-        os.replace(tmp.name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp.name)
-        raise
+    atomic_write(path, text.encode("utf-8"))
 
 
 def _as_dicts(summaries: Iterable[Any]) -> list[dict[str, Any]]:

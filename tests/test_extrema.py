@@ -18,6 +18,7 @@ import pytest
 
 from fastspectro_dask import extrema as ext
 from fastspectro_dask import io as fio
+from fastspectro_dask import ledger as led
 from fastspectro_dask.discovery import discover
 from fastspectro_dask.extrema import Y_MAX_FRACTION, compute_global_extrema, extrema_key
 from fastspectro_dask.io import open_esa
@@ -170,7 +171,7 @@ def test_interrupted_run_resumes_to_identical_result(small_mission, tmp_path, mo
     partial = json.loads((tmp_path / "part" / "extrema.json").read_text())
     assert partial["complete"] is False
     assert "files" not in partial  # the ledger is in the journal beside the JSON
-    ledger = ext._committed_ledger(tmp_path / "part" / "extrema.json")
+    ledger = led.committed_ledger(tmp_path / "part" / "extrema.json")
     done_first = {rel for rel, e in ledger.items() if e["status"] == "counted"}
     assert 1 <= len(done_first) <= 7
     counted.clear()
@@ -325,13 +326,13 @@ def test_state_files_layout(small_mission, full_state, tmp_path):
     lines = journal_lines(out)
     assert lines[0]["id"] == doc["journal"]["id"] and lines[0]["extrema_json"] == "extrema.json"
     assert {x["path"] for x in lines[1:]} == set(state["files"])  # the returned ledger
-    assert ext._committed_ledger(out / "extrema.json") == state["files"]
+    assert led.committed_ledger(out / "extrema.json") == state["files"]
     merged = doc["pass1"]["merged"]["ees"]["all"]
     assert merged["n"] == doc["results"]["ees"]["all"]["n_samples"]
-    assert ext._Merged.from_compact(merged).to_compact() == merged
+    assert led.Merged.from_compact(merged).to_compact() == merged
     # another JSON name: the journal follows it
-    assert ext._journal_path(Path("a/b/x.json")) == Path("a/b/x.ledger.jsonl")
-    assert ext._journal_path(Path("state")) == Path("state.ledger.jsonl")
+    assert led.journal_path(Path("a/b/x.json")) == Path("a/b/x.ledger.jsonl")
+    assert led.journal_path(Path("state")) == Path("state.ledger.jsonl")
 
 
 def _killing_child(root: Path, out: Path, when: str) -> str:
@@ -339,7 +340,7 @@ def _killing_child(root: Path, out: Path, when: str) -> str:
     return (
         "import os, signal\n"
         "from fastspectro_dask import extrema as ext\n"
-        "from fastspectro_dask.state import JsonLinesJournal\n"
+        "from fastspectro_dask.ledger import JsonLinesJournal\n"
         "orig = JsonLinesJournal.commit\n"
         "n = [0]\n"
         "def commit(self):\n"
@@ -374,7 +375,7 @@ def test_killed_mid_flush_journal_tail_is_ignored(small_mission, full_state, tmp
     doc = json.loads((out / "extrema.json").read_text())
     size = (out / "extrema.ledger.jsonl").stat().st_size
     assert size > doc["journal"]["bytes"]  # an uncommitted tail is there
-    committed = ext._committed_ledger(out / "extrema.json")
+    committed = led.committed_ledger(out / "extrema.json")
     assert committed and len(committed) == doc["journal"]["lines"] - 1
     with pytest.MonkeyPatch.context() as mp:
         reread = count_reads(mp)
@@ -383,7 +384,7 @@ def test_killed_mid_flush_journal_tail_is_ignored(small_mission, full_state, tmp
     reread = {os.path.relpath(p, small_mission) for p in reread}
     assert reread == set(full_state["files"]) - set(committed)
     assert not list(out.glob("*.corrupt-*"))
-    assert ext._committed_ledger(out / "extrema.json") == resumed["files"]
+    assert led.committed_ledger(out / "extrema.json") == resumed["files"]
 
 
 def test_uncommitted_lines_never_count(small_mission, full_state, tmp_path, monkeypatch):
@@ -397,7 +398,7 @@ def test_uncommitted_lines_never_count(small_mission, full_state, tmp_path, monk
 
     with pytest.raises(KeyboardInterrupt):
         run(small_mission, out, progress=stop_after, flush_batch_size=100, max_workers=1)
-    committed = ext._committed_ledger(out / "extrema.json")
+    committed = led.committed_ledger(out / "extrema.json")
     missing = sorted(set(full_state["files"]) - set(committed))
     fake = {**full_state["files"][missing[0]], "op": "put", "path": missing[0]}
     with open(out / "extrema.ledger.jsonl", "ab") as fh:
@@ -424,7 +425,7 @@ def test_corrupt_journal_is_moved_aside_and_recounted(
     aside = list(out.glob("extrema.ledger.jsonl.corrupt-*"))
     assert len(aside) == 1 and aside[0].read_bytes() == bytes(raw)
     assert "Corrupt extrema ledger journal" in caplog.text and "recounting" in caplog.text
-    assert ext._committed_ledger(out / "extrema.json") == state["files"]
+    assert led.committed_ledger(out / "extrema.json") == state["files"]
 
 
 def test_corrupt_json_moves_its_journal_aside_too(small_mission, full_state, tmp_path):
@@ -438,7 +439,7 @@ def test_corrupt_json_moves_its_journal_aside_too(small_mission, full_state, tmp
     (tmp_path / "extrema.json").unlink()
     state = run(small_mission, tmp_path)
     assert state["results"] == full_state["results"]
-    assert ext._committed_ledger(tmp_path / "extrema.json") == state["files"]
+    assert led.committed_ledger(tmp_path / "extrema.json") == state["files"]
 
 
 def test_ledger_inconsistent_with_histograms_is_recounted(
@@ -477,14 +478,14 @@ def test_compaction_at_the_end_of_a_run(tmp_path, monkeypatch, caplog):
     ops = [x.get("op") for x in journal_lines(out)[1:]]
     assert ops.count("del") == 2 and len(ops) == n_files + 4
     # above it, the journal is rewritten with one line per file, atomically
-    monkeypatch.setattr(ext, "_COMPACT_MIN_SUPERSEDED", 3)
-    monkeypatch.setattr(ext, "_COMPACT_FRACTION", 0.0)
+    monkeypatch.setattr(led, "_COMPACT_MIN_SUPERSEDED", 3)
+    monkeypatch.setattr(led, "_COMPACT_FRACTION", 0.0)
     old_id = journal_lines(out)[0]["id"]
     _touch(files[2:4], 10**9)
     writes: list[dict] = []
-    real_write = ext.atomic_write_json
-    monkeypatch.setattr(ext, "atomic_write_json", lambda p, d: writes.append(d) or real_write(p, d))
-    with caplog.at_level(logging.INFO, logger="fastspectro_dask.extrema"):
+    real_write = led.atomic_write_json
+    monkeypatch.setattr(led, "atomic_write_json", lambda p, d: writes.append(d) or real_write(p, d))
+    with caplog.at_level(logging.INFO, logger="fastspectro_dask.ledger"):
         state = run(root, out)
     assert "compacted" in caplog.text
     lines = journal_lines(out)
@@ -514,8 +515,8 @@ def test_kill_during_compaction_resumes_either_journal(tmp_path, monkeypatch):
     run(root, out)
     files = sorted(p for orbit in discover(root).values() for p in orbit.values())
     _touch(files, 10**9)
-    monkeypatch.setattr(ext, "_COMPACT_MIN_SUPERSEDED", 1)
-    real_write = ext.atomic_write_json
+    monkeypatch.setattr(led, "_COMPACT_MIN_SUPERSEDED", 1)
+    real_write = led.atomic_write_json
 
     def killed_at_last_write(path, doc):
         if "journal_next" not in doc and doc["journal"]["lines"] == len(files) + 1:
@@ -523,10 +524,10 @@ def test_kill_during_compaction_resumes_either_journal(tmp_path, monkeypatch):
                 raise KeyboardInterrupt  # stands for the kill: the JSON is not written
         real_write(path, doc)
 
-    monkeypatch.setattr(ext, "atomic_write_json", killed_at_last_write)
+    monkeypatch.setattr(led, "atomic_write_json", killed_at_last_write)
     with pytest.raises(KeyboardInterrupt):
         run(root, out)
-    monkeypatch.setattr(ext, "atomic_write_json", real_write)
+    monkeypatch.setattr(led, "atomic_write_json", real_write)
     doc = json.loads((out / "extrema.json").read_text())
     assert doc["journal_next"]["id"] == journal_lines(out)[0]["id"] != doc["journal"]["id"]
     reread = count_reads(monkeypatch)
@@ -548,13 +549,13 @@ def test_schema2_state_is_migrated_without_rereading(small_mission, tmp_path, mo
     old["params"] = {k: v for k, v in doc["params"].items() if k != "retrace"} | {"schema": 2}
     old["files"] = kept["files"]
     old["pass1"] = {
-        i: {c: ext._Merged.from_compact(m).to_json() for c, m in cm.items()}
+        i: {c: led.Merged.from_compact(m).to_json() for c, m in cm.items()}
         for i, cm in doc["pass1"]["merged"].items()
     }
     (tmp_path / "extrema.json").write_text(json.dumps(old, indent=1))
     (tmp_path / "extrema.ledger.jsonl").unlink()
     reread = count_reads(monkeypatch)
-    with caplog.at_level(logging.INFO, logger="fastspectro_dask.extrema"):
+    with caplog.at_level(logging.INFO, logger="fastspectro_dask.ledger"):
         state = compute_global_extrema(
             small_mission, "log", "log", extrema_json_path=tmp_path / "extrema.json", retrace=True
         )
@@ -563,7 +564,7 @@ def test_schema2_state_is_migrated_without_rereading(small_mission, tmp_path, mo
     assert state["ees_log_log_z_max"] == kept["ees_linear_log_z_max"]
     new = json.loads((tmp_path / "extrema.json").read_text())
     assert new["schema"] == 3 and "files" not in new and new["complete"]
-    assert ext._committed_ledger(tmp_path / "extrema.json") == kept["files"]
+    assert led.committed_ledger(tmp_path / "extrema.json") == kept["files"]
     # the default drops the retrace channel: a schema-2 state is recounted, not migrated
     (tmp_path / "extrema.json").write_text(json.dumps(old))
     (tmp_path / "extrema.ledger.jsonl").unlink()
@@ -595,7 +596,7 @@ def test_flush_cost_does_not_grow_with_the_ledger(tmp_path):
     whether 40 or 4000 files are already counted (the old JSON grew ~310 B per file)."""
     cats = list(DEFAULT_CATEGORIES)
     params = {"variable": "data", "categories": {}, "schema": ext._SCHEMA}
-    store = ext._Store(tmp_path / "extrema.json", params, "/data", INSTS, cats)
+    store = led.Ledger(tmp_path / "extrema.json", params, "/data", INSTS, cats)
     assert store.open() == {}
     batch, per_flush = 40, []
     for b in range(100):
@@ -605,7 +606,7 @@ def test_flush_cost_does_not_grow_with_the_ledger(tmp_path):
             rel = f"2000/01/fa_esa_l2_ees_{i:014d}_{1000 + i // 4}_v02.cdf"
             store.put(rel, entry)
             store.merged["ees"]["all"].counts[0x3F80] += 1642
-            lines += len(ext.JsonLinesJournal.encode({"op": "put", "path": rel, **entry}))
+            lines += len(led.JsonLinesJournal.encode({"op": "put", "path": rel, **entry}))
         store.flush(False)
         per_flush.append((store.last_flush["journal_bytes"], store.last_flush["json_bytes"]))
         # the journal append is exactly the batch's lines
@@ -618,14 +619,14 @@ def test_flush_cost_does_not_grow_with_the_ledger(tmp_path):
     total = store.journal.size
     assert total > 50 * per_flush[-1][0]  # the journal is far larger than one flush
     store.close()
-    again = ext._Store(tmp_path / "extrema.json", params, "/data", INSTS, cats)
+    again = led.Ledger(tmp_path / "extrema.json", params, "/data", INSTS, cats)
     assert again.open()["journal"]["lines"] == 4001 and len(again.ledger) == 4000
     again.close()
 
 
 def test_flushes_of_a_real_run_append_only_their_orbits(small_mission, tmp_path, monkeypatch):
     flushes: list[tuple[int, int, int]] = []
-    real_flush = ext._Store.flush
+    real_flush = led.Ledger.flush
 
     def spy(self, *a, **k):
         pending = self.journal.pending
@@ -633,7 +634,7 @@ def test_flushes_of_a_real_run_append_only_their_orbits(small_mission, tmp_path,
         flushes.append((pending, self.last_flush["journal_bytes"], self.last_flush["json_bytes"]))
         return doc
 
-    monkeypatch.setattr(ext._Store, "flush", spy)
+    monkeypatch.setattr(led.Ledger, "flush", spy)
     state = run(small_mission, tmp_path, flush_batch_size=1, max_workers=1)
     assert len(flushes) >= 14
     for pending, nbytes, _ in flushes:

@@ -17,16 +17,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastspectro_dask.errors import ERROR_REASONS, FastSpectroError
-from fastspectro_dask.state import (
-    PROGRESS_SCHEMA,
-    PROGRESS_VERSION,
-    ProgressStore,
+from fastspectro_dask.atomic import (
     StateLock,
     StateLockedError,
     atomic_write_json,
-    file_fingerprint,
     load_json_state,
+)
+from fastspectro_dask.errors import ERROR_REASONS, FastSpectroError
+from fastspectro_dask.progress import (
+    PROGRESS_SCHEMA,
+    PROGRESS_VERSION,
+    ProgressStore,
+    file_fingerprint,
 )
 
 
@@ -122,7 +124,7 @@ def test_corrupt_file_moved_aside_with_warning(
 ) -> None:
     target = tmp_path / "progress.json"
     target.write_bytes(content)
-    with caplog.at_level(logging.WARNING, logger="fastspectro_dask.state"):
+    with caplog.at_level(logging.WARNING, logger="fastspectro_dask.atomic"):
         assert load_json_state(target, kind="progress") is None
     assert not target.exists()
     aside = [p for p in tmp_path.iterdir() if p.name.startswith("progress.json.corrupt-")]
@@ -534,7 +536,7 @@ def test_lock_released_when_block_raises(tmp_path: Path) -> None:
 HOLDER = textwrap.dedent(
     """
     import sys, time
-    from fastspectro_dask.state import ProgressStore
+    from fastspectro_dask.progress import ProgressStore
     store = ProgressStore(sys.argv[1], "linear", "log").open()
     print("locked", flush=True)
     time.sleep(60)
@@ -602,7 +604,7 @@ def test_state_files_are_created_with_the_process_umask(tmp_path: Path) -> None:
 
 
 def test_remove_stale_temporaries_only_ours_by_exact_name(tmp_path: Path) -> None:
-    from fastspectro_dask.state import remove_stale_temporaries
+    from fastspectro_dask.atomic import remove_stale_temporaries
 
     target = tmp_path / "progress.json"
     atomic_write_json(target, {"ok": 1})

@@ -8,8 +8,9 @@ import os
 
 import pytest
 
-from fastspectro_dask import state as st
-from fastspectro_dask.state import JsonLinesJournal, move_aside
+from fastspectro_dask import ledger as st
+from fastspectro_dask.atomic import move_aside
+from fastspectro_dask.ledger import JsonLinesJournal
 
 
 def recs(start: int, n: int) -> list[dict]:
@@ -73,7 +74,7 @@ def test_uncommitted_tail_is_ignored_and_truncated(tmp_path, tail, caplog):
     with open(j.path, "ab") as fh:
         fh.write(tail)
     k = JsonLinesJournal(j.path)
-    with caplog.at_level(logging.INFO, logger="fastspectro_dask.state"):
+    with caplog.at_level(logging.INFO, logger="fastspectro_dask.ledger"):
         assert k.load([rec]) == recs(0, 3)
     assert "uncommitted" in caplog.text
     assert j.path.stat().st_size == rec["bytes"]

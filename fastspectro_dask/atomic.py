@@ -1,0 +1,334 @@
+"""The one atomic writer of the package, the lock of a state file, and their clean-up.
+
+Every file the package writes (state JSON, ledger rewrite, figures, run summary, report
+pages) goes through :func:`atomic_open`: a temporary ``.<name>.<pid>.<12 hex>.tmp`` in the
+target's folder, created ``0666`` minus the umask (not ``mkstemp``'s ``0600``), flushed and
+``fsync``-ed, then moved onto the target with :func:`os.replace`. A reader sees the old file
+or the new one, never a mix; on any error the temporary is removed, and one a ``kill -9``
+left behind is removed by :func:`remove_stale_temporaries` at the next run.
+
+A corrupt state file is moved aside (:func:`move_aside`, kept, never deleted) by
+:func:`load_json_state`, and :class:`StateLock` refuses a second run on the same state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import fcntl
+import json
+import logging
+import os
+import re
+import socket
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from fastspectro_dask.errors import FastSpectroError
+
+__all__ = [
+    "StateLock",
+    "StateLockedError",
+    "atomic_open",
+    "atomic_write",
+    "atomic_write_json",
+    "load_json_state",
+    "move_aside",
+    "remove_stale_temporaries",
+]
+
+logger = logging.getLogger(__name__)
+
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+#: Our temporaries (``.<name>.<pid>.<12 hex>.tmp``) and the ``tempfile`` naming of earlier
+#: versions (``.<name>.<8 of [a-z0-9_]>.tmp``), after the ``.<name>`` prefix.
+_TMP_SUFFIX = re.compile(r"\.(?:\d+\.[0-9a-f]{12}|[a-z0-9_]{8})\.tmp")
+
+
+def fsync_dir(directory: str | os.PathLike[str]) -> None:
+    """Best-effort ``fsync`` of a folder, so that a rename in it survives a power loss."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike[str], *, sync_dir: bool = True) -> Iterator[IO[bytes]]:
+    """Open a binary file whose content replaces ``path`` atomically when the block ends.
+
+    The target is replaced only if the block completes; on any error (or interrupt) the
+    temporary is removed and the target is untouched. ``sync_dir`` also ``fsync``-s the
+    folder after the rename (state files; figures skip it).
+    """
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    tmp = folder / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if sync_dir:
+        fsync_dir(folder)
+
+
+def atomic_write(path: str | os.PathLike[str], data: bytes, *, sync_dir: bool = True) -> Path:
+    """Write ``data`` to ``path`` atomically (:func:`atomic_open`); returns the path."""
+    with atomic_open(path, sync_dir=sync_dir) as fh:
+        fh.write(data)
+    return Path(path)
+
+
+def _to_builtin(obj: Any) -> Any:
+    """numpy scalars/arrays, paths, sets and tuples as plain JSON types; keys as ``str``."""
+    if isinstance(obj, Mapping):
+        return {
+            k if isinstance(k, str) else str(_to_builtin(k)): _to_builtin(v) for k, v in obj.items()
+        }
+    if isinstance(obj, (list, tuple)):
+        return [_to_builtin(v) for v in obj]
+    if isinstance(obj, (set, frozenset)):
+        return [_to_builtin(v) for v in sorted(obj)]
+    if isinstance(obj, (np.ndarray, np.generic)):
+        return _to_builtin(obj.tolist()) if isinstance(obj, np.ndarray) else obj.item()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    return obj
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (set, frozenset, np.ndarray, np.generic, os.PathLike)):
+        return _to_builtin(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def _dumps(obj: Any, indent: int | None, one_line_per_key: bool, convert: bool = True) -> str:
+    """JSON text with sorted keys; NaN refused; numpy, sets and paths converted.
+
+    ``one_line_per_key``: one top-level key per line, its value compact (the C encoder only
+    serves unindented output, so this is several times faster than ``indent``).
+    """
+    kw: dict[str, Any] = {"sort_keys": True, "allow_nan": False, "default": _json_default}
+    try:
+        if one_line_per_key and isinstance(obj, Mapping):
+            lines = [f" {json.dumps(k)}: {json.dumps(obj[k], **kw)}" for k in sorted(obj)]
+            return "{\n" + ",\n".join(lines) + "\n}" if lines else "{}"
+        return json.dumps(obj, indent=indent, **kw)
+    except TypeError:  # numpy or mixed-type mapping keys: convert everything, once
+        if not convert:
+            raise
+        return _dumps(_to_builtin(obj), indent, one_line_per_key, convert=False)
+
+
+def atomic_write_json(
+    path: str | os.PathLike[str],
+    obj: Any,
+    *,
+    indent: int | None = 1,
+    one_line_per_key: bool = False,
+) -> None:
+    """Write ``obj`` as JSON (sorted keys) to ``path`` with :func:`atomic_write`.
+
+    Serialised first, so a ``TypeError``/``ValueError`` (NaN, an unknown type) never
+    touches the target. numpy values, sets, tuples and paths become plain JSON.
+    """
+    atomic_write(path, (_dumps(obj, indent, one_line_per_key) + "\n").encode("utf-8"))
+
+
+def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporaries of :func:`atomic_open` that a killed run left beside ``path``.
+
+    Only ``.<name>.<pid>.<12 hex>.tmp`` (or earlier versions' ``.<name>.<8 chars>.tmp``)
+    of this very file, only in its folder. Call it under the state's lock only: a live
+    writer's temporary would be removed under its feet otherwise. Returns what was removed.
+    """
+    path = Path(path)
+    prefix = f".{path.name}"
+    removed: list[Path] = []
+    with contextlib.suppress(OSError), os.scandir(path.parent if str(path.parent) else ".") as it:
+        stale = [
+            e.path
+            for e in it
+            if e.name.startswith(prefix)
+            and _TMP_SUFFIX.fullmatch(e.name[len(prefix) :])
+            and e.is_file(follow_symlinks=False)
+        ]
+        for p in stale:
+            try:
+                os.unlink(p)
+            except OSError as exc:
+                logger.warning("could not remove the stale temporary %s: %s", p, exc)
+            else:
+                removed.append(Path(p))
+    if removed:
+        n = len(removed)
+        logger.info("removed %d stale temporary file(s) of %s left by an interrupted run", n, path)
+    return removed
+
+
+def _utc_now(fmt: str | None = None) -> str:
+    now = _dt.datetime.now(_dt.timezone.utc)
+    return now.strftime(fmt) if fmt else now.isoformat(timespec="seconds")
+
+
+def move_aside(
+    path: str | os.PathLike[str], *, kind: str = "state", reason: str = "corrupt"
+) -> Path | None:
+    """Rename a bad file to ``<name>.corrupt-<UTC stamp>`` (kept), with a warning.
+
+    Returns the new path, or ``None`` when ``path`` does not exist.
+    """
+    path = Path(path)
+    stamp = _utc_now("%Y%m%dT%H%M%S.%fZ")
+    aside, n = path.with_name(f"{path.name}.corrupt-{stamp}"), 0
+    while aside.exists():
+        n += 1
+        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+    try:
+        os.replace(path, aside)
+    except FileNotFoundError:
+        return None
+    logger.warning(
+        "Corrupt %s file %s (%s): moved aside to %s; starting fresh.", kind, path, reason, aside
+    )
+    return aside
+
+
+def load_json_state(path: str | os.PathLike[str], *, kind: str = "state") -> dict[str, Any] | None:
+    """The JSON object in ``path``; ``None`` if there is none or it was corrupt.
+
+    A file that is not a UTF-8 JSON object (truncated, empty, garbage, a list) is moved
+    aside with :func:`move_aside`, and the caller starts fresh. A file that exists but
+    cannot be read raises ``OSError``: that is not corruption.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        reason = f"not valid JSON ({exc})" if raw.strip() else "empty file"
+    else:
+        if isinstance(obj, dict):
+            return obj
+        reason = f"JSON {type(obj).__name__}, not an object"
+    move_aside(path, kind=kind, reason=reason)
+    return None
+
+
+class StateLockedError(FastSpectroError):
+    """Another run holds the lock of a state file; ``holder`` is what it wrote there."""
+
+    def __init__(self, lock_path: str | os.PathLike[str], holder: Mapping[str, Any] | None) -> None:
+        self.lock_path = str(lock_path)
+        self.holder = dict(holder) if holder else None
+        h = self.holder or {}
+        who = (
+            f"PID {h.get('pid', '?')} on host {h.get('host', '?')}, started "
+            f"{h.get('started_utc', '?')}"
+            if h
+            else "an unknown process (holder information not readable yet)"
+        )
+        super().__init__(
+            f"Another run is using the same state files: lock {self.lock_path} is held by "
+            f"{who}. Wait for it to finish, or point this run at another output folder / "
+            f"progress file. (The lock is released automatically when the holder exits, "
+            f"even if it is killed.)"
+        )
+
+    def __reduce__(self):  # picklable with its two-argument constructor
+        return (type(self), (self.lock_path, self.holder))
+
+
+class StateLock:
+    """An exclusive, non-blocking ``flock`` on ``<target>.lock``.
+
+    It conflicts with other processes and with another :class:`StateLock` of the same
+    target in this process; the kernel drops it when the holder dies (even by SIGKILL), so
+    no stale lock is ever left. The lock file is kept (emptied on release): deleting it
+    would let two runs lock two inodes. The holder writes its PID, host and start time
+    into it for :class:`StateLockedError`. On NFS, ``flock`` works across clients only
+    with the NFS lock service.
+    """
+
+    def __init__(self, target: str | os.PathLike[str]) -> None:
+        self.target = Path(target)
+        self.lock_path = self.target.with_name(self.target.name + ".lock")
+        self._fd: int | None = None
+
+    @property
+    def locked(self) -> bool:
+        """Whether this object holds the lock."""
+        return self._fd is not None
+
+    def acquire(self) -> None:
+        """Take the lock or raise :class:`StateLockedError` at once."""
+        if self._fd is not None:
+            raise RuntimeError(f"{self.lock_path} is already held by this StateLock")
+        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except (BlockingIOError, PermissionError) as exc:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise StateLockedError(self.lock_path, holder) from exc
+        except BaseException:
+            os.close(fd)
+            raise
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "started_utc": _utc_now()}
+        info["target"] = str(self.target)
+        try:  # a courtesy only: the lock is held either way
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(info, sort_keys=True) + "\n").encode(), 0)
+            os.fsync(fd)
+        except OSError:
+            logger.debug("Could not write holder information into %s", self.lock_path)
+        self._fd = fd
+
+    def release(self) -> None:
+        """Release the lock (a no-op when not held)."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def __enter__(self) -> StateLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+    def __del__(self) -> None:  # pragma: no cover - safety net only
+        with contextlib.suppress(Exception):
+            if self._fd is not None:
+                os.close(self._fd)
+
+
+def _read_holder(fd: int) -> dict[str, Any] | None:
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0).decode("utf-8"))
+    except (OSError, ValueError):
+        return None
+    return holder if isinstance(holder, dict) else None

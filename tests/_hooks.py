@@ -42,6 +42,17 @@ def noop(job: RenderJob) -> dict:
     return {"path": job.output, "errors": {}, "seconds": 0.0, "log": []}
 
 
+def sigint_on_victim(job: RenderJob) -> dict:
+    """Sends SIGINT to the process named in ``<output>/sigint.pid`` when the victim's
+    instrument grid renders (a deterministic Ctrl-C in the middle of a run)."""
+    from pathlib import Path
+
+    pid_file = Path(job.output).parents[3] / "sigint.pid"
+    if job.orbit == VICTIM and job.product == "instruments" and pid_file.exists():
+        os.kill(int(pid_file.read_text()), signal.SIGINT)
+    return render_job(job)
+
+
 def slow(job: RenderJob) -> dict:
     time.sleep(0.25)
     return render_job(job)

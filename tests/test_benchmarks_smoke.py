@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
+
+import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -22,3 +25,34 @@ def test_bench_read_smoke(capsys):
     for name in ("(a) raw cdflib decode", "(b) reduce_file", "(c) decode only"):
         assert name in out
     assert all(len(ts) == 1 and ts[0] > 0 for ts in times.values())
+
+
+def test_bench_render_smoke(capsys):
+    bench = _load("bench_render")
+    ratios = bench.main(["--records", "30", "--orbits", "1", "--rounds", "1"])
+    out = capsys.readouterr().out
+    for name in ("naive loop (baseline)", "reference: instrument grid", "fast: pad"):
+        assert name in out and ratios[name] > 0
+
+
+def test_compare_decoding_smoke(capsys):
+    _load("compare_decoding").main()
+    out = capsys.readouterr().out
+    assert "survey (16->8 bit)" in out and "burst (14->8 bit)" in out
+    assert " 224-255 " in out and " 192-255 " in out  # the last segments of each table
+
+
+@pytest.mark.slow
+def test_bench_pipeline_cli_smoke(capsys, monkeypatch):
+    bench = _load("bench_pipeline")
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "bench_pipeline.py",
+            *("--only-cli", "--cli-orbits", "1", "--cli-records", "20", "--rounds", "1"),
+        ],
+    )
+    bench.main()
+    out = capsys.readouterr().out
+    assert "whole CLI run vs the naive loop" in out and "cold (from nothing)" in out

@@ -281,12 +281,12 @@ def _check_cluster_options(args: argparse.Namespace) -> None:
             f"--max-workers is for the local cluster; with --cluster {kind} use --jobs N "
             "or --adapt MIN:MAX (and --cluster-kw cores=... processes=...)"
         )
-    from fastspectro_dask.cluster import JobqueueMissingError, _jobqueue_class
+    from fastspectro_dask.cluster import JobqueueMissingError, check_jobqueue
 
-    try:  # a missing dask-jobqueue is refused before any folder or lock is touched
-        _jobqueue_class(kind)
+    try:
+        check_jobqueue(kind)
     except JobqueueMissingError as exc:
-        raise _UsageError(str(exc)) from None
+        raise _UsageError(str(exc)) from exc
 
 
 def _enter_client(stack: contextlib.ExitStack, args: argparse.Namespace, *, local: bool):

@@ -35,6 +35,8 @@ __all__ = [
     "DEFAULT_DASHBOARD_ADDRESS",
     "ClusterConfigError",
     "JobqueueMissingError",
+    "WorkerTerminalPlugin",
+    "check_jobqueue",
     "client_context",
     "connect_client",
     "expected_worker_threads",
@@ -341,6 +343,12 @@ def _jobqueue_class(kind: str):
             "conda install -c conda-forge dask-jobqueue)."
         ) from exc
     return getattr(dask_jobqueue, _JOBQUEUE_CLASSES[kind])
+
+
+def check_jobqueue(kind: str) -> None:
+    """Raise :class:`JobqueueMissingError` (with the line to install it) when the
+    dask-jobqueue cluster class of ``kind`` (``"slurm"``, ``"pbs"``) cannot be imported."""
+    _jobqueue_class(kind)
 
 
 def _with_daemon_prologue(kind: str, kwargs: dict[str, Any]) -> list[str]:

@@ -118,10 +118,18 @@ class RunConfig:
     style: RenderStyle
 
     @classmethod
-    def resolve(cls, base: RunConfig | None = None, /, **overrides: Any) -> RunConfig:
+    def resolve(
+        cls,
+        base: RunConfig | None = None,
+        /,
+        *,
+        _spelled: Mapping[str, str] | None = None,
+        **overrides: Any,
+    ) -> RunConfig:
         """The configuration from ``base`` (default: the dask config, ``fastspectro.*``)
         with ``overrides`` (setting names as in :func:`names`; ``None`` values are not
-        given) applied, validated.
+        given) applied, validated. ``_spelled`` renames settings in error messages, for
+        callers whose argument has another name (``max_percentile``).
 
         Raises
         ------
@@ -146,7 +154,7 @@ class RunConfig:
         checked = {}
         for key in names:
             try:
-                checked[key] = _CHECKS[key](key, values[key])
+                checked[key] = _CHECKS[key]((_spelled or {}).get(key, key), values[key])
             except ValueError as exc:
                 raise ValueError(f"{exc}{sources[key]}") from None
         if checked["pad_energy"] is not None:
@@ -186,10 +194,15 @@ class RunConfig:
 
 
 @functools.cache
+def _packaged() -> dict[str, Any]:
+    """The packaged defaults, as in ``fastspectro.yaml`` (hyphenated keys, its order)."""
+    with open(DEFAULTS_PATH, encoding="utf-8") as f:
+        return yaml.safe_load(f)[SECTION]
+
+
 def _yaml_order() -> tuple[str, ...]:
     """The keys of ``fastspectro.yaml``, in its order (hyphenated)."""
-    with open(DEFAULTS_PATH, encoding="utf-8") as f:
-        return tuple(yaml.safe_load(f)[SECTION])
+    return tuple(_packaged())
 
 
 def setting_names() -> list[str]:
@@ -208,7 +221,15 @@ def _from_dask_config(names: list[str]) -> tuple[dict[str, Any], dict[str, str]]
             f"unknown setting(s) {', '.join(f'{SECTION}.{k}' for k in unknown)} in the dask "
             f"config; known: {', '.join(n.replace('_', '-') for n in names)}"
         )
-    values = {n: dask.config.get(f"{SECTION}.{n.replace('_', '-')}") for n in names}
+    # a section replaced whole (dask.config.set({"fastspectro": {...}})) keeps the
+    # packaged value of a key it lacks
+    packaged = _packaged()
+    values = {
+        n: dask.config.get(
+            f"{SECTION}.{n.replace('_', '-')}", default=packaged[n.replace("_", "-")]
+        )
+        for n in names
+    }
     sources = {
         n: f" (from the dask config {SECTION}.{n.replace('_', '-')}: a config file or "
         f"DASK_{SECTION.upper()}__{n.upper()})"

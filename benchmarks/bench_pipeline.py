@@ -545,6 +545,14 @@ def fake_jobs(n: int, start: int = 10_000) -> dict[int, list]:
 
     cats = normalize_categories(None)
     order = ("ees", "eeb", "ies", "ieb")
+    style = dict(  # the packaged defaults (fastspectro.yaml)
+        retrace=False,
+        squeeze_gaps_minutes=5.0,
+        pad_shift90=False,
+        engine="fast",
+        dpi=100.0,
+        figsize=None,
+    )
     extrema = {
         i: {"y_min": 4.0, "y_max": 3.2e4, "z_min": 1.0, "z_max": 1e6} for i in order
     }  # shared, like the grid extrema of _plan
@@ -565,6 +573,7 @@ def fake_jobs(n: int, start: int = 10_000) -> dict[int, list]:
                 z_scale="log",
                 instrument_order=order,
                 extrema=extrema,
+                **style,
             )
         ]
     return jobs
@@ -692,31 +701,23 @@ def run_planned(client, mission: dict[str, Any], tmp: Path) -> dict[str, Any]:
     pipeline does) feeding ``_loop`` with a real ProgressStore and the manifest; no-op
     renders. ``mission`` is ``{"index": ..., "state": ...}``; the state is taken out of it.
     Timed."""
+    from fastspectro_dask.config import RunConfig
     from fastspectro_dask.pipeline import _Options, _plan
-    from fastspectro_dask.reduce import normalize_categories
 
     index = mission["index"]
     orbits = list(index)
 
     def plan(out: Path, summary) -> Any:
         opts = _Options(
+            config=RunConfig.resolve(
+                products=("instruments",),
+                flush_batch_size=FLUSH,
+                progress_bar=False,
+            ),
             input_dir=index.root,
             out=out,
-            y_scale="linear",
-            z_scale="log",
-            instrument_order=("ees", "eeb", "ies", "ieb"),
             extrema_path=out / "extrema.json",
             cache_dir=out / "reduced.zarr",
-            max_percentile=95.0,
-            flush_batch_size=FLUSH,
-            variable="data",
-            cats=normalize_categories(None),
-            products=("instruments",),
-            overwrite=False,
-            window=None,
-            instrument_timeout=120.0,
-            orbit_timeout=600.0,
-            progress_bar=False,
             render_fn=_noop(),
         )
         return _plan(opts, orbits, index, mission.pop("state"), summary)

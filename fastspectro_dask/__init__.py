@@ -10,7 +10,10 @@ Public API (everything else is private):
 * :func:`open_esa` - one CDF file as a lazy :class:`xarray.Dataset` (also the xarray
   backend ``engine="fastesa"``);
 * :class:`InvalidCDFError` and the other errors of :mod:`fastspectro_dask.errors`;
-* :class:`StateLockedError` - another run holds the lock of the same progress/extrema file.
+* :class:`StateLockedError` - another run holds the lock of the same progress/extrema file;
+* :class:`RunConfig` - a run's settings: the packaged ``fastspectro.yaml`` defaults, registered
+  with ``dask.config`` under ``fastspectro`` on import, then the user's dask config and
+  environment, then arguments.
 
 The plotting and cluster layers are imported on first use, so ``import fastspectro_dask``
 stays light (no distributed, no matplotlib).
@@ -20,6 +23,7 @@ from importlib import import_module
 from typing import Any
 
 from fastspectro_dask._version import __version__
+from fastspectro_dask.config import RunConfig
 from fastspectro_dask.discovery import INSTRUMENTS, OrbitIndex, discover
 from fastspectro_dask.errors import EmptyDataError, FastSpectroError, InvalidCDFError
 from fastspectro_dask.io import open_esa
@@ -45,6 +49,7 @@ __all__ = [
     "FastSpectroError",
     "InvalidCDFError",
     "OrbitIndex",
+    "RunConfig",
     "RunSummary",
     "StateLockedError",
     "__version__",

@@ -289,7 +289,13 @@ def _check_cluster_options(args: argparse.Namespace) -> None:
         raise _UsageError(str(exc)) from exc
 
 
-def _enter_client(stack: contextlib.ExitStack, args: argparse.Namespace, *, local: bool):
+def _enter_client(
+    stack: contextlib.ExitStack,
+    args: argparse.Namespace,
+    *,
+    local: bool,
+    max_workers: int | None = None,
+):
     """The run's client, registered for closing on ``stack``; None for extrema on threads.
 
     ``--scheduler-address``/``--scheduler-file``: connect; ``--cluster slurm|pbs``: a
@@ -317,9 +323,7 @@ def _enter_client(stack: contextlib.ExitStack, args: argparse.Namespace, *, loca
         if not local:
             return None
         return stack.enter_context(
-            client_context(
-                None, max_workers=getattr(args, "max_workers", None), dashboard_address=dashboard
-            )
+            client_context(None, max_workers=max_workers, dashboard_address=dashboard)
         )
     try:
         client = stack.enter_context(
@@ -346,7 +350,7 @@ def _enter_client(stack: contextlib.ExitStack, args: argparse.Namespace, *, loca
 
 
 def _write_report(
-    output_dir: Path, summaries: list, performance_report: Path | None
+    output_dir: Path, summaries: list, performance_report: Path | None, cfg=None
 ) -> Path | None:
     from fastspectro_dask.report import write_run_report
     from fastspectro_dask.state import StateLock, StateLockedError
@@ -356,7 +360,10 @@ def _write_report(
     try:
         with StateLock(output_dir / "progress.json"):  # not over a run started meanwhile
             return write_run_report(
-                output_dir, summaries=summaries, performance_report=performance_report
+                output_dir,
+                summaries=summaries,
+                performance_report=performance_report,
+                config=None if cfg is None else cfg.to_dict(),
             )
     except StateLockedError as exc:
         print(f"fastspectro: run report not written: {_locked_line(exc)}", file=sys.stderr)
@@ -397,10 +404,11 @@ def _lock_output(stack: contextlib.ExitStack, output_dir: Path) -> None:
 def _run_plots(args: argparse.Namespace, input_dir: Path, output_dir: Path) -> int:
     from fastspectro_dask.state import StateLockedError
 
+    cfg = _run_config(args)  # every setting checked before anything is touched
     combos = (
         [(y, z) for y in SCALES for z in SCALES]
         if args.all_scales
-        else [(args.y_scale, args.z_scale)]
+        else [(cfg.style.y_scale, cfg.style.z_scale)]
     )
     summaries: list = []
     report = None
@@ -420,7 +428,7 @@ def _run_plots(args: argparse.Namespace, input_dir: Path, output_dir: Path) -> i
         from fastspectro_dask.pipeline import FAST_plot_spectrograms_directory
 
         with contextlib.ExitStack() as stack:
-            client = _enter_client(stack, args, local=True)
+            client = _enter_client(stack, args, local=True, max_workers=cfg.max_workers)
             print(f"Dask dashboard: {client.dashboard_link}", flush=True)
             # a jobqueue cluster has no worker yet: size the window for the jobs asked for
             window = (
@@ -436,26 +444,9 @@ def _run_plots(args: argparse.Namespace, input_dir: Path, output_dir: Path) -> i
                     output_dir,
                     y_scale=y,
                     z_scale=z,
+                    config=cfg,
                     client=client,
-                    variable=args.variable,
-                    flush_batch_size=args.flush_batch_size,
-                    log_flush_batch_size=args.log_flush_batch_size,
-                    flush_interval_seconds=args.flush_interval,
-                    orbit_timeout_seconds=args.orbit_timeout,
-                    instrument_timeout_seconds=args.instrument_timeout,
-                    ignore_progress_json=args.ignore_progress,
-                    overwrite=args.overwrite,
-                    max_processing_percentile=args.percentile,
-                    products=args.products,
                     window=window,
-                    retrace=args.keep_retrace,
-                    squeeze_gaps_minutes=args.squeeze_gaps,
-                    pad_energy=args.pad_energy,
-                    pad_shift90=args.pad_shift90,
-                    engine=args.engine,
-                    dpi=args.dpi,
-                    figsize=args.figsize,
-                    figure_format=args.figure_format,
                 )
                 summaries.append(s)
                 if s.interrupted:
@@ -467,7 +458,7 @@ def _run_plots(args: argparse.Namespace, input_dir: Path, output_dir: Path) -> i
         probe.close()
         # also after an interruption or a failure: what was written is worth seeing
         if not args.no_report and not refused:
-            report = _write_report(output_dir, summaries, args.performance_report)
+            report = _write_report(output_dir, summaries, args.performance_report, cfg)
     print(_summary_table(summaries))
     print(f"figures, progress.json, extrema.json and logs/ are in {output_dir}")
     if report is not None:
@@ -486,6 +477,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from fastspectro_dask.synth import write_synthetic_dataset
 
+    _run_config(args)  # bad settings refused before the demo data is written
     data, figures = args.out / "data", args.out / "figures"
     if not list(data.rglob("*.cdf")):
         man = write_synthetic_dataset(
@@ -509,18 +501,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_extrema(args: argparse.Namespace) -> int:
     from fastspectro_dask.extrema import compute_global_extrema
 
+    cfg = _run_config(args)  # checked before the cluster starts
     with contextlib.ExitStack() as stack:
         client = _enter_client(stack, args, local=False)
         state = compute_global_extrema(
-            args.input,
-            args.y_scale,
-            args.z_scale,
-            extrema_json_path=args.output,
-            max_percentile=args.percentile,
-            variable=args.variable,
-            compute_mins=args.compute_mins,
-            client=client,
-            retrace=args.keep_retrace,
+            args.input, extrema_json_path=args.output, config=cfg, client=client
         )
     print(
         f"{'instrument':<10} {'category':<14} {'y_min':>10} {'y_max':>10} {'z_min':>12} "
@@ -536,7 +521,7 @@ def _cmd_extrema(args: argparse.Namespace) -> int:
                 f"{inst:<10} {cat:<14} {f(r['y_min']):>10} {f(r['y_max']):>10} "
                 f"{f(r['z_min']):>12} {f(r['z_max']):>12} {r['n_samples']:>10}"
             )
-    print(f"written to {args.output or Path(args.input) / 'extrema.json'}")
+    print(f"written to {args.output or Path.cwd() / 'extrema.json'}")
     return EXIT_ERRORS if state.get("errors") else EXIT_OK
 
 
@@ -574,117 +559,134 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--y-scale", choices=SCALES, default="linear", help="energy axis scale")
-    p.add_argument("--z-scale", choices=SCALES, default="log", help="colour scale")
-    p.add_argument(
-        "--all-scales",
-        action="store_true",
-        help="the four scale combinations in one run (one read of the data)",
-    )
+def _default(name: str) -> str:
+    """A setting's current default for --help: the dask config's ``fastspectro.<name>``
+    (the packaged fastspectro.yaml unless the user's config or environment changed it)."""
+    import dask.config
+
+    import fastspectro_dask.config  # noqa: F401  (registers the defaults)
+
+    value = dask.config.get(f"fastspectro.{name}", default=None)
+    if isinstance(value, (list, tuple)):
+        return " ".join(map(str, value))
+    return "none" if value is None else str(value)
+
+
+def _add_setting_options(p: argparse.ArgumentParser) -> None:
+    """The flags of the run settings (:mod:`fastspectro_dask.config`): each defaults to
+    None, not given, so that the dask config (fastspectro.yaml, the user's dask config
+    files, DASK_FASTSPECTRO__* variables) decides."""
+    d = _default
+    p.add_argument("--y-scale", choices=SCALES, help=f"energy axis scale ({d('y-scale')})")
+    p.add_argument("--z-scale", choices=SCALES, help=f"colour scale ({d('z-scale')})")
     p.add_argument(
         "--variable",
         choices=("data", "eflux", "rate"),
-        default="data",
-        help="counts (data, default), energy flux (eflux) or counts per second per angle "
-        "bin (rate: no jumps at survey mode changes)",
+        help="counts (data), energy flux (eflux) or counts per second per angle "
+        f"bin (rate: no jumps at survey mode changes) ({d('variable')})",
     )
     p.add_argument(
         "--squeeze-gaps",
         type=_nonnegative_float,
-        default=5.0,
         metavar="MINUTES",
         help="cut data gaps longer than this out of the UT axis, drawn as narrow breaks "
-        "(default 5; 0 keeps the whole axis)",
+        f"(0 keeps the whole axis) ({d('squeeze-gaps-minutes')})",
     )
     _add_retrace_option(p)
     p.add_argument(
         "--products",
         nargs="+",
         choices=("instruments", "pitch-angle", "pad"),
-        default=["instruments", "pitch-angle", "pad"],
-        help="figures to make (default all three; pad: the pitch-angle spectrogram)",
+        help=f"figures to make (pad: the pitch-angle spectrogram) ({d('products')})",
     )
     p.add_argument(
         "--pad-energy",
         type=_energy_window,
-        default=None,
         metavar="LO:HI",
-        help="energy window of the pad product in eV (default: all valid channels)",
+        help=f"energy window of the pad product in eV ({d('pad-energy')}: all valid channels)",
     )
     p.add_argument(
         "--engine",
         choices=("fast", "reference"),
-        default="fast",
-        help="fast (default: layouts reused, raster panels) or reference (a fresh "
-        "matplotlib figure each time; slow)",
+        help="fast (layouts reused, raster panels) or reference (a fresh "
+        f"matplotlib figure each time; slow) ({d('engine')})",
     )
-    p.add_argument("--dpi", type=_positive_float, default=100.0, help="dots per inch (100)")
+    p.add_argument("--dpi", type=_positive_float, help=f"dots per inch ({d('dpi')})")
     p.add_argument(
         "--figsize",
         type=_figsize,
-        default=None,
         metavar="WxH",
-        help="figure size in inches, e.g. 16x12 (default 12 wide, 2.1 per row)",
+        help=f"figure size in inches, e.g. 16x12 ({d('figsize')}: 12 wide, 2.1 per row)",
     )
     p.add_argument(
         "--format",
         dest="figure_format",
         choices=("png", "pdf", "svg"),
-        default="png",
-        help="figure format; pdf/svg embed the raster panels, text stays text",
+        help=f"figure format; pdf/svg embed the raster panels, text stays text "
+        f"({d('figure-format')})",
     )
     p.add_argument(
         "--pad-shift90",
-        action="store_true",
-        help="draw the pad product over -90..270 deg (0 and 180 deg off the edges)",
+        action=argparse.BooleanOptionalAction,
+        help="draw the pad product over -90..270 deg (0 and 180 deg off the edges) "
+        f"({d('pad-shift90')})",
     )
     p.add_argument(
         "--percentile",
         type=_percentile,
-        default=95.0,
-        help="colour-scale maximum: exact mission-wide percentile (default 95)",
+        help=f"colour-scale maximum: exact mission-wide percentile "
+        f"({d('max-processing-percentile')})",
     )
     p.add_argument(
         "--flush-batch-size",
         type=_positive_int,
-        default=10,
-        help="write progress every N completed orbits (default 10)",
+        help=f"write progress every N completed orbits ({d('flush-batch-size')})",
     )
     p.add_argument(
         "--log-flush-batch-size",
         type=_positive_int,
-        default=None,
-        help="write logs every N records (default: --flush-batch-size)",
+        help=f"write logs every N records ({d('log-flush-batch-size')}: --flush-batch-size)",
     )
     p.add_argument(
         "--flush-interval",
         type=_positive_float,
-        default=None,
-        help="also write progress every S seconds",
+        help=f"also write progress every S seconds ({d('flush-interval-seconds')})",
     )
     p.add_argument(
         "--max-workers",
         type=_positive_int,
-        default=None,
-        help="local cluster worker processes (default: cores)",
+        help=f"local cluster worker processes ({d('max-workers')}: cores)",
     )
     p.add_argument(
         "--orbit-timeout",
         type=_positive_float,
-        default=600.0,
-        help="seconds for all of an orbit's figures (default 600)",
+        help=f"seconds for all of an orbit's figures; inf: no bound ({d('orbit-timeout-seconds')})",
     )
     p.add_argument(
         "--instrument-timeout",
         type=_positive_float,
-        default=120.0,
-        help="seconds for one figure, from the moment its render process is ready (default 120)",
+        help="seconds for one figure, from the moment its render process is ready; inf: "
+        f"no bound ({d('instrument-timeout-seconds')})",
     )
     p.add_argument(
-        "--ignore-progress", action="store_true", help="ignore progress.json: a fresh pass"
+        "--ignore-progress",
+        action=argparse.BooleanOptionalAction,
+        help=f"ignore progress.json: a fresh pass ({d('ignore-progress-json')})",
     )
-    p.add_argument("--overwrite", action="store_true", help="re-render existing figures")
+    p.add_argument(
+        "--overwrite",
+        action=argparse.BooleanOptionalAction,
+        help=f"re-render existing figures ({d('overwrite')})",
+    )
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    _add_setting_options(p)
+    p.add_argument(
+        "--all-scales",
+        action="store_true",
+        help="the four scale combinations in one run (one read of the data)",
+    )
     p.add_argument(
         "--performance-report",
         type=Path,
@@ -700,12 +702,49 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     _add_scheduler_options(p)
 
 
+def _run_config(args: argparse.Namespace):
+    """The run's settings: the dask config, then the flags given; validated (ValueError)."""
+    from fastspectro_dask.config import RunConfig
+
+    return RunConfig.resolve(
+        y_scale=getattr(args, "y_scale", None),
+        z_scale=getattr(args, "z_scale", None),
+        variable=getattr(args, "variable", None),
+        squeeze_gaps_minutes=getattr(args, "squeeze_gaps", None),
+        retrace=getattr(args, "keep_retrace", None),
+        products=getattr(args, "products", None),
+        pad_energy=getattr(args, "pad_energy", None),
+        engine=getattr(args, "engine", None),
+        dpi=getattr(args, "dpi", None),
+        figsize=getattr(args, "figsize", None),
+        figure_format=getattr(args, "figure_format", None),
+        pad_shift90=getattr(args, "pad_shift90", None),
+        max_processing_percentile=getattr(args, "percentile", None),
+        flush_batch_size=getattr(args, "flush_batch_size", None),
+        log_flush_batch_size=getattr(args, "log_flush_batch_size", None),
+        flush_interval_seconds=getattr(args, "flush_interval", None),
+        max_workers=getattr(args, "max_workers", None),
+        orbit_timeout_seconds=getattr(args, "orbit_timeout", None),
+        instrument_timeout_seconds=getattr(args, "instrument_timeout", None),
+        ignore_progress_json=getattr(args, "ignore_progress", None),
+        overwrite=getattr(args, "overwrite", None),
+        compute_mins=getattr(args, "compute_mins", None),
+    )
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    """``fastspectro config``: the resolved settings as a dask config file (YAML)."""
+    sys.stdout.write(_run_config(args).to_yaml())
+    return EXIT_OK
+
+
 def _add_retrace_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--keep-retrace",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         help="keep energy channel 0, the sweep's high-voltage retrace step (dropped by "
-        "default, as the FAST user guide advises: its energy is unreliable)",
+        "default, as the FAST user guide advises: its energy is unreliable) "
+        f"({_default('retrace')})",
     )
 
 
@@ -893,18 +932,40 @@ def _build_parser() -> argparse.ArgumentParser:
         default=None,
         help="extrema JSON path (default ./extrema.json; never inside INPUT)",
     )
-    p.add_argument("--y-scale", choices=SCALES, default="linear")
-    p.add_argument("--z-scale", choices=SCALES, default="log")
-    p.add_argument("--variable", choices=("data", "eflux", "rate"), default="data")
-    p.add_argument("--percentile", type=_percentile, default=95.0)
+    p.add_argument("--y-scale", choices=SCALES, help=f"({_default('y-scale')})")
+    p.add_argument("--z-scale", choices=SCALES, help=f"({_default('z-scale')})")
+    p.add_argument(
+        "--variable", choices=("data", "eflux", "rate"), help=f"({_default('variable')})"
+    )
+    p.add_argument(
+        "--percentile", type=_percentile, help=f"({_default('max-processing-percentile')})"
+    )
     p.add_argument(
         "--compute-mins",
-        action="store_true",
-        help="z_min is the exact 1st percentile instead of the smallest value",
+        action=argparse.BooleanOptionalAction,
+        help="z_min is the exact 1st percentile instead of the smallest value "
+        f"({_default('compute-mins')})",
     )
     _add_retrace_option(p)
     _add_scheduler_options(p)
     p.set_defaults(func=_cmd_extrema)
+
+    p = sub.add_parser(
+        "config",
+        help="print the resolved run settings as YAML",
+        description="Print the settings a plot run would use, as a dask config file: the "
+        "packaged defaults (fastspectro.yaml), then the user's dask config files "
+        "(~/.config/dask/*.yaml) and DASK_FASTSPECTRO__* environment variables, then the "
+        "flags given (the same as plot's). Bad values are refused (exit code 2).",
+    )
+    _add_run_options(p)
+    p.add_argument(
+        "--compute-mins",
+        action=argparse.BooleanOptionalAction,
+        help="z_min is the exact 1st percentile (as extrema --compute-mins) "
+        f"({_default('compute-mins')})",
+    )
+    p.set_defaults(func=_cmd_config)
 
     p = sub.add_parser(
         "status",

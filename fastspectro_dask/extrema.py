@@ -47,6 +47,7 @@ import numpy as np
 
 from fastspectro_dask.atomic import StateLock
 from fastspectro_dask.cache import FileKey, ReducedCache, reduce_file
+from fastspectro_dask.config import RunConfig
 from fastspectro_dask.discovery import INSTRUMENTS, OrbitIndex, discover
 from fastspectro_dask.errors import EmptyDataError, error_reason
 from fastspectro_dask.ledger import SCHEMA as _SCHEMA
@@ -57,7 +58,7 @@ from fastspectro_dask.quantiles import (
     resolve_exact,
     targets_for,
 )
-from fastspectro_dask.reduce import REDUCTION_VERSION, PadSpec, normalize_categories
+from fastspectro_dask.reduce import REDUCTION_VERSION, PadSpec
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -367,34 +368,40 @@ def _reuse(
 
 def compute_global_extrema(
     directory_path: str | os.PathLike[str],
-    y_scale: str = "linear",
-    z_scale: str = "log",
-    instrument_order: Sequence[str] = INSTRUMENTS,
+    y_scale: str | None = None,
+    z_scale: str | None = None,
+    instrument_order: Sequence[str] | None = None,
     extrema_json_path: str | os.PathLike[str] | None = None,
-    max_percentile: float = 95.0,
-    flush_batch_size: int = 10,
-    compute_mins: bool = False,
-    variable: str = "data",
-    client: Client | None = None,
+    max_percentile: float | None = None,
+    flush_batch_size: int | None = None,
     *,
+    compute_mins: bool | None = None,
+    variable: str | None = None,
+    client: Client | None = None,
+    config: RunConfig | None = None,
     categories: Mapping[str, Any] | None = None,
     cache_path: str | os.PathLike[str] | None = None,
     max_workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     index: OrbitIndex | None = None,
-    retrace: bool = False,
+    retrace: bool | None = None,
     pad: PadSpec | None = None,
 ) -> dict[str, Any]:
     """Exact mission-wide limits per instrument and pitch-angle category.
+
+    Settings left ``None`` (not given) come from ``config``, by default from the dask
+    config ``fastspectro.*`` (:class:`fastspectro_dask.config.RunConfig`; the packaged
+    defaults in brackets), validated before anything is touched.
 
     Parameters
     ----------
     directory_path : path-like
         Folder of FAST ESA L2 files (any layout; see :func:`fastspectro_dask.discover`).
     y_scale, z_scale : {"linear", "log"}
-        Name the keys; the values are linear physical units for every combination.
+        Name the keys; the values are linear physical units for every combination
+        [linear, log].
     instrument_order : sequence of str
-        Instruments to compute.
+        Instruments to compute [ees, eeb, ies, ieb].
     extrema_json_path : path-like, optional
         The state file; default ``extrema.json`` in the current working directory (as the
         original tool's ``FAST_calculated_extrema.json``), with its lock
@@ -403,15 +410,19 @@ def compute_global_extrema(
         directory is in ``directory_path``) is a ``ValueError``. The pipeline puts the
         file in its output folder.
     max_percentile : float
-        Percentile of positive finite values for ``z_max`` (default 95.0).
+        Percentile of positive finite values for ``z_max`` (the setting
+        ``max_processing_percentile``) [95.0].
     flush_batch_size : int
-        Write the state every this many orbits of pass 1 (and at the end).
+        Write the state every this many orbits of pass 1 (and at the end) [10].
     compute_mins : bool
-        ``z_min`` is the exact 1st percentile instead of the smallest positive value.
-    variable : {"data", "eflux"}
-        The plotted variable.
+        ``z_min`` is the exact 1st percentile instead of the smallest positive value
+        [False].
+    variable : {"data", "eflux", "rate"}
+        The plotted variable [data].
     client : distributed.Client, optional
         Run on this cluster; by default on local threads.
+    config : RunConfig, optional
+        The settings to start from instead of the dask config; arguments override them.
     categories : mapping, optional
         Pitch-angle categories (default :data:`fastspectro_dask.reduce.DEFAULT_CATEGORIES`).
     cache_path : path-like, optional
@@ -428,7 +439,7 @@ def compute_global_extrema(
     retrace : bool
         Count channel 0, the sweep's high-voltage retrace step. By default it is dropped,
         as the FAST user guide advises (see :func:`fastspectro_dask.reduce.reduce_dataset`):
-        kept, it puts ``y_max`` near 60 keV, beyond the instruments' range.
+        kept, it puts ``y_max`` near 60 keV, beyond the instruments' range [False].
     pad : PadSpec, optional
         Also the colour limits of the pitch-angle spectrogram (product ``pad``): results
         under ``"pad"`` and keys ``{instrument}_pad_{y}_{z}_{z|y}_{min|max}`` (z as for the
@@ -449,15 +460,29 @@ def compute_global_extrema(
     EmptyDataError
         No instrument has a single positive finite value.
     ValueError
-        A bad ``flush_batch_size`` or ``max_percentile``; or no ``extrema_json_path``
+        A bad setting (named, with its allowed values); or no ``extrema_json_path``
         while the current directory is inside ``directory_path``.
     fastspectro_dask.atomic.StateLockedError
         Another run is using the same extrema JSON (lock ``<extrema JSON>.lock``).
     """
-    if flush_batch_size < 1:
-        raise ValueError("flush_batch_size must be >= 1")
-    if not 0.0 <= float(max_percentile) <= 100.0:
-        raise ValueError("max_percentile must be within [0, 100]")
+    cfg = RunConfig.resolve(
+        config,
+        _spelled={"max_processing_percentile": "max_percentile"},
+        y_scale=y_scale,
+        z_scale=z_scale,
+        instrument_order=instrument_order,
+        max_processing_percentile=max_percentile,
+        flush_batch_size=flush_batch_size,
+        compute_mins=compute_mins,
+        variable=variable,
+        categories=categories,
+        max_workers=max_workers,
+        retrace=retrace,
+    )
+    y_scale, z_scale, instrument_order = cfg.style.y_scale, cfg.style.z_scale, cfg.instrument_order
+    max_percentile, flush_batch_size = cfg.max_processing_percentile, cfg.flush_batch_size
+    compute_mins, max_workers = cfg.compute_mins, cfg.max_workers
+    variable, retrace = cfg.reduction.variable, cfg.reduction.retrace
     root = Path(directory_path)
     # default: the current folder (as the original FAST_calculated_extrema.json), never the input
     json_path = Path(extrema_json_path) if extrema_json_path else Path.cwd() / "extrema.json"
@@ -469,7 +494,7 @@ def compute_global_extrema(
         )
     json_path.parent.mkdir(parents=True, exist_ok=True)
     cache = ReducedCache(cache_path or json_path.parent / "reduced.zarr")
-    cats = normalize_categories(categories)
+    cats = dict(cfg.reduction.categories)
     params = {
         "variable": variable,
         "categories": {k: [list(r) for r in v] for k, v in cats.items()},

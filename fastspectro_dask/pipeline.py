@@ -40,7 +40,8 @@ from typing import Any
 
 from fastspectro_dask.cache import ReducedCache, reduce_file
 from fastspectro_dask.cluster import client_context, n_workers
-from fastspectro_dask.discovery import INSTRUMENTS, discover
+from fastspectro_dask.config import PRODUCTS, RunConfig
+from fastspectro_dask.discovery import discover
 from fastspectro_dask.errors import (
     InvalidCDFError,
     PlottingError,
@@ -53,7 +54,7 @@ from fastspectro_dask.logbuffer import (
     forward_worker_logs,
     unforward_worker_logs,
 )
-from fastspectro_dask.reduce import SOURCE_VARIABLE, PadSpec, normalize_categories
+from fastspectro_dask.reduce import PadSpec
 from fastspectro_dask.sandbox import run_with_timeout, stop_calls
 from fastspectro_dask.state import (
     ProgressStore,
@@ -61,13 +62,8 @@ from fastspectro_dask.state import (
     file_fingerprint,
     remove_stale_temporaries,
 )
-from fastspectro_dask.timeaxis import DEFAULT_SQUEEZE_MINUTES
 
 __all__ = ["PRODUCTS", "FAST_plot_spectrograms_directory", "RunSummary"]
-
-#: The figures of a run, per orbit: the instrument grid, a pitch-angle grid per
-#: instrument, and the pitch-angle spectrogram (``pad``).
-PRODUCTS = ("instruments", "pitch-angle", "pad")
 
 logger = logging.getLogger(__name__)
 
@@ -93,14 +89,15 @@ class RenderJob:
     z_scale: str
     instrument_order: tuple[str, ...]
     extrema: dict[str, dict[str, float]]
-    retrace: bool = False  # keep channel 0 (the sweep's retrace step) in the reduction
+    # the run's settings (fastspectro_dask.config: defaults in fastspectro.yaml only)
+    retrace: bool  # keep channel 0 (the sweep's retrace step) in the reduction
+    squeeze_gaps_minutes: float
+    pad_shift90: bool  # draw the pad product over -90..270 deg
+    engine: str  # render engine: "fast" (cached layouts, rasters) or "reference"
+    dpi: float
+    figsize: tuple[float, float] | None  # inches; None: the product's default
     orb_file: str | None = None  # the orbit's fa_k0_orb ephemeris file, if any
-    squeeze_gaps_minutes: float | None = DEFAULT_SQUEEZE_MINUTES
     pad: PadSpec | None = None  # the pad reduction (cached with the rest), if made
-    pad_shift90: bool = False  # draw the pad product over -90..270 deg
-    engine: str = "fast"  # render engine: "fast" (cached layouts, rasters) or "reference"
-    dpi: float = 100.0
-    figsize: tuple[float, float] | None = None  # inches; None: the product's default
 
     @property
     def instruments(self) -> list[str]:
@@ -357,6 +354,7 @@ class RunSummary:
     progress_writes: int = 0  # progress JSON writes of this run
     log_writes: int = 0  # buffered log flushes that wrote records
     log_records: int = 0
+    config: dict[str, Any] = field(default_factory=dict)  # the resolved settings (to_dict)
 
     @property
     def figures_per_second(self) -> float:
@@ -385,42 +383,49 @@ def _progress_bar(total: int, enabled: bool | None):
 def FAST_plot_spectrograms_directory(
     input_dir: str | os.PathLike[str] | None = None,
     output_dir: str | os.PathLike[str] | None = None,
-    *,
-    y_scale: str = "linear",
-    z_scale: str = "log",
-    instrument_order: Sequence[str] = INSTRUMENTS,
-    flush_batch_size: int = 10,
+    flush_batch_size: int | None = None,
     log_flush_batch_size: int | None = None,
-    flush_interval_seconds: float | None = None,
     max_workers: int | None = None,
-    orbit_timeout_seconds: float | None = 600.0,
-    instrument_timeout_seconds: float | None = 120.0,
-    ignore_progress_json: bool = False,
-    max_processing_percentile: float = 95.0,
-    variable: str = "data",
+    orbit_timeout_seconds: float | None = None,
+    instrument_timeout_seconds: float | None = None,
+    ignore_progress_json: bool | None = None,
+    max_processing_percentile: float | None = None,
+    y_scale: str | None = None,
+    z_scale: str | None = None,
+    *,
+    config: RunConfig | None = None,
+    instrument_order: Sequence[str] | None = None,
+    flush_interval_seconds: float | None = None,
+    variable: str | None = None,
     client: Any = None,
     install_signal_handlers: bool = True,
-    overwrite: bool = False,
+    overwrite: bool | None = None,
     progress_json_path: str | os.PathLike[str] | None = None,
     extrema_json_path: str | os.PathLike[str] | None = None,
     categories: Mapping[str, Any] | None = None,
-    products: Sequence[str] = PRODUCTS,
+    products: Sequence[str] | None = None,
     cache_path: str | os.PathLike[str] | None = None,
     window: int | None = None,
     progress_bar: bool | None = None,
     render_fn: Callable[[RenderJob], dict[str, Any]] | None = None,
     directory_path: str | os.PathLike[str] | None = None,
     output_base: str | os.PathLike[str] | None = None,
-    retrace: bool = False,
-    squeeze_gaps_minutes: float | None = DEFAULT_SQUEEZE_MINUTES,
+    retrace: bool | None = None,
+    squeeze_gaps_minutes: float | None = None,
     pad_energy: tuple[float, float] | None = None,
-    pad_shift90: bool = False,
-    engine: str = "fast",
-    dpi: float = 100.0,
+    pad_shift90: bool | None = None,
+    engine: str | None = None,
+    dpi: float | None = None,
     figsize: tuple[float, float] | None = None,
-    figure_format: str = "png",
+    figure_format: str | None = None,
 ) -> RunSummary:
     """Plot every orbit of a folder of FAST ESA L2 files, on Dask; resumable.
+
+    Every setting left ``None`` (not given) comes from ``config``, by default from the dask
+    config ``fastspectro.*``: the packaged ``fastspectro.yaml`` defaults (shown in
+    brackets below), the user's dask config files and ``DASK_FASTSPECTRO__*`` environment
+    variables (:class:`fastspectro_dask.config.RunConfig`). All of them are validated
+    before any cluster, file or folder is touched.
 
     Parameters
     ----------
@@ -430,30 +435,34 @@ def FAST_plot_spectrograms_directory(
         Where figures go (``{YYYY}/{MM}/{orbit}/{orbit}_{product}_y-{y}_z-{z}.png``) and,
         by default, ``progress.json``, ``extrema.json``, ``logs/`` and ``reduced.zarr``.
         ``output_base`` is an alias.
-    y_scale, z_scale : {"linear", "log"}
-        Axis scales of energy and colour.
-    instrument_order : sequence of str
-        Instruments, in row order.
     flush_batch_size : int
         Write the progress (and extrema) JSON every this many completed orbits; at most
-        ``flush_batch_size - 1`` finished orbits are lost to a SIGKILL.
+        ``flush_batch_size - 1`` finished orbits are lost to a SIGKILL [10].
     log_flush_batch_size : int, optional
-        Write buffered log records every this many records (default ``flush_batch_size``).
-    flush_interval_seconds : float, optional
-        Also write the progress JSON this often when something changed.
+        Write buffered log records every this many records [``flush_batch_size``].
     max_workers : int, optional
-        Workers of the local cluster made when no ``client`` is given (default: cores).
-    orbit_timeout_seconds : float or None
-        Bound on all of an orbit's render tasks, from the submission of its first one.
-    instrument_timeout_seconds : float or None
+        Workers of the local cluster made when no ``client`` is given [cores].
+    orbit_timeout_seconds : float
+        Bound on all of an orbit's render tasks, from the submission of its first one
+        [600]; ``math.inf`` (or ``null`` in the config): no bound.
+    instrument_timeout_seconds : float
         Bound on one render task, from the moment its sandbox child is ready for it (the
-        start-up of a fresh child is not counted).
+        start-up of a fresh child is not counted) [120]; ``math.inf``: no bound.
     ignore_progress_json : bool
-        Forget earlier progress of this scale combination: a fresh pass.
+        Forget earlier progress of this scale combination: a fresh pass [False].
     max_processing_percentile : float
-        Percentile of the colour-scale maximum (exact, mission-wide).
+        Percentile of the colour-scale maximum (exact, mission-wide) [95.0].
+    y_scale, z_scale : {"linear", "log"}
+        Axis scales of energy and colour [linear, log].
+    config : RunConfig, optional
+        The settings to start from instead of the dask config; the arguments above and
+        below still override them.
+    instrument_order : sequence of str
+        Instruments, in row order [ees, eeb, ies, ieb].
+    flush_interval_seconds : float, optional
+        Also write the progress JSON this often when something changed [never].
     variable : {"data", "eflux", "rate"}
-        Counts or calibrated energy flux.
+        Counts or calibrated energy flux [data].
     client : distributed.Client, optional
         Run on this cluster; by default a LocalCluster of processes (one thread each) is
         made and closed at the end.
@@ -461,43 +470,44 @@ def FAST_plot_spectrograms_directory(
         Handle SIGINT/SIGTERM: stop submitting, cancel work in flight, flush, restore the
         previous handlers; a second signal exits at once.
     overwrite : bool
-        Re-render figures that already exist.
+        Re-render figures that already exist [False].
     progress_json_path, extrema_json_path, cache_path : path-like, optional
         Move the state files.
     categories : mapping, optional
-        Pitch-angle categories (default ``reduce.DEFAULT_CATEGORIES``).
+        Pitch-angle categories [``reduce.DEFAULT_CATEGORIES``].
     products : sequence of {"instruments", "pitch-angle", "pad"}
-        Which figures to make.
+        Which figures to make [all three].
     window : int, optional
-        Render tasks in flight at once (default ``2 * workers + 2``).
+        Render tasks in flight at once [``2 * workers + 2``].
     progress_bar : bool, optional
-        Show a tqdm progress bar (default: only when stderr is a terminal).
+        Show a tqdm progress bar [only when stderr is a terminal].
     render_fn : callable, optional
         Module-level function ``(RenderJob) -> report`` that draws one figure (default
         :func:`render_job`); for custom products and for tests.
     pad_energy : (lo, hi), optional
-        Energy window in eV of the ``pad`` product (default: all valid channels, the
-        retrace channel dropped unless ``retrace``); as ``fa_esa_l2_pad``'s ``energy=``.
+        Energy window in eV of the ``pad`` product [all valid channels, the retrace
+        channel dropped unless ``retrace``]; as ``fa_esa_l2_pad``'s ``energy=``.
     pad_shift90 : bool
-        Draw the ``pad`` product over -90..270 deg, so 0 and 180 deg are off the edges.
+        Draw the ``pad`` product over -90..270 deg, so 0 and 180 deg are off the edges
+        [False].
     engine : {"fast", "reference"}
-        ``fast`` (default): layouts built once per worker process, panels as rasters
+        ``fast``: layouts built once per worker process, panels as rasters
         (:mod:`fastspectro_dask.draw`); ``reference``: a fresh matplotlib figure per figure,
-        pcolormesh panels (slow; the fidelity reference).
+        pcolormesh panels (slow; the fidelity reference) [fast].
     dpi : float
-        Dots per inch of the figures (default 100).
+        Dots per inch of the figures [100].
     figsize : (width, height), optional
-        Inches; default 12 wide and 2.1 per row.
+        Inches [12 wide and 2.1 per row].
     figure_format : {"png", "pdf", "svg"}
-        File format; vector formats embed the raster panels and keep text as text.
-    squeeze_gaps_minutes : float or None
+        File format; vector formats embed the raster panels and keep text as text [png].
+    squeeze_gaps_minutes : float
         Data gaps longer than this (minutes) are cut out of every figure's UT axis and
-        drawn as narrow breaks (default 5); 0 keeps one axis from the first to the last
-        record. With an orbit's ``fa_k0_orb`` file in the folder, ALT/ILAT/MLT label rows
-        sit under the UT tick labels.
+        drawn as narrow breaks [5]; 0 keeps one axis from the first to the last record.
+        With an orbit's ``fa_k0_orb`` file in the folder, ALT/ILAT/MLT label rows sit
+        under the UT tick labels.
     retrace : bool
         Keep energy channel 0, the sweep's high-voltage retrace step, in the figures and
-        the extrema. By default it is dropped, as the FAST user guide advises.
+        the extrema. By default it is dropped, as the FAST user guide advises [False].
 
     Returns
     -------
@@ -507,32 +517,44 @@ def FAST_plot_spectrograms_directory(
     t_start = time.perf_counter()
     input_dir = _alias(input_dir, directory_path, "input_dir", "directory_path")
     output_dir = _alias(output_dir, output_base, "output_dir", "output_base")
-    if flush_batch_size < 1:
-        raise ValueError("flush_batch_size must be >= 1")
-    if variable not in SOURCE_VARIABLE:
-        raise ValueError(f"variable must be one of {sorted(SOURCE_VARIABLE)}, not {variable!r}")
-    if squeeze_gaps_minutes is not None and not squeeze_gaps_minutes >= 0:
-        raise ValueError(f"squeeze_gaps_minutes must be >= 0, not {squeeze_gaps_minutes}")
-    bad = set(products) - set(PRODUCTS)
-    if bad:
-        raise ValueError(f"unknown products {sorted(bad)}; use {', '.join(map(repr, PRODUCTS))}")
-    pad = PadSpec(pad_energy) if "pad" in products else None
-    from fastspectro_dask.render import ENGINES, FORMATS  # here: matplotlib stays lazy
-
-    if engine not in ENGINES:
-        raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
-    if figure_format not in FORMATS:
-        raise ValueError(f"figure_format must be one of {FORMATS}, not {figure_format!r}")
-    if not dpi > 0 or (figsize is not None and not (len(figsize) == 2 and min(figsize) > 0)):
-        raise ValueError(f"dpi must be > 0 and figsize two positive inches, not {dpi}, {figsize}")
+    # every setting, validated before anything is touched
+    cfg = RunConfig.resolve(
+        config,
+        flush_batch_size=flush_batch_size,
+        log_flush_batch_size=log_flush_batch_size,
+        max_workers=max_workers,
+        orbit_timeout_seconds=orbit_timeout_seconds,
+        instrument_timeout_seconds=instrument_timeout_seconds,
+        ignore_progress_json=ignore_progress_json,
+        max_processing_percentile=max_processing_percentile,
+        y_scale=y_scale,
+        z_scale=z_scale,
+        instrument_order=instrument_order,
+        flush_interval_seconds=flush_interval_seconds,
+        variable=variable,
+        overwrite=overwrite,
+        categories=categories,
+        products=products,
+        window=window,
+        progress_bar=progress_bar,
+        retrace=retrace,
+        squeeze_gaps_minutes=squeeze_gaps_minutes,
+        pad_energy=pad_energy,
+        pad_shift90=pad_shift90,
+        engine=engine,
+        dpi=dpi,
+        figsize=figsize,
+        figure_format=figure_format,
+    )
+    y_scale, z_scale = cfg.style.y_scale, cfg.style.z_scale
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     progress_path = Path(progress_json_path or out / "progress.json")
     extrema_path = Path(extrema_json_path or out / "extrema.json")
     cache_dir = Path(cache_path or out / "reduced.zarr")
-    cats = normalize_categories(categories)
     summary = RunSummary(
         scales=f"y-{y_scale} z-{z_scale}",
+        config=cfg.to_dict(),
         output_dir=str(out),
         progress_json=str(progress_path),
         extrema_json=str(extrema_path),
@@ -543,24 +565,22 @@ def FAST_plot_spectrograms_directory(
             progress_path,
             y_scale,
             z_scale,
-            flush_batch_size=flush_batch_size,
-            flush_interval_seconds=flush_interval_seconds,
-            instrument_order=instrument_order,
+            flush_batch_size=cfg.flush_batch_size,
+            flush_interval_seconds=cfg.flush_interval_seconds,
+            instrument_order=cfg.instrument_order,
         )
         # First the lock: a second run on this output is refused before it writes anything
         # (no log file, no temporaries removed) or starts a cluster.
         store.acquire_lock()
         stack.callback(store.close)
         stale = _remove_stale_temporaries(out, progress_path, extrema_path)
-        logs = stack.enter_context(
-            buffered_file_logging(out / "logs", capacity=log_flush_batch_size or flush_batch_size)
-        )
+        logs = stack.enter_context(buffered_file_logging(out / "logs", capacity=cfg.log_batch))
         summary.log_file = str(logs.path)
         if stale:
             logger.info("removed %d stale temporary file(s) left by an interrupted run", stale)
         stack.enter_context(store)  # loads the progress JSON under the lock taken above
         signals = stack.enter_context(_Signals(install_signal_handlers))
-        dask_client = stack.enter_context(client_context(client, max_workers=max_workers))
+        dask_client = stack.enter_context(client_context(client, max_workers=cfg.max_workers))
         summary.dashboard_link = getattr(dask_client, "dashboard_link", None)
         logger.info(
             "run %s -> %s (y=%s, z=%s, variable=%s); dashboard %s",
@@ -568,15 +588,16 @@ def FAST_plot_spectrograms_directory(
             out,
             y_scale,
             z_scale,
-            variable,
+            cfg.reduction.variable,
             summary.dashboard_link,
         )
+        logger.info("configuration: %s", json.dumps(summary.config))
         if forward_worker_logs(dask_client) and client is not None:
             stack.callback(unforward_worker_logs, dask_client)  # the user's client outlives us
-        if ignore_progress_json:
+        if cfg.ignore_progress_json:
             store.reset()
 
-        index = discover(input_dir, instruments=instrument_order)
+        index = discover(input_dir, instruments=cfg.instrument_order)
         orbits = list(index)
         store.set_orbits(orbits)
         summary.orbits_total = len(orbits)
@@ -593,31 +614,11 @@ def FAST_plot_spectrograms_directory(
         summary.orbits_skipped = len(orbits) - len(todo)
         if todo:
             opts = _Options(
+                config=cfg,
                 input_dir=input_dir,
                 out=out,
-                y_scale=y_scale,
-                z_scale=z_scale,
-                instrument_order=tuple(instrument_order),
                 extrema_path=extrema_path,
                 cache_dir=cache_dir,
-                max_percentile=max_processing_percentile,
-                flush_batch_size=flush_batch_size,
-                variable=variable,
-                cats=cats,
-                products=tuple(products),
-                retrace=retrace,
-                squeeze_gaps_minutes=squeeze_gaps_minutes,
-                pad=pad,
-                pad_shift90=pad_shift90,
-                engine=engine,
-                dpi=float(dpi),
-                figsize=None if figsize is None else (float(figsize[0]), float(figsize[1])),
-                figure_format=figure_format,
-                overwrite=overwrite,
-                window=window,
-                instrument_timeout=instrument_timeout_seconds,
-                orbit_timeout=orbit_timeout_seconds,
-                progress_bar=progress_bar,
                 render_fn=render_fn or render_job,
             )
             _extrema_then_render(opts, summary, store, signals, dask_client, index, todo)
@@ -639,55 +640,29 @@ def FAST_plot_spectrograms_directory(
 
 @dataclass(frozen=True)
 class _Options:
-    """The options of one run, as the phases after discovery need them."""
+    """One run after discovery: its settings, and what is not a setting (paths, hook)."""
 
+    config: RunConfig
     input_dir: Any
     out: Path
-    y_scale: str
-    z_scale: str
-    instrument_order: tuple[str, ...]
     extrema_path: Path
     cache_dir: Path
-    max_percentile: float
-    flush_batch_size: int
-    variable: str
-    cats: dict[str, tuple[tuple[float, float], ...]]
-    products: tuple[str, ...]
-    overwrite: bool
-    window: int | None
-    instrument_timeout: float | None
-    orbit_timeout: float | None
-    progress_bar: bool | None
     render_fn: Callable[[RenderJob], dict[str, Any]]
-    retrace: bool = False
-    squeeze_gaps_minutes: float | None = DEFAULT_SQUEEZE_MINUTES
-    pad: PadSpec | None = None
-    pad_shift90: bool = False
-    engine: str = "fast"
-    dpi: float = 100.0
-    figsize: tuple[float, float] | None = None
-    figure_format: str = "png"
 
 
 def _extrema_then_render(opts: _Options, summary, store, signals, dask_client, index, todo) -> None:
     """Phase 2 (extrema, interruptible at once: it keeps what it counted) and phase 3."""
+    cfg = opts.config
     signals.raise_now = True
     try:
         state = compute_global_extrema(
             opts.input_dir,
-            opts.y_scale,
-            opts.z_scale,
-            opts.instrument_order,
-            opts.extrema_path,
-            opts.max_percentile,
-            opts.flush_batch_size,
-            variable=opts.variable,
+            extrema_json_path=opts.extrema_path,
+            config=cfg,
             client=dask_client,
-            categories=opts.cats,
             cache_path=opts.cache_dir,
             index=index,  # already discovered: do not walk the folder twice
-            retrace=opts.retrace,
-            pad=opts.pad,
+            pad=cfg.pad,
         )
     except KeyboardInterrupt:
         if not signals.stop.is_set():
@@ -706,12 +681,12 @@ def _extrema_then_render(opts: _Options, summary, store, signals, dask_client, i
         jobs,
         index,
         summary,
-        window=opts.window,
-        instrument_timeout=opts.instrument_timeout,
-        orbit_timeout=opts.orbit_timeout,
-        progress_bar=opts.progress_bar,
-        y_scale=opts.y_scale,
-        z_scale=opts.z_scale,
+        window=cfg.window,
+        instrument_timeout=cfg.instrument_timeout_seconds,
+        orbit_timeout=cfg.orbit_timeout_seconds,
+        progress_bar=cfg.progress_bar,
+        y_scale=cfg.style.y_scale,
+        z_scale=cfg.style.z_scale,
         render_fn=opts.render_fn,
         manifest=opts.out / "manifest.jsonl",
         total=len(todo),
@@ -807,14 +782,12 @@ def _plan(
     """The lazy job source of phase 3. Takes from the extrema ``state`` only what rendering
     needs (row limits, cache entry and error per file), so that the caller can drop the
     state's per-file ledger, the largest thing a mission-sized run holds."""
-    y_scale, z_scale = opts.y_scale, opts.z_scale
-    grid_extrema = extrema_for_rows(state, y_scale, z_scale, instruments=opts.instrument_order)
-    pad_extrema = extrema_for_rows(
-        state, y_scale, z_scale, instruments=opts.instrument_order, category="pad"
-    )
-    pa_extrema = {
-        i: extrema_for_rows(state, y_scale, z_scale, instrument=i) for i in opts.instrument_order
-    }
+    cfg = opts.config
+    y_scale, z_scale = cfg.style.y_scale, cfg.style.z_scale
+    order = cfg.instrument_order
+    grid_extrema = extrema_for_rows(state, y_scale, z_scale, instruments=order)
+    pad_extrema = extrema_for_rows(state, y_scale, z_scale, instruments=order, category="pad")
+    pa_extrema = {i: extrema_for_rows(state, y_scale, z_scale, instrument=i) for i in order}
     return _iter_jobs(
         opts,
         todo,
@@ -847,7 +820,9 @@ def _iter_jobs(
     """
     from fastspectro_dask.render import figure_path
 
-    y_scale, z_scale = opts.y_scale, opts.z_scale
+    cfg, style, reduction = opts.config, opts.config.style, opts.config.reduction
+    y_scale, z_scale = style.y_scale, style.z_scale
+    pad = cfg.pad
     for orbit in todo:
         files = {i: str(Path(p).absolute()) for i, p in index[orbit].items()}
         known = {i: ("invalid-cdf", invalid[p]) for i, p in files.items() if p in invalid}
@@ -855,23 +830,23 @@ def _iter_jobs(
         orb = index.orbit_files.get(orbit)
         orb_file = str(Path(orb).absolute()) if orb is not None else None
         wanted: list[tuple[str, dict[str, str], dict]] = []
-        if "instruments" in opts.products:
+        if "instruments" in cfg.products:
             wanted.append(("instruments", files, grid_extrema))
-        if "pitch-angle" in opts.products:
+        if "pitch-angle" in cfg.products:
             for inst, path in files.items():
                 if inst in known:
                     continue
                 wanted.append((f"pa-{inst}", {inst: path}, pa_extrema[inst]))
-        if "pad" in opts.products:
+        if "pad" in cfg.products:
             wanted.append(("pad", files, pad_extrema))
         orbit_jobs = []
         for product, fs, ext in wanted:
             # the pad product's y axis is pitch angle: always linear
             y_name = "linear" if product == "pad" else y_scale
             path = figure_path(
-                opts.out, orbit, start, product, y_name, z_scale, fmt=opts.figure_format
+                opts.out, orbit, start, product, y_name, z_scale, fmt=style.figure_format
             )
-            if path.exists() and not opts.overwrite:
+            if path.exists() and not cfg.overwrite:
                 summary.figures_existing += 1
                 continue
             orbit_jobs.append(
@@ -882,20 +857,20 @@ def _iter_jobs(
                     entries={i: entries.get(p) for i, p in fs.items()},
                     output=str(path),
                     cache_path=str(opts.cache_dir),
-                    variable=opts.variable,
-                    categories=opts.cats,
+                    variable=reduction.variable,
+                    categories=dict(reduction.categories),
                     y_scale=y_scale,
                     z_scale=z_scale,
-                    instrument_order=opts.instrument_order,
+                    instrument_order=cfg.instrument_order,
                     extrema=ext,
-                    retrace=opts.retrace,
+                    retrace=reduction.retrace,
                     orb_file=orb_file,
-                    squeeze_gaps_minutes=opts.squeeze_gaps_minutes,
-                    pad=opts.pad,
-                    pad_shift90=opts.pad_shift90,
-                    engine=opts.engine,
-                    dpi=opts.dpi,
-                    figsize=opts.figsize,
+                    squeeze_gaps_minutes=style.squeeze_gaps_minutes,
+                    pad=pad,
+                    pad_shift90=style.pad_shift90,
+                    engine=style.engine,
+                    dpi=style.dpi,
+                    figsize=style.figsize,
                 )
             )
         yield orbit, orbit_jobs, known

@@ -447,6 +447,7 @@ def write_run_report(
     performance_report: str | os.PathLike[str] | None = None,
     page_size: int = DEFAULT_PAGE_SIZE,
     title: str | None = None,
+    config: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write the static HTML report ``{output_dir}/index.html`` of a run's output folder.
 
@@ -471,6 +472,10 @@ def write_run_report(
         Orbits per page; more orbits go to ``index-2.html``, ``index-3.html``...
     title : str, optional
         Page title (default: names the output folder).
+    config : mapping, optional
+        The run's resolved settings (:meth:`fastspectro_dask.config.RunConfig.to_dict`),
+        saved with ``summaries`` in ``run-summary.json`` (each summary also carries the
+        settings of its scale combination).
 
     Returns
     -------
@@ -499,6 +504,7 @@ def write_run_report(
         runs = _as_dicts(summaries)
         saved = {
             "finished_utc": now,
+            "config": dict(config) if config is not None else None,
             "summaries": runs,
             "performance_report": (
                 os.path.abspath(performance_report) if performance_report else None

@@ -121,7 +121,7 @@ def test_hanging_render_is_a_timeout_and_the_batch_goes_on(mission, tmp_path, cl
         client,
         render_fn=_hooks.hang_on_victim,
         instrument_timeout_seconds=3,
-        orbit_timeout_seconds=None,
+        orbit_timeout_seconds=math.inf,  # no bound
     )
     elapsed = time.monotonic() - t0
     p = progress(out)
@@ -149,7 +149,7 @@ def test_orbit_timeout_bounds_all_tasks_of_an_orbit(mission, tmp_path, client):
         out,
         client,
         render_fn=_hooks.hang_on_victim,
-        instrument_timeout_seconds=None,
+        instrument_timeout_seconds=math.inf,  # no bound
         orbit_timeout_seconds=4,
     )
     assert time.monotonic() - t0 < 60
@@ -464,6 +464,12 @@ def test_a_signal_between_batches_with_nothing_in_flight_still_counts_as_interru
             z_scale="log",
             instrument_order=("ees",),
             extrema={},
+            retrace=False,
+            squeeze_gaps_minutes=5.0,
+            pad_shift90=False,
+            engine="fast",
+            dpi=100.0,
+            figsize=None,
         )
 
     signals = _Signals(False)

@@ -126,10 +126,27 @@ def prepare(workdir: Path, orbits: int, workers: int, flush: int, seed: int) -> 
                         "--seed", str(seed)))  # fmt: skip
     if code != 0:
         raise RuntimeError("fastspectro synth failed")
-    code, wall = _run(_plot_args(data, ref, workers, flush))
-    if code != 0:
-        raise RuntimeError(f"the reference run failed (exit code {code})")
-    return data, _pngs(ref), wall
+    t0 = time.monotonic()
+    proc = subprocess.Popen(
+        _plot_args(data, ref, workers, flush), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    first = _first_figure(proc, ref)
+    _, err = proc.communicate(timeout=900)
+    wall = time.monotonic() - t0
+    if proc.returncode != 0:
+        sys.stderr.write(err.decode(errors="replace")[-3000:])
+        raise RuntimeError(f"the reference run failed (exit code {proc.returncode})")
+    return data, _pngs(ref), wall, (first - t0) if first is not None else 0.0
+
+
+def _first_figure(proc: subprocess.Popen, out: Path) -> float | None:
+    """Wait (polling) until the run's first figure is on disk; its monotonic time, or None
+    if the run ended first."""
+    while proc.poll() is None:
+        if out.exists() and next(out.rglob("*.png"), None) is not None:
+            return time.monotonic()
+        time.sleep(0.02)
+    return None
 
 
 def trial(
@@ -140,8 +157,10 @@ def trial(
     kill_at: float,
     workers: int,
     flush: int,
+    render_phase: bool = False,
 ) -> Trial:
-    """One kill -9 of the whole run at ``kill_at`` seconds after its start, then a resume."""
+    """One kill -9 of the whole run at ``kill_at`` seconds after its start (after its first
+    figure with ``render_phase``), then a resume."""
     proc = subprocess.Popen(
         _plot_args(data, out, workers, flush),
         stdout=subprocess.DEVNULL,
@@ -151,8 +170,11 @@ def trial(
     killed: float | None = None
     finished: float | None = None
     t0 = time.monotonic()
+    if render_phase:
+        first = _first_figure(proc, out)
+        t0 = first if first is not None else t0
     try:
-        proc.wait(timeout=kill_at)
+        proc.wait(timeout=max(0.0, kill_at - (time.monotonic() - t0)))
         finished = time.monotonic() - t0
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -201,6 +223,7 @@ def run_trials(
     flush: int = 3,
     workdir: Path | None = None,
     progress: bool = True,
+    render_phase: bool = False,
 ) -> tuple[list[Trial], float]:
     """Run the reference and ``trials`` kill/resume trials; returns them and the span the
     kill moments were drawn from at the end: the reference run's wall time, lowered to the
@@ -210,7 +233,9 @@ def run_trials(
     root = Path(tempfile.mkdtemp(prefix="fuzz_kill_")) if own else Path(workdir)
     root.mkdir(parents=True, exist_ok=True)
     try:
-        data, reference, wall = prepare(root, orbits, workers, flush, seed)
+        data, reference, wall, first = prepare(root, orbits, workers, flush, seed)
+        if render_phase:  # kill moments over the render phase: from the first figure on
+            wall -= first
         if progress:
             print(
                 f"reference: {len(reference)} figures of {orbits} orbits in {wall:.1f} s "
@@ -222,9 +247,10 @@ def run_trials(
         span = wall
         for k in range(1, trials + 1):
             out = root / f"trial-{k:02d}"
-            t = trial(k, data, out, reference, rng.uniform(0.0, span), workers, flush)
+            kill_at = rng.uniform(0.0, span)
+            t = trial(k, data, out, reference, kill_at, workers, flush, render_phase)
             results.append(t)
-            if t.run_seconds is not None:  # the machine got faster (a busy reference run):
+            if t.run_seconds is not None and not render_phase:  # the machine got faster:
                 span = min(span, t.run_seconds)  # draw over the length of a run as it is now
             if progress:
                 print(_row(t), flush=True)
@@ -279,6 +305,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--flush-batch-size", type=int, default=3)
     p.add_argument("--workdir", type=Path, default=None, help="keep the data here")
+    p.add_argument(
+        "--render-phase",
+        action="store_true",
+        help="draw the kill moments over the render phase (from the first figure to the "
+        "end), where the progress JSON is being written",
+    )
     a = p.parse_args(argv)
     results, wall = run_trials(
         a.trials,
@@ -288,10 +320,12 @@ def main(argv: list[str] | None = None) -> int:
         flush=a.flush_batch_size,
         workdir=a.workdir,
         progress=False,
+        render_phase=a.render_phase,
     )
+    since = "after the first figure" if a.render_phase else "after the start"
     print(
-        f"kill -9 of the process group at uniform moments over 0..{wall:.1f} s (a run's "
-        f"length; '-': the run finished first), {a.orbits} orbits, {a.workers} workers, "
+        f"kill -9 of the process group at uniform moments over 0..{wall:.1f} s {since} "
+        f"('-': the run finished first), {a.orbits} orbits, {a.workers} workers, "
         f"flush_batch_size {a.flush_batch_size}"
     )
     print(table(results))

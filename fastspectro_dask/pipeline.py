@@ -911,8 +911,11 @@ def _iter_jobs(
         yield orbit, orbit_jobs, known
 
 
-def _append_manifest(path: Path, job: RenderJob, result: Mapping[str, Any]) -> None:
-    """One JSON line per figure: what was drawn, with which limits and options."""
+def _append_manifest(path: Path | Any, job: RenderJob, result: Mapping[str, Any]) -> None:
+    """One JSON line per figure: what was drawn, with which limits and options.
+
+    ``path`` is the manifest's path, or a line-buffered text file open for appending (the
+    render loop keeps one open: one write per figure, no open/close)."""
     line = json.dumps(
         {
             "figure": os.path.relpath(job.output, path.parent),
@@ -931,6 +934,9 @@ def _append_manifest(path: Path, job: RenderJob, result: Mapping[str, Any]) -> N
         },
         sort_keys=True,
     )
+    if hasattr(path, "write"):
+        path.write(line + "\n")  # line-buffered: written at once
+        return
     with open(path, "a", encoding="utf-8") as fh:  # one short append per figure
         fh.write(line + "\n")
 
@@ -1023,6 +1029,7 @@ def _loop(
         client,
         _run_job,
         window=window,
+        extra=_PIPELINE_DEPTH,
         stop=signals.stop,
         on_idle=store.maybe_flush,  # the interval flush, while waiting
         on_exit=store.flush,  # the final flush, whatever ends the loop
@@ -1106,24 +1113,53 @@ def _loop(
         if left[job.orbit] == 0:
             finish_orbit(job.orbit)
 
-    try:
-        outcome = loop.run(tasks(), handle)
-    except NoWorkersError:
-        _count_abandoned(client, loop.abandoned, orbit_errors, manifest, summary)
-        summary.interrupted = True
-        raise
-    finally:
-        bar.close()
-        for reason, n in reasons.items():
-            summary.errors[reason] = summary.errors.get(reason, 0) + n
-    if outcome == "stopped":
-        summary.interrupted = True
-        _count_abandoned(client, loop.abandoned, orbit_errors, manifest, summary)
-        if loop.abandoned:
-            logger.warning(
-                "cancelled %d render tasks in flight; their orbits will be redone by the next run",
-                len(loop.abandoned),
-            )
+    with contextlib.ExitStack() as stack:
+        if manifest is not None:  # one append handle for the loop, line-buffered
+            manifest = _Appender(manifest)
+            stack.callback(manifest.close)
+        try:
+            outcome = loop.run(tasks(), handle)
+        except NoWorkersError:
+            _count_abandoned(client, loop.abandoned, orbit_errors, manifest, summary)
+            summary.interrupted = True
+            raise
+        finally:
+            bar.close()
+            for reason, n in reasons.items():
+                summary.errors[reason] = summary.errors.get(reason, 0) + n
+        if outcome == "stopped":
+            summary.interrupted = True
+            _count_abandoned(client, loop.abandoned, orbit_errors, manifest, summary)
+            if loop.abandoned:
+                logger.warning(
+                    "cancelled %d render tasks in flight; their orbits will be redone by the "
+                    "next run",
+                    len(loop.abandoned),
+                )
+
+
+#: Render tasks in flight beyond two per worker thread: they cover the client's round trip
+#: (submission, result, bookkeeping), so short tasks do not wait for the client.
+_PIPELINE_DEPTH = 32
+
+
+class _Appender:
+    """A text file opened for appending at the first write (line-buffered), kept open."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.parent = path.parent  # as a Path's: where relative names start
+        self._fh: Any = None
+
+    def write(self, text: str) -> None:
+        if self._fh is None:
+            self._fh = open(self.path, "a", encoding="utf-8", buffering=1)
+        self._fh.write(text)
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
 
 
 def _count_abandoned(client, abandoned, orbit_errors, manifest, summary: RunSummary) -> None:

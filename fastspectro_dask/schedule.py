@@ -61,7 +61,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_WORKER_WAIT = 180.0
 #: The cluster's threads are re-read at a refill at most this often (one scheduler
 #: round trip), and the loop wakes at least this often to look for new workers.
-REFRESH_SECONDS = 0.2
+REFRESH_SECONDS = 0.5
 #: dask config key of the watchdog's wait.
 WORKER_WAIT_KEY = "fastspectro.worker-wait"
 
@@ -367,6 +367,35 @@ class TaskLoop:
         )
         return True
 
+    def _handle_batch(self, batch, handle) -> None:
+        """The outcomes of a batch of completed futures: the results of the finished ones
+        fetched in one ``gather`` (one round trip, not one per task)."""
+        done = []
+        for fut in batch:
+            entry = self.inflight.pop(fut.key, None)
+            if entry is not None:
+                done.append((entry[0], fut))
+        finished = [f for _t, f in done if f.status == "finished"]
+        try:
+            results = dict(
+                zip([f.key for f in finished], self.client.gather(finished), strict=True)
+            )
+        except Exception:  # e.g. a worker holding a result died: one by one
+            results = {}
+        for task, fut in done:
+            if fut.key in results:
+                handle(task, results[fut.key], None)
+            else:
+                try:
+                    result = fut.result()
+                except BaseException as exc:  # the task's error, also CancelledError
+                    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                        raise
+                    handle(task, None, exc)
+                else:
+                    handle(task, result, None)
+            fut.release()
+
     # -- the run -------------------------------------------------------------------------
 
     def run(
@@ -385,7 +414,7 @@ class TaskLoop:
         from distributed import as_completed
 
         it = iter(source)
-        ac = as_completed(loop=self.client.loop, with_results=True, raise_errors=False)
+        ac = as_completed(loop=self.client.loop)
         no_workers = False
         try:
             self._fill(it, ac)
@@ -404,16 +433,7 @@ class TaskLoop:
                             break
                     self._fill(it, ac)
                     continue
-                for fut, result in batch:
-                    entry = self.inflight.pop(fut.key, None)
-                    if entry is None:
-                        continue
-                    task = entry[0]
-                    if fut.status == "finished":
-                        handle(task, result, None)
-                    else:
-                        handle(task, None, _exception(fut, result))
-                    fut.release()
+                self._handle_batch(batch, handle)
                 self._fill(it, ac)
             if self.stop.is_set() and (self.inflight or not self.exhausted):
                 self.outcome = "stopped"
@@ -434,22 +454,6 @@ class TaskLoop:
                 "again to resume (--worker-wait sets the wait)"
             )
         return self.outcome
-
-
-def _exception(fut, result) -> BaseException:
-    """The exception of a failed or cancelled future, as ``as_completed`` gave it."""
-    if isinstance(result, tuple) and len(result) == 3 and isinstance(result[1], BaseException):
-        exc = result[1]
-        if result[2] is not None:
-            exc = exc.with_traceback(result[2])
-        return exc
-    if isinstance(result, BaseException):
-        return result
-    try:
-        fut.result()
-    except BaseException as exc:
-        return exc
-    return RuntimeError(f"task {fut.key} ended as {fut.status}")
 
 
 # --------------------------------------------------------------------------------------

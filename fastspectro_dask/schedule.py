@@ -40,6 +40,7 @@ from typing import Any
 import dask
 from distributed.diagnostics.plugin import SchedulerPlugin
 
+from fastspectro_dask.cluster import JOBS_ATTR
 from fastspectro_dask.errors import NoWorkersError
 
 __all__ = [
@@ -187,7 +188,7 @@ class ClusterView:
         whose workers all left is dropped from the cluster's spec (and cancelled in the
         batch system) and ``scale(jobs=N)`` submits a new one."""
         cluster = self._cluster()
-        jobs = getattr(cluster, "_fastspectro_jobs", None)
+        jobs = getattr(cluster, JOBS_ATTR, None)
         if not jobs or getattr(cluster, "_adaptive", None) is not None:
             return
         spec = getattr(cluster, "worker_spec", None)
@@ -202,8 +203,8 @@ class ClusterView:
         if not gone:
             return
         for name in gone:
-            spec.pop(name, None)
             self.seen_names -= _spec_members(cluster, name)
+            spec.pop(name, None)
         try:
             cluster.scale(jobs=jobs)
         except Exception as exc:

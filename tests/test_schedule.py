@@ -246,3 +246,67 @@ def test_cli_exit_code_3_when_no_worker_is_left(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["fastspectro: no Dask worker for 7 s and none pending"]
     assert worker_wait_seconds() == 180.0  # the setting ends with the run
+
+
+class _FakeJobqueue:
+    """A dask-jobqueue cluster as ClusterView sees it: a spec of jobs (two worker processes
+    each), ``requested`` names, ``scale(jobs=)`` that adds jobs, as SpecCluster does."""
+
+    def __init__(self, jobs: int) -> None:
+        from fastspectro_dask.cluster import JOBS_ATTR
+
+        self.worker_spec: dict[str, dict] = {}
+        self.counter = 0
+        self.scaled: list[int] = []
+        self._adaptive = None
+        setattr(self, JOBS_ATTR, jobs)
+        self.scale(jobs=jobs)
+
+    def scale(self, jobs: int) -> None:
+        self.scaled.append(jobs)
+        while len(self.worker_spec) < jobs:
+            self.worker_spec[f"job-{self.counter}"] = {"group": ["-0", "-1"]}
+            self.counter += 1
+
+    @property
+    def requested(self) -> set[str]:
+        return {f"{n}{g}" for n, s in self.worker_spec.items() for g in s["group"]}
+
+
+class _FakeClient:
+    def __init__(self, cluster) -> None:
+        self.cluster = cluster
+        self.connected: list[str] = []  # worker names connected now
+        self.scheduler = self
+
+    def identity(self, n_workers=-1):
+        return {"workers": {f"tcp://{n}": {"name": n, "nthreads": 1} for n in self.connected}}
+
+    def sync(self, fn, *a, **kw):
+        return fn(*a, **kw)
+
+
+def test_lost_jobs_are_resubmitted_and_pending_jobs_hold_the_watchdog(caplog):
+    """--jobs 2: jobs pending at first hold the watchdog off; a job whose workers all left
+    is dropped and submitted again (scale(jobs=2)), each lost worker logged once."""
+    from fastspectro_dask.schedule import ClusterView
+
+    cluster = _FakeJobqueue(jobs=2)
+    client = _FakeClient(cluster)
+    view = ClusterView(client, refresh=0.0)
+    assert view.refresh() == 0 and view.pending_jobs() == 4 and view.idle_for() == 0.0
+    client.connected = ["job-0-0", "job-0-1", "job-1-0", "job-1-1"]
+    assert view.refresh() == 4 and view.pending_jobs() == 0
+    caplog.set_level(logging.INFO, logger="fastspectro_dask.schedule")
+    client.connected = ["job-1-0", "job-1-1"]  # job-0 cancelled in the batch system
+    assert view.refresh() == 2
+    assert sorted(cluster.worker_spec) == ["job-1", "job-2"] and cluster.scaled == [2, 2]
+    assert view.pending_jobs() == 2 and view.resubmitted == 1  # job-2 waits in the queue
+    view.refresh()  # nothing new: no second warning, no second resubmission
+    lost = [r for r in caplog.records if "left the cluster" in r.getMessage()]
+    assert len(lost) == 2 and cluster.scaled == [2, 2]
+    assert any("1 lost job(s) (job-0) resubmitted" in r.getMessage() for r in caplog.records)
+    client.connected = []  # job-1 gone too: resubmitted; no worker, but 2 jobs pending
+    view.refresh()
+    assert sorted(cluster.worker_spec) == ["job-2", "job-3"] and view.resubmitted == 2
+    assert view.threads == 0 and view.pending_jobs() == 4 and view.idle_for() == 0.0

@@ -479,7 +479,11 @@ def FAST_plot_spectrograms_directory(
     products : sequence of {"instruments", "pitch-angle", "pad"}
         Which figures to make.
     window : int, optional
-        Render tasks in flight at once (default ``2 * workers + 2``).
+        At most this many render tasks in flight. Without it, the window follows the
+        cluster's current worker threads (``2 * threads + 32``, re-read as workers come
+        and go). The dask config ``fastspectro.worker-wait`` (seconds, default 180; CLI
+        ``--worker-wait``) ends the run with :class:`~fastspectro_dask.errors.NoWorkersError`
+        when no worker is connected and no job pending for that long.
     progress_bar : bool, optional
         Show a tqdm progress bar (default: only when stderr is a terminal).
     render_fn : callable, optional

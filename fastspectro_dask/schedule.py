@@ -28,6 +28,7 @@ Used by the extrema pass 1 (:mod:`fastspectro_dask.extrema`) and by the render p
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import sys
@@ -368,21 +369,34 @@ class TaskLoop:
         )
         return True
 
-    def _handle_batch(self, batch, handle) -> None:
-        """The outcomes of a batch of completed futures: the results of the finished ones
-        fetched in one ``gather`` (one round trip, not one per task)."""
+    def _start_batch(self, batch) -> tuple[list, Any]:
+        """Take a batch of completed futures out of the window and start fetching the
+        results of the finished ones in one ``gather`` (one round trip for the batch),
+        without waiting: the caller submits and records meanwhile."""
         done = []
         for fut in batch:
             entry = self.inflight.pop(fut.key, None)
             if entry is not None:
                 done.append((entry[0], fut))
         finished = [f for _t, f in done if f.status == "finished"]
-        try:
-            results = dict(
-                zip([f.key for f in finished], self.client.gather(finished), strict=True)
-            )
-        except Exception:  # e.g. a worker holding a result died: one by one
-            results = {}
+        fetch = None
+        if finished:
+            try:
+                coro = self.client.gather(finished, asynchronous=True)
+                fetch = asyncio.run_coroutine_threadsafe(coro, self.client.loop.asyncio_loop)
+            except Exception:  # fetched one by one in _finish_batch
+                fetch = None
+        return done, (finished, fetch)
+
+    def _finish_batch(self, started: tuple[list, Any], handle) -> None:
+        """Wait for a batch's results and hand each outcome to ``handle``."""
+        done, (finished, fetch) = started
+        results: dict[str, Any] = {}
+        if fetch is not None:
+            try:
+                results = dict(zip([f.key for f in finished], fetch.result(), strict=True))
+            except Exception:  # e.g. a worker holding a result died: one by one
+                results = {}
         for task, fut in done:
             if fut.key in results:
                 handle(task, results[fut.key], None)
@@ -417,6 +431,7 @@ class TaskLoop:
         it = iter(source)
         ac = as_completed(loop=self.client.loop)
         no_workers = False
+        previous = None  # a batch whose results are being fetched
         try:
             self._fill(it, ac)
             while self.inflight or not (self.exhausted or self.stop.is_set()):
@@ -424,6 +439,10 @@ class TaskLoop:
                     break
                 batch = ac.next_batch(block=False)
                 if not batch:
+                    if previous is not None:  # nothing new: record what was fetched
+                        self._finish_batch(previous, handle)
+                        previous = None
+                        continue
                     if self.on_idle is not None:
                         self.on_idle()
                     self._wait(ac, self.view.refresh_seconds)
@@ -434,8 +453,16 @@ class TaskLoop:
                             break
                     self._fill(it, ac)
                     continue
-                self._handle_batch(batch, handle)
+                # pipelined: this batch's results are fetched while new tasks are
+                # submitted and the previous batch is recorded
+                started = self._start_batch(batch)
                 self._fill(it, ac)
+                if previous is not None:
+                    self._finish_batch(previous, handle)
+                previous = started
+            if previous is not None:
+                self._finish_batch(previous, handle)
+                previous = None
             if self.stop.is_set() and (self.inflight or not self.exhausted):
                 self.outcome = "stopped"
                 self._abandon()

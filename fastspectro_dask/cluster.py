@@ -187,7 +187,10 @@ def client_context(
         yield client
         return
     workers = max_workers or os.cpu_count() or 1
-    with dask.config.set({"distributed.worker.daemon": False}), _sigint_ignored_by_children():
+    # held while the cluster lives: the nanny reads it again when it restarts a worker (a
+    # killed one), which would otherwise come back daemonic, without render sandboxes
+    daemon = dask.config.set({"distributed.worker.daemon": False})
+    with _sigint_ignored_by_children():
         cluster = LocalCluster(
             n_workers=workers,
             threads_per_worker=1,
@@ -205,6 +208,7 @@ def client_context(
     finally:
         own.close()
         cluster.close()
+        daemon.__exit__(None, None, None)
 
 
 def connect_client(

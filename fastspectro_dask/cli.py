@@ -1,6 +1,7 @@
 """The ``fastspectro`` console script: a thin layer over the Python API.
 
-Exit codes: 0 success, 1 finished but with recorded errors, 2 bad usage, 75 the output
+Exit codes: 0 success, 1 finished but with recorded errors, 2 bad usage, 3 no Dask worker
+left or coming for ``--worker-wait`` seconds (state saved; re-run to resume), 75 the output
 folder is in use by another run (its lock is held: nothing was done or written), 130
 interrupted.
 """
@@ -27,8 +28,12 @@ EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 #: Another run holds the lock of the output folder's state (sysexits' EX_TEMPFAIL: try
 #: again later). Nothing was started or written.
 EXIT_LOCKED = 75
+#: No Dask worker connected and none pending for ``--worker-wait`` seconds: the run
+#: stopped with its state saved.
+EXIT_NO_WORKERS = 3
 EXIT_CODES_HELP = (
-    "Exit codes: 0 success, 1 finished with recorded errors, 2 bad usage, 75 output "
+    "Exit codes: 0 success, 1 finished with recorded errors, 2 bad usage, 3 no Dask "
+    "worker left or coming (state saved; re-run to resume), 75 output "
     "folder in use by another run (nothing done; try again when it ends), 130 interrupted."
 )
 
@@ -311,6 +316,10 @@ def _enter_client(
     )
 
     _check_cluster_options(args)
+    if getattr(args, "worker_wait", None) is not None:  # read by the scheduling loop
+        import dask
+
+        stack.enter_context(dask.config.set({"fastspectro.worker-wait": args.worker_wait}))
     kind = getattr(args, "cluster", "local")
     external = connect_client(
         getattr(args, "scheduler_address", None), getattr(args, "scheduler_file", None)
@@ -783,6 +792,14 @@ def _add_scheduler_options(p: argparse.ArgumentParser) -> None:
         "JSON for lists: job_extra_directives='[\"--gres=gpu:1\"]')",
     )
     p.add_argument(
+        "--worker-wait",
+        type=_nonnegative_float,
+        default=None,
+        metavar="SECONDS",
+        help="end the run (exit code 3, state saved) when no Dask worker is connected and "
+        "no job is pending for this long (default 180; dask config fastspectro.worker-wait)",
+    )
+    p.add_argument(
         "--dashboard-address",
         default=None,
         metavar="[HOST]:PORT",
@@ -1011,6 +1028,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
     logging.getLogger("fastspectro_dask").setLevel(logging.INFO)
+    from fastspectro_dask.errors import NoWorkersError
     from fastspectro_dask.state import StateLockedError
 
     try:
@@ -1018,6 +1036,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StateLockedError as exc:
         print(f"fastspectro: {_locked_line(exc)}", file=sys.stderr)
         return EXIT_LOCKED
+    except NoWorkersError as exc:
+        print(f"fastspectro: {exc}", file=sys.stderr)
+        return EXIT_NO_WORKERS
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

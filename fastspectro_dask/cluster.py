@@ -58,6 +58,9 @@ _JOBQUEUE_CLASSES = {"slurm": "SLURMCluster", "pbs": "PBSCluster"}
 DAEMON_ENV_LINE = "export DASK_DISTRIBUTED__WORKER__DAEMON=False"
 #: Set on a cluster made by :func:`make_cluster`: worker threads it will have at most.
 _PLANNED_ATTR = "_fastspectro_planned_threads"
+#: Set on a jobqueue cluster of a fixed number of jobs made by :func:`make_cluster`: that
+#: number, which :class:`fastspectro_dask.schedule.ClusterView` keeps up (lost jobs resubmitted).
+JOBS_ATTR = "_fastspectro_jobs"
 #: Where the dashboard of a cluster we make listens: loopback only, unless the user opens
 #: it (``dashboard_address=":8787"`` / ``--dashboard-address :8787`` for every interface).
 DEFAULT_DASHBOARD_ADDRESS = "127.0.0.1:8787"
@@ -186,7 +189,10 @@ def client_context(
         yield client
         return
     workers = max_workers or os.cpu_count() or 1
-    with dask.config.set({"distributed.worker.daemon": False}), _sigint_ignored_by_children():
+    # held while the cluster lives: the nanny reads it again when it restarts a worker (a
+    # killed one), which would otherwise come back daemonic, without render sandboxes
+    daemon = dask.config.set({"distributed.worker.daemon": False})
+    with _sigint_ignored_by_children():
         cluster = LocalCluster(
             n_workers=workers,
             threads_per_worker=1,
@@ -204,6 +210,7 @@ def client_context(
     finally:
         own.close()
         cluster.close()
+        daemon.__exit__(None, None, None)
 
 
 def connect_client(
@@ -479,6 +486,8 @@ def make_cluster(
         else:
             cluster.scale(jobs=jobs or 1)
             setattr(cluster, _PLANNED_ATTR, threads * (jobs or 1))
+            # the scheduling loop submits lost jobs again up to this number (--jobs N)
+            setattr(cluster, JOBS_ATTR, jobs or 1)
             logger.info("%s: %d job(s) submitted", type(cluster).__name__, jobs or 1)
         client = Client(cluster)
     except BaseException:

@@ -105,6 +105,7 @@ class RunConfig:
     flush_interval_seconds: float | None
     max_workers: int | None
     window: int | None
+    worker_wait: float | None
     progress_bar: bool | None
     orbit_timeout_seconds: float | None
     instrument_timeout_seconds: float | None
@@ -419,6 +420,7 @@ _CHECKS = {
     "flush_interval_seconds": _real(0.0, inclusive=False, optional=True),
     "max_workers": _integer(1, optional=True),
     "window": _integer(1, optional=True),
+    "worker_wait": _real(0.0, inclusive=True, optional=True),
     "progress_bar": _boolean(optional=True),
     "orbit_timeout_seconds": _timeout,
     "instrument_timeout_seconds": _timeout,

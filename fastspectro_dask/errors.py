@@ -15,6 +15,7 @@ __all__ = [
     "EmptyDataError",
     "FastSpectroError",
     "InvalidCDFError",
+    "NoWorkersError",
     "PlottingError",
     "RenderTimeoutError",
     "WorkerLostError",
@@ -127,3 +128,8 @@ def error_reason(exc: BaseException) -> str:
 def _is_dask_worker_lost(exc: BaseException) -> bool:
     """Whether ``exc`` is (a subclass of) one of :data:`DASK_WORKER_LOST_ERRORS`."""
     return any(cls.__name__ in DASK_WORKER_LOST_ERRORS for cls in type(exc).__mro__)
+
+
+class NoWorkersError(FastSpectroError, RuntimeError):
+    """No Dask worker was left or coming for the configured wait (``--worker-wait``): the
+    run stopped, with its state saved (CLI exit code 3)."""

@@ -59,6 +59,7 @@ from fastspectro_dask.quantiles import (
     targets_for,
 )
 from fastspectro_dask.reduce import REDUCTION_VERSION, PadSpec
+from fastspectro_dask.schedule import progress_bar
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -248,60 +249,61 @@ def _category_values(
 def _run(
     fn: Callable[..., Any],
     calls: Sequence[tuple[tuple, dict]],
+    handle: Callable[[int, Any, BaseException | None], None],
     *,
     client: Client | None,
     window: int,
     max_workers: int | None,
     key_of: Callable[[tuple], str],
-) -> Iterator[tuple[int, Any, BaseException | None]]:
-    """Yield ``(index, result, error)`` as calls complete, at most ``window`` in flight."""
-    pending = iter(range(len(calls)))
+    extra: int = 2,
+    on_exit: Callable[[], Any] | None = None,
+) -> None:
+    """``handle(index, result, error)`` for each call as it completes.
+
+    On a client: the one scheduling loop (:class:`~fastspectro_dask.schedule.TaskLoop`),
+    whose window follows the cluster's current threads (``2 * threads + extra``; workers
+    that arrive late get work at once) with a watchdog (raises
+    :class:`~fastspectro_dask.errors.NoWorkersError`). Without: local threads, at most
+    ``window`` calls in flight. ``on_exit`` runs at the end, also after an exception.
+    """
     if client is not None:
-        from distributed import as_completed
+        from fastspectro_dask.schedule import Task, TaskLoop
 
-        def submit(i: int):
-            args, kwargs = calls[i]
-            fut = client.submit(fn, *args, key=key_of(args), pure=False, **kwargs)
-            index[fut.key] = i
-            return fut
-
-        index: dict[str, int] = {}
-        first = [submit(i) for i in _take(pending, window)]
-        ac = as_completed(first)
-        for fut in ac:
-            i = index.pop(fut.key)
-            try:
-                yield i, fut.result(), None
-            except Exception as exc:  # recorded by the caller
-                yield i, None, exc
-            finally:
-                fut.release()
-            nxt = next(pending, None)
-            if nxt is not None:
-                ac.add(submit(nxt))
+        if any(kw for _a, kw in calls):
+            raise ValueError("keyword arguments are not passed to cluster tasks")
+        loop = TaskLoop(
+            client, fn, extra=extra, floor=max(4, extra), on_exit=on_exit, phase="extrema"
+        )
+        tasks = (Task(key_of(args), args, i) for i, (args, _kw) in enumerate(calls))
+        loop.run(tasks, lambda task, result, exc: handle(task.item, result, exc))
         return
-    with cf.ThreadPoolExecutor(max_workers=max_workers or os.cpu_count() or 1) as pool:
-        futs: dict[cf.Future, int] = {}
+    pending = iter(range(len(calls)))
+    try:
+        with cf.ThreadPoolExecutor(max_workers=max_workers or os.cpu_count() or 1) as pool:
+            futs: dict[cf.Future, int] = {}
 
-        def local_submit(i: int) -> None:
-            args, kwargs = calls[i]
-            futs[pool.submit(fn, *args, **kwargs)] = i
+            def local_submit(i: int) -> None:
+                args, kwargs = calls[i]
+                futs[pool.submit(fn, *args, **kwargs)] = i
 
-        for i in _take(pending, window):
-            local_submit(i)
-        try:
-            while futs:
-                done, _ = cf.wait(futs, return_when=cf.FIRST_COMPLETED)
-                for fut in done:
-                    i = futs.pop(fut)
-                    exc = fut.exception()
-                    yield i, (None if exc else fut.result()), exc
-                    nxt = next(pending, None)
-                    if nxt is not None:
-                        local_submit(nxt)
-        finally:
-            for fut in futs:
-                fut.cancel()
+            for i in _take(pending, window):
+                local_submit(i)
+            try:
+                while futs:
+                    done, _ = cf.wait(futs, return_when=cf.FIRST_COMPLETED)
+                    for fut in done:
+                        i = futs.pop(fut)
+                        exc = fut.exception()
+                        handle(i, (None if exc else fut.result()), exc)
+                        nxt = next(pending, None)
+                        if nxt is not None:
+                            local_submit(nxt)
+            finally:
+                for fut in futs:
+                    fut.cancel()
+    finally:
+        if on_exit is not None:
+            on_exit()
 
 
 def _take(it: Iterator[int], n: int) -> list[int]:
@@ -641,58 +643,63 @@ def _compute(
         for rel in todo
     ]
     orbits_since_flush = 0
-    n_workers = (
-        len(client.scheduler_info().get("workers", {}))
-        if client is not None
-        else (max_workers or os.cpu_count() or 1)
-    )
-    window = max(2 * n_workers + flush_batch_size, 4)
+    n_threads = max_workers or os.cpu_count() or 1
+    done = 0
+    bar = progress_bar(len(todo), None, unit="file", desc="extrema pass 1")
+
+    def record(i: int, result: Any, exc: BaseException | None) -> None:
+        nonlocal orbits_since_flush, done
+        rel = todo[i]
+        info = current[rel]
+        entry = {
+            "orbit": info["orbit"],
+            "instrument": info["instrument"],
+            "size": info["size"],
+            "mtime_ns": info["mtime_ns"],
+        }
+        if exc is None:
+            for cat in store.cats:
+                merged[info["instrument"]][cat].add(result["summary"][cat])
+            entry.update(
+                status="counted",
+                entry=result["entry"],
+                n=result["summary"][next(iter(cats))]["n"],
+                min_positive={c: result["summary"][c]["min_positive"] for c in store.cats},
+            )
+        else:
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise exc
+            reason = error_reason(exc)
+            entry.update(status=reason, error=f"{type(exc).__name__}: {exc}")
+            logger.error("extrema: %s skipped (%s): %s", rel, reason, exc)
+        store.put(rel, entry)
+        remaining_per_orbit[info["orbit"]] -= 1
+        if remaining_per_orbit[info["orbit"]] == 0:
+            orbits_since_flush += 1
+            if orbits_since_flush >= flush_batch_size:
+                store.flush(False)
+                orbits_since_flush = 0
+        done += 1
+        bar.update(1)
+        if progress is not None:
+            progress(done, len(todo))
+
     t0 = time.perf_counter()
     try:
-        for done, (i, result, exc) in enumerate(
-            _run(
-                _pass1_file,
-                calls,
-                client=client,
-                window=window,
-                max_workers=max_workers,
-                key_of=lambda a: f"extrema-pass1-{a[2]}-{a[3]}-{a[1].mtime_ns}",
-            ),
-            start=1,
-        ):
-            rel = todo[i]
-            info = current[rel]
-            entry = {
-                "orbit": info["orbit"],
-                "instrument": info["instrument"],
-                "size": info["size"],
-                "mtime_ns": info["mtime_ns"],
-            }
-            if exc is None:
-                for cat in store.cats:
-                    merged[info["instrument"]][cat].add(result["summary"][cat])
-                entry.update(
-                    status="counted",
-                    entry=result["entry"],
-                    n=result["summary"][next(iter(cats))]["n"],
-                    min_positive={c: result["summary"][c]["min_positive"] for c in store.cats},
-                )
-            else:
-                reason = error_reason(exc)
-                entry.update(status=reason, error=f"{type(exc).__name__}: {exc}")
-                logger.error("extrema: %s skipped (%s): %s", rel, reason, exc)
-            store.put(rel, entry)
-            remaining_per_orbit[info["orbit"]] -= 1
-            if remaining_per_orbit[info["orbit"]] == 0:
-                orbits_since_flush += 1
-                if orbits_since_flush >= flush_batch_size:
-                    store.flush(False)
-                    orbits_since_flush = 0
-            if progress is not None:
-                progress(done, len(todo))
+        _run(
+            _pass1_file,
+            calls,
+            record,
+            client=client,
+            window=max(2 * n_threads + flush_batch_size, 4),  # local threads only
+            max_workers=max_workers,
+            key_of=lambda a: f"extrema-pass1-{a[2]}-{a[3]}-{a[1].mtime_ns}",
+            extra=flush_batch_size,
+            # interrupted or not, what was counted is kept (atomically)
+            on_exit=lambda: store.flush(False, state.get("results")),
+        )
     finally:
-        # interrupted or not, what was counted is kept (atomically)
-        store.flush(False, state.get("results"))
+        bar.close()
     pass1_seconds = time.perf_counter() - t0
 
     # Pass 2 and the energy rule, per instrument and category.

@@ -16,7 +16,8 @@
 Each render runs in a persistent child process of its worker (:mod:`fastspectro_dask.sandbox`)
 so that ``instrument_timeout_seconds`` (from the moment the figure's sandbox child is ready:
 a fresh child's start-up after a killed figure is not counted) and ``orbit_timeout_seconds``
-(from the submission of the orbit's first task) really stop the work and free the worker.
+(from the start on a worker of the orbit's first task: time waiting for a worker is not
+counted) really stop the work and free the worker.
 On SIGINT/SIGTERM the renders in flight are cancelled and their sandbox children killed;
 figures they wrote before that are counted (the summary counts what is on disk).
 """
@@ -32,18 +33,19 @@ import signal
 import sys
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fastspectro_dask.cache import ReducedCache, reduce_file
-from fastspectro_dask.cluster import client_context, n_workers
+from fastspectro_dask.cluster import client_context
 from fastspectro_dask.config import PRODUCTS, RunConfig
 from fastspectro_dask.discovery import discover
 from fastspectro_dask.errors import (
     InvalidCDFError,
+    NoWorkersError,
     PlottingError,
     RenderTimeoutError,
     error_reason,
@@ -261,19 +263,26 @@ def render_job(job: RenderJob) -> dict[str, Any]:
 def _run_job(
     job: RenderJob,
     instrument_timeout: float | None,
-    orbit_deadline: float | None,
+    orbit_timeout: float | None,
     render_fn: Callable[[RenderJob], dict[str, Any]] = render_job,
     tag: str | None = None,
+    orbit_group: str | None = None,
 ) -> dict[str, Any]:
     """The Dask task: render in this worker's sandbox with the tighter of both timeouts.
 
-    Timeouts count from the moment the sandbox child is ready for the figure (a fresh
-    child's start-up is not the figure's time). ``tag`` (the task key) lets the client
-    stop the render when it cancels the task (:func:`~fastspectro_dask.sandbox.stop_calls`).
+    Timeouts count from the task's start on a worker, never from its submission: the
+    instrument timeout from the moment the sandbox child is ready for the figure (a fresh
+    child's start-up is not the figure's time), the orbit timeout from the start on a
+    worker of the orbit's first task (``orbit_group``, on the scheduler's
+    :class:`~fastspectro_dask.schedule.OrbitClock`; ``None``: this task's own start).
+    ``tag`` (the task key) lets the client stop the render when it cancels the task
+    (:func:`~fastspectro_dask.sandbox.stop_calls`).
     """
     timeout = instrument_timeout
-    if orbit_deadline is not None:
-        left = orbit_deadline - time.time()
+    if orbit_timeout is not None:
+        from fastspectro_dask.schedule import group_elapsed
+
+        left = orbit_timeout - group_elapsed(orbit_group)
         if left <= 0:
             raise RenderTimeoutError(
                 f"orbit {job.orbit}: orbit timeout reached before {job.product} started"
@@ -443,8 +452,9 @@ def FAST_plot_spectrograms_directory(
     max_workers : int, optional
         Workers of the local cluster made when no ``client`` is given [cores].
     orbit_timeout_seconds : float
-        Bound on all of an orbit's render tasks, from the submission of its first one
-        [600]; ``math.inf`` (or ``null`` in the config): no bound.
+        Bound on all of an orbit's render tasks, from the start of its first one on a
+        worker (time waiting for a worker, e.g. in a batch queue, is not counted) [600];
+        ``math.inf`` (or ``null`` in the config): no bound.
     instrument_timeout_seconds : float
         Bound on one render task, from the moment its sandbox child is ready for it (the
         start-up of a fresh child is not counted) [120]; ``math.inf``: no bound.
@@ -478,7 +488,11 @@ def FAST_plot_spectrograms_directory(
     products : sequence of {"instruments", "pitch-angle", "pad"}
         Which figures to make [all three].
     window : int, optional
-        Render tasks in flight at once [``2 * workers + 2``].
+        At most this many render tasks in flight [no bound]: the window follows the
+        cluster's current worker threads (``2 * threads + 32``, re-read as workers come
+        and go). The dask config ``fastspectro.worker-wait`` (seconds, default 180; CLI
+        ``--worker-wait``) ends the run with :class:`~fastspectro_dask.errors.NoWorkersError`
+        when no worker is connected and no job pending for that long.
     progress_bar : bool, optional
         Show a tqdm progress bar [only when stderr is a terminal].
     render_fn : callable, optional
@@ -876,8 +890,11 @@ def _iter_jobs(
         yield orbit, orbit_jobs, known
 
 
-def _append_manifest(path: Path, job: RenderJob, result: Mapping[str, Any]) -> None:
-    """One JSON line per figure: what was drawn, with which limits and options."""
+def _append_manifest(path: Path | Any, job: RenderJob, result: Mapping[str, Any]) -> None:
+    """One JSON line per figure: what was drawn, with which limits and options.
+
+    ``path`` is the manifest's path, or a line-buffered text file open for appending (the
+    render loop keeps one open: one write per figure, no open/close)."""
     line = json.dumps(
         {
             "figure": os.path.relpath(job.output, path.parent),
@@ -896,6 +913,9 @@ def _append_manifest(path: Path, job: RenderJob, result: Mapping[str, Any]) -> N
         },
         sort_keys=True,
     )
+    if hasattr(path, "write"):
+        path.write(line + "\n")  # line-buffered: written at once
+        return
     with open(path, "a", encoding="utf-8") as fh:  # one short append per figure
         fh.write(line + "\n")
 
@@ -957,12 +977,19 @@ def _loop(
     manifest: Path | None = None,
     total: int | None = None,
 ) -> None:
-    """Submit through a bounded window and handle results in batches.
+    """Render through the scheduling loop (:class:`~fastspectro_dask.schedule.TaskLoop`:
+    elastic window, batched results, watchdog) and record every outcome.
 
     ``jobs`` is a mapping orbit -> jobs, or (to keep client memory flat for any mission)
     an iterable of ``(orbit, jobs, known_errors)`` consumed only as the window has room.
+    ``window`` bounds the tasks in flight (default: from the cluster's current threads).
+
+    Raises
+    ------
+    NoWorkersError
+        No worker left or coming for the configured wait (state flushed first).
     """
-    from distributed import as_completed
+    from fastspectro_dask.schedule import Task, TaskLoop, ensure_orbit_clock
 
     if isinstance(jobs, Mapping):
         known_map = known_errors or {}
@@ -970,18 +997,25 @@ def _loop(
         source = iter([(o, js, dict(known_map.get(o, {}))) for o, js in jobs.items()])
     else:
         source = iter(jobs)
-    pending: deque[RenderJob] = deque()
     left: dict[int, int] = {}
     orbit_errors: dict[int, dict[str, tuple[str, str]]] = {}
-    deadlines: dict[int, float] = {}
-    inflight: dict[str, tuple[RenderJob, Any, tuple[int, int] | None]] = {}
-    limit = window or 2 * n_workers(client) + 2
-    ac = as_completed()
     bar = _progress_bar(total or 0, progress_bar)
     reasons: Counter[str] = Counter()
+    clock = orbit_timeout is not None and ensure_orbit_clock(client)
+    run_id = f"{os.getpid()}-{time.monotonic_ns()}"
+    log_info = logger.isEnabledFor(logging.INFO)
+    loop = TaskLoop(
+        client,
+        _run_job,
+        window=window,
+        extra=_PIPELINE_DEPTH,
+        stop=signals.stop,
+        on_idle=store.maybe_flush,  # the interval flush, while waiting
+        on_exit=store.flush,  # the final flush, whatever ends the loop
+        phase="rendering",
+    )
 
     def finish_orbit(orbit: int) -> None:
-        deadlines.pop(orbit, None)
         left.pop(orbit, None)
         errs = orbit_errors.pop(orbit)
         if errs:
@@ -998,134 +1032,127 @@ def _loop(
             summary.orbits_completed += 1
         summary.orbits_processed += 1
         bar.update(1)
-        bar.set_postfix(errors=sum(reasons.values()), timeouts=reasons["timeout"], refresh=False)
+        if errs:
+            bar.set_postfix(
+                errors=sum(reasons.values()), timeouts=reasons["timeout"], refresh=False
+            )
 
-    exhausted = False  # every orbit of the source has been planned
-
-    def refill() -> None:
-        """Plan orbits only as the window has room: memory stays flat for any mission."""
-        nonlocal exhausted
-        while len(pending) < limit and not signals.stop.is_set():
-            item = next(source, None)
-            if item is None:
-                exhausted = True
-                return
-            orbit, orbit_jobs, known = item
+    def tasks() -> Iterator[Task]:
+        """Orbits planned only as the window has room: memory stays flat for any mission."""
+        for orbit, orbit_jobs, known in source:
             orbit_errors[orbit] = dict(known)
             left[orbit] = len(orbit_jobs)
             if not orbit_jobs:  # nothing to render (figures exist): done at once
                 finish_orbit(orbit)
-            pending.extend(orbit_jobs)
-
-    def submit() -> None:
-        refill()
-        while pending and len(inflight) < limit and not signals.stop.is_set():
-            job = pending.popleft()
-            refill()
-            if orbit_timeout is not None and job.orbit not in deadlines:
-                deadlines[job.orbit] = time.time() + orbit_timeout
-            key = f"render-{job.orbit}-{job.product}-y{y_scale}-z{z_scale}-{time.monotonic_ns()}"
-            fut = client.submit(
-                _run_job,
-                job,
-                instrument_timeout,
-                deadlines.get(job.orbit),
-                render_fn,
-                key,
-                key=key,
-                pure=False,
-                retries=0,
-            )
-            inflight[fut.key] = (job, fut, _file_identity(job.output))
-            ac.add(fut)
-
-    try:
-        submit()
-        while inflight:
-            if signals.stop.is_set():
-                summary.interrupted = True
-                stopped = list(inflight.items())
-                client.cancel([f for _, (_, f, _) in stopped])
-                _stop_renders(client, [key for key, _ in stopped])
-                # what they wrote before they were stopped is on disk: count it
-                for _key, (job, _fut, before) in stopped:
-                    if _file_identity(job.output) not in (None, before):
-                        summary.figures_written += 1
-                        if manifest is not None:
-                            _append_manifest(
-                                manifest, job, {"errors": orbit_errors.get(job.orbit, {})}
-                            )
-                        logger.info(
-                            "orbit %d %s was written before its task was cancelled",
-                            job.orbit,
-                            job.product,
-                        )
-                logger.warning(
-                    "cancelled %d render tasks in flight; their orbits will be "
-                    "redone by the next run",
-                    len(stopped),
-                )
-                inflight.clear()
-                break
-            batch = ac.next_batch(block=False)
-            if not batch:
-                store.maybe_flush()  # the interval flush, while idle
-                time.sleep(0.02)
                 continue
-            for fut in batch:
-                item = inflight.pop(fut.key, None)
-                if item is None:
-                    continue
-                job = item[0]
-                try:
-                    result = fut.result()
-                except (KeyboardInterrupt, SystemExit):
-                    raise
-                except BaseException as exc:  # incl. CancelledError (a BaseException)
-                    reason = _classify(exc)
-                    for inst in _blame(job, exc):
-                        orbit_errors[job.orbit].setdefault(inst, (reason, str(exc)))
-                    for level, line in _log_notes(exc):
-                        logger.log(level, "worker: %s", line)
-                    logger.error(
-                        "orbit %d %s: %s (%s: %s)",
-                        job.orbit,
-                        job.product,
-                        reason,
-                        type(exc).__name__,
-                        exc,
-                    )
-                    remote_tb = getattr(exc, "__remote_traceback__", None)
-                    if remote_tb:  # the log file keeps the detail; the terminal, one line
-                        logger.info(
-                            "orbit %d %s: traceback in the render sandbox:\n%s",
-                            job.orbit,
-                            job.product,
-                            str(remote_tb).rstrip(),
-                        )
-                else:
-                    summary.figures_written += 1
-                    if manifest is not None:
-                        _append_manifest(manifest, job, result)
-                    for inst, (reason, msg) in result["errors"].items():
-                        orbit_errors[job.orbit].setdefault(inst, (reason, msg))
-                        logger.error("orbit %d %s: %s (%s)", job.orbit, inst, reason, msg)
-                    for level, line in result.get("log", []):
-                        logger.log(level, "worker: %s", line)
-                    logger.info(
-                        "orbit %d %s written in %.2f s", job.orbit, job.product, result["seconds"]
-                    )
-                finally:
-                    fut.release()
-                left[job.orbit] -= 1
-                if left[job.orbit] == 0:
-                    finish_orbit(job.orbit)
-            submit()
-        if signals.stop.is_set() and (pending or not exhausted):
-            # the signal came between two batches, with nothing in flight: work was left
+            # one task: its own start is the orbit's; more: the scheduler's orbit clock
+            group = f"{run_id}-{orbit}" if clock and len(orbit_jobs) > 1 else None
+            for job in orbit_jobs:
+                key = (
+                    f"render-{job.orbit}-{job.product}-y{y_scale}-z{z_scale}-{time.monotonic_ns()}"
+                )
+                args = (job, instrument_timeout, orbit_timeout, render_fn, key, group)
+                yield Task(key, args, (job, _file_identity(job.output)))
+
+    def handle(task: Task, result: Any, exc: BaseException | None) -> None:
+        job = task.item[0]
+        if exc is not None:
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise exc
+            reason = _classify(exc)
+            for inst in _blame(job, exc):
+                orbit_errors[job.orbit].setdefault(inst, (reason, str(exc)))
+            for level, line in _log_notes(exc):
+                logger.log(level, "worker: %s", line)
+            logger.error(
+                "orbit %d %s: %s (%s: %s)", job.orbit, job.product, reason, type(exc).__name__, exc
+            )
+            remote_tb = getattr(exc, "__remote_traceback__", None)
+            if remote_tb:  # the log file keeps the detail; the terminal, one line
+                logger.info(
+                    "orbit %d %s: traceback in the render sandbox:\n%s",
+                    job.orbit,
+                    job.product,
+                    str(remote_tb).rstrip(),
+                )
+        else:
+            summary.figures_written += 1
+            if manifest is not None:
+                _append_manifest(manifest, job, result)
+            for inst, (reason, msg) in result["errors"].items():
+                orbit_errors[job.orbit].setdefault(inst, (reason, msg))
+                logger.error("orbit %d %s: %s (%s)", job.orbit, inst, reason, msg)
+            for level, line in result.get("log", ()):
+                logger.log(level, "worker: %s", line)
+            if log_info:
+                logger.info(
+                    "orbit %d %s written in %.2f s", job.orbit, job.product, result["seconds"]
+                )
+        left[job.orbit] -= 1
+        if left[job.orbit] == 0:
+            finish_orbit(job.orbit)
+
+    with contextlib.ExitStack() as stack:
+        if manifest is not None:  # one append handle for the loop, line-buffered
+            manifest = _Appender(manifest)
+            stack.callback(manifest.close)
+        try:
+            outcome = loop.run(tasks(), handle)
+        except NoWorkersError:
+            _count_abandoned(client, loop.abandoned, orbit_errors, manifest, summary)
             summary.interrupted = True
-    finally:
-        bar.close()
-        for reason, n in reasons.items():
-            summary.errors[reason] = summary.errors.get(reason, 0) + n
-        store.flush()
+            raise
+        finally:
+            bar.close()
+            for reason, n in reasons.items():
+                summary.errors[reason] = summary.errors.get(reason, 0) + n
+        if outcome == "stopped":
+            summary.interrupted = True
+            _count_abandoned(client, loop.abandoned, orbit_errors, manifest, summary)
+            if loop.abandoned:
+                logger.warning(
+                    "cancelled %d render tasks in flight; their orbits will be redone by the "
+                    "next run",
+                    len(loop.abandoned),
+                )
+
+
+#: Render tasks in flight beyond two per worker thread: they cover the client's round trip
+#: (submission, result, bookkeeping), so short tasks do not wait for the client.
+_PIPELINE_DEPTH = 32
+
+
+class _Appender:
+    """A text file opened for appending at the first write (line-buffered), kept open."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.parent = path.parent  # as a Path's: where relative names start
+        self._fh: Any = None
+
+    def write(self, text: str) -> None:
+        if self._fh is None:
+            self._fh = open(self.path, "a", encoding="utf-8", buffering=1)
+        self._fh.write(text)
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+def _count_abandoned(client, abandoned, orbit_errors, manifest, summary: RunSummary) -> None:
+    """Stop the renders of cancelled tasks (their sandbox children), then count the
+    figures they wrote before that: they are on disk."""
+    if not abandoned:
+        return
+    _stop_renders(client, [t.key for t in abandoned])
+    for task in abandoned:
+        job, before = task.item
+        if _file_identity(job.output) not in (None, before):
+            summary.figures_written += 1
+            if manifest is not None:
+                _append_manifest(manifest, job, {"errors": orbit_errors.get(job.orbit, {})})
+            logger.info(
+                "orbit %d %s was written before its task was cancelled", job.orbit, job.product
+            )

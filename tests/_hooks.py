@@ -114,3 +114,60 @@ def ready_then_block_on_victim(job: RenderJob) -> dict:
         while os.getppid() == parent:
             time.sleep(0.05)
     return render_job(job)
+
+
+# --- scheduling-loop hooks (tests/test_schedule.py) --------------------------------------
+# In-process workers (LocalCluster(processes=False)) share this module with the test, so
+# plain threading primitives coordinate the test and the tasks, without sleeps.
+
+import threading  # noqa: E402
+
+GATE = threading.Event()  # set: the gated tasks may finish
+_running_lock = threading.Condition()
+RUNNING: dict[str, int] = {"now": 0, "max": 0}
+
+
+def gated(i: int) -> int:
+    """A task that counts itself running and waits for :data:`GATE`."""
+    with _running_lock:
+        RUNNING["now"] += 1
+        RUNNING["max"] = max(RUNNING["max"], RUNNING["now"])
+        _running_lock.notify_all()
+    try:
+        if not GATE.wait(120):
+            raise TimeoutError("the test never opened the gate")
+    finally:
+        with _running_lock:
+            RUNNING["now"] -= 1
+    return i
+
+
+def wait_running(n: int, timeout: float = 120) -> bool:
+    """In the test: until at least ``n`` gated tasks run at once."""
+    with _running_lock:
+        return _running_lock.wait_for(lambda: RUNNING["now"] >= n, timeout)
+
+
+def reset_gate() -> None:
+    GATE.clear()
+    RUNNING.update(now=0, max=0)
+
+
+def group_clock(group: str) -> float:
+    """A task that reads its group's clock at its start (seconds since the group's first
+    task started on a worker)."""
+    from fastspectro_dask.schedule import group_elapsed
+
+    return group_elapsed(group)
+
+
+def block_from_victim_on(job: RenderJob) -> dict:
+    """Orbits from the victim on announce themselves ({out}/ready-{orbit}) and stay busy
+    until their process's parent (the worker) is gone; the others are no-ops."""
+    if job.orbit >= VICTIM:
+        root = _out_root(job)
+        (root / f"ready-{job.orbit}").write_text("")
+        parent = os.getppid()
+        while os.getppid() == parent:
+            time.sleep(0.05)
+    return noop(job)

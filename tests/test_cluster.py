@@ -492,3 +492,32 @@ def test_jobqueue_dashboard_on_loopback_unless_set(monkeypatch):
         assert _with_dashboard_address("pbs", {}, ":8787") == {
             "scheduler_options": {"interface": "ib0", "dashboard_address": ":8787"}
         }
+
+
+def _pid_and_daemon():
+    import multiprocessing
+
+    return os.getpid(), multiprocessing.current_process().daemon
+
+
+def test_a_worker_restarted_by_the_nanny_can_still_start_render_sandboxes():
+    """A killed worker of the local cluster comes back non-daemonic (it was daemonic, so
+    its renders ran inline, without timeouts, and a cancelled render could not be stopped)."""
+    from fastspectro_dask.cluster import client_context
+
+    with client_context(None, max_workers=1, dashboard_address=None) as client:
+        ((_addr, (pid, daemon)),) = client.run(_pid_and_daemon).items()
+        assert daemon is False
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        now: dict = {}
+        while time.monotonic() < deadline:
+            try:  # the dying worker may still be listed
+                now = dict(client.run(_pid_and_daemon))
+            except Exception:
+                now = {}
+            if now and all(p != pid for p, _d in now.values()):
+                break
+            time.sleep(0.1)
+        assert [d for _p, d in now.values()] == [False]
+    assert dask.config.get("distributed.worker.daemon") is True  # restored after the run

@@ -25,6 +25,8 @@ distributed = pytest.importorskip("distributed")
 
 @pytest.fixture(scope="module")
 def client():
+    # held while the cluster lives: a worker the nanny restarts (test_worker_killed...)
+    # must come back non-daemonic, able to start render sandboxes
     with dask.config.set(
         {"distributed.worker.daemon": False, "distributed.scheduler.allowed-failures": 0}
     ):
@@ -32,9 +34,9 @@ def client():
             n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
         )
         c = distributed.Client(cluster)
-    yield c
-    c.close()
-    cluster.close()
+        yield c
+        c.close()
+        cluster.close()
 
 
 @pytest.fixture(scope="module")

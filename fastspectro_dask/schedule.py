@@ -1,0 +1,555 @@
+"""The one scheduling loop: a bounded, elastic window of Dask futures over ``as_completed``.
+
+Used by the extrema pass 1 (:mod:`fastspectro_dask.extrema`) and by the render phase
+(:mod:`fastspectro_dask.pipeline`). What it does, and nothing else:
+
+* **An elastic window.** At most ``per_thread * threads + extra`` tasks are in flight
+  (never one giant graph: a mission is ~51,000 orbits), where ``threads`` is the cluster's
+  *current* number of worker threads, read from the scheduler at every refill (at most
+  every :data:`REFRESH_SECONDS`), so workers that arrive late (dask-jobqueue jobs leaving
+  the batch queue, adaptive scaling) get work at once, whatever made the client
+  (``LocalCluster``, ``client=``, ``--scheduler-address``/``--scheduler-file``,
+  ``--cluster``). While no worker is there, ``floor`` tasks wait on the scheduler; a
+  caller's ``window`` is an upper bound.
+* **Batched submission** (``client.map`` over the free slots) and **a wait that wakes on
+  completion** (no polling), results fetched by ``as_completed`` on the event loop.
+* **One place for the client-side batched flushes**: ``on_idle`` (the interval flush)
+  while waiting, ``on_exit`` (the final flush) always, also after an exception.
+* **A watchdog**: no worker and no pending job for ``worker_wait`` seconds (the dask
+  config ``fastspectro.worker-wait``, default in ``fastspectro.yaml``; CLI
+  ``--worker-wait``) ends the loop with :class:`~fastspectro_dask.errors.NoWorkersError`
+  after the final flush. Workers that leave are logged once each (WARNING); with a
+  dask-jobqueue cluster of a fixed number of jobs (``--jobs N``), lost jobs are submitted
+  again.
+* **Deadlines from the start on a worker**: :class:`OrbitClock`, a scheduler plugin, tells
+  a task how long ago the first task of its group (an orbit) started on a worker
+  (:func:`group_elapsed`), so time spent waiting for a worker never counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import dask
+from distributed.diagnostics.plugin import SchedulerPlugin
+
+from fastspectro_dask.cluster import JOBS_ATTR
+from fastspectro_dask.errors import NoWorkersError
+
+__all__ = [
+    "REFRESH_SECONDS",
+    "ClusterView",
+    "OrbitClock",
+    "Task",
+    "TaskLoop",
+    "ensure_orbit_clock",
+    "group_elapsed",
+    "progress_bar",
+    "worker_wait_seconds",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The cluster's threads are re-read at a refill at most this often (one scheduler
+#: round trip), and the loop wakes at least this often to look for new workers.
+REFRESH_SECONDS = 0.5
+#: dask config key of the watchdog's wait.
+WORKER_WAIT_KEY = "fastspectro.worker-wait"
+
+
+def worker_wait_seconds() -> float | None:
+    """The watchdog's wait: dask config ``fastspectro.worker-wait`` (seconds; ``None`` or
+    a negative value: wait for ever; its default is in ``fastspectro.yaml``)."""
+    value = dask.config.get(WORKER_WAIT_KEY)
+    if value is None:
+        return None
+    value = float(value)
+    return None if value < 0 else value
+
+
+def progress_bar(total: int, enabled: bool | None, *, unit: str, desc: str):
+    """A tqdm bar for one phase (shown only on a terminal unless ``enabled`` says)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total,
+        unit=unit,
+        desc=desc,
+        dynamic_ncols=True,
+        disable=(not sys.stderr.isatty()) if enabled is None else not enabled,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# The cluster as the loop sees it
+# --------------------------------------------------------------------------------------
+
+
+def _scheduler_workers(client) -> dict[str, tuple[str, int]]:
+    """``{address: (name, nthreads)}`` of the workers connected now (one round trip).
+
+    Asks the scheduler directly: ``Client.scheduler_info()`` returns the client's cached
+    identity, which its periodic refresh may replace at the same moment with one that
+    lists no worker.
+    """
+    try:
+        info = client.sync(client.scheduler.identity, n_workers=-1)
+    except TypeError:  # a distributed without n_workers
+        info = client.sync(client.scheduler.identity)
+    return {
+        addr: (str(w.get("name", addr)), int(w.get("nthreads", 1) or 1))
+        for addr, w in info.get("workers", {}).items()
+    }
+
+
+class ClusterView:
+    """Threads, arrivals, departures and pending jobs of a client's cluster.
+
+    Parameters
+    ----------
+    client : distributed.Client
+    refresh : float
+        Re-read the scheduler at most this often (seconds).
+    """
+
+    def __init__(self, client, refresh: float = REFRESH_SECONDS) -> None:
+        self.client = client
+        self.refresh_seconds = refresh
+        self.workers: dict[str, tuple[str, int]] = {}
+        self.threads = 0
+        self.seen_names: set[str] = set()
+        self.lost: set[str] = set()
+        self.resubmitted = 0
+        self._read_at = -float("inf")
+        self._empty_since: float | None = None
+
+    def refresh(self, force: bool = False) -> int:
+        """Re-read the workers (at most every ``refresh`` seconds); returns the threads."""
+        now = time.monotonic()
+        if not force and now - self._read_at < self.refresh_seconds:
+            return self.threads
+        self._read_at = now
+        try:
+            workers = _scheduler_workers(self.client)
+        except Exception as exc:  # the scheduler unreachable for a moment: keep the last view
+            logger.debug("could not read the scheduler's workers: %s", exc)
+            return self.threads
+        left = self.workers.keys() - workers.keys()
+        for addr in left:
+            if addr not in self.lost:
+                self.lost.add(addr)
+                name = self.workers[addr][0]
+                logger.warning(
+                    "worker %s (%s) left the cluster; %d worker thread(s) left",
+                    name,
+                    addr,
+                    sum(t for _n, t in workers.values()),
+                )
+        arrived = workers.keys() - self.workers.keys()
+        if arrived and self.workers:
+            logger.info("%d worker(s) joined the cluster", len(arrived))
+        self.workers = workers
+        self.seen_names.update(n for n, _t in workers.values())
+        self.threads = sum(t for _n, t in workers.values())
+        if self.threads:
+            self._empty_since = None
+        elif self._empty_since is None:
+            self._empty_since = now
+        if left:
+            self._resubmit_lost_jobs()
+        return self.threads
+
+    def _cluster(self):
+        return getattr(self.client, "cluster", None)
+
+    def pending_jobs(self) -> int:
+        """Workers asked for (a dask-jobqueue or other ``SpecCluster``) that never
+        connected: jobs still in the batch queue. 0 when the cluster is not ours to see
+        (an external scheduler)."""
+        cluster = self._cluster()
+        try:
+            requested = set(cluster.requested) if cluster is not None else set()
+        except Exception:  # not a SpecCluster
+            return 0
+        return len({str(n) for n in requested} - self.seen_names)
+
+    def _resubmit_lost_jobs(self) -> None:
+        """A dask-jobqueue cluster asked for a fixed number of jobs (``--jobs N``): a job
+        whose workers all left is dropped from the cluster's spec (and cancelled in the
+        batch system) and ``scale(jobs=N)`` submits a new one."""
+        cluster = self._cluster()
+        jobs = getattr(cluster, JOBS_ATTR, None)
+        if not jobs or getattr(cluster, "_adaptive", None) is not None:
+            return
+        spec = getattr(cluster, "worker_spec", None)
+        if spec is None:
+            return
+        now_names = {n for n, _t in self.workers.values()}
+        gone = []
+        for name in list(spec):
+            members = _spec_members(cluster, name)
+            if members & self.seen_names and not members & now_names:
+                gone.append(name)  # connected once, none of its workers is here now
+        if not gone:
+            return
+        for name in gone:
+            self.seen_names -= _spec_members(cluster, name)
+            spec.pop(name, None)
+        try:
+            cluster.scale(jobs=jobs)
+        except Exception as exc:
+            logger.warning("could not resubmit %d lost job(s): %s", len(gone), exc)
+            return
+        self.resubmitted += len(gone)
+        logger.warning(
+            "%d lost job(s) (%s) resubmitted: scale(jobs=%d)", len(gone), ", ".join(gone), jobs
+        )
+
+    def idle_for(self) -> float:
+        """Seconds with no worker and no pending job (0 when there is one of them)."""
+        if self._empty_since is None or self.pending_jobs():
+            return 0.0
+        return time.monotonic() - self._empty_since
+
+
+def _spec_members(cluster, name: str) -> set[str]:
+    """Worker names of one spec entry of a SpecCluster (a job may run several workers)."""
+    spec = cluster.worker_spec.get(name, {})
+    group = spec.get("group") if isinstance(spec, dict) else None
+    if group:
+        return {f"{name}{suffix}" for suffix in group}
+    return {str(name)}
+
+
+# --------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Task:
+    """One submission: the task's ``key``, the arguments of the loop's function, and
+    ``item``, whatever the caller wants back with the outcome."""
+
+    key: str
+    args: tuple
+    item: Any = None
+
+
+class TaskLoop:
+    """A bounded elastic window of ``fn(*task.args)`` futures, results handled on the client.
+
+    Parameters
+    ----------
+    client : distributed.Client
+    fn : callable
+        Module-level function run for every task.
+    window : int, optional
+        Upper bound of the tasks in flight (default: none but the elastic one).
+    per_thread, extra, floor : int
+        The window is ``max(floor, per_thread * threads + extra)`` (bounded by ``window``),
+        ``threads`` being the worker threads connected now.
+    stop : threading.Event, optional
+        Set (a signal): stop submitting; what is in flight is cancelled and given back in
+        :attr:`abandoned`.
+    on_idle : callable, optional
+        Called while waiting for results (the interval flush).
+    on_exit : callable, optional
+        Called once when the loop ends, whatever the reason (the final flush).
+    worker_wait : float, optional
+        Seconds with no worker and no pending job before :class:`NoWorkersError`
+        (default: :func:`worker_wait_seconds`); ``None``: wait for ever.
+    """
+
+    def __init__(
+        self,
+        client,
+        fn: Callable[..., Any],
+        *,
+        window: int | None = None,
+        per_thread: int = 2,
+        extra: int = 2,
+        floor: int = 4,
+        stop: threading.Event | None = None,
+        on_idle: Callable[[], Any] | None = None,
+        on_exit: Callable[[], Any] | None = None,
+        worker_wait: float | str | None = "config",
+        phase: str = "tasks",
+    ) -> None:
+        self.client = client
+        self.fn = fn
+        self.cap = window
+        self.per_thread, self.extra, self.floor = per_thread, extra, floor
+        self.stop = stop or threading.Event()
+        self.on_idle, self.on_exit = on_idle, on_exit
+        self.worker_wait = worker_wait_seconds() if worker_wait == "config" else worker_wait
+        self.phase = phase
+        self.view = ClusterView(client)
+        self.inflight: dict[str, tuple[Task, Any]] = {}
+        self.abandoned: list[Task] = []  # in flight when a stop or the watchdog ended it
+        self.max_inflight = 0
+        self.submitted = 0
+        self.exhausted = False
+        self.outcome = "running"
+
+    # -- the window ----------------------------------------------------------------------
+
+    def window(self) -> int:
+        """Tasks allowed in flight now (re-reads the cluster's threads, throttled)."""
+        threads = self.view.refresh()
+        size = max(self.floor, self.per_thread * threads + self.extra)
+        return size if self.cap is None else max(1, min(size, self.cap))
+
+    def _fill(self, source, ac) -> None:
+        if self.exhausted or self.stop.is_set():
+            return
+        room = self.window() - len(self.inflight)
+        if room <= 0:
+            return
+        batch = list(itertools.islice(source, room))
+        if len(batch) < room:
+            self.exhausted = True
+        if not batch:
+            return
+        futures = self.client.map(
+            self.fn,
+            *zip(*(t.args for t in batch), strict=True),
+            key=[t.key for t in batch],
+            pure=False,
+            retries=0,
+        )
+        for task, fut in zip(batch, futures, strict=True):
+            self.inflight[fut.key] = (task, fut)
+        ac.update(futures)
+        self.submitted += len(batch)
+        self.max_inflight = max(self.max_inflight, len(self.inflight))
+        self._submitted_hook(len(self.inflight))
+
+    def _submitted_hook(self, inflight: int) -> None:
+        """Called after each submission with the number of tasks in flight (for tests)."""
+
+    # -- waiting -------------------------------------------------------------------------
+
+    @staticmethod
+    def _wait(ac, timeout: float) -> None:
+        """Until a result is ready or ``timeout``; woken by ``as_completed`` at once."""
+        with ac.thread_condition:
+            if not ac.has_ready():
+                ac.thread_condition.wait(timeout)
+
+    def _abandon(self) -> None:
+        futures = [f for _t, f in self.inflight.values()]
+        if futures:
+            self.client.cancel(futures)
+        self.abandoned = [t for t, _f in self.inflight.values()]
+        self.inflight.clear()
+
+    def _watchdog(self) -> bool:
+        if self.worker_wait is None:
+            return False
+        idle = self.view.idle_for()
+        if idle < self.worker_wait:
+            return False
+        logger.info(
+            "%s: no Dask worker for %.0f s and no job pending (worker wait %g s): ending the run",
+            self.phase,
+            idle,
+            self.worker_wait,
+        )
+        return True
+
+    def _start_batch(self, batch) -> tuple[list, Any]:
+        """Take a batch of completed futures out of the window and start fetching the
+        results of the finished ones in one ``gather`` (one round trip for the batch),
+        without waiting: the caller submits and records meanwhile."""
+        done = []
+        for fut in batch:
+            entry = self.inflight.pop(fut.key, None)
+            if entry is not None:
+                done.append((entry[0], fut))
+        finished = [f for _t, f in done if f.status == "finished"]
+        fetch = None
+        if finished:
+            try:
+                coro = self.client.gather(finished, asynchronous=True)
+                fetch = asyncio.run_coroutine_threadsafe(coro, self.client.loop.asyncio_loop)
+            except Exception:  # fetched one by one in _finish_batch
+                fetch = None
+        return done, (finished, fetch)
+
+    def _finish_batch(self, started: tuple[list, Any], handle) -> None:
+        """Wait for a batch's results and hand each outcome to ``handle``."""
+        done, (finished, fetch) = started
+        results: dict[str, Any] = {}
+        if fetch is not None:
+            try:
+                results = dict(zip([f.key for f in finished], fetch.result(), strict=True))
+            except Exception:  # e.g. a worker holding a result died: one by one
+                results = {}
+        for task, fut in done:
+            if fut.key in results:
+                handle(task, results[fut.key], None)
+            else:
+                try:
+                    result = fut.result()
+                except BaseException as exc:  # the task's error, also CancelledError
+                    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                        raise
+                    handle(task, None, exc)
+                else:
+                    handle(task, result, None)
+            fut.release()
+
+    # -- the run -------------------------------------------------------------------------
+
+    def run(
+        self,
+        source: Iterable[Task],
+        handle: Callable[[Task, Any, BaseException | None], Any],
+    ) -> str:
+        """Submit ``source``'s tasks through the window; ``handle(task, result, error)``
+        each outcome as it arrives (``error`` is the task's exception, also
+        ``CancelledError``; ``result`` is then ``None``).
+
+        Returns ``"done"`` or ``"stopped"`` (``stop`` was set: the tasks in flight were
+        cancelled and are in :attr:`abandoned`). Raises :class:`NoWorkersError` (the
+        watchdog; tasks in flight abandoned). ``on_exit`` runs before it returns or raises.
+        """
+        from distributed import as_completed
+
+        it = iter(source)
+        ac = as_completed(loop=self.client.loop)
+        no_workers = False
+        previous = None  # a batch whose results are being fetched
+        try:
+            self._fill(it, ac)
+            while self.inflight or not (self.exhausted or self.stop.is_set()):
+                if self.stop.is_set():
+                    break
+                batch = ac.next_batch(block=False)
+                if not batch:
+                    if previous is not None:  # nothing new: record what was fetched
+                        self._finish_batch(previous, handle)
+                        previous = None
+                        continue
+                    if self.on_idle is not None:
+                        self.on_idle()
+                    self._wait(ac, self.view.refresh_seconds)
+                    if not ac.has_ready():  # nothing came: a look at the cluster
+                        self.view.refresh()
+                        if self._watchdog():
+                            no_workers = True
+                            break
+                    self._fill(it, ac)
+                    continue
+                # pipelined: this batch's results are fetched while new tasks are
+                # submitted and the previous batch is recorded
+                started = self._start_batch(batch)
+                self._fill(it, ac)
+                if previous is not None:
+                    self._finish_batch(previous, handle)
+                previous = started
+            if previous is not None:
+                self._finish_batch(previous, handle)
+                previous = None
+            if self.stop.is_set() and (self.inflight or not self.exhausted):
+                self.outcome = "stopped"
+                self._abandon()
+            elif no_workers:
+                self.outcome = "no-workers"
+                self._abandon()
+            else:
+                self.outcome = "done"
+        finally:
+            if self.on_exit is not None:
+                self.on_exit()
+        if no_workers:
+            raise NoWorkersError(
+                f"no Dask worker for {self.worker_wait:g} s and none pending: the run "
+                f"stopped during {self.phase} with {len(self.abandoned)} task(s) waiting; "
+                "what was done is saved; start workers (or check the batch jobs) and run "
+                "again to resume (--worker-wait sets the wait)"
+            )
+        return self.outcome
+
+
+# --------------------------------------------------------------------------------------
+# Deadlines measured from the start on a worker
+# --------------------------------------------------------------------------------------
+
+#: Name of the scheduler plugin and of its handler.
+_CLOCK_NAME = "fastspectro-orbit-clock"
+_CLOCK_HANDLER = "fastspectro_group_elapsed"
+
+
+class OrbitClock(SchedulerPlugin):
+    """Scheduler plugin: the first start on a worker of each group of tasks (an orbit).
+
+    A task calls :func:`group_elapsed` when it starts on a worker; the first call of a
+    group starts the group's clock on the scheduler (its monotonic clock: no clock skew
+    between nodes), every call returns the seconds since. At most ``keep`` groups are
+    remembered (the oldest are forgotten: a window holds far fewer orbits).
+    """
+
+    name = _CLOCK_NAME
+
+    def __init__(self, keep: int = 200_000) -> None:
+        self.keep = keep
+        self.starts: dict[str, float] = {}
+
+    async def start(self, scheduler) -> None:
+        scheduler.handlers[_CLOCK_HANDLER] = self.elapsed
+
+    def elapsed(self, group: str) -> float:
+        now = time.monotonic()
+        first = self.starts.setdefault(group, now)
+        if len(self.starts) > self.keep:
+            for old in list(itertools.islice(self.starts, len(self.starts) - self.keep)):
+                del self.starts[old]
+        return now - first
+
+
+def _has_clock(dask_scheduler=None) -> bool:
+    return _CLOCK_HANDLER in dask_scheduler.handlers
+
+
+def ensure_orbit_clock(client) -> bool:
+    """Install :class:`OrbitClock` on the client's scheduler (once); ``False`` if it
+    cannot be (e.g. the scheduler cannot import this package): deadlines then count from
+    each task's own start."""
+    try:
+        if client.run_on_scheduler(_has_clock):
+            return True
+        client.register_plugin(OrbitClock(), name=_CLOCK_NAME)
+        return bool(client.run_on_scheduler(_has_clock))
+    except Exception as exc:
+        logger.warning(
+            "the scheduler has no orbit clock (%s): an orbit's timeout counts from each "
+            "task's own start on a worker",
+            exc,
+        )
+        return False
+
+
+def group_elapsed(group: str | None) -> float:
+    """On a worker, at a task's start: seconds since the first task of ``group`` started
+    (0 for the first; 0 without a group or outside a worker)."""
+    if group is None:
+        return 0.0
+    try:
+        from distributed import get_worker
+        from distributed.utils import sync
+
+        worker = get_worker()
+        got = sync(worker.loop, getattr(worker.scheduler, _CLOCK_HANDLER), group=group)
+    except Exception:
+        return 0.0
+    return float(got or 0.0)

@@ -1,0 +1,318 @@
+"""The one scheduling loop: elastic window, deadlines from the start on a worker, watchdog."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+
+import dask
+import pytest
+
+from fastspectro_dask.errors import NoWorkersError
+from fastspectro_dask.schedule import Task, TaskLoop, ensure_orbit_clock
+
+from . import _hooks
+
+distributed = pytest.importorskip("distributed")
+
+
+def _local(n: int, **kw):
+    with dask.config.set({"distributed.worker.daemon": False}):
+        cluster = distributed.LocalCluster(
+            n_workers=n,
+            threads_per_worker=1,
+            dashboard_address=None,
+            **{"processes": False, **kw},
+        )
+    return cluster, distributed.Client(cluster)
+
+
+def test_window_follows_workers_that_arrive_mid_run(monkeypatch):
+    """1 worker, then 4: the tasks in flight grow at once, without any completion."""
+    _hooks.reset_gate()
+    inflight: list[tuple[int, int]] = []  # (phase, tasks in flight after a submission)
+    phase = [1]
+    monkeypatch.setattr(TaskLoop, "_submitted_hook", lambda self, n: inflight.append((phase[0], n)))
+    cluster, client = _local(1)
+    try:
+        loop = TaskLoop(client, _hooks.gated, worker_wait=None)
+        results: list[int] = []
+        errors: list[BaseException] = []
+        tasks = (Task(f"gated-{i}", (i,), i) for i in range(40))
+
+        def run() -> None:
+            try:
+                loop.run(
+                    tasks, lambda t, r, e: results.append(r) if e is None else errors.append(e)
+                )
+            except BaseException as exc:  # reported by the test
+                errors.append(exc)
+
+        runner = threading.Thread(target=run)
+        runner.start()
+        assert _hooks.wait_running(1)  # the one worker is busy; nothing has completed
+        phase[0] = 2
+        cluster.scale(4)
+        client.wait_for_workers(4, timeout=120)
+        # the three new workers get work although no task finished (gate still closed)
+        assert _hooks.wait_running(4), f"in flight: {inflight}"
+        _hooks.GATE.set()
+        runner.join(120)
+        assert not runner.is_alive() and not errors
+        assert sorted(results) == list(range(40))
+    finally:
+        _hooks.GATE.set()
+        client.close()
+        cluster.close()
+    before = max(n for p, n in inflight if p == 1)
+    after = max(n for p, n in inflight if p == 2)
+    assert before == 4  # 2 * 1 thread + 2
+    assert after == 10 and loop.max_inflight == 10  # 2 * 4 threads + 2
+    assert _hooks.RUNNING["max"] == 4
+
+
+def test_a_callers_window_is_an_upper_bound(monkeypatch):
+    seen: list[int] = []
+    monkeypatch.setattr(TaskLoop, "_submitted_hook", lambda self, n: seen.append(n))
+    cluster, client = _local(2)
+    try:
+        loop = TaskLoop(client, _hooks.group_clock, window=1, worker_wait=None)
+        got = []
+        loop.run((Task(f"g-{i}", (None,), i) for i in range(5)), lambda t, r, e: got.append(t))
+    finally:
+        client.close()
+        cluster.close()
+    assert len(got) == 5 and set(seen) == {1} and loop.outcome == "done"
+
+
+def test_orbit_clock_starts_on_a_worker_not_at_submission():
+    """Tasks of a group submitted while no worker exists: the clock starts with the first
+    one on a worker, so the time pending does not count."""
+    cluster, client = _local(0)
+    try:
+        assert ensure_orbit_clock(client) and ensure_orbit_clock(client)  # idempotent
+        first = client.submit(_hooks.group_clock, "orbit-1", key="clock-a", pure=False)
+        # pending with no worker: the scheduler holds it, nothing runs
+        deadline = time.monotonic() + 60
+        while "clock-a" not in cluster.scheduler.tasks and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert cluster.scheduler.tasks["clock-a"].state in ("queued", "no-worker")
+        time.sleep(1.0)  # pending time that must not count (what the test measures)
+        cluster.scale(1)
+        assert first.result(timeout=120) == 0.0  # the group's first start: 0 s elapsed
+        second = client.submit(_hooks.group_clock, "orbit-1", pure=False).result(timeout=60)
+        other = client.submit(_hooks.group_clock, "orbit-2", pure=False).result(timeout=60)
+        assert 0.0 < second < 1.0 and other == 0.0
+    finally:
+        client.close()
+        cluster.close()
+
+
+def _job(tmp: Path, orbit: int):
+    from fastspectro_dask.pipeline import RenderJob
+
+    return RenderJob(
+        orbit=orbit,
+        product="instruments",
+        files={"ees": f"/nowhere/{orbit}.cdf"},
+        entries={"ees": None},
+        output=str(tmp / "2000" / "01" / str(orbit) / f"{orbit}_instruments.png"),
+        cache_path=str(tmp / "c.zarr"),
+        variable="data",
+        categories={},
+        y_scale="linear",
+        z_scale="log",
+        instrument_order=("ees",),
+        extrema={},
+        retrace=False,
+        squeeze_gaps_minutes=5.0,
+        pad_shift90=False,
+        engine="fast",
+        dpi=100.0,
+        figsize=None,
+    )
+
+
+def _run_loop(client, tmp: Path, jobs, render_fn, **kw):
+    from fastspectro_dask.pipeline import RunSummary, _loop, _Signals
+    from fastspectro_dask.state import ProgressStore
+
+    summary = RunSummary()
+    with ProgressStore(tmp / "progress.json", "linear", "log", flush_batch_size=100) as store:
+        store.set_orbits(list(jobs))
+        try:
+            _loop(
+                client,
+                store,
+                _Signals(False),
+                jobs,
+                {o: {} for o in jobs},
+                summary,
+                window=None,
+                instrument_timeout=60.0,
+                progress_bar=False,
+                y_scale="linear",
+                z_scale="log",
+                render_fn=render_fn,
+                **kw,
+            )
+        finally:
+            store.flush()
+    return summary
+
+
+def test_time_pending_before_a_worker_exists_is_not_an_orbit_timeout(tmp_path):
+    """The render loop submits with no worker; one comes after longer than the orbit
+    timeout: no orbit times out."""
+    cluster, client = _local(0)
+    jobs = {o: [_job(tmp_path, o)] for o in (1, 2)}
+    try:
+
+        def add_worker_later() -> None:
+            deadline = time.monotonic() + 60
+            while not cluster.scheduler.tasks and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(1.5)  # longer than the orbit timeout, pending (what is measured)
+            cluster.scale(1)
+
+        helper = threading.Thread(target=add_worker_later)
+        helper.start()
+        s = _run_loop(client, tmp_path, jobs, _hooks.noop, orbit_timeout=1.0)
+        helper.join()
+    finally:
+        client.close()
+        cluster.close()
+    assert not s.errors and s.orbits_completed == 2
+    assert json.loads((tmp_path / "progress.json").read_text())["linear_log_completed"] == [1, 2]
+
+
+def test_watchdog_ends_the_run_when_every_worker_is_gone(tmp_path, caplog):
+    """Every worker closed mid-run (orbits from the victim on stay busy): the loop ends
+    with NoWorkersError after the wait, the state flushed, each lost worker logged once."""
+    cluster, client = _local(2, processes=True)
+    orbits = [_hooks.VICTIM - 1, *range(_hooks.VICTIM, _hooks.VICTIM + 8)]
+    jobs = {o: [_job(tmp_path, o)] for o in orbits}
+    try:
+
+        def close_workers() -> None:
+            # both workers busy with a victim: the first orbit is done, the rest waits
+            deadline = time.monotonic() + 120
+            while len(list(tmp_path.glob("ready-*"))) < 2 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            cluster.scale(0)
+
+        helper = threading.Thread(target=close_workers)
+        helper.start()
+        caplog.set_level(logging.INFO, logger="fastspectro_dask")
+        with (
+            dask.config.set({"fastspectro.worker-wait": 1.0}),
+            pytest.raises(NoWorkersError, match="no Dask worker for 1 s"),
+        ):
+            _run_loop(client, tmp_path, jobs, _hooks.block_from_victim_on, orbit_timeout=None)
+        helper.join()
+    finally:
+        client.close()
+        cluster.close()
+    state = json.loads((tmp_path / "progress.json").read_text())
+    assert state["linear_log_completed"] == [_hooks.VICTIM - 1]  # flushed before the end
+    lost = [r for r in caplog.records if "left the cluster" in r.getMessage()]
+    assert len(lost) == 2 and all(r.levelno == logging.WARNING for r in lost)
+    assert len({r.getMessage().split(" (")[1] for r in lost}) == 2  # once per worker
+    assert any("no Dask worker for" in r.getMessage() for r in caplog.records)
+
+
+def test_cli_exit_code_3_when_no_worker_is_left(tmp_path, monkeypatch, capsys):
+    import contextlib
+
+    import fastspectro_dask.cluster as cluster_mod
+    import fastspectro_dask.pipeline as pipeline_mod
+    from fastspectro_dask.cli import main
+    from fastspectro_dask.schedule import worker_wait_seconds
+
+    waits = []
+
+    @contextlib.contextmanager
+    def fake_client_context(client=None, **kw):
+        class FakeClient:
+            dashboard_link = "http://127.0.0.1:1/status"
+
+        yield FakeClient()
+
+    def no_workers(input_dir, output_dir, **kw):
+        waits.append(worker_wait_seconds())
+        raise NoWorkersError("no Dask worker for 7 s and none pending")
+
+    monkeypatch.setattr(cluster_mod, "client_context", fake_client_context)
+    monkeypatch.setattr(pipeline_mod, "FAST_plot_spectrograms_directory", no_workers)
+    code = main(["plot", str(tmp_path), str(tmp_path / "out"), "--worker-wait", "7"])
+    assert code == 3 and waits == [7.0]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["fastspectro: no Dask worker for 7 s and none pending"]
+    assert worker_wait_seconds() == 180.0  # the setting ends with the run
+
+
+class _FakeJobqueue:
+    """A dask-jobqueue cluster as ClusterView sees it: a spec of jobs (two worker processes
+    each), ``requested`` names, ``scale(jobs=)`` that adds jobs, as SpecCluster does."""
+
+    def __init__(self, jobs: int) -> None:
+        from fastspectro_dask.cluster import JOBS_ATTR
+
+        self.worker_spec: dict[str, dict] = {}
+        self.counter = 0
+        self.scaled: list[int] = []
+        self._adaptive = None
+        setattr(self, JOBS_ATTR, jobs)
+        self.scale(jobs=jobs)
+
+    def scale(self, jobs: int) -> None:
+        self.scaled.append(jobs)
+        while len(self.worker_spec) < jobs:
+            self.worker_spec[f"job-{self.counter}"] = {"group": ["-0", "-1"]}
+            self.counter += 1
+
+    @property
+    def requested(self) -> set[str]:
+        return {f"{n}{g}" for n, s in self.worker_spec.items() for g in s["group"]}
+
+
+class _FakeClient:
+    def __init__(self, cluster) -> None:
+        self.cluster = cluster
+        self.connected: list[str] = []  # worker names connected now
+        self.scheduler = self
+
+    def identity(self, n_workers=-1):
+        return {"workers": {f"tcp://{n}": {"name": n, "nthreads": 1} for n in self.connected}}
+
+    def sync(self, fn, *a, **kw):
+        return fn(*a, **kw)
+
+
+def test_lost_jobs_are_resubmitted_and_pending_jobs_hold_the_watchdog(caplog):
+    """--jobs 2: jobs pending at first hold the watchdog off; a job whose workers all left
+    is dropped and submitted again (scale(jobs=2)), each lost worker logged once."""
+    from fastspectro_dask.schedule import ClusterView
+
+    cluster = _FakeJobqueue(jobs=2)
+    client = _FakeClient(cluster)
+    view = ClusterView(client, refresh=0.0)
+    assert view.refresh() == 0 and view.pending_jobs() == 4 and view.idle_for() == 0.0
+    client.connected = ["job-0-0", "job-0-1", "job-1-0", "job-1-1"]
+    assert view.refresh() == 4 and view.pending_jobs() == 0
+    caplog.set_level(logging.INFO, logger="fastspectro_dask.schedule")
+    client.connected = ["job-1-0", "job-1-1"]  # job-0 cancelled in the batch system
+    assert view.refresh() == 2
+    assert sorted(cluster.worker_spec) == ["job-1", "job-2"] and cluster.scaled == [2, 2]
+    assert view.pending_jobs() == 2 and view.resubmitted == 1  # job-2 waits in the queue
+    view.refresh()  # nothing new: no second warning, no second resubmission
+    lost = [r for r in caplog.records if "left the cluster" in r.getMessage()]
+    assert len(lost) == 2 and cluster.scaled == [2, 2]
+    assert any("1 lost job(s) (job-0) resubmitted" in r.getMessage() for r in caplog.records)
+    client.connected = []  # job-1 gone too: resubmitted; no worker, but 2 jobs pending
+    view.refresh()
+    assert sorted(cluster.worker_spec) == ["job-2", "job-3"] and view.resubmitted == 2
+    assert view.threads == 0 and view.pending_jobs() == 4 and view.idle_for() == 0.0

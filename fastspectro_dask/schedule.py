@@ -244,6 +244,14 @@ class Task:
     item: Any = None
 
 
+class _StrandedError(Exception):
+    """No worker left while results were being fetched (the watchdog's verdict)."""
+
+    def __init__(self, tasks: list) -> None:
+        super().__init__(f"{len(tasks)} result(s) stranded")
+        self.tasks = tasks
+
+
 class TaskLoop:
     """A bounded elastic window of ``fn(*task.args)`` futures, results handled on the client.
 
@@ -385,21 +393,38 @@ class TaskLoop:
                 fetch = None
         return done, (finished, fetch)
 
+    def _patiently(self, get: Callable[..., Any], pending: list) -> Any:
+        """``get(timeout=...)`` until it answers, looking at the cluster meanwhile: a result
+        whose worker left is recomputed, and with no worker left that would wait for ever;
+        the watchdog ends the wait (:class:`_StrandedError`, with the ``pending`` tasks)."""
+        while True:
+            try:
+                return get(timeout=self.view.refresh_seconds)
+            except TimeoutError:
+                self.view.refresh()
+                if self._watchdog():
+                    raise _StrandedError(pending) from None
+
     def _finish_batch(self, started: tuple[list, Any], handle) -> None:
         """Wait for a batch's results and hand each outcome to ``handle``."""
         done, (finished, fetch) = started
         results: dict[str, Any] = {}
         if fetch is not None:
             try:
-                results = dict(zip([f.key for f in finished], fetch.result(), strict=True))
+                got = self._patiently(fetch.result, [t for t, _f in done])
+                results = dict(zip([f.key for f in finished], got, strict=True))
+            except _StrandedError:
+                raise
             except Exception:  # e.g. a worker holding a result died: one by one
                 results = {}
-        for task, fut in done:
+        for k, (task, fut) in enumerate(done):
             if fut.key in results:
                 handle(task, results[fut.key], None)
             else:
                 try:
-                    result = fut.result()
+                    result = self._patiently(fut.result, [t for t, _f in done[k:]])
+                except _StrandedError:
+                    raise
                 except BaseException as exc:  # the task's error, also CancelledError
                     if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                         raise
@@ -428,44 +453,52 @@ class TaskLoop:
         it = iter(source)
         ac = as_completed(loop=self.client.loop)
         no_workers = False
+        stranded: list = []  # tasks whose results were being fetched when no worker was left
         previous = None  # a batch whose results are being fetched
         try:
-            self._fill(it, ac)
-            while self.inflight or not (self.exhausted or self.stop.is_set()):
-                if self.stop.is_set():
-                    break
-                batch = ac.next_batch(block=False)
-                if not batch:
-                    if previous is not None:  # nothing new: record what was fetched
-                        self._finish_batch(previous, handle)
-                        previous = None
-                        continue
-                    if self.on_idle is not None:
-                        self.on_idle()
-                    self._wait(ac, self.view.refresh_seconds)
-                    if not ac.has_ready():  # nothing came: a look at the cluster
-                        self.view.refresh()
-                        if self._watchdog():
-                            no_workers = True
-                            break
-                    self._fill(it, ac)
-                    continue
-                # pipelined: this batch's results are fetched while new tasks are
-                # submitted and the previous batch is recorded
-                started = self._start_batch(batch)
+            try:
                 self._fill(it, ac)
-                if previous is not None:
+                while self.inflight or not (self.exhausted or self.stop.is_set()):
+                    if self.stop.is_set():
+                        break
+                    batch = ac.next_batch(block=False)
+                    if not batch:
+                        if previous is not None:  # nothing new: record what was fetched
+                            self._finish_batch(previous, handle)
+                            previous = None
+                            continue
+                        if self.on_idle is not None:
+                            self.on_idle()
+                        self._wait(ac, self.view.refresh_seconds)
+                        if not ac.has_ready():  # nothing came: a look at the cluster
+                            self.view.refresh()
+                            if self._watchdog():
+                                no_workers = True
+                                break
+                        self._fill(it, ac)
+                        continue
+                    # pipelined: this batch's results are fetched while new tasks are
+                    # submitted and the previous batch is recorded
+                    started = self._start_batch(batch)
+                    self._fill(it, ac)
+                    if previous is not None:
+                        self._finish_batch(previous, handle)
+                    previous = started
+                if previous is not None and not no_workers:
                     self._finish_batch(previous, handle)
-                previous = started
-            if previous is not None:
-                self._finish_batch(previous, handle)
-                previous = None
+                    previous = None
+            except _StrandedError as exc:
+                no_workers = True
+                stranded = list(exc.tasks)
+            if previous is not None:  # its results are stranded with the rest
+                stranded.extend(t for t, _f in previous[0] if t not in stranded)
             if self.stop.is_set() and (self.inflight or not self.exhausted):
                 self.outcome = "stopped"
                 self._abandon()
             elif no_workers:
                 self.outcome = "no-workers"
                 self._abandon()
+                self.abandoned.extend(stranded)
             else:
                 self.outcome = "done"
         finally:

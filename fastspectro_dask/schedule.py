@@ -393,17 +393,20 @@ class TaskLoop:
                 fetch = None
         return done, (finished, fetch)
 
-    def _patiently(self, get: Callable[..., Any], pending: list) -> Any:
-        """``get(timeout=...)`` until it answers, looking at the cluster meanwhile: a result
+    def _patiently(self, fut: Any, pending: list) -> Any:
+        """``fut.result()`` once ``fut`` is done, looking at the cluster meanwhile: a result
         whose worker left is recomputed, and with no worker left that would wait for ever;
-        the watchdog ends the wait (:class:`_StrandedError`, with the ``pending`` tasks)."""
-        while True:
-            try:
-                return get(timeout=self.view.refresh_seconds)
-            except TimeoutError:
+        the watchdog ends the wait (:class:`_StrandedError`, with the ``pending`` tasks).
+        (Not ``result(timeout=...)``: a task's own error may be a TimeoutError.)"""
+        look_at = time.monotonic() + self.view.refresh_seconds
+        while not fut.done():
+            if time.monotonic() >= look_at:
                 self.view.refresh()
                 if self._watchdog():
-                    raise _StrandedError(pending) from None
+                    raise _StrandedError(pending)
+                look_at = time.monotonic() + self.view.refresh_seconds
+            time.sleep(0.005)
+        return fut.result()
 
     def _finish_batch(self, started: tuple[list, Any], handle) -> None:
         """Wait for a batch's results and hand each outcome to ``handle``."""
@@ -411,7 +414,7 @@ class TaskLoop:
         results: dict[str, Any] = {}
         if fetch is not None:
             try:
-                got = self._patiently(fetch.result, [t for t, _f in done])
+                got = self._patiently(fetch, [t for t, _f in done])
                 results = dict(zip([f.key for f in finished], got, strict=True))
             except _StrandedError:
                 raise
@@ -422,7 +425,7 @@ class TaskLoop:
                 handle(task, results[fut.key], None)
             else:
                 try:
-                    result = self._patiently(fut.result, [t for t, _f in done[k:]])
+                    result = self._patiently(fut, [t for t, _f in done[k:]])
                 except _StrandedError:
                     raise
                 except BaseException as exc:  # the task's error, also CancelledError

@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import shutil
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,11 @@ class FileKey:
 
     def to_json(self) -> dict[str, Any]:
         return {"path": self.path, "size": self.size, "mtime_ns": self.mtime_ns}
+
+
+#: Entries :meth:`ReducedCache.read` keeps in memory per process (a few MB each).
+RECENT_ENTRIES = 16
+_RECENT: OrderedDict[tuple[str, str], tuple[tuple[int, int, int], xr.Dataset]] = OrderedDict()
 
 
 def reduce_file(
@@ -246,15 +252,52 @@ class ReducedCache:
         self.writes += 1
 
     def read(self, name: str) -> xr.Dataset:
-        """Load a complete entry into memory."""
-        if not self.has(name):
-            raise KeyError(f"{self.path}: no complete cache entry {name!r}")
-        ds = xr.open_zarr(str(self.path), group=name, consolidated=False).load()
-        ds = ds.assign_coords(category=json.loads(ds.attrs.pop("categories")))
-        for attr in ("summary", "source_key", "schema", "complete"):
-            ds.attrs.pop(attr, None)
+        """Load a complete entry into memory (a copy: the caller may change it).
+
+        Read with zarr straight into NumPy (no dask graph, no xarray backend), and kept
+        in a small per-process memory cache (:data:`RECENT_ENTRIES`): the figures of one
+        orbit read the same entries (instrument grid, pitch-angle grid, pad), and an
+        entry never changes under its name (the name is a digest of the file and the
+        reduction).
+        """
+        key = (str(self.path), name)
+        try:  # the entry's metadata file, as it is now: rewritten or removed entries miss
+            st = os.stat(self.path / name / "zarr.json")
+            stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        except OSError:
+            stamp = None
+        hit = _RECENT.get(key)
+        if hit is not None and stamp is not None and hit[0] == stamp:
+            _RECENT.move_to_end(key)
+            ds = hit[1]
+        else:
+            ds = self._load(name)
+            if stamp is not None:
+                _RECENT[key] = (stamp, ds)
+                while len(_RECENT) > RECENT_ENTRIES:
+                    _RECENT.popitem(last=False)
         self.reads += 1
-        return ds
+        return ds.copy(deep=True)
+
+    def _load(self, name: str) -> xr.Dataset:
+        try:
+            group = zarr.open_group(str(self.path), mode="r", path=name)
+            usable = _usable(group, name)
+        except Exception:
+            usable = False
+        if not usable:
+            raise KeyError(f"{self.path}: no complete cache entry {name!r}")
+        variables = {}
+        for array_name, arr in group.arrays():
+            attrs = {k: v for k, v in arr.attrs.items() if k != "_FillValue"}  # NaN: no-op
+            variables[array_name] = xr.Variable(arr.metadata.dimension_names, arr[...], attrs)
+        attrs = dict(group.attrs)
+        categories = json.loads(attrs.pop("categories"))
+        for attr in ("summary", "source_key", "schema", "complete"):
+            attrs.pop(attr, None)
+        coords = {c: variables.pop(c) for c in ("time", "energy_channel")}
+        ds = xr.decode_cf(xr.Dataset(variables, coords=coords, attrs=attrs))  # time units
+        return ds.assign_coords(category=categories)
 
     def read_values(self, name: str, category_index: int | str) -> np.ndarray:
         """One category's reduced values of an entry, as float32 (only that slice is read).

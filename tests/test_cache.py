@@ -169,3 +169,41 @@ def test_reduce_file_is_eager_and_equals_the_lazy_reduction(ees_file, variable, 
         np.testing.assert_array_equal(got[name].values, want[name].values, err_msg=name)
     assert got.attrs == want.attrs
     np.testing.assert_array_equal(got["time"].values, want["time"].values)
+
+
+def test_read_equals_xarray_and_memory_copy_follows_the_disk(tmp_path, ees_file, reduced):
+    """read() (zarr straight into NumPy, kept in memory per process) returns what xarray's
+    zarr backend reads; the copy in memory is never served for a rewritten, incomplete or
+    removed entry, and callers get their own copy."""
+    import shutil
+
+    import xarray as xr
+    import zarr
+
+    cache = ReducedCache(tmp_path / "c.zarr")
+    name = "ees-1-x"
+    cache.write(name, reduced, key=FileKey.of(ees_file))
+    back = cache.read(name)
+    ref = xr.open_zarr(str(cache.path), group=name, consolidated=False).load()
+    for attr in ("categories", "summary", "source_key", "schema", "complete"):
+        ref.attrs.pop(attr)
+    xr.testing.assert_identical(back.drop_vars("category"), ref)
+    assert {v: back[v].dtype for v in back.variables} == {
+        **{v: ref[v].dtype for v in ref.variables},
+        "category": back["category"].dtype,
+    }
+    back["values"].values[:] = -1.0  # the caller's copy only
+    assert (cache.read(name)["values"].values != -1.0).any()
+    # rewritten with other values: the new ones
+    cache.write(name, reduced.assign(values=reduced["values"] * 2), key=FileKey.of(ees_file))
+    np.testing.assert_array_equal(
+        cache.read(name)["values"].values, (reduced["values"].values * 2).astype(np.float32)
+    )
+    zarr.open_group(str(cache.path), mode="a", path=name).attrs["complete"] = False
+    with pytest.raises(KeyError):
+        cache.read(name)
+    cache.write(name, reduced, key=FileKey.of(ees_file))
+    cache.read(name)
+    shutil.rmtree(cache.path / name)
+    with pytest.raises(KeyError):
+        cache.read(name)

@@ -183,14 +183,20 @@ class ClusterView:
 
     def _resubmit_lost_jobs(self) -> None:
         """A dask-jobqueue cluster asked for a fixed number of jobs (``--jobs N``): a job
-        whose workers all left is dropped from the cluster's spec (and cancelled in the
-        batch system) and ``scale(jobs=N)`` submits a new one."""
+        whose workers all left is replaced in the cluster's spec by a new job under a new
+        name, and ``scale(jobs=N)`` submits it (and cancels the lost one in the batch
+        system). The new name is taken while the lost one is still in the spec: a
+        ``SpecCluster`` names the next job after the lowest free number, so a lost job
+        dropped first gave its own name back, and a spec entry whose job object still
+        exists is not started again (nothing was submitted, and the lost name counted as
+        a pending job for ever)."""
         cluster = self._cluster()
         jobs = getattr(cluster, JOBS_ATTR, None)
         if not jobs or getattr(cluster, "_adaptive", None) is not None:
             return
         spec = getattr(cluster, "worker_spec", None)
-        if spec is None:
+        new_job = getattr(cluster, "new_worker_spec", None)
+        if spec is None or new_job is None:
             return
         now_names = {n for n, _t in self.workers.values()}
         gone = []
@@ -200,24 +206,33 @@ class ClusterView:
                 gone.append(name)  # connected once, none of its workers is here now
         if not gone:
             return
-        for name in gone:
-            self.seen_names -= _spec_members(cluster, name)
-            spec.pop(name, None)
+        lost = ", ".join(_job_label(cluster, name) for name in gone)  # before scale closes them
         try:
+            for _name in gone:
+                spec.update(new_job())  # a name that is not a lost one
+            for name in gone:
+                self.seen_names -= _spec_members(cluster, name)
+                spec.pop(name, None)
             cluster.scale(jobs=jobs)
         except Exception as exc:
-            logger.warning("could not resubmit %d lost job(s): %s", len(gone), exc)
+            logger.warning("could not resubmit %d lost job(s) (%s): %s", len(gone), lost, exc)
             return
         self.resubmitted += len(gone)
-        logger.warning(
-            "%d lost job(s) (%s) resubmitted: scale(jobs=%d)", len(gone), ", ".join(gone), jobs
-        )
+        logger.warning("%d lost job(s) (%s) resubmitted: scale(jobs=%d)", len(gone), lost, jobs)
 
     def idle_for(self) -> float:
         """Seconds with no worker and no pending job (0 when there is one of them)."""
         if self._empty_since is None or self.pending_jobs():
             return 0.0
         return time.monotonic() - self._empty_since
+
+
+def _job_label(cluster, name: str) -> str:
+    """A spec entry's name and, for a dask-jobqueue job, its id in the batch system (what
+    ``squeue``/``qstat`` show), e.g. ``SLURMCluster-0: batch job 4711``."""
+    job = (getattr(cluster, "workers", None) or {}).get(name)
+    job_id = getattr(job, "job_id", None)
+    return f"{name}: batch job {job_id}" if job_id else str(name)
 
 
 def _spec_members(cluster, name: str) -> set[str]:

@@ -23,6 +23,7 @@ from fastspectro_dask.cluster import (
     make_cluster,
 )
 from fastspectro_dask.synth import write_synthetic_dataset
+from tests._slurm import cli, cli_env, jobqueue_plot_args
 
 #: What the render sandbox logs when its worker is daemonic (no timeouts possible).
 DAEMONIC_WARNING = "cannot start a sandbox child"
@@ -34,16 +35,6 @@ def small_data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("cluster_data")
     write_synthetic_dataset(root, orbits=1, records=12, seed=2)
     return root
-
-
-def cli(*args: str, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "fastspectro_dask.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
 
 
 def _pngs(folder: Path) -> list[Path]:
@@ -221,28 +212,8 @@ def test_bad_cluster_keyword_is_a_usage_error(capsys, tmp_path):
 
 
 def _slurm_run(small_data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, DASK_JOBQUEUE__SLURM__ACCOUNT="envproject")
-    return cli(
-        "plot",
-        str(small_data),
-        str(out),
-        "--products",
-        "instruments",
-        "--cluster",
-        "slurm",
-        "--jobs",
-        "1",
-        "--cluster-kw",
-        "cores=1",
-        "--cluster-kw",
-        "memory=2GB",
-        "--cluster-kw",
-        "processes=1",
-        "--cluster-kw",
-        "interface=lo",  # scheduler and worker on loopback
-        *extra,
-        env=env,
-    )
+    env = cli_env(DASK_JOBQUEUE__SLURM__ACCOUNT="envproject")
+    return cli(*jobqueue_plot_args(small_data, out, *extra), env=env)
 
 
 def test_slurm_run_end_to_end(small_data, tmp_path, fake_batch):
@@ -273,14 +244,8 @@ def test_pbs_run_end_to_end(small_data, tmp_path, fake_batch):
     """fastspectro plot --cluster pbs: the fake qsub runs the PBS job script on loopback."""
     pytest.importorskip("dask_jobqueue")
     out = tmp_path / "out"
-    env = dict(os.environ, DASK_JOBQUEUE__PBS__QUEUE="envqueue")
-    res = cli(
-        *("plot", str(small_data), str(out), "--products", "instruments"),
-        *("--cluster", "pbs", "--jobs", "1"),
-        *("--cluster-kw", "cores=1", "--cluster-kw", "memory=2GB"),
-        *("--cluster-kw", "processes=1", "--cluster-kw", "interface=lo"),
-        env=env,
-    )
+    args = jobqueue_plot_args(small_data, out, cluster="pbs")
+    res = cli(*args, env=cli_env(DASK_JOBQUEUE__PBS__QUEUE="envqueue"))
     assert res.returncode == 0, res.stderr[-3000:]
     assert "PBS cluster: 1 job(s) submitted" in res.stdout
     assert len(_pngs(out)) == 1 and (out / "index.html").exists()

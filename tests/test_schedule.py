@@ -263,23 +263,29 @@ def test_cli_exit_code_3_when_no_worker_is_left(tmp_path, monkeypatch, capsys):
 
 class _FakeJobqueue:
     """A dask-jobqueue cluster as ClusterView sees it: a spec of jobs (two worker processes
-    each), ``requested`` names, ``scale(jobs=)`` that adds jobs, as SpecCluster does."""
+    each), ``requested`` names, ``scale(jobs=)`` that adds jobs named by
+    ``new_worker_spec``, as SpecCluster does (the lowest number not in the spec from the
+    last one used: a name dropped from the spec can come back)."""
 
     def __init__(self, jobs: int) -> None:
         from fastspectro_dask.cluster import JOBS_ATTR
 
         self.worker_spec: dict[str, dict] = {}
-        self.counter = 0
+        self._i = 0
         self.scaled: list[int] = []
         self._adaptive = None
         setattr(self, JOBS_ATTR, jobs)
         self.scale(jobs=jobs)
 
+    def new_worker_spec(self) -> dict[str, dict]:
+        while f"job-{self._i}" in self.worker_spec:
+            self._i += 1
+        return {f"job-{self._i}": {"group": ["-0", "-1"]}}
+
     def scale(self, jobs: int) -> None:
         self.scaled.append(jobs)
         while len(self.worker_spec) < jobs:
-            self.worker_spec[f"job-{self.counter}"] = {"group": ["-0", "-1"]}
-            self.counter += 1
+            self.worker_spec.update(self.new_worker_spec())
 
     @property
     def requested(self) -> set[str]:
@@ -323,3 +329,46 @@ def test_lost_jobs_are_resubmitted_and_pending_jobs_hold_the_watchdog(caplog):
     view.refresh()
     assert sorted(cluster.worker_spec) == ["job-2", "job-3"] and view.resubmitted == 2
     assert view.threads == 0 and view.pending_jobs() == 4 and view.idle_for() == 0.0
+
+
+def test_a_lost_job_is_named_by_its_batch_job_id(caplog):
+    """The resubmission's warning names the lost job as dask-jobqueue does and as the
+    batch system does (the id ``squeue`` shows), read before ``scale`` closes the job."""
+    from types import SimpleNamespace
+
+    from fastspectro_dask.schedule import ClusterView
+
+    cluster = _FakeJobqueue(jobs=2)
+    cluster.workers = {"job-0": SimpleNamespace(job_id="4711"), "job-1": SimpleNamespace()}
+    client = _FakeClient(cluster)
+    view = ClusterView(client, refresh=0.0)
+    client.connected = ["job-0-0", "job-0-1", "job-1-0", "job-1-1"]
+    view.refresh()
+    caplog.set_level(logging.WARNING, logger="fastspectro_dask.schedule")
+    client.connected = []  # both jobs cancelled in the batch system
+    view.refresh()
+    (resubmitted,) = [r for r in caplog.records if "resubmitted" in r.getMessage()]
+    assert resubmitted.getMessage() == (
+        "2 lost job(s) (job-0: batch job 4711, job-1) resubmitted: scale(jobs=2)"
+    )
+    assert view.resubmitted == 2 and sorted(cluster.worker_spec) == ["job-2", "job-3"]
+
+
+def test_the_last_job_lost_is_replaced_by_a_new_job():
+    """The job with the highest number lost: SpecCluster would name the next job after the
+    lowest free number, the lost job's own (a spec entry whose job object still exists is
+    not started: nothing was submitted, found by the real-SLURM test). A new name is
+    taken; the lost one is gone from the spec."""
+    from fastspectro_dask.schedule import ClusterView
+
+    cluster = _FakeJobqueue(jobs=2)
+    client = _FakeClient(cluster)
+    view = ClusterView(client, refresh=0.0)
+    client.connected = ["job-0-0", "job-0-1", "job-1-0", "job-1-1"]
+    view.refresh()
+    client.connected = ["job-0-0", "job-0-1"]  # job-1 cancelled in the batch system
+    assert view.refresh() == 2
+    assert sorted(cluster.worker_spec) == ["job-0", "job-2"] and view.resubmitted == 1
+    assert view.pending_jobs() == 2  # job-2's two workers, waiting in the queue
+    client.connected += ["job-2-0", "job-2-1"]
+    assert view.refresh() == 4 and view.pending_jobs() == 0

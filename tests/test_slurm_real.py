@@ -1,138 +1,181 @@
 """The CLI against a real single-node SLURM (docs: shared/reference/SLURM_SINGLE_NODE.md).
 
-Skipped unless ``sinfo`` answers with an idle node: start slurmctld/slurmd (and munged)
-first, as the reference describes. The node is held by an exclusive blocker job, so the
-run's worker job waits pending in the queue for longer than the orbit timeout; when the
-blocker ends, the worker arrives late, gets work at once, and no orbit times out (the
-deadline starts on the worker, not at submission; the extrema are computed beforehand, so
-the render tasks are what waits).
+Skipped unless ``sinfo`` answers with an idle node: ``bash .ci/slurm-up`` (run by
+``.ci/run``) starts munged, slurmctld and slurmd. The node is held by an exclusive blocker
+job, so the run's two worker jobs wait pending in the queue for longer than the orbit
+timeout; the test then ends the blocker, the workers arrive late and get work at once, and
+no orbit times out (the deadline starts on the worker, not at submission; the extrema are
+computed beforehand, so the render tasks are what waits). Once the first figure is on disk
+the test cancels one of the worker jobs with ``scancel``: the run logs the lost worker and
+job, submits a new job, and still ends with every figure (the lost worker's tasks are
+computed again on the other one).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
+import re
 import subprocess
-import sys
 import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from fastspectro_dask.extrema import compute_global_extrema
+from fastspectro_dask.schedule import REFRESH_SECONDS
 from fastspectro_dask.synth import write_synthetic_dataset
+from tests._slurm import cli_command, cli_env, jobqueue_plot_args, slurm_ready, squeue_jobs
 
 pytestmark = pytest.mark.slow
 
-_REPO = Path(__file__).resolve().parent.parent
-BLOCK_SECONDS = 25  # the blocker's run: our job is pending at least this long
+#: Enough that work is left when a worker job is cancelled after the first figure.
+ORBITS = 8
+#: Shorter than the time the worker jobs are held pending in the queue.
+ORBIT_TIMEOUT = 30.0
+#: The bound of every wait for a condition (seconds).
+WAIT = 240.0
+#: What a dask worker logs once it has joined the scheduler.
+REGISTERED_LINE = re.compile(r"^(\S+ \S+),\d+ .* Registered to:", re.MULTILINE)
+WORKER_NAME_LINE = re.compile(r"Worker name: +(\S+)")
+#: A worker that joined this long ago has been seen by the run (it looks at the cluster
+#: every REFRESH_SECONDS while tasks are in flight).
+SEEN_AFTER = 4 * REFRESH_SECONDS + 1
+
+T = TypeVar("T")
 
 
-def _slurm_ready() -> str | None:
-    """None when a SLURM controller answers with an idle node, else why not."""
-    if not shutil.which("sinfo") or not shutil.which("sbatch"):
-        return "SLURM client commands (sinfo, sbatch) are not installed"
-    try:
-        out = subprocess.run(
-            ["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=15
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"sinfo failed: {exc}"
-    if out.returncode != 0:
-        return f"slurmctld is not available (sinfo: {out.stderr.strip() or out.returncode})"
-    if "idle" not in out.stdout.split():
-        return f"no idle SLURM node (sinfo states: {out.stdout.split()})"
-    return None
-
-
-def _squeue_states(name: str) -> list[str]:
-    out = subprocess.run(
-        ["squeue", "-h", "-n", name, "-o", "%T"], capture_output=True, text=True, timeout=15
-    )
-    return out.stdout.split()
+def _until(condition: Callable[[], T], what: str, run: subprocess.Popen | None = None) -> T:
+    """Poll ``condition`` until it is true (returned), at most :data:`WAIT` seconds;
+    fails at once when ``run`` ended meanwhile."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        value = condition()
+        if value:
+            return value
+        if run is not None and run.poll() is not None:
+            pytest.fail(f"the run ended (exit {run.returncode}) before {what}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {what} after {WAIT:.0f} s")
+        time.sleep(0.2)
 
 
 @pytest.fixture
 def slurm():
-    why = _slurm_ready()
+    """Job names unique to this test (``blocker``, ``worker``); both cancelled at the end."""
+    why = slurm_ready()
     if why is not None:
         pytest.skip(why)
-    yield
-    subprocess.run(["scancel", "-n", "fastspectro-blocker"], timeout=15)
+    tag = f"fastspectro-{uuid.uuid4().hex[:8]}"
+    names = {"blocker": f"{tag}-blocker", "worker": f"{tag}-worker"}
+    yield names
+    for name in names.values():
+        subprocess.run(["scancel", "-n", name], timeout=15)
 
 
-def test_cli_on_real_slurm_with_jobs_pending_at_first(slurm, tmp_path):
+def _sbatch_blocker(name: str) -> str:
+    """An exclusive job holding the node (until cancelled, at most 10 minutes)."""
+    cmd = ["sbatch", "--parsable", "--exclusive", "-J", name, "-o", os.devnull]
+    res = subprocess.run([*cmd, "--wrap", "sleep 600"], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stderr
+    return res.stdout.strip().split(";")[0]
+
+
+def _registered_jobs(log_dir: Path, name: str) -> dict[str, tuple[float, str]]:
+    """``{job id: (when, dask worker name)}`` of the worker jobs whose dask worker has
+    joined the scheduler (``when`` in epoch seconds), from the job logs dask-jobqueue
+    writes as ``{log_dir}/{name}-{job id}.err``."""
+    jobs = {}
+    for err in log_dir.glob(f"{name}-*.err"):
+        text = err.read_text(errors="replace")
+        found, worker = REGISTERED_LINE.search(text), WORKER_NAME_LINE.search(text)
+        if found and worker:  # the worker's local time, as ours: same machine
+            when = time.mktime(time.strptime(found[1], "%Y-%m-%d %H:%M:%S"))
+            jobs[err.name[len(name) + 1 : -len(".err")]] = (when, worker[1])
+    return jobs
+
+
+def _seen_workers(log_dir: Path, name: str, count: int) -> dict[str, str]:
+    """``{dask worker name: job id}`` once ``count`` workers joined long enough ago for
+    the run to have seen them (:data:`SEEN_AFTER`), else empty."""
+    seen = {
+        worker: job
+        for job, (when, worker) in _registered_jobs(log_dir, name).items()
+        if time.time() - when > SEEN_AFTER
+    }
+    return seen if len(seen) == count else {}
+
+
+def test_cli_on_real_slurm_jobs_pending_at_first_then_one_cancelled(slurm, tmp_path):
     pytest.importorskip("dask_jobqueue")
-    data, out = tmp_path / "data", tmp_path / "out"
-    write_synthetic_dataset(data, orbits=2, records=20, seed=3)
+    data, out, job_logs = tmp_path / "data", tmp_path / "out", tmp_path / "jobs"
+    write_synthetic_dataset(data, orbits=ORBITS, records=20, seed=3)
     # the extrema first (local threads): the run reuses them, so its render tasks are
-    # submitted while the worker job still waits in the queue
+    # submitted while the worker jobs still wait in the queue
     compute_global_extrema(data, extrema_json_path=out / "extrema.json")
-    blocker = subprocess.run(
-        [
-            "sbatch",
-            "--exclusive",
-            "-J",
-            "fastspectro-blocker",
-            "-o",
-            os.devnull,
-            "--wrap",
-            f"sleep {BLOCK_SECONDS}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
+    blocker = _sbatch_blocker(slurm["blocker"])
+    _until(lambda: squeue_jobs(slurm["blocker"]).get(blocker) == "RUNNING", "running blocker")
+    args = jobqueue_plot_args(
+        data,
+        out,
+        *("--orbit-timeout", str(ORBIT_TIMEOUT), "--worker-wait", "300", "--no-report"),
+        jobs=2,
+        cluster_kw=(f"job_name={slurm['worker']}", f"log_directory={job_logs}"),
     )
-    assert blocker.returncode == 0, blocker.stderr
-    env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join([str(_REPO), os.environ.get("PYTHONPATH", "")])
-    )
-    t0 = time.monotonic()
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fastspectro_dask.cli",
-            "plot",
-            str(data),
-            str(out),
-            "--products",
-            "instruments",
-            "pitch-angle",
-            "--cluster",
-            "slurm",
-            "--jobs",
-            "1",
-            "--cluster-kw",
-            "cores=1",
-            "--cluster-kw",
-            "memory=2GB",
-            "--cluster-kw",
-            "processes=1",
-            "--cluster-kw",
-            "interface=lo",
-            "--cluster-kw",
-            "job_name=fastspectro-worker",
-            "--orbit-timeout",
-            "15",  # shorter than the time the job waits pending in the queue
-            "--worker-wait",
-            "300",
-            "--no-report",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-        cwd=tmp_path,
-    )
-    wall = time.monotonic() - t0
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
-    assert wall > BLOCK_SECONDS  # the worker could only start after the blocker
-    assert "SLURM cluster: 1 job(s) submitted" in res.stdout
-    pngs = sorted(out.rglob("*.png"))
-    assert len(pngs) == 2 + sum(1 for _ in data.rglob("fa_esa_l2_*.cdf"))  # grids + PA grids
+    stdout, stderr = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with stdout.open("w") as so, stderr.open("w") as se:
+        run = subprocess.Popen(
+            cli_command(*args), stdout=so, stderr=se, env=cli_env(), cwd=tmp_path
+        )
+    try:
+        first_jobs = _until(
+            lambda: (
+                (jobs := squeue_jobs(slurm["worker"]))
+                and len(jobs) == 2
+                and set(jobs.values()) == {"PENDING"}
+                and jobs
+            ),
+            "two pending worker jobs",
+            run,
+        )
+        held_from = time.monotonic()  # pending longer than an orbit's timeout
+        _until(lambda: time.monotonic() - held_from > ORBIT_TIMEOUT + 2, "end of hold", run)
+        subprocess.run(["scancel", blocker], check=True, timeout=15)
+        _until(lambda: list(out.rglob("*.png")), "first figure", run)
+        # the job of the last worker in the cluster's spec (``SLURMCluster-1``): its
+        # name is the one a SpecCluster would give the next job
+        seen = _until(lambda: _seen_workers(job_logs, slurm["worker"], 2), "workers", run)
+        victim = seen[max(seen, key=lambda name: int(name.rsplit("-", 1)[1]))]
+        assert victim in first_jobs
+        subprocess.run(["scancel", victim], check=True, timeout=15)
+        run.wait(timeout=WAIT)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait(timeout=30)
+    res_out, res_err = stdout.read_text(), stderr.read_text()
+    assert run.returncode == 0, res_out[-2000:] + res_err[-4000:]
+    assert "SLURM cluster: 2 job(s) submitted" in res_out
+    pngs = sorted(out.rglob("*_instruments_y-linear_z-log.png"))
+    assert len(pngs) == ORBITS
     progress = json.loads((out / "progress.json").read_text())
     assert not [k for k in progress if "error" in k and progress[k]], progress
-    assert len(progress["linear_log_completed"]) == 2  # no orbit timed out while pending
-    assert not _squeue_states("fastspectro-worker")  # the job was cancelled at the end
+    assert len(progress["linear_log_completed"]) == ORBITS  # none timed out while pending
+    (log_file,) = (out / "logs").glob("*.log")
+    log = log_file.read_text()
+    # the lost worker and its job named (as Dask and as SLURM do), a job submitted again
+    left = re.findall(r"worker (\S+) \(tcp://[^)]+\) left the cluster", log)
+    assert len(left) == 1, log[-4000:]
+    resubmitted = re.findall(r"1 lost job\(s\) \((\S+): batch job (\d+)\) resubmitted", log)
+    assert resubmitted == [(left[0], victim)], log[-4000:]
+    all_jobs = squeue_jobs(slurm["worker"], every_state=True)  # ended ones too
+    assert len(all_jobs) == 3 and set(first_jobs) < set(all_jobs), all_jobs
+    (new_job,) = set(all_jobs) - set(first_jobs)
+    assert int(new_job) > int(victim) and all_jobs[victim] == "CANCELLED"
+    # the late workers got work: both first jobs' workers joined, all orbits are done,
+    # none timed out; the run cancelled its jobs at the end
+    assert set(first_jobs) <= set(_registered_jobs(job_logs, slurm["worker"]))
+    assert not squeue_jobs(slurm["worker"])

@@ -28,14 +28,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import matplotlib.dates as mdates
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.colors import Colormap
+from matplotlib.ticker import AutoLocator, ScalarFormatter
 
 from fastspectro_dask.atomic import StateLock, atomic_write_json, load_json_state
 from fastspectro_dask.config import RunConfig
 from fastspectro_dask.errors import error_reason
 from fastspectro_dask.geometry import _UTC, DEFAULT_GAP_FACTOR, _panel_geometry
+from fastspectro_dask.output import _software
 from fastspectro_dask.render import (
     DEFAULT_COMPRESS_LEVEL,
     DEFAULT_DPI,
@@ -283,8 +286,6 @@ def _draw_fast(
         "ylabels": [ax.get_ylabel() for ax in layout.mains],
         "clims": [(float(p.norm.vmin), float(p.norm.vmax)) for p in panels],
     }
-    from fastspectro_dask.output import _software
-
     return draw.RasterFigure(
         np.array(buf, copy=True), {"Software": _software()}, float(style.dpi), None, texts
     )
@@ -292,9 +293,6 @@ def _draw_fast(
 
 def _x_axis(ax: Any, dates: bool) -> None:
     """The time axis's ticker as the reference drawing sets it (UT dates, or numbers)."""
-    import matplotlib.dates as mdates
-    from matplotlib.ticker import AutoLocator, ScalarFormatter
-
     if dates:
         locator = mdates.AutoDateLocator(tz=_UTC, minticks=4, maxticks=9)
         ax.xaxis.set_major_locator(locator)
@@ -710,10 +708,13 @@ def _batch_on_dask(
             window=cfg.window,
             written=written,
         )
+        progress.flush()
         logger.info(
-            "generic_batch_plot: %d figure(s) written, %d done by an earlier run, %d failed",
+            "generic_batch_plot: %d figure(s) written, %d done by an earlier run, %d failed; "
+            "progress JSON written %d time(s)",
             len(written) - skipped,
             skipped,
             failed,
+            progress.writes,
         )
     return [written[k] for k in sorted(written)]

@@ -35,7 +35,7 @@ _LAZY = {
     "FAST_plot_instrument_grid": "fastspectro_dask.render",
     "FAST_plot_pitch_angle_grid": "fastspectro_dask.render",
     "make_spectrogram": "fastspectro_dask.render",
-    "generic_batch_plot": "fastspectro_dask.render",
+    "generic_batch_plot": "fastspectro_dask.generic",
     "save_figure": "fastspectro_dask.render",
     "StateLockedError": "fastspectro_dask.atomic",
 }

@@ -30,7 +30,7 @@ import csv
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,7 +91,6 @@ __all__ = [
     "FAST_plot_pad",
     "FAST_plot_pitch_angle_grid",
     "figure_path",
-    "generic_batch_plot",
     "make_spectrogram",
     "read_figure_metadata",
     "read_marked_intervals",
@@ -1564,141 +1563,3 @@ def _pad_window_label(window: Any) -> str:
 # --------------------------------------------------------------------------------------
 # Saving
 # --------------------------------------------------------------------------------------
-
-
-# --------------------------------------------------------------------------------------
-# Generic batch
-# --------------------------------------------------------------------------------------
-
-_DATASET_KEYS = {
-    "x",
-    "y",
-    "z",
-    "y_label",
-    "z_label",
-    "vmin",
-    "vmax",
-    "y_min",
-    "y_max",
-    "label",
-    "durations",
-}
-
-
-def _safe_name(item: Any) -> str:
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(item)).strip("._")
-    return name or "item"
-
-
-def generic_batch_plot(
-    items: Iterable[Any],
-    build_datasets_fn: Callable[[Any], Sequence[Mapping[str, Any]]],
-    output_dir: str | os.PathLike,
-    *,
-    y_scale: str = "linear",
-    z_scale: str = "log",
-    colormap: str | Colormap | None = None,
-    figsize: tuple[float, float] | None = None,
-    dpi: float = DEFAULT_DPI,
-    compress_level: int = DEFAULT_COMPRESS_LEVEL,
-    percentile: tuple[float, float] = (1.0, 99.0),
-    filename_fn: Callable[[Any], str] | None = None,
-    title_fn: Callable[[Any], str] | None = None,
-) -> list[Path]:
-    """Render one figure per item, one spectrogram row per dataset dict, and save them.
-
-    Parameters
-    ----------
-    items : iterable
-        Anything; each is passed to ``build_datasets_fn``.
-    build_datasets_fn : callable
-        ``item -> [dict, ...]``, each dict with ``x`` (times), ``y`` (energies, 1-D or
-        per record), ``z`` (values, (time, energy)) and optionally ``y_label``,
-        ``z_label``, ``vmin``, ``vmax``, ``y_min``, ``y_max``, ``label`` and
-        ``durations`` (per-record accumulation lengths, see :func:`make_spectrogram`).
-        Errors it raises propagate unchanged.
-    output_dir : str or os.PathLike
-        Figures go to ``{output_dir}/{name}_y-{y}_z-{z}.png``, ``name`` from
-        ``filename_fn(item)`` or ``str(item)`` (made file-name safe).
-    y_scale, z_scale, colormap, percentile
-        As for :func:`make_spectrogram`.
-    figsize, dpi, compress_level
-        Figure size (default 12 wide, 2.1 inches per row) and PNG options.
-    filename_fn, title_fn : callable, optional
-        File name stem and figure title per item (default ``str(item)``).
-
-    Returns
-    -------
-    list of pathlib.Path
-        The written files, in item order.
-
-    Raises
-    ------
-    ValueError
-        A dataset dict without ``x``/``y``/``z`` or with unknown keys.
-    PlottingError
-        Drawing or saving an item failed (chained; the message names the item).
-        ZeroDivisionError and FloatingPointError propagate unchanged.
-    """
-    _check_scale("y_scale", y_scale)
-    _check_scale("z_scale", z_scale)
-    out_dir = Path(output_dir)
-    written: list[Path] = []
-    for item in items:
-        datasets = list(build_datasets_fn(item))
-        for i, d in enumerate(datasets):
-            missing = {"x", "y", "z"} - set(d)
-            unknown = set(d) - _DATASET_KEYS
-            if missing or unknown:
-                raise ValueError(
-                    f"item {item!r}, dataset {i}: "
-                    + (f"missing {sorted(missing)} " if missing else "")
-                    + (f"unknown keys {sorted(unknown)}" if unknown else "")
-                )
-        name = filename_fn(item) if filename_fn else _safe_name(item)
-        path = out_dir / f"{name}_y-{y_scale}_z-{z_scale}.png"
-        n = max(len(datasets), 1)
-        size = figsize or (12.0, 1.15 + 2.1 * n)
-        _grid_geometry(size, n, 0)
-        with _PlottingErrors(f"generic_batch_plot item {item!r}"):
-            fig = _new_figure(size, dpi, None)
-            try:
-                mains, _, caxes = _grid_axes(fig, n, 0, None)
-                for i, (ax, cax, d) in enumerate(zip(mains, caxes, datasets, strict=False)):
-                    label = str(d.get("label", f"row{i}"))
-                    ax.set_label(label)
-                    if "label" in d:
-                        ax.set_title(label, loc="left", fontsize="medium", y=1.0)
-                    meshes = make_spectrogram(
-                        ax,
-                        d["x"],
-                        d["y"],
-                        d["z"],
-                        vmin=d.get("vmin"),
-                        vmax=d.get("vmax"),
-                        percentile=percentile,
-                        y_scale=y_scale,
-                        z_scale=z_scale,
-                        y_min=d.get("y_min"),
-                        y_max=d.get("y_max"),
-                        colormap=colormap,
-                        y_label=d.get("y_label", DEFAULT_Y_LABEL),
-                        z_label=d.get("z_label"),
-                        cax=cax,
-                        durations=d.get("durations"),
-                    )
-                    if not meshes:
-                        cax.set_visible(False)
-                if datasets:
-                    lo = min(ax.get_xlim()[0] for ax in mains)
-                    hi = max(ax.get_xlim()[1] for ax in mains)
-                    for ax in mains:
-                        ax.set_xlim(lo, hi)
-                        _keep_slivers_visible(ax)
-                fig.suptitle(title_fn(item) if title_fn else str(item))
-            except BaseException:
-                fig.clear()
-                raise
-            written.append(save_figure(fig, path, dpi=dpi, compress_level=compress_level))
-        logger.debug("generic_batch_plot: item %r -> %s", item, path)
-    return written

@@ -39,3 +39,24 @@ def good_files(synth_dataset: SynthManifest) -> dict[int, dict[str, Path]]:
 def ees_file(good_files: dict[int, dict[str, Path]]) -> Path:
     """A good survey electron file (it has slow and fast survey modes)."""
     return good_files[min(good_files)]["ees"]
+
+
+@pytest.fixture(scope="module")
+def dask_client():
+    """A local cluster of two one-thread worker processes (per test module), as the
+    pipeline runs on: renders in sandbox children, a task's error not retried."""
+    import dask
+
+    distributed = pytest.importorskip("distributed")
+    # held while the cluster lives: a worker the nanny restarts (test_worker_killed...)
+    # must come back non-daemonic, able to start render sandboxes
+    with dask.config.set(
+        {"distributed.worker.daemon": False, "distributed.scheduler.allowed-failures": 0}
+    ):
+        cluster = distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        )
+        c = distributed.Client(cluster)
+        yield c
+        c.close()
+        cluster.close()

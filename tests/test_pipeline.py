@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import dask
 import pytest
 
 from fastspectro_dask.pipeline import FAST_plot_spectrograms_directory
@@ -24,19 +23,8 @@ distributed = pytest.importorskip("distributed")
 
 
 @pytest.fixture(scope="module")
-def client():
-    # held while the cluster lives: a worker the nanny restarts (test_worker_killed...)
-    # must come back non-daemonic, able to start render sandboxes
-    with dask.config.set(
-        {"distributed.worker.daemon": False, "distributed.scheduler.allowed-failures": 0}
-    ):
-        cluster = distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-        )
-        c = distributed.Client(cluster)
-        yield c
-        c.close()
-        cluster.close()
+def client(dask_client):
+    return dask_client
 
 
 @pytest.fixture(scope="module")

@@ -11,14 +11,13 @@ from matplotlib.collections import QuadMesh
 from matplotlib.colors import ListedColormap, LogNorm, Normalize
 from matplotlib.figure import Figure
 
-from fastspectro_dask.errors import PlottingError, error_reason
+from fastspectro_dask.errors import PlottingError
 from fastspectro_dask.io import open_esa
 from fastspectro_dask.reduce import DEFAULT_CATEGORIES, reduce_dataset
 from fastspectro_dask.render import (
     FAST_plot_instrument_grid,
     FAST_plot_pitch_angle_grid,
     figure_path,
-    generic_batch_plot,
     make_spectrogram,
     read_marked_intervals,
     save_figure,
@@ -532,82 +531,12 @@ def test_figure_path():
 
 
 # --------------------------------------------------------------------------------------
-# generic_batch_plot and errors
+# Errors
 # --------------------------------------------------------------------------------------
 
 
-class _Boom(ListedColormap):
-    """A colormap that fails when the figure is drawn."""
-
-    def __init__(self, exc: type[BaseException]) -> None:
-        super().__init__([(0, 0, 0), (1, 1, 1)], name="boom")
-        self.exc = exc
-
-    def __call__(self, *args, **kwargs):
-        raise self.exc("colour lookup failed")
-
-    def with_extremes(self, **kwargs):
-        return self
-
-
-def _build(item):
-    t = T0 + (np.arange(30) * 1e9).astype("timedelta64[ns]")
-    e = table(16)
-    z = np.outer(np.arange(1, 31), np.ones(16)) * item
-    return [
-        {"x": t, "y": e, "z": z, "label": "first", "z_label": "Counts", "vmin": 1, "vmax": 90},
-        {"x": t, "y": np.tile(e, (30, 1)), "z": z, "y_min": 10.0, "y_max": 1000.0},
-    ]
-
-
-def test_generic_batch_plot(tmp_path, monkeypatch):
-    import fastspectro_dask.render as render
-
-    seen = []
-    real_save = render.save_figure
-
-    def spy(fig, path, **kw):
-        axes = spectro_axes(fig)
-        seen.append(
-            {
-                "labels": list(axes),
-                "clim": [meshes_of(ax)[0].get_clim() for ax in axes.values()],
-                "ylim": [ax.get_ylim() for ax in axes.values()],
-                "xlim": {ax.get_xlim() for ax in axes.values()},
-                "title": fig.get_suptitle(),
-            }
-        )
-        return real_save(fig, path, **kw)
-
-    monkeypatch.setattr(render, "save_figure", spy)
-    paths = generic_batch_plot([1, 3], _build, tmp_path, y_scale="log", z_scale="log")
-    assert paths == [tmp_path / "1_y-log_z-log.png", tmp_path / "3_y-log_z-log.png"]
-    assert sorted(os.listdir(tmp_path)) == ["1_y-log_z-log.png", "3_y-log_z-log.png"]
-    assert all(p.stat().st_size > 1000 for p in paths)
-    first = seen[0]
-    assert first["labels"] == ["first", "row1"] and first["title"] == "1"
-    assert first["clim"][0] == (1, 90)  # given
-    z = _build(1)[1]["z"]
-    assert first["clim"][1] == pytest.approx(np.percentile(z, (1, 99)))  # from the data
-    assert first["ylim"][1] == pytest.approx((10.0, 1000.0))
-    assert len(first["xlim"]) == 1  # rows share the time axis
-    with pytest.raises(ValueError, match="unknown keys"):
-        generic_batch_plot([1], lambda i: [{"x": 1, "y": 2, "z": 3, "colour": 4}], tmp_path)
-    with pytest.raises(ValueError, match="missing"):
-        generic_batch_plot([1], lambda i: [{"x": 1, "y": 2}], tmp_path)
-
-
-def test_errors_while_drawing_become_plotting_errors(tmp_path, orbit_reduced, monkeypatch):
-    with pytest.raises(PlottingError, match="item 7") as info:
-        generic_batch_plot([7], _build, tmp_path, colormap=_Boom(RuntimeError))
-    assert isinstance(info.value.__cause__, RuntimeError)
-    assert error_reason(info.value) == "plotting"
-    assert not list(tmp_path.rglob("*.tmp")) and not list(tmp_path.rglob(".*"))
-    # Divide-by-zero keeps its own category.
-    for exc in (ZeroDivisionError, FloatingPointError):
-        with pytest.raises(exc):
-            generic_batch_plot([7], _build, tmp_path, colormap=_Boom(exc))
-    # A grid names its orbit.
+def test_errors_while_drawing_become_plotting_errors(orbit_reduced, monkeypatch):
+    # A grid names its orbit (the generic batch's errors: tests/test_generic.py).
     orbit, red = orbit_reduced
     import fastspectro_dask.render as render
 
@@ -833,27 +762,6 @@ def test_grid_falls_back_to_neighbour_spacing_without_time_delta(orbit_reduced):
         assert len(xs_old) == len(ref)
         for a, b in zip(xs_old, mesh_x(ref), strict=True):
             np.testing.assert_array_equal(a, b)
-
-
-def test_generic_batch_plot_passes_durations(tmp_path, monkeypatch):
-    import fastspectro_dask.render as render
-
-    seen = []
-    real = render.make_spectrogram
-
-    def spy(*args, **kwargs):
-        meshes = real(*args, **kwargs)
-        seen.append(mesh_x(meshes))
-        return meshes
-
-    monkeypatch.setattr(render, "make_spectrogram", spy)
-
-    def build(item):
-        return [{"x": np.array([T0]), "y": table(4), "z": np.ones((1, 4)), "durations": [4.0]}]
-
-    generic_batch_plot([1], build, tmp_path)
-    (x,) = seen[0]
-    assert (x[1] - x[0]) / SEC == pytest.approx(4.0, abs=1e-5)
 
 
 # --------------------------------------------------------------------------------------

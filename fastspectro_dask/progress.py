@@ -447,11 +447,6 @@ class ProgressStore:
         return self.flush() if due else False
 
     @property
-    def dirty(self) -> bool:
-        """Whether there are changes not yet written."""
-        return self._dirty
-
-    @property
     def pending_orbits(self) -> int:
         """Processed orbits not yet written (< ``flush_batch_size`` after a flush check)."""
         return len(self._since_flush)

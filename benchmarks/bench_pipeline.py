@@ -857,7 +857,8 @@ def _write_breakdown(st, path: Path) -> str:
 
     parts = {
         "re-read (load_json_state)": ms(lambda: load_json_state(path, kind="progress")),
-        "dump, one key per line (used)": ms(lambda: _dumps(doc, None, True)),
+        "encode (used: ProgressStore._encode, cached blocks)": ms(st._encode),
+        "(dump, one key per line, before)": ms(lambda: _dumps(doc, None, True)),
         "(dump with indent=1, before)": ms(lambda: json.dumps(doc, indent=1, sort_keys=True)),
         "write + fsync": ms(write_fsync),
     }

@@ -191,12 +191,11 @@ def move_aside(
 
     Returns the new path, or ``None`` when ``path`` does not exist.
     """
-    path = Path(path)
-    stamp = _utc_now("%Y%m%dT%H%M%S.%fZ")
-    aside, n = path.with_name(f"{path.name}.corrupt-{stamp}"), 0
+    path, n = Path(path), 0
+    aside = stamp = path.with_name(f"{path.name}.corrupt-{_utc_now('%Y%m%dT%H%M%S.%fZ')}")
     while aside.exists():
         n += 1
-        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+        aside = stamp.with_name(f"{stamp.name}-{n}")
     try:
         os.replace(path, aside)
     except FileNotFoundError:
@@ -237,13 +236,11 @@ class StateLockedError(FastSpectroError):
     def __init__(self, lock_path: str | os.PathLike[str], holder: Mapping[str, Any] | None) -> None:
         self.lock_path = str(lock_path)
         self.holder = dict(holder) if holder else None
-        h = self.holder or {}
-        who = (
-            f"PID {h.get('pid', '?')} on host {h.get('host', '?')}, started "
-            f"{h.get('started_utc', '?')}"
-            if h
-            else "an unknown process (holder information not readable yet)"
-        )
+        h = self.holder
+        who = "an unknown process (holder information not readable yet)"
+        if h:
+            who = f"PID {h.get('pid', '?')} on host {h.get('host', '?')}, started "
+            who += f"{h.get('started_utc', '?')}"
         super().__init__(
             f"Another run is using the same state files: lock {self.lock_path} is held by "
             f"{who}. Wait for it to finish, or point this run at another output folder / "
@@ -291,8 +288,12 @@ class StateLock:
         except BaseException:
             os.close(fd)
             raise
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "started_utc": _utc_now()}
-        info["target"] = str(self.target)
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started_utc": _utc_now(),
+            "target": str(self.target),
+        }
         try:  # a courtesy only: the lock is held either way
             os.ftruncate(fd, 0)
             os.pwrite(fd, (json.dumps(info, sort_keys=True) + "\n").encode(), 0)

@@ -26,7 +26,7 @@ removed file is subtracted, and the result equals that of an uninterrupted run.
 
 Persistent state: ``extrema.json`` and its ledger journal ``extrema.ledger.jsonl``,
 committed together every ``flush_batch_size`` orbits and at the end, corrupt files moved
-aside, schema-2 files migrated (:mod:`fastspectro_dask.ledger`). A run holds
+aside, older schemas recounted (:mod:`fastspectro_dask.ledger`). A run holds
 ``<extrema JSON>.lock`` (:class:`~fastspectro_dask.atomic.StateLock`): a second run on the
 same state is refused.
 """

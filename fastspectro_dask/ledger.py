@@ -16,7 +16,7 @@ off and those files counted again. A journal that does not match its record, or 
 counts disagree with the histograms, is moved aside with a warning and everything is
 recounted. Compaction at the end of a run rewrites the journal while the JSON names both
 the old and the new one (``journal_next``), so a crash at any step leaves a matching pair.
-Schema 2 files (ledger inline in the JSON) are migrated: the ledger moves to the journal.
+Older schemas are recounted: their parameters lack the reduction version (see extrema.py).
 """
 
 from __future__ import annotations
@@ -51,9 +51,8 @@ __all__ = ["SCHEMA", "JsonLinesJournal", "Ledger", "Merged", "committed_ledger",
 
 logger = logging.getLogger(__name__)
 
-# 2: the ledger inline in the JSON; 3: the ledger in a journal beside it (same numbers)
+#: 3: the ledger in a journal beside the JSON (2 had it inline; recounted, never read)
 SCHEMA = 3
-_MIGRATABLE_SCHEMA = 2
 #: Compact at the end of a complete run when at least this many lines are superseded, and
 #: this fraction of the live entries.
 _COMPACT_MIN_SUPERSEDED = 1024
@@ -85,28 +84,19 @@ class JsonLinesJournal:
         self._fd: int | None = None
         self._pending: list[bytes] = []
         self._next: tuple[Any, ...] | None = None
-        self._set(None, None, 0, 0)
+        self._state: tuple[Any, ...] | None = None  # committed (id, sha256, bytes, lines)
         #: Bytes appended by the last :meth:`commit`.
         self.last_commit_bytes = 0
 
-    def _set(self, jid: str | None, h: Any, nbytes: int, nlines: int) -> None:
-        self._id, self._hash, self._bytes, self._lines = jid, h, nbytes, nlines
+    #: Where a rewrite is prepared (deterministic: a stale one is overwritten).
+    tmp_path = property(lambda self: self.path.with_name(f".{self.path.name}.rewrite.tmp"))
+    lines = property(
+        lambda self: self._state[3] if self._state else 0, doc="Committed lines, header included."
+    )
+    size = property(lambda self: self._state[2] if self._state else 0, doc="Committed bytes.")
+    pending = property(lambda self: len(self._pending), doc="Records queued, not committed.")
 
-    @property
-    def tmp_path(self) -> Path:
-        """Where a rewrite is prepared (deterministic: a stale one is overwritten)."""
-        return self.path.with_name(f".{self.path.name}.rewrite.tmp")
-
-    @property
-    def record(self) -> dict[str, Any] | None:
-        """The commit record of what is committed now (``None`` before create/load)."""
-        return (
-            None
-            if self._id is None
-            else self._record(self._id, self._hash, self._bytes, self._lines)
-        )
-
-    def _record(self, jid: str, h: Any, nbytes: int, nlines: int) -> dict[str, Any]:
+    def _record(self, jid: str, h: Any, nbytes: int, nlines: int, *_: Any) -> dict[str, Any]:
         return {
             "file": self.path.name,
             "id": jid,
@@ -115,9 +105,10 @@ class JsonLinesJournal:
             "sha256": h.hexdigest(),
         }
 
-    lines = property(lambda self: self._lines, doc="Committed lines, the header included.")
-    size = property(lambda self: self._bytes, doc="Committed bytes.")
-    pending = property(lambda self: len(self._pending), doc="Records queued, not committed.")
+    @property
+    def record(self) -> dict[str, Any] | None:
+        """The commit record of what is committed now (``None`` before create/load)."""
+        return None if self._state is None else self._record(*self._state)
 
     @staticmethod
     def encode(record: Mapping[str, Any]) -> bytes:
@@ -129,13 +120,14 @@ class JsonLinesJournal:
             text = json.dumps(_to_builtin(record), **kw)
         return (text + "\n").encode("utf-8")
 
-    def _require_loaded(self) -> None:
-        if self._id is None:
+    def _loaded(self) -> tuple[Any, ...]:
+        if self._state is None:
             raise RuntimeError(f"{self.path}: create() or load() the journal first")
+        return self._state
 
     def add(self, record: Mapping[str, Any]) -> None:
         """Queue one record (a mapping) for the next :meth:`commit`."""
-        self._require_loaded()
+        self._loaded()
         if not isinstance(record, Mapping):
             raise TypeError("a journal record must be a mapping")
         self._pending.append(self.encode(record))
@@ -146,7 +138,7 @@ class JsonLinesJournal:
 
     def _append_fd(self) -> int:
         if self._fd is None:
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0))
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         return self._fd
 
     def commit(self) -> dict[str, Any]:
@@ -154,11 +146,9 @@ class JsonLinesJournal:
 
         On an error the file is cut back to the committed length and the records stay queued.
         """
-        self._require_loaded()
+        jid, h, nbytes, nlines = self._loaded()
         data = b"".join(self._pending)
         if data:
-            h = self._hash.copy()
-            h.update(data)
             fd = self._append_fd()
             try:
                 view = memoryview(data)
@@ -167,9 +157,10 @@ class JsonLinesJournal:
                 os.fsync(fd)
             except BaseException:
                 with contextlib.suppress(OSError):
-                    os.ftruncate(fd, self._bytes)
+                    os.ftruncate(fd, nbytes)
                 raise
-            self._set(self._id, h, self._bytes + len(data), self._lines + len(self._pending))
+            (h := h.copy()).update(data)
+            self._state = (jid, h, nbytes + len(data), nlines + len(self._pending))
             self._pending = []
         self.last_commit_bytes = len(data)
         return self.record  # type: ignore[return-value]
@@ -184,13 +175,12 @@ class JsonLinesJournal:
         head = {**(header or {}), "journal": self.kind, "id": jid, "created_utc": _utc_now()}
         h, nbytes, nlines = hashlib.sha256(), 0, 0
         with atomic_open(self.tmp_path, sync_dir=False) as fh:
-            for rec in (head, *records):
-                line = self.encode(rec)
+            for line in map(self.encode, (head, *records)):
                 fh.write(line)
                 h.update(line)
                 nbytes, nlines = nbytes + len(line), nlines + 1
         self._next = (jid, h, nbytes, nlines, head)
-        return self._record(jid, h, nbytes, nlines)
+        return self._record(*self._next)
 
     def finish_rewrite(self) -> dict[str, Any]:
         """Move the prepared journal onto :attr:`path`; returns its commit record."""
@@ -200,8 +190,7 @@ class JsonLinesJournal:
         os.replace(self.tmp_path, self.path)
         fsync_dir(self.path.parent)
         *state, self.header = self._next
-        self._next = None
-        self._set(*state)
+        self._state, self._next = tuple(state), None
         return self.record  # type: ignore[return-value]
 
     def discard_rewrite(self) -> None:
@@ -228,8 +217,7 @@ class JsonLinesJournal:
         (moved aside). ``repair=False`` only reads: no truncation, nothing moved.
         """
         self.close()
-        self._set(None, None, 0, 0)
-        self._pending, self.header = [], None
+        self._state, self._pending, self.header = None, [], None
         if repair:
             with contextlib.suppress(OSError):
                 os.unlink(self.tmp_path)  # a rewrite that was never put in place
@@ -247,36 +235,34 @@ class JsonLinesJournal:
         except FileNotFoundError:
             logger.warning("%s journal %s is missing", self.kind, self.path)
             return None
-        reason, found = "its commit record in the JSON is malformed", None
+        reason, records = "its commit record in the JSON is malformed", None
         for jid, nbytes, nlines, sha in cands:
             h = hashlib.sha256(memoryview(raw)[:nbytes])
             if nbytes > len(raw):
                 reason = f"{len(raw)} bytes, but {nbytes} were committed"
-                continue
-            if h.hexdigest() != sha:
+            elif h.hexdigest() != sha:
                 reason = "its content does not match the committed checksum"
-                continue
-            try:
-                records = self._parse(raw[:nbytes], jid, nlines)
-                found = (jid, h, nbytes, nlines)
-            except ValueError as exc:
-                reason = str(exc)
-            break
-        if found is None:
+            else:
+                try:
+                    records = self._parse(raw[:nbytes], jid, nlines)
+                    self._state = (jid, h, nbytes, nlines)
+                except ValueError as exc:
+                    reason = str(exc)
+                break
+        if records is None:
             if repair:
                 move_aside(self.path, kind=f"{self.kind} journal", reason=reason)
             return None
-        if size > found[2] and repair:
+        if size > self.size and repair:
             logger.info(
                 "%s: ignoring %d uncommitted bytes at the end (an interrupted flush); truncated",
                 self.path,
-                size - found[2],
+                size - self.size,
             )
             with open(self.path, "r+b") as fh:
-                fh.truncate(found[2])
+                fh.truncate(self.size)
                 os.fsync(fh.fileno())
         self.header = records.pop(0)
-        self._set(*found)
         return records
 
     @staticmethod
@@ -302,8 +288,7 @@ class JsonLinesJournal:
     def move_aside(self, reason: str) -> Path | None:
         """Close the journal and move its file aside, if it exists."""
         self.close()
-        self._set(None, None, 0, 0)
-        self._pending = []
+        self._state, self._pending = None, []
         return move_aside(self.path, kind=f"{self.kind} journal", reason=reason)
 
     def close(self) -> None:
@@ -333,11 +318,9 @@ def _unpack(text: str) -> bytes:
 class Merged:
     """Merged pass-1 summary of one (instrument, category): dense, exact integers."""
 
-    def __init__(self, obj: Mapping[str, Any] | None = None) -> None:
+    def __init__(self) -> None:
         self.counts = np.zeros(1 << 16, np.int64)
         self.energy: dict[float, int] = {}
-        if obj:  # the schema-2 form (plain lists)
-            self.add(obj)
 
     def add(self, summary: Mapping[str, Any], sign: int = 1) -> None:
         h = Histogram.from_json(summary["hist"])
@@ -354,11 +337,6 @@ class Merged:
     def histogram(self) -> Histogram:
         keys = np.flatnonzero(self.counts)
         return Histogram("float32", keys, self.counts[keys])
-
-    def to_json(self) -> dict[str, Any]:
-        """The schema-2 form (plain lists)."""
-        es = sorted(self.energy)
-        return {"hist": self.histogram().to_json(), "energy": [es, [self.energy[e] for e in es]]}
 
     def to_compact(self) -> dict[str, Any]:
         """The schema-3 form: one short line per array pair (:data:`_PASS1_ENCODING`)."""
@@ -438,8 +416,6 @@ def committed_ledger(json_path: str | os.PathLike[str]) -> dict[str, dict[str, A
         state = json.loads(json_path.read_text())
     except (OSError, ValueError):
         return None
-    if isinstance(state.get("files"), dict):  # schema 2
-        return state["files"]
     journal = JsonLinesJournal(journal_path(json_path))
     records = journal.load([state.get("journal"), state.get("journal_next")], repair=False)
     return None if records is None else replay(records)
@@ -492,10 +468,6 @@ class Ledger:
         state = load_json_state(self.json_path, kind="extrema") or {}
         if existed and not state and self.journal.path.exists():
             self.journal.move_aside("its extrema JSON was corrupt")
-        old_params = {"retrace": True, **(state.get("params") or {}), "schema": SCHEMA}
-        if state.get("schema") == _MIGRATABLE_SCHEMA and isinstance(state.get("files"), dict):
-            if old_params == self.params:  # schema 2 always counted the retrace channel
-                return self._migrate(state)
         if state and state.get("params") != self.params:
             logger.warning(
                 "%s: computed for other parameters (%s); starting afresh",
@@ -550,35 +522,6 @@ class Ledger:
             have = int(self.merged[inst][self.cats[0]].counts.sum())
             if have != total:
                 raise ValueError(f"{inst}: ledger counts {total} samples, histograms {have}")
-
-    def _migrate(self, old: dict[str, Any]) -> dict[str, Any]:
-        """Schema 2 -> 3: move the inline ledger to the journal; the numbers stay valid."""
-        try:
-            self.ledger = {str(k): dict(v) for k, v in old["files"].items()}
-            pass1 = old.get("pass1") or {}
-            self.merged = {
-                i: {c: Merged(pass1.get(i, {}).get(c)) for c in self.cats} for i in self.instruments
-            }
-            self._check_counts()
-            replay(self._put_records())  # validates the entries
-        except (KeyError, TypeError, ValueError) as exc:
-            logger.warning(
-                "%s: schema-2 state not migratable (%s); starting afresh", self.json_path, exc
-            )
-            self.ledger, self.merged = {}, self._zeros()
-            self.journal.create(self._header())
-            return {}
-        self.journal.create(self._header(), self._put_records())
-        doc = self._write(
-            {k: v for k, v in old.items() if k not in ("files", "pass1", "schema", "params")}
-        )
-        logger.info(
-            "%s: migrated from schema 2; its ledger of %d files moved to %s",
-            self.json_path,
-            len(self.ledger),
-            self.journal.path,
-        )
-        return doc
 
     def put(self, rel: str, entry: dict[str, Any]) -> None:
         """Record a file's outcome (replacing any earlier one)."""

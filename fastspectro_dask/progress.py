@@ -7,17 +7,21 @@ Keys, ``y``/``z`` being the scales and ``inst`` an instrument:
 * ``{inst}_{y}_{z}_error-{reason}``: sorted orbits where ``inst`` failed with ``reason``;
 * ``{inst}_{y}_{z}_error-invalid-cdf_files``: orbit -> fingerprint of the offending file;
 * ``schema``, ``version``, ``updated_utc``, shared by every scale combination.
+
+The file has one top-level key per line (sorted), each value compact on its line.
 """
 
 from __future__ import annotations
 
 import bisect
+import itertools
+import json
 import logging
 import operator
 import os
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -25,7 +29,7 @@ from fastspectro_dask.atomic import (
     StateLock,
     _to_builtin,
     _utc_now,
-    atomic_write_json,
+    atomic_write,
     load_json_state,
 )
 from fastspectro_dask.errors import ERROR_REASONS
@@ -95,6 +99,10 @@ def file_fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:
 _fingerprint = file_fingerprint  # record_error's parameter shadows the name
 
 
+def _compact(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
 def _same_file_version(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
     """Same file *name*, size and mtime: a moved data folder is not a change, ``_v02`` is."""
     try:
@@ -106,9 +114,9 @@ def _same_file_version(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
 
 
 def _as_orbit(orbit: Any) -> int:
-    if isinstance(orbit, bool):
-        raise TypeError(f"orbit must be an integer, not {orbit!r}")
     try:
+        if isinstance(orbit, bool):
+            raise TypeError
         return int(operator.index(orbit))
     except TypeError:
         raise TypeError(f"orbit must be an integer, not {orbit!r}") from None
@@ -125,6 +133,76 @@ def _identity(path: Path) -> tuple[int, int, int] | None:
     except FileNotFoundError:
         return None
     return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+class _SortedInts:
+    """A set of ints kept sorted in blocks, each block's JSON text cached until it changes.
+
+    Orbits finish roughly in order, so a flush re-encodes one block or two and joins the
+    cached texts: its cost is a copy of the list's text, not a sort and an encode of it.
+    """
+
+    _BLOCK = 512
+
+    def __init__(self) -> None:
+        self._set: set[int] = set()
+        self._blocks: list[list[int]] = []
+        self._maxes: list[int] = []
+        self._texts: list[str | None] = []
+
+    def __len__(self) -> int:
+        return len(self._set)
+
+    def __contains__(self, x: object) -> bool:
+        return x in self._set
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.chain.from_iterable(self._blocks)
+
+    def update(self, xs: Iterable[int]) -> None:
+        """Add many (a rebuild of the blocks)."""
+        self._set.update(xs)
+        flat, n = sorted(self._set), self._BLOCK
+        self._blocks = [flat[i : i + n] for i in range(0, len(flat), n)]
+        self._maxes = [b[-1] for b in self._blocks]
+        self._texts = [None] * len(self._blocks)
+
+    def add(self, x: int) -> None:
+        if x in self._set:
+            return
+        self._set.add(x)
+        if not self._blocks:
+            self._blocks, self._maxes, self._texts = [[x]], [x], [None]
+            return
+        i = min(bisect.bisect_left(self._maxes, x), len(self._blocks) - 1)
+        block = self._blocks[i]
+        bisect.insort(block, x)
+        self._maxes[i], self._texts[i] = block[-1], None
+        if len(block) >= 2 * self._BLOCK:
+            half = len(block) // 2
+            self._blocks[i : i + 1] = [block[:half], block[half:]]
+            self._maxes[i : i + 1] = [block[half - 1], block[-1]]
+            self._texts[i : i + 1] = [None, None]
+
+    def discard(self, x: int) -> None:
+        if x not in self._set:
+            return
+        self._set.remove(x)
+        i = bisect.bisect_left(self._maxes, x)
+        block = self._blocks[i]
+        del block[bisect.bisect_left(block, x)]
+        if block:
+            self._maxes[i], self._texts[i] = block[-1], None
+        else:
+            del self._blocks[i], self._maxes[i], self._texts[i]
+
+    def json(self) -> str:
+        """``[1,2,3]``: the JSON list, re-encoding only the blocks changed since last time."""
+        texts = self._texts
+        for i, text in enumerate(texts):
+            if text is None:
+                texts[i] = ",".join(map(str, self._blocks[i]))
+        return f"[{','.join(texts)}]"
 
 
 class ProgressStore:
@@ -146,8 +224,11 @@ class ProgressStore:
     ``flush_interval_seconds`` with changes), so at most ``flush_batch_size - 1`` processed
     orbits are ever unrecorded. Errors of an orbit in progress stay in memory until it is
     processed: a crash leaves it unprocessed, never half-recorded. A write keeps every key
-    of the other scale combinations (re-read first when another writer replaced the file).
-    The first outcome of an orbit in a session replaces what earlier runs recorded for it.
+    of the other scale combinations (re-read first only when another writer replaced the
+    file). The first outcome of an orbit in a session replaces what earlier runs recorded.
+
+    Cost: the orbit lists are kept sorted, their JSON text cached per block, and the other
+    combinations' keys as text: a write encodes what changed, then one atomic write.
     """
 
     def __init__(
@@ -162,14 +243,12 @@ class ProgressStore:
         retry_reasons: Iterable[str] = RETRYABLE_REASONS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        _check_name("y_scale", y_scale)
-        _check_name("z_scale", z_scale)
+        for what, name in [("y_scale", y_scale), ("z_scale", z_scale)]:
+            _check_name(what, name)
         for inst in instrument_order:
             _check_name("instrument", inst)
-        if (
-            isinstance(flush_batch_size, bool)
-            or int(flush_batch_size) != flush_batch_size
-            or flush_batch_size < 1
+        if isinstance(flush_batch_size, bool) or not (
+            int(flush_batch_size) == flush_batch_size >= 1
         ):
             raise ValueError(f"flush_batch_size must be an integer >= 1: {flush_batch_size!r}")
         if flush_interval_seconds is not None and not flush_interval_seconds > 0:
@@ -193,7 +272,7 @@ class ProgressStore:
         self._lock = StateLock(self.path)
         self._open = False
         self._orbits: list[int] | None = None
-        self._others: dict[str, Any] = {}  # every key that is not ours
+        self._others: dict[str, str] = {}  # every key that is not ours -> its JSON text
         self._disk: tuple[int, int, int] | None = None  # the file as we last read or wrote it
         self._since_flush: set[int] = set()
         self._dirty = False
@@ -201,7 +280,9 @@ class ProgressStore:
         self._forget()
 
     def _forget(self) -> None:
-        self._completed: set[int] = set()
+        self._completed = _SortedInts()
+        #: progress key -> its orbits (the completed list and one per instrument and reason)
+        self._lists: dict[str, _SortedInts] = {f"{self._prefix}_completed": self._completed}
         self._errors: dict[int, dict[str, str]] = {}  # processed orbits: instrument -> reason
         self._files: dict[tuple[int, str], dict[str, Any]] = {}  # invalid-cdf fingerprints
         #: orbits in progress in this session -> instrument -> (reason, fingerprint)
@@ -268,7 +349,9 @@ class ProgressStore:
         return k if k is not None and k.scales == self._prefix else None
 
     def _keep_others(self, data: Mapping[str, Any]) -> None:
-        self._others = {k: v for k, v in data.items() if k not in _META and not self._own(k)}
+        self._others = {
+            k: _compact(v) for k, v in data.items() if k not in _META and not self._own(k)
+        }
 
     def _load(self) -> None:
         self._forget()
@@ -284,29 +367,28 @@ class ProgressStore:
                 PROGRESS_VERSION,
             )
         self._keep_others(data)
-        files = []
-        for key, value in data.items():
-            k = self._own(key)
-            if k is None or k.kind == "last_orbit":  # the watermark is recomputed
-                continue
-            if k.kind == "files":
-                files.append((k.instrument, key, value))
-                continue
-            if k.kind == "error" and k.reason not in ERROR_REASONS:
-                logger.warning("%s: keeping unknown error reason key %s", self.path, key)
-            for orbit in self._orbit_list(key, value):
-                if k.kind == "completed":
-                    self._completed.add(orbit)
-                else:
-                    self._errors.setdefault(orbit, {})[k.instrument] = k.reason
-        for inst, key, value in files:  # fingerprints of recorded invalid-cdf errors only
+        own = [(k, key, value) for key, value in data.items() if (k := self._own(key))]
+        for k, key, value in own:
+            if k.kind == "completed":
+                self._completed.update(self._orbit_list(key, value))
+            elif k.kind == "error":
+                if k.reason not in ERROR_REASONS:
+                    logger.warning("%s: keeping unknown error reason key %s", self.path, key)
+                for orbit in self._orbit_list(key, value):
+                    self._set_error(orbit, k.instrument, k.reason, None)
+        for k, key, value in own:  # fingerprints of recorded invalid-cdf errors only
+            if k.kind != "files":
+                continue  # the watermark is recomputed, never read
             if not isinstance(value, dict):
                 logger.warning("%s: ignoring malformed %s", self.path, key)
                 continue
             for text, fp in value.items():
                 orbit = int(text) if str(text).isdigit() else None
-                if isinstance(fp, dict) and self._errors.get(orbit, {}).get(inst) == "invalid-cdf":
-                    self._files[(orbit, inst)] = dict(fp)
+                if (
+                    isinstance(fp, dict)
+                    and self._errors.get(orbit, {}).get(k.instrument) == "invalid-cdf"
+                ):
+                    self._files[(orbit, k.instrument)] = dict(fp)
 
     def _orbit_list(self, key: str, value: Any) -> list[int]:
         if not isinstance(value, list):
@@ -317,26 +399,30 @@ class ProgressStore:
             logger.warning("%s: ignoring non-integer orbits %r in %s", self.path, bad[:5], key)
         return [v for v in value if not isinstance(v, bool) and isinstance(v, int)]
 
-    def _payload(self) -> dict[str, Any]:
-        y, z = self.y_scale, self.z_scale
-        out: dict[str, Any] = {f"{self._prefix}_last_orbit": self.last_orbit}
-        lists: dict[str, list[int]] = {f"{self._prefix}_completed": sorted(self._completed)}
-        for orbit, per_inst in self._errors.items():
-            for inst, reason in per_inst.items():
-                lists.setdefault(error_key(inst, y, z, reason), []).append(orbit)
-                fp = self._files.get((orbit, inst))
-                if fp is not None and reason == "invalid-cdf":
-                    out.setdefault(error_key(inst, y, z, reason) + "_files", {})[str(orbit)] = fp
-        return {**out, **{k: sorted(v) for k, v in lists.items()}}
+    def _encode(self) -> bytes:
+        """The whole file: sorted keys, one per line; cached texts for what did not change."""
+        p = self._prefix
+        text = dict(self._others)
+        text[f"{p}_last_orbit"] = _compact(self.last_orbit)
+        for key, orbits in self._lists.items():
+            if orbits or key == f"{p}_completed":
+                text[key] = orbits.json()
+        files: dict[str, dict[str, Any]] = {}
+        for (orbit, inst), fp in self._files.items():
+            key = error_key(inst, self.y_scale, self.z_scale, "invalid-cdf") + "_files"
+            files.setdefault(key, {})[str(orbit)] = fp
+        text.update({k: _compact(v) for k, v in files.items()})
+        meta = {"schema": PROGRESS_SCHEMA, "version": PROGRESS_VERSION, "updated_utc": _utc_now()}
+        text.update({k: _compact(v) for k, v in meta.items()})
+        body = ",\n".join(f"{json.dumps(k)}:{text[k]}" for k in sorted(text))
+        return f"{{\n{body}\n}}\n".encode()
 
     def _write(self) -> None:
         if _identity(self.path) != self._disk:  # another writer replaced it: keep its keys
             on_disk = load_json_state(self.path, kind="progress")
             if on_disk is not None:
                 self._keep_others(on_disk)
-        data = {**self._others, **self._payload()}
-        data.update(schema=PROGRESS_SCHEMA, version=PROGRESS_VERSION, updated_utc=_utc_now())
-        atomic_write_json(self.path, data, one_line_per_key=True)
+        atomic_write(self.path, self._encode())
         self._disk = _identity(self.path)
         self.writes += 1
         self._dirty = False
@@ -361,11 +447,6 @@ class ProgressStore:
         return self.flush() if due else False
 
     @property
-    def dirty(self) -> bool:
-        """Whether there are changes not yet written."""
-        return self._dirty
-
-    @property
     def pending_orbits(self) -> int:
         """Processed orbits not yet written (< ``flush_batch_size`` after a flush check)."""
         return len(self._since_flush)
@@ -386,12 +467,18 @@ class ProgressStore:
 
     def _drop_errors(self, orbit: int) -> dict[str, str]:
         per_inst = self._errors.pop(orbit, {})
-        for inst in per_inst:
+        for inst, reason in per_inst.items():
+            self._lists[error_key(inst, self.y_scale, self.z_scale, reason)].discard(orbit)
             self._files.pop((orbit, inst), None)
         return per_inst
 
     def _set_error(self, orbit: int, inst: str, reason: str, fp: dict[str, Any] | None) -> None:
-        self._errors.setdefault(orbit, {})[inst] = reason
+        per_inst = self._errors.setdefault(orbit, {})
+        if (old := per_inst.get(inst)) is not None:
+            self._lists[error_key(inst, self.y_scale, self.z_scale, old)].discard(orbit)
+        per_inst[inst] = reason
+        key = error_key(inst, self.y_scale, self.z_scale, reason)
+        self._lists.setdefault(key, _SortedInts()).add(orbit)
         self._files.pop((orbit, inst), None)
         if fp is not None:
             self._files[(orbit, inst)] = fp
@@ -537,7 +624,7 @@ class ProgressStore:
     @property
     def completed(self) -> list[int]:
         """Sorted completed orbits (including unwritten changes)."""
-        return sorted(self._completed)
+        return list(self._completed)
 
     @property
     def last_orbit(self) -> int | None:

@@ -5,10 +5,6 @@ lock), :mod:`fastspectro_dask.progress` (the progress JSON) and
 :mod:`fastspectro_dask.ledger` (the extrema ledger and its journal).
 """
 
-from __future__ import annotations
-
-from typing import Any
-
 from fastspectro_dask.atomic import (
     StateLock,
     StateLockedError,
@@ -38,11 +34,3 @@ __all__ = [
     "move_aside",
     "remove_stale_temporaries",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    if name == "JsonLinesJournal":  # lazily: the ledger imports dask through quantiles
-        from fastspectro_dask.ledger import JsonLinesJournal
-
-        return JsonLinesJournal
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

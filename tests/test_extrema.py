@@ -537,45 +537,28 @@ def test_kill_during_compaction_resumes_either_journal(tmp_path, monkeypatch):
     assert len(state["files"]) == len(files)
 
 
-def test_schema2_state_is_migrated_without_rereading(small_mission, tmp_path, monkeypatch, caplog):
-    """An extrema JSON of schema 2 (ledger and plain-list histograms inline) is converted:
-    its ledger moves to the journal and nothing is counted again. Schema 2 always counted
-    the retrace channel, so only a run that keeps it (retrace=True) can take it over."""
-    kept = run(small_mission, tmp_path / "kept", retrace=True)
-    run(small_mission, tmp_path, retrace=True)
-    doc = json.loads((tmp_path / "extrema.json").read_text())
+def test_schema2_state_is_recounted(small_mission, tmp_path, monkeypatch, caplog):
+    """An extrema JSON of schema 2 (ledger and plain-list histograms inline, written before
+    the parameters carried the reduction version) is stale: every file is counted again,
+    with one warning, and the new state is schema 3."""
+    kept = run(small_mission, tmp_path / "kept")
+    doc = json.loads((tmp_path / "kept" / "extrema.json").read_text())
     old = {k: v for k, v in doc.items() if k not in ("journal", "pass1")}
     old["schema"] = 2
-    old["params"] = {k: v for k, v in doc["params"].items() if k != "retrace"} | {"schema": 2}
+    old["params"] = {
+        k: v for k, v in doc["params"].items() if k not in ("retrace", "reduction")
+    } | {"schema": 2}
     old["files"] = kept["files"]
-    old["pass1"] = {
-        i: {c: led.Merged.from_compact(m).to_json() for c, m in cm.items()}
-        for i, cm in doc["pass1"]["merged"].items()
-    }
+    old["pass1"] = {"ees": {"all": {"hist": {}, "energy": [[], []]}}}
     (tmp_path / "extrema.json").write_text(json.dumps(old, indent=1))
-    (tmp_path / "extrema.ledger.jsonl").unlink()
     reread = count_reads(monkeypatch)
-    with caplog.at_level(logging.INFO, logger="fastspectro_dask.ledger"):
-        state = compute_global_extrema(
-            small_mission, "log", "log", extrema_json_path=tmp_path / "extrema.json", retrace=True
-        )
-    assert not reread and "migrated from schema 2" in caplog.text
+    with caplog.at_level(logging.WARNING, logger="fastspectro_dask.ledger"):
+        state = run(small_mission, tmp_path)
+    assert "other parameters" in caplog.text and len(reread) == len(kept["files"])
     assert state["results"] == kept["results"]
-    assert state["ees_log_log_z_max"] == kept["ees_linear_log_z_max"]
     new = json.loads((tmp_path / "extrema.json").read_text())
     assert new["schema"] == 3 and "files" not in new and new["complete"]
     assert led.committed_ledger(tmp_path / "extrema.json") == kept["files"]
-    # the default drops the retrace channel: a schema-2 state is recounted, not migrated
-    (tmp_path / "extrema.json").write_text(json.dumps(old))
-    (tmp_path / "extrema.ledger.jsonl").unlink()
-    state = run(small_mission, tmp_path)
-    assert "other parameters" in caplog.text and len(reread) == len(kept["files"])
-    # as is one computed with other parameters
-    reread.clear()
-    old["params"]["variable"] = "eflux"
-    (tmp_path / "extrema.json").write_text(json.dumps(old))
-    state = run(small_mission, tmp_path, retrace=True)
-    assert len(reread) == len(kept["files"])
 
 
 def _synthetic_entry(i: int, cats) -> dict:

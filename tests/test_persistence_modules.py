@@ -64,3 +64,28 @@ def test_a_write_rereads_the_file_only_when_another_writer_replaced_it(tmp_path,
         assert len(reads) == 2
     doc = json.loads(target.read_text())
     assert doc["log_log_completed"] == [9] and doc["linear_log_completed"] == list(range(6))
+
+
+def test_sorted_orbit_lists_match_a_sorted_set_through_adds_and_removals():
+    """The blocks of cached text behind the progress lists: any order of additions and
+    removals (blocks split and emptied) gives the sorted list, as JSON and as ints."""
+    import random
+
+    rng = random.Random(7)
+    ints, ref = progress._SortedInts(), set()
+    ints.update(range(0, 3000, 3))
+    ref.update(range(0, 3000, 3))
+    for step in range(6000):
+        x = rng.randrange(-50, 5000)
+        if rng.random() < 0.3:
+            ints.discard(x)
+            ref.discard(x)
+        else:
+            ints.add(x)
+            ref.add(x)
+        if step % 500 == 0 or step == 5999:
+            assert json.loads(ints.json()) == sorted(ref) == list(ints)
+            assert len(ints) == len(ref) and all(v in ints for v in ref)
+    for x in list(ref):
+        ints.discard(x)
+    assert ints.json() == "[]" and list(ints) == [] and len(ints) == 0

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -183,3 +183,20 @@ def save_figure(
         fig.clear()
     logger.debug("wrote %s", path)
     return path
+
+
+def _provenance_text(
+    rows: Sequence[Any], limits: Mapping[str, Any], ranges: list, label_rows: list[str]
+) -> dict[str, str]:
+    """The provenance text chunks of a grid figure (see :func:`save_figure`): the source
+    files of its ``rows`` (their ``sources``), the drawn limits per row, the time ranges
+    drawn and the names of the time-axis label rows."""
+    import json
+
+    sources = sorted({s for row in rows for s in row.sources})
+    return {
+        "Source": ",".join(sources),
+        "fastspectro:time-ranges": json.dumps(ranges),
+        "fastspectro:limits": json.dumps(limits, sort_keys=True),
+        "fastspectro:ephemeris": ",".join(label_rows),
+    }

@@ -644,7 +644,7 @@ def _iter_jobs(
     An instrument whose file is known to be invalid gets no pitch-angle figure; it is a
     placeholder row in the instrument grid and is recorded as ``invalid-cdf``.
     """
-    from fastspectro_dask.render import figure_path
+    from fastspectro_dask.output import figure_path
 
     cfg, style, reduction = opts.config, opts.config.style, opts.config.reduction
     y_scale, z_scale = style.y_scale, style.z_scale

@@ -151,7 +151,7 @@ def render_job(job: RenderJob) -> dict[str, Any]:
         ``path`` (the figure written), ``errors`` (instrument -> ``(reason, message)``)
         and ``seconds`` (the time taken).
     """
-    from fastspectro_dask import render
+    from fastspectro_dask import output, products
 
     t0 = time.perf_counter()
     ephemeris = _load_ephemeris(job)
@@ -169,7 +169,7 @@ def render_job(job: RenderJob) -> dict[str, Any]:
             data[inst] = None
     try:
         if job.product == "instruments":
-            fig = render.FAST_plot_instrument_grid(
+            fig = products.FAST_plot_instrument_grid(
                 data,
                 y_scale=style.y_scale,
                 z_scale=style.z_scale,
@@ -182,7 +182,7 @@ def render_job(job: RenderJob) -> dict[str, Any]:
                 **common,
             )
         elif job.product == "pad":
-            fig = render.FAST_plot_pad(
+            fig = products.FAST_plot_pad(
                 data,
                 z_scale=style.z_scale,
                 variable=job.variable,
@@ -196,7 +196,7 @@ def render_job(job: RenderJob) -> dict[str, Any]:
             )
         else:
             inst = job.product.removeprefix("pa-")
-            fig = render.FAST_plot_pitch_angle_grid(
+            fig = products.FAST_plot_pitch_angle_grid(
                 data[inst],
                 categories=job.categories,
                 y_scale=style.y_scale,
@@ -209,7 +209,7 @@ def render_job(job: RenderJob) -> dict[str, Any]:
                 ephemeris=ephemeris,
                 **common,
             )
-        render.save_figure(fig, job.output)
+        output.save_figure(fig, job.output)
     except (ZeroDivisionError, FloatingPointError, PlottingError, InvalidCDFError):
         raise
     except Exception as exc:

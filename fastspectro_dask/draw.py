@@ -42,6 +42,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from fastspectro_dask.atomic import atomic_write
+from fastspectro_dask.config import RenderStyle
 from fastspectro_dask.errors import PlottingError
 from fastspectro_dask.geometry import (
     DEFAULT_GAP_FACTOR,
@@ -51,12 +52,11 @@ from fastspectro_dask.geometry import (
 )
 from fastspectro_dask.output import _provenance_text, _software
 from fastspectro_dask.render import (
-    _EPHEMERIS_HEIGHT,
-    _MARGIN_BOTTOM,
     DEFAULT_Y_LABEL,
     _grid_axes,
     _grid_geometry,
     _new_figure,
+    _panel_kwargs,
     _placeholder,
 )
 from fastspectro_dask.timeaxis import TimeAxis
@@ -342,25 +342,25 @@ def panel_rgba(panel: Any, xs: np.ndarray, ys: np.ndarray, min_w: float) -> np.n
 
 def render_grid(
     rows: Sequence[Any],
+    time_axis: TimeAxis,
     *,
-    title: str,
-    y_scale: str,
-    z_scale: str,
+    style: RenderStyle,
     settings: Mapping[str, Mapping[str, Any]],
-    colormap: Any,
-    figsize: tuple[float, float],
-    dpi: float,
-    percentile: tuple[float, float],
+    title: str,
     context: str,
-    squeeze_seconds: float | None,
+    colormap: Any,
+    percentile: tuple[float, float],
     ephemeris: Any | None,
+    bottom: float,
     y_ticks: Sequence[float] | None = None,
 ) -> RasterFigure:
-    """Draw a grid of rows (``products._Row``) with a cached layout; see the module doc."""
-    time_axis = _grid_time_axis(list(rows), squeeze_seconds or 0.0)
-    if time_axis is None:
-        raise ValueError("nothing to draw on a time axis")
-    bottom = _MARGIN_BOTTOM + (_EPHEMERIS_HEIGHT if ephemeris is not None else 0.0)
+    """Draw a grid of rows (``products._Row``) on ``time_axis`` with a cached layout.
+
+    ``style`` is the figure's :class:`~fastspectro_dask.config.RenderStyle` (scales, dpi,
+    and the figure size, resolved); ``bottom`` the bottom margin (inches). See the module
+    doc.
+    """
+    y_scale, figsize, dpi = style.y_scale, style.figsize, style.dpi
     main_w, _ = _grid_geometry(figsize, len(rows), 0, bottom)
     pos, labels, names = _time_ticks(time_axis, main_w, ephemeris, context)
 
@@ -372,21 +372,9 @@ def render_grid(
             continue
         s = settings[row.key]
         panel = _panel_geometry(
-            row.times,
-            row.energies,
-            row.values,
-            vmin=s.get("z_min"),
-            vmax=s.get("z_max"),
-            percentile=percentile,
-            y_scale=y_scale,
-            z_scale=z_scale,
-            y_min=s.get("y_min"),
-            y_max=s.get("y_max"),
-            colormap=colormap,
+            **_panel_kwargs(row, s, style, percentile, colormap, time_axis),
             norm=None,
             gap_factor=DEFAULT_GAP_FACTOR,
-            durations=row.durations,
-            time_axis=time_axis,
         )
         y_label = s.get("y_label", DEFAULT_Y_LABEL)
         if panel.norm is None:

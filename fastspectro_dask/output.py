@@ -20,6 +20,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from fastspectro_dask.atomic import atomic_open
+from fastspectro_dask.config import FORMATS  # the formats of save_figure, by suffix
 from fastspectro_dask.errors import PlottingError
 from fastspectro_dask.geometry import _check_scale, _to_datetime64
 
@@ -29,10 +30,6 @@ logger = logging.getLogger(__name__)
 #: zlib level of the PNG writer: 3 encodes as fast as 1 and ~2x faster than PIL's 6
 #: (files ~15 % larger); see benchmarks/bench_render.py.
 DEFAULT_COMPRESS_LEVEL = 3
-
-
-#: File formats of :func:`save_figure` (by the path's suffix).
-FORMATS = ("png", "pdf", "svg")
 
 
 def figure_path(

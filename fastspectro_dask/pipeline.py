@@ -309,7 +309,7 @@ def FAST_plot_spectrograms_directory(
         Show a tqdm progress bar [only when stderr is a terminal].
     render_fn : callable, optional
         Module-level function ``(RenderJob) -> report`` that draws one figure (default
-        :func:`render_job`); for custom products and for tests.
+        :func:`fastspectro_dask.render_task.render_job`); for custom products and for tests.
     pad_energy : (lo, hi), optional
         Energy window in eV of the ``pad`` product [all valid channels, the retrace
         channel dropped unless ``retrace``]; as ``fa_esa_l2_pad``'s ``energy=``.
@@ -528,7 +528,7 @@ def _alias(value, alias, name: str, alias_name: str):
     return value
 
 
-#: A figure's temporary as :func:`fastspectro_dask.render.save_figure` names it:
+#: A figure's temporary as :func:`fastspectro_dask.output.save_figure` names it:
 #: ``.<orbit>_<product>_y-<y>_z-<z>.png.<pid>.<12 hex>.tmp``.
 _FIGURE_TMP = re.compile(r"\.\d+_[A-Za-z0-9-]+_y-[a-z]+_z-[a-z]+\.png\.\d+\.[0-9a-f]{12}\.tmp")
 #: Folder names of the figure layout ``{YYYY}/{MM}/{orbit}/``.
@@ -538,7 +538,7 @@ _FIGURE_DIR = re.compile(r"\d+")
 def _remove_stale_figure_temporaries(out: Path) -> int:
     """Remove figure temporaries that a killed run left in ``out/{YYYY}/{MM}/{orbit}/``.
 
-    Only files named exactly like :func:`~fastspectro_dask.render.save_figure`'s
+    Only files named exactly like :func:`~fastspectro_dask.output.save_figure`'s
     temporaries, only in the figure folders of the layout (number-named, three deep).
     """
     removed = 0

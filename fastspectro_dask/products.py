@@ -23,7 +23,8 @@ import logging
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +36,12 @@ from matplotlib.collections import QuadMesh
 from matplotlib.colors import Colormap
 from matplotlib.figure import Figure
 
-from fastspectro_dask.config import ENGINES
+from fastspectro_dask.config import ENGINES, RenderStyle
 from fastspectro_dask.draw import (
     _grid_time_axis,
     _squeezed_ticks,
     _unix_seconds,
+    render_grid,
 )
 from fastspectro_dask.geometry import (
     _UTC,
@@ -68,6 +70,7 @@ from fastspectro_dask.render import (
     _grid_geometry,
     _keep_slivers_visible,
     _new_figure,
+    _panel_kwargs,
     _placeholder,
     _PlottingErrors,
     make_spectrogram,
@@ -328,29 +331,64 @@ class _Row:
         return self.values is None or not _has_data(self.values)
 
 
+@dataclass(frozen=True)
+class _Grid:
+    """How one grid figure is drawn, passed whole from the products to the engines: the
+    style (:class:`~fastspectro_dask.config.RenderStyle`: scales, gap squeeze, engine, dpi,
+    figsize) and the options of a ``FAST_plot_*`` call. Checked when made."""
+
+    style: RenderStyle
+    overrides: Mapping[str, Mapping[str, Any]] | None = None
+    extrema: Mapping[str, Mapping[str, Any]] | None = None
+    colormap: str | Colormap | None = None
+    layout: str | None = None
+    intervals: Mapping[int, Sequence] | Sequence | None = None
+    zoom_duration_minutes: float = 6.0
+    percentile: tuple[float, float] = (1.0, 99.0)
+    ephemeris: Any | None = None
+
+    def __post_init__(self) -> None:
+        _check_scales(self.style.y_scale, self.style.z_scale)
+        if self.style.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, not {self.style.engine!r}")
+        object.__setattr__(self, "layout", _check_layout(self.layout))
+
+    @classmethod
+    def of(cls, call: Mapping[str, Any]) -> _Grid:
+        """From the keywords of a ``FAST_plot_*`` call (its ``locals()``, taken first):
+        the style (``y_scale`` linear where the product has none, ``shift90`` as
+        ``pad_shift90``) and the options, by name."""
+        style = RenderStyle(
+            y_scale=call.get("y_scale", "linear"),
+            z_scale=call["z_scale"],
+            squeeze_gaps_minutes=call["squeeze_gaps_minutes"],
+            pad_shift90=call.get("shift90", False),
+            engine=call["engine"],
+            dpi=call["dpi"],
+            figsize=call["figsize"],
+            figure_format="png",
+        )
+        options = {f.name: call[f.name] for f in dataclass_fields(cls) if f.name != "style"}
+        return cls(style, **options)
+
+
 def _render_grid(
     rows: list[_Row],
-    *,
-    title: str,
-    y_scale: str,
-    z_scale: str,
+    grid: _Grid,
     settings: dict[str, dict[str, Any]],
-    colormap: str | Colormap | None,
-    figsize: tuple[float, float],
-    dpi: float,
-    layout: str | None,
-    intervals: list[Interval],
-    zoom_duration_minutes: float,
-    percentile: tuple[float, float],
+    *,
+    time_axis: TimeAxis | None,
+    title: str,
     context: str,
-    squeeze_seconds: float | None = None,
-    ephemeris: Any | None = None,
+    intervals: list[Interval],
+    bottom: float,
 ) -> Figure:
+    """The reference drawing of a grid (:func:`make_spectrogram` per row, zoom columns
+    for marked ``intervals``); ``time_axis`` None: a plain date axis."""
+    style = grid.style
     n_zoom = len(intervals)
-    fig = _new_figure(figsize, dpi, layout)
-    time_axis = _grid_time_axis(rows, squeeze_seconds)
-    bottom = _MARGIN_BOTTOM + (_EPHEMERIS_HEIGHT if ephemeris is not None else 0.0)
-    mains, zooms, caxes = _grid_axes(fig, len(rows), n_zoom, layout, bottom)
+    fig = _new_figure(style.figsize, style.dpi, grid.layout)
+    mains, zooms, caxes = _grid_axes(fig, len(rows), n_zoom, grid.layout, bottom)
     spans: list[tuple[float, float]] = []
     t_first: list[np.datetime64] = []
     t_last: list[np.datetime64] = []
@@ -370,22 +408,10 @@ def _render_grid(
         s = settings[row.key]
         meshes = make_spectrogram(
             ax,
-            row.times,
-            row.energies,
-            row.values,
-            vmin=s.get("z_min"),
-            vmax=s.get("z_max"),
-            percentile=percentile,
-            y_scale=y_scale,
-            z_scale=z_scale,
-            y_min=s.get("y_min"),
-            y_max=s.get("y_max"),
-            colormap=colormap,
+            **_panel_kwargs(row, s, style, grid.percentile, grid.colormap, time_axis),
             y_label=s.get("y_label", DEFAULT_Y_LABEL),
             z_label=s.get("z_label"),
             cax=cax,
-            durations=row.durations,
-            time_axis=time_axis,
         )
         if meshes:
             spans.append(ax.get_xlim())
@@ -399,11 +425,11 @@ def _render_grid(
                 row.times,
                 row.energies,
                 row.values,
-                y_scale=y_scale,
-                z_scale=z_scale,
+                y_scale=style.y_scale,
+                z_scale=style.z_scale,
                 y_min=y_lim[0],
                 y_max=y_lim[1],
-                colormap=colormap,
+                colormap=grid.colormap,
                 y_label=None,
                 colorbar=False,
                 norm=meshes[0].norm if meshes else None,
@@ -430,7 +456,7 @@ def _render_grid(
         ax.tick_params(labelbottom=False)
     label_rows = ["UT"]
     if time_axis is not None:
-        label_rows = _squeezed_ticks(mains, time_axis, ephemeris, context)
+        label_rows = _squeezed_ticks(mains, time_axis, grid.ephemeris, context)
     else:
         mains[-1].set_xlabel("UT")
     # Marked intervals: shaded on every row, a zoomed column each.
@@ -445,7 +471,7 @@ def _render_grid(
             ax.axvline(a, color="k", lw=0.8, ls="--")
             ax.axvline(b, color="k", lw=0.8, ls="--")
         centre = start + (end - start) / 2
-        half = np.timedelta64(int(zoom_duration_minutes * 30e9), "ns")
+        half = np.timedelta64(int(grid.zoom_duration_minutes * 30e9), "ns")
         z0, z1 = _datetime_to_num(np.array([centre - half, centre + half]))
         column = [zr[k] for zr in zooms]
         column[0].set_xlim(z0, z1)
@@ -503,22 +529,16 @@ def _check_scales(y_scale: str, z_scale: str) -> None:
 
 
 def _prepare_grid(
-    rows: list[_Row],
-    *,
-    y_scale: str,
-    z_scale: str,
-    overrides: Mapping | None,
-    extrema: Mapping | None,
-    figsize: tuple[float, float] | None,
-    n_zoom: int,
-    bottom: float = _MARGIN_BOTTOM,
+    rows: list[_Row], grid: _Grid, *, n_zoom: int, bottom: float
 ) -> tuple[dict[str, dict[str, Any]], tuple[float, float]]:
-    """Everything a caller can get wrong, checked before drawing (plain ValueErrors)."""
+    """Everything a caller can get wrong, checked before drawing (plain ValueErrors):
+    the settings per row and the figure size (default: from the rows and columns)."""
+    y_scale, z_scale, figsize = grid.style.y_scale, grid.style.z_scale, grid.style.figsize
     keys = [row.key for row in rows]
-    checked = _validate_overrides(overrides, keys)
+    checked = _validate_overrides(grid.overrides, keys)
     settings = {
         row.key: _check_settings(
-            row.key, _row_settings(row.key, extrema, checked, row.defaults), y_scale, z_scale
+            row.key, _row_settings(row.key, grid.extrema, checked, row.defaults), y_scale, z_scale
         )
         for row in rows
     }
@@ -625,9 +645,20 @@ def FAST_plot_instrument_grid(
     PlottingError
         Drawing failed (chained to the cause; the message names the orbit).
     """
+    grid = _Grid.of(locals())  # first: the call's keywords only
+    return _instrument_grid(orbit, grid, variable, instrument_order, category, orbit_number)
+
+
+def _instrument_grid(
+    orbit: Mapping[str, xr.Dataset | None],
+    grid: _Grid,
+    variable: str,
+    instrument_order: Sequence[str],
+    category: str,
+    orbit_number: int | None,
+) -> Figure | Any:
+    """:func:`FAST_plot_instrument_grid` with its drawing options as one object."""
     keys = [str(k) for k in instrument_order]
-    _check_scales(y_scale, z_scale)
-    layout = _check_layout(layout)
     if orbit_number is None:
         orbit_number = _orbit_of(orbit.get(k) for k in keys)
     unused = sorted(set(orbit) - set(keys))
@@ -669,47 +700,21 @@ def FAST_plot_instrument_grid(
         )
     return _grid_figure(
         rows,
+        grid,
         title=f"FAST orbit {orbit_number if orbit_number is not None else '?'}",
         context=f"orbit {orbit_number} instrument grid",
         orbit_number=orbit_number,
-        intervals=intervals,
-        y_scale=y_scale,
-        z_scale=z_scale,
-        overrides=overrides,
-        extrema=extrema,
-        colormap=colormap,
-        figsize=figsize,
-        dpi=dpi,
-        layout=layout,
-        zoom_duration_minutes=zoom_duration_minutes,
-        percentile=percentile,
-        squeeze_gaps_minutes=squeeze_gaps_minutes,
-        ephemeris=ephemeris,
-        engine=engine,
     )
 
 
 def _grid_figure(
-    rows,
+    rows: list[_Row],
+    grid: _Grid,
     *,
-    title,
-    context,
-    orbit_number,
-    intervals,
-    y_scale,
-    z_scale,
-    overrides,
-    extrema,
-    colormap,
-    figsize,
-    dpi,
-    layout,
-    zoom_duration_minutes,
-    percentile,
-    squeeze_gaps_minutes=DEFAULT_SQUEEZE_MINUTES,
-    ephemeris=None,
-    engine="reference",
-    y_ticks=None,
+    title: str,
+    context: str,
+    orbit_number: int | None,
+    y_ticks: Sequence[float] | None = None,
 ) -> Figure | Any:
     """Limits per row (overrides > extrema > data), then draw: shared by all grids.
 
@@ -717,56 +722,40 @@ def _grid_figure(
     panels; returns a :class:`~fastspectro_dask.draw.RasterFigure`) unless there are
     marked intervals (zoom columns) or no time axis, which the reference drawing serves.
     """
-    if engine not in ENGINES:
-        raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
-    marks = _intervals_for(intervals, orbit_number)
-    settings, figsize = _prepare_grid(
-        rows,
-        y_scale=y_scale,
-        z_scale=z_scale,
-        overrides=overrides,
-        extrema=extrema,
-        figsize=figsize,
-        n_zoom=len(marks),
-        bottom=_MARGIN_BOTTOM + (_EPHEMERIS_HEIGHT if ephemeris is not None else 0.0),
-    )
-    squeeze_seconds = None if squeeze_gaps_minutes is None else 60.0 * float(squeeze_gaps_minutes)
-    if engine == "fast" and not marks and _grid_time_axis(rows, squeeze_seconds or 0.0):
-        from fastspectro_dask import draw
-
-        with _PlottingErrors(context):
-            return draw.render_grid(
-                rows,
-                title=title,
-                y_scale=y_scale,
-                z_scale=z_scale,
-                settings=settings,
-                colormap=colormap,
-                figsize=figsize,
-                dpi=dpi,
-                percentile=percentile,
-                context=context,
-                squeeze_seconds=squeeze_seconds,
-                ephemeris=ephemeris,
-                y_ticks=y_ticks,
-            )
+    marks = _intervals_for(grid.intervals, orbit_number)
+    bottom = _MARGIN_BOTTOM + (_EPHEMERIS_HEIGHT if grid.ephemeris is not None else 0.0)
+    settings, figsize = _prepare_grid(rows, grid, n_zoom=len(marks), bottom=bottom)
+    grid = replace(grid, style=replace(grid.style, figsize=figsize))
+    minutes = grid.style.squeeze_gaps_minutes
+    squeeze_seconds = None if minutes is None else 60.0 * float(minutes)
+    if grid.style.engine == "fast" and not marks:
+        # the engine always draws a squeezed axis (0: one segment)
+        time_axis = _grid_time_axis(rows, squeeze_seconds or 0.0)
+        if time_axis is not None:
+            with _PlottingErrors(context):
+                return render_grid(
+                    rows,
+                    time_axis,
+                    style=grid.style,
+                    settings=settings,
+                    title=title,
+                    context=context,
+                    colormap=grid.colormap,
+                    percentile=grid.percentile,
+                    ephemeris=grid.ephemeris,
+                    bottom=bottom,
+                    y_ticks=y_ticks,
+                )
     with _PlottingErrors(context):
         return _render_grid(
             rows,
+            grid,
+            settings,
+            time_axis=_grid_time_axis(rows, squeeze_seconds),
             title=title,
-            y_scale=y_scale,
-            z_scale=z_scale,
-            settings=settings,
-            colormap=colormap,
-            figsize=figsize,
-            dpi=dpi,
-            layout=layout,
-            intervals=marks,
-            zoom_duration_minutes=zoom_duration_minutes,
-            percentile=percentile,
             context=context,
-            squeeze_seconds=squeeze_seconds,
-            ephemeris=ephemeris,
+            intervals=marks,
+            bottom=bottom,
         )
 
 
@@ -860,8 +849,19 @@ def FAST_plot_pitch_angle_grid(
     PlottingError
         Drawing failed (chained; the message names the orbit and instrument).
     """
-    _check_scales(y_scale, z_scale)
-    layout = _check_layout(layout)
+    grid = _Grid.of(locals())  # first: the call's keywords only
+    return _pitch_angle_grid(dataset, grid, categories, variable, orbit_number, instrument)
+
+
+def _pitch_angle_grid(
+    dataset: xr.Dataset,
+    grid: _Grid,
+    categories: Mapping[str, Sequence[tuple[float, float]]] | None,
+    variable: str,
+    orbit_number: int | None,
+    instrument: str | None,
+) -> Figure | Any:
+    """:func:`FAST_plot_pitch_angle_grid` with its drawing options as one object."""
     instrument = instrument or str(dataset.attrs.get("instrument", "")) or "?"
     if orbit_number is None:
         orbit_number = _orbit_of([dataset])
@@ -874,7 +874,7 @@ def FAST_plot_pitch_angle_grid(
     energies = np.asarray(red["energy"].values, dtype=np.float64)
     values = np.asarray(red["values"].values, dtype=np.float64)
     durations = _durations_of(red)
-    hemisphere = _hemisphere(ephemeris, times)
+    hemisphere = _hemisphere(grid.ephemeris, times)
     rows = []
     for i, key in enumerate(keys):
         rows.append(
@@ -891,24 +891,11 @@ def FAST_plot_pitch_angle_grid(
         )
     return _grid_figure(
         rows,
+        grid,
         title=f"FAST orbit {orbit_number if orbit_number is not None else '?'}  "
         f"{instrument} pitch angle",
         context=f"orbit {orbit_number} {instrument} pitch-angle grid",
         orbit_number=orbit_number,
-        intervals=intervals,
-        y_scale=y_scale,
-        z_scale=z_scale,
-        overrides=overrides,
-        extrema=extrema,
-        colormap=colormap,
-        figsize=figsize,
-        dpi=dpi,
-        layout=layout,
-        zoom_duration_minutes=zoom_duration_minutes,
-        percentile=percentile,
-        squeeze_gaps_minutes=squeeze_gaps_minutes,
-        ephemeris=ephemeris,
-        engine=engine,
     )
 
 
@@ -975,15 +962,27 @@ def FAST_plot_pad(
     -------
     matplotlib.figure.Figure
     """
+    grid = _Grid.of(locals())  # first: the call's keywords only
+    return _pad(orbit, grid, variable, instrument_order, orbit_number, pad_energy)
+
+
+def _pad(
+    orbit: Mapping[str, xr.Dataset | None],
+    grid: _Grid,
+    variable: str,
+    instrument_order: Sequence[str],
+    orbit_number: int | None,
+    pad_energy: tuple[float, float] | None,
+) -> Figure | Any:
+    """:func:`FAST_plot_pad` with its drawing options as one object (y is always linear)."""
     from fastspectro_dask.padreduce import pitch_edges, sample_periodic
     from fastspectro_dask.reduce import PadSpec
 
-    _check_scale("z_scale", z_scale)
-    layout = _check_layout(layout)
+    grid = replace(grid, style=replace(grid.style, y_scale="linear"))
     keys = [str(k) for k in instrument_order]
     if orbit_number is None:
         orbit_number = _orbit_of(orbit.get(k) for k in keys)
-    y0 = -90.0 if shift90 else 0.0
+    y0 = -90.0 if grid.style.pad_shift90 else 0.0
     y = y0 + (np.arange(round(360 / PAD_STEP_DEGREES)) + 0.5) * PAD_STEP_DEGREES
     window_text = None
     rows: list[_Row] = []
@@ -1023,24 +1022,11 @@ def FAST_plot_pad(
     energy = _pad_window_label(window_text if window_text else pad_energy)
     fig = _grid_figure(
         rows,
+        grid,
         title=f"FAST orbit {orbit_number if orbit_number is not None else '?'}  "
         f"pitch angle, {energy}",
         context=f"orbit {orbit_number} pad",
         orbit_number=orbit_number,
-        intervals=intervals,
-        y_scale="linear",
-        z_scale=z_scale,
-        overrides=overrides,
-        extrema=extrema,
-        colormap=colormap,
-        figsize=figsize,
-        dpi=dpi,
-        layout=layout,
-        zoom_duration_minutes=zoom_duration_minutes,
-        percentile=percentile,
-        squeeze_gaps_minutes=squeeze_gaps_minutes,
-        ephemeris=ephemeris,
-        engine=engine,
         y_ticks=np.arange(y0, y0 + 361.0, 90.0),
     )
     if isinstance(fig, Figure):
@@ -1060,3 +1046,42 @@ def _pad_window_label(window: Any) -> str:
         return "all energies"
     lo, hi = window
     return f"{lo:g}\N{EN DASH}{hi:g} eV"
+
+
+def plot_product(
+    product: str,
+    data: Mapping[str, Any],
+    style: RenderStyle,
+    *,
+    variable: str,
+    categories: Mapping[str, Sequence[tuple[float, float]]] | None,
+    instrument_order: Sequence[str],
+    extrema: Mapping[str, Mapping[str, Any]] | None,
+    orbit: int,
+    ephemeris: Any | None,
+) -> Figure | Any:
+    """One product of one orbit drawn in a run's style (the batch render task's call).
+
+    Parameters
+    ----------
+    product : str
+        ``instruments``, ``pad`` or ``pa-<instrument>``.
+    data : mapping
+        Instrument -> reduced Dataset (None: missing or invalid, a placeholder row).
+    style : RenderStyle
+        The run's scales, gap squeeze, pad shift, engine, dpi and figure size.
+    variable, categories, instrument_order, extrema, orbit, ephemeris
+        As for :func:`FAST_plot_instrument_grid` and :func:`FAST_plot_pitch_angle_grid`.
+
+    Returns
+    -------
+    matplotlib.figure.Figure or fastspectro_dask.draw.RasterFigure
+        For :func:`~fastspectro_dask.output.save_figure`.
+    """
+    grid = _Grid(style, extrema=extrema, ephemeris=ephemeris)
+    if product == "instruments":
+        return _instrument_grid(data, grid, variable, instrument_order, "all", orbit)
+    if product == "pad":
+        return _pad(data, grid, variable, instrument_order, orbit, None)
+    inst = product.removeprefix("pa-")
+    return _pitch_angle_grid(data[inst], grid, categories, variable, orbit, inst)

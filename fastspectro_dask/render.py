@@ -33,6 +33,7 @@ from matplotlib.collections import QuadMesh
 from matplotlib.colors import Colormap, Normalize
 from matplotlib.figure import Figure
 
+from fastspectro_dask.config import RenderStyle
 from fastspectro_dask.errors import PlottingError
 from fastspectro_dask.geometry import (  # noqa: F401 (re-exported for the engine and tests)
     _BELOW_LOG,
@@ -345,6 +346,38 @@ def _keep_slivers_visible(
         ax.add_collection(new, autolim=False)
         widened[mesh] = new
     return widened
+
+
+def _panel_kwargs(
+    row: Any,
+    settings: Mapping[str, Any],
+    style: RenderStyle,
+    percentile: tuple[float, float],
+    colormap: str | Colormap | None,
+    time_axis: TimeAxis | None,
+) -> dict[str, Any]:
+    """The panel keywords of one grid row, shared by :func:`make_spectrogram` (reference)
+    and :func:`~fastspectro_dask.geometry._panel_geometry` (fast engine).
+
+    ``row`` has ``times``, ``energies``, ``values`` and ``durations``; ``settings`` its
+    limits (``z_min``/``z_max`` are the colour limits, ``y_min``/``y_max`` the axis);
+    ``style`` (a :class:`~fastspectro_dask.config.RenderStyle`) gives the scales.
+    """
+    return {
+        "times": row.times,
+        "energies": row.energies,
+        "values": row.values,
+        "durations": row.durations,
+        "vmin": settings.get("z_min"),
+        "vmax": settings.get("z_max"),
+        "y_min": settings.get("y_min"),
+        "y_max": settings.get("y_max"),
+        "percentile": percentile,
+        "y_scale": style.y_scale,
+        "z_scale": style.z_scale,
+        "colormap": colormap,
+        "time_axis": time_axis,
+    }
 
 
 # --------------------------------------------------------------------------------------

@@ -155,8 +155,6 @@ def render_job(job: RenderJob) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     ephemeris = _load_ephemeris(job)
-    style = job.style
-    common = {"engine": style.engine, "dpi": style.dpi, "figsize": style.figsize}
     errors: dict[str, tuple[str, str]] = {}
     data: dict[str, Any] = {}
     for inst in job.instruments:
@@ -168,47 +166,17 @@ def render_job(job: RenderJob) -> dict[str, Any]:
             errors[inst] = ("invalid-cdf", str(exc))
             data[inst] = None
     try:
-        if job.product == "instruments":
-            fig = products.FAST_plot_instrument_grid(
-                data,
-                y_scale=style.y_scale,
-                z_scale=style.z_scale,
-                variable=job.variable,
-                instrument_order=job.instrument_order,
-                extrema=job.extrema,
-                orbit_number=job.orbit,
-                squeeze_gaps_minutes=style.squeeze_gaps_minutes,
-                ephemeris=ephemeris,
-                **common,
-            )
-        elif job.product == "pad":
-            fig = products.FAST_plot_pad(
-                data,
-                z_scale=style.z_scale,
-                variable=job.variable,
-                instrument_order=job.instrument_order,
-                extrema=job.extrema,
-                orbit_number=job.orbit,
-                shift90=style.pad_shift90,
-                squeeze_gaps_minutes=style.squeeze_gaps_minutes,
-                ephemeris=ephemeris,
-                **common,
-            )
-        else:
-            inst = job.product.removeprefix("pa-")
-            fig = products.FAST_plot_pitch_angle_grid(
-                data[inst],
-                categories=job.categories,
-                y_scale=style.y_scale,
-                z_scale=style.z_scale,
-                variable=job.variable,
-                extrema=job.extrema,
-                orbit_number=job.orbit,
-                instrument=inst,
-                squeeze_gaps_minutes=style.squeeze_gaps_minutes,
-                ephemeris=ephemeris,
-                **common,
-            )
+        fig = products.plot_product(
+            job.product,
+            data,
+            job.style,
+            variable=job.variable,
+            categories=job.categories,
+            instrument_order=job.instrument_order,
+            extrema=job.extrema,
+            orbit=job.orbit,
+            ephemeris=ephemeris,
+        )
         output.save_figure(fig, job.output)
     except (ZeroDivisionError, FloatingPointError, PlottingError, InvalidCDFError):
         raise

@@ -23,7 +23,7 @@ Four measurements, each printed as a plain-text table (medians over ``--rounds``
    start/close is also timed on its own.
 2. **Pipeline vs serial rendering without Dask.** The same RenderJobs (planned with the
    pipeline's own ``_plan`` from its extrema JSON, reading its zarr cache) are rendered
-   in this process by calling :func:`fastspectro_dask.pipeline.render_job` one after the
+   in this process by calling :func:`fastspectro_dask.render_task.render_job` one after the
    other (warm: imports and font cache loaded). Compared to the 1-worker pipeline's render
    phase (same work, one render process): overhead ratio and overhead per figure. The cold
    import of the render stack (paid once by every sandbox child) is timed in a subprocess.
@@ -440,7 +440,7 @@ def end_to_end(tmp: Path, args) -> dict[str, Any]:
 COLD = """
 import pickle, sys, time
 t0 = time.perf_counter()
-from fastspectro_dask.pipeline import render_job
+from fastspectro_dask.render_task import render_job
 t1 = time.perf_counter()
 with open(sys.argv[1], "rb") as f:
     job = pickle.load(f)
@@ -471,7 +471,7 @@ def cold_start(job, tmp: Path, rounds: int) -> tuple[float, float, float]:
 def serial_vs_pipeline(tmp: Path, e2e: dict[str, Any], args) -> None:
     import dataclasses
 
-    from fastspectro_dask.pipeline import render_job
+    from fastspectro_dask.render_task import render_job
 
     out1 = e2e["out1"]  # the first 1-worker output folder; its re-render's RenderJobs:
     jobs = [
@@ -540,19 +540,13 @@ def serial_vs_pipeline(tmp: Path, e2e: dict[str, Any], args) -> None:
 
 def fake_jobs(n: int, start: int = 10_000) -> dict[int, list]:
     """One no-op ``instruments`` RenderJob per orbit, shaped like the pipeline's."""
-    from fastspectro_dask.pipeline import RenderJob
+    from fastspectro_dask.config import RunConfig
     from fastspectro_dask.reduce import normalize_categories
+    from fastspectro_dask.render_task import RenderJob
 
     cats = normalize_categories(None)
     order = ("ees", "eeb", "ies", "ieb")
-    style = dict(  # the packaged defaults (fastspectro.yaml)
-        retrace=False,
-        squeeze_gaps_minutes=5.0,
-        pad_shift90=False,
-        engine="fast",
-        dpi=100.0,
-        figsize=None,
-    )
+    style = RunConfig.resolve().style  # a default run's (fastspectro.yaml)
     extrema = {
         i: {"y_min": 4.0, "y_max": 3.2e4, "z_min": 1.0, "z_max": 1e6} for i in order
     }  # shared, like the grid extrema of _plan
@@ -569,11 +563,10 @@ def fake_jobs(n: int, start: int = 10_000) -> dict[int, list]:
                 cache_path="/fake/reduced.zarr",
                 variable="data",
                 categories=cats,
-                y_scale="linear",
-                z_scale="log",
                 instrument_order=order,
                 extrema=extrema,
-                **style,
+                retrace=False,
+                style=style,
             )
         ]
     return jobs

@@ -35,6 +35,7 @@ from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 
 import fastspectro_dask.draw as draw
+import fastspectro_dask.products as products
 import fastspectro_dask.render as render
 from fastspectro_dask.cache import reduce_file
 from fastspectro_dask.ephemeris import read_ephemeris
@@ -106,11 +107,11 @@ def product(kind: str, engine: str, compress_level: int | None = None) -> Callab
     def run(orbit, eph, path: Path, y_scale: str, z_scale: str, ext) -> None:
         kw = dict(z_scale=z_scale, engine=engine, ephemeris=eph)
         if kind == "instruments":
-            fig = render.FAST_plot_instrument_grid(orbit, y_scale=y_scale, extrema=ext, **kw)
+            fig = products.FAST_plot_instrument_grid(orbit, y_scale=y_scale, extrema=ext, **kw)
         elif kind == "pa":
-            fig = render.FAST_plot_pitch_angle_grid(orbit["ees"], y_scale=y_scale, **kw)
+            fig = products.FAST_plot_pitch_angle_grid(orbit["ees"], y_scale=y_scale, **kw)
         else:
-            fig = render.FAST_plot_pad(orbit, extrema=ext, **kw)
+            fig = products.FAST_plot_pad(orbit, extrema=ext, **kw)
         saved = draw.PNG_COMPRESS_LEVEL
         if compress_level is not None:
             draw.PNG_COMPRESS_LEVEL = compress_level

@@ -48,9 +48,12 @@ SECTION = "fastspectro"
 #: instrument, and the pitch-angle spectrogram (``pad``).
 PRODUCTS = ("instruments", "pitch-angle", "pad")
 SCALES = ("linear", "log")
-#: As :data:`fastspectro_dask.render.ENGINES` and ``FORMATS`` (a test keeps them equal);
-#: repeated here so that resolving a configuration does not import matplotlib.
+#: Drawing engines: ``fast`` (:mod:`fastspectro_dask.draw`: cached layouts, raster panels)
+#: and ``reference`` (a fresh matplotlib figure, pcolormesh). The one definition (as
+#: ``FORMATS``): the products and the writer import them from here, so that resolving a
+#: configuration does not import matplotlib.
 ENGINES = ("fast", "reference")
+#: File formats of the figures (:func:`fastspectro_dask.output.save_figure`).
 FORMATS = ("png", "pdf", "svg")
 
 

@@ -20,7 +20,7 @@ static), draws it, and keeps the drawn pixels. Per figure it then:
 
 Vector formats (``pdf``, ``svg``) get a fresh figure of the same layout whose panels are the
 same rasters as images (text stays text). The reference drawing
-(:func:`fastspectro_dask.render.FAST_plot_instrument_grid` & co. with ``engine="reference"``,
+(:func:`fastspectro_dask.products.FAST_plot_instrument_grid` & co. with ``engine="reference"``,
 pcolormesh on a fresh figure) stays for fidelity tests.
 """
 
@@ -36,12 +36,30 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from fastspectro_dask.atomic import atomic_write
+from fastspectro_dask.config import RenderStyle
 from fastspectro_dask.errors import PlottingError
+from fastspectro_dask.geometry import (
+    DEFAULT_GAP_FACTOR,
+    _format_span,
+    _is_datetime,
+    _panel_geometry,
+)
+from fastspectro_dask.output import _provenance_text, _software
+from fastspectro_dask.render import (
+    DEFAULT_Y_LABEL,
+    _grid_axes,
+    _grid_geometry,
+    _new_figure,
+    _panel_kwargs,
+    _placeholder,
+)
+from fastspectro_dask.timeaxis import TimeAxis
 
 __all__ = ["PNG_COMPRESS_LEVEL", "RasterFigure", "clear_layouts", "layout_cache_info"]
 
@@ -164,16 +182,14 @@ class _Layout:
         bottom: float,
         label_rows: tuple[str, ...],
     ) -> None:
-        from fastspectro_dask import render
-
         self.specs = specs
-        fig = render._new_figure(figsize, dpi, None)
-        mains, _zooms, caxes = render._grid_axes(fig, len(specs), 0, None, bottom)
+        fig = _new_figure(figsize, dpi, None)
+        mains, _zooms, caxes = _grid_axes(fig, len(specs), 0, None, bottom)
         for spec, ax, cax in zip(specs, mains, caxes, strict=True):
             ax.set_label(spec.key)
             ax.set_title(spec.title, loc="left", fontsize="medium", y=1.0)
             if spec.kind == "placeholder":
-                render._placeholder(ax, spec.key, cax)
+                _placeholder(ax, spec.key, cax)
                 continue
             ax.set_yscale(spec.y_scale)
             if spec.y_label:
@@ -191,7 +207,7 @@ class _Layout:
             ax.tick_params(labelbottom=False)
         for ax in mains:
             ax.set_xticks([])  # the time ticks change per figure: not in the background
-        render._label_row_names(mains[-1], list(label_rows))
+        _label_row_names(mains[-1], list(label_rows))
         self.title = fig.suptitle("", fontsize="large")
         # spines go over the panels: drawn per figure after the rasters, not in the background
         self.spines = [sp for ax in mains for sp in ax.spines.values() if sp.get_visible()]
@@ -326,29 +342,27 @@ def panel_rgba(panel: Any, xs: np.ndarray, ys: np.ndarray, min_w: float) -> np.n
 
 def render_grid(
     rows: Sequence[Any],
+    time_axis: TimeAxis,
     *,
-    title: str,
-    y_scale: str,
-    z_scale: str,
+    style: RenderStyle,
     settings: Mapping[str, Mapping[str, Any]],
-    colormap: Any,
-    figsize: tuple[float, float],
-    dpi: float,
-    percentile: tuple[float, float],
+    title: str,
     context: str,
-    squeeze_seconds: float | None,
+    colormap: Any,
+    percentile: tuple[float, float],
     ephemeris: Any | None,
+    bottom: float,
     y_ticks: Sequence[float] | None = None,
 ) -> RasterFigure:
-    """Draw a grid of rows (``render._Row``) with a cached layout; see the module doc."""
-    from fastspectro_dask import render
+    """Draw a grid of rows (``products._Row``) on ``time_axis`` with a cached layout.
 
-    time_axis = render._grid_time_axis(list(rows), squeeze_seconds or 0.0)
-    if time_axis is None:
-        raise ValueError("nothing to draw on a time axis")
-    bottom = render._MARGIN_BOTTOM + (render._EPHEMERIS_HEIGHT if ephemeris is not None else 0.0)
-    main_w, _ = render._grid_geometry(figsize, len(rows), 0, bottom)
-    pos, labels, names = render._time_ticks(time_axis, main_w, ephemeris, context)
+    ``style`` is the figure's :class:`~fastspectro_dask.config.RenderStyle` (scales, dpi,
+    and the figure size, resolved); ``bottom`` the bottom margin (inches). See the module
+    doc.
+    """
+    y_scale, figsize, dpi = style.y_scale, style.figsize, style.dpi
+    main_w, _ = _grid_geometry(figsize, len(rows), 0, bottom)
+    pos, labels, names = _time_ticks(time_axis, main_w, ephemeris, context)
 
     specs, panels = [], []
     for row in rows:
@@ -357,24 +371,12 @@ def render_grid(
             panels.append(None)
             continue
         s = settings[row.key]
-        panel = render._panel_geometry(
-            row.times,
-            row.energies,
-            row.values,
-            vmin=s.get("z_min"),
-            vmax=s.get("z_max"),
-            percentile=percentile,
-            y_scale=y_scale,
-            z_scale=z_scale,
-            y_min=s.get("y_min"),
-            y_max=s.get("y_max"),
-            colormap=colormap,
+        panel = _panel_geometry(
+            **_panel_kwargs(row, s, style, percentile, colormap, time_axis),
             norm=None,
-            gap_factor=render.DEFAULT_GAP_FACTOR,
-            durations=row.durations,
-            time_axis=time_axis,
+            gap_factor=DEFAULT_GAP_FACTOR,
         )
-        y_label = s.get("y_label", render.DEFAULT_Y_LABEL)
+        y_label = s.get("y_label", DEFAULT_Y_LABEL)
         if panel.norm is None:
             specs.append(_RowSpec(row.key, row.title, "nodata", y_scale, y_label=y_label))
             panels.append(None)
@@ -417,7 +419,7 @@ def render_grid(
         sp.axes.draw_artist(sp)
     for ax in layout.mains:
         for a, b in time_axis.breaks:
-            patch = ax.axvspan(a, b, **render._BREAK_STYLE)
+            patch = ax.axvspan(a, b, **_BREAK_STYLE)
             ax.draw_artist(patch)
             patches.append(patch)
         ax.set_xticks(pos)
@@ -427,7 +429,7 @@ def render_grid(
     t_known = [r.times[~np.isnat(r.times)] for r in rows if not r.empty]
     t_known = [t for t in t_known if t.size]
     span = (
-        render._format_span(min(t.min() for t in t_known), max(t.max() for t in t_known))
+        _format_span(min(t.min() for t in t_known), max(t.max() for t in t_known))
         if t_known
         else "(no data)"
     )
@@ -456,8 +458,8 @@ def render_grid(
         if spec.kind == "data"
     }
     metadata = {
-        "Software": render._software(),
-        **render._provenance_text(list(rows), limits, time_axis.drawn_ranges(), names),
+        "Software": _software(),
+        **_provenance_text(list(rows), limits, time_axis.drawn_ranges(), names),
     }
 
     def vector() -> Figure:
@@ -470,8 +472,6 @@ def render_grid(
 
 def _vector_figure(specs, rasters, figsize, dpi, bottom, names, time_axis, pos, labels, title):
     """A fresh figure of the layout with the raster panels as images (PDF/SVG)."""
-    from fastspectro_dask import render
-
     layout = _Layout(tuple(specs), tuple(figsize), float(dpi), bottom, tuple(names))
     x_lo, x_hi = time_axis.extent
     for ax, rgba in zip(layout.mains, rasters, strict=True):
@@ -479,7 +479,7 @@ def _vector_figure(specs, rasters, figsize, dpi, bottom, names, time_axis, pos, 
         if rgba is not None:
             _panel_image(ax, rgba)
         for a, b in time_axis.breaks:
-            ax.axvspan(a, b, **render._BREAK_STYLE)
+            ax.axvspan(a, b, **_BREAK_STYLE)
         ax.set_xticks(pos)
     layout.mains[-1].set_xticklabels(labels, fontsize="small")
     layout.title.set_text(title)
@@ -499,3 +499,105 @@ def _panel_image(ax: Any, rgba: np.ndarray) -> None:
     )
     ax.set_xlim(xlim)
     ax.set_ylim(ylim)
+
+
+# --------------------------------------------------------------------------------------
+# The gap-squeezed UT axis (shared with the reference grid of fastspectro_dask.products)
+# --------------------------------------------------------------------------------------
+
+
+def _unix_seconds(t: np.ndarray) -> np.ndarray:
+    return np.asarray(t).astype("datetime64[ns]").astype(np.int64) / 1e9
+
+
+def _grid_time_axis(rows: Sequence[Any], squeeze_seconds: float | None) -> TimeAxis | None:
+    """The figure's shared UT axis, squeezed around gaps (None: a plain date axis).
+
+    Built from the extent of every record that holds a finite value, in every row, so
+    all rows share its segments.
+    """
+    if squeeze_seconds is None:
+        return None
+    intervals = []
+    for row in rows:
+        if row.times is None or row.values is None or not _is_datetime(row.times):
+            continue
+        measured = np.isfinite(row.values).any(axis=1) & ~np.isnat(row.times)
+        if not measured.any():
+            continue
+        t = _unix_seconds(row.times[measured])
+        d = np.full(t.size, np.nan) if row.durations is None else row.durations[measured]
+        steps = np.diff(np.sort(t))
+        steps = steps[steps > 0]
+        cadence = float(np.median(steps)) if steps.size else 1.0
+        half = np.where(np.isfinite(d) & (d > 0), d / 2.0, cadence / 2.0)
+        intervals.append(np.column_stack([t - half, t + half]))
+    if not intervals:
+        return None
+    return TimeAxis.from_intervals(np.concatenate(intervals), squeeze_seconds)
+
+
+def _time_ticks(
+    time_axis: TimeAxis, width_in: float, ephemeris: Any | None, context: str
+) -> tuple[np.ndarray, list[str], list[str]]:
+    """Tick positions (axis units), their labels (UT, then ephemeris rows) and row names."""
+    ticks = time_axis.ticks(width_in)
+    pos = time_axis.to_axis(ticks)
+    labels = time_axis.tick_labels(ticks)
+    names = ["UT"]
+    if ephemeris is not None:
+        try:
+            rows = ephemeris_label_rows(ephemeris, ticks)
+        except Exception as exc:  # a bad orbit file never fails a figure
+            logger.warning("%s: ephemeris not drawn: %s", context, exc)
+            rows = {}
+        for name, texts in rows.items():
+            names.append(name)
+            labels = [f"{a}\n{b}" for a, b in zip(labels, texts, strict=True)]
+    return pos, labels, names
+
+
+_BREAK_STYLE = dict(facecolor="0.82", edgecolor="0.45", hatch="////", lw=0.4, zorder=3)
+
+
+def _label_row_names(ax: Axes, names: list[str]) -> None:
+    """The names of the label rows (``UT``, ``ALT (km)``, ...) left of the tick labels."""
+    from fastspectro_dask.ephemeris import ROW_TITLES
+
+    ax.annotate(
+        "\n".join(ROW_TITLES.get(n, n) for n in names),
+        xy=(0, 0),
+        xycoords="axes fraction",
+        xytext=(-6, -(ax.xaxis.get_tick_padding() + 3.5)),
+        textcoords="offset points",
+        ha="right",
+        va="top",
+        fontsize="small",
+    )
+
+
+def _squeezed_ticks(
+    mains: list[Axes], time_axis: TimeAxis, ephemeris: Any | None, context: str
+) -> list[str]:
+    """UT ticks on every segment, marked breaks, and ephemeris label rows under the axis.
+
+    Returns the names of the label rows drawn (``UT`` and, with an orbit file, ``ALT``,
+    ``ILAT``, ``MLT``).
+    """
+    ax0 = mains[-1]
+    width_in = ax0.get_position().width * ax0.get_figure().get_figwidth()
+    pos, labels, names = _time_ticks(time_axis, width_in, ephemeris, context)
+    for ax in mains:
+        ax.set_xticks(pos)
+        for a, b in time_axis.breaks:
+            ax.axvspan(a, b, **_BREAK_STYLE)
+    ax0.set_xticklabels(labels, fontsize="small")
+    _label_row_names(ax0, names)
+    return names
+
+
+def ephemeris_label_rows(ephemeris: Any, ticks: np.ndarray) -> dict[str, list[str]]:
+    """ALT/ILAT/MLT label text at each tick time (unix seconds), blank where unknown."""
+    from fastspectro_dask.ephemeris import format_rows
+
+    return format_rows(ephemeris.at(np.asarray(ticks, dtype=np.float64)))

@@ -396,7 +396,7 @@ def _render_blobs(blobs: tuple[bytes, bytes]) -> dict[str, Any]:
 
 def _run_item(fn_blob: bytes, item_blob: bytes, timeout: float | None, tag: str) -> dict[str, Any]:
     """The Dask task: one item in this worker's sandbox child, stopped after ``timeout``."""
-    from fastspectro_dask.pipeline import _render_logged
+    from fastspectro_dask.render_task import _render_logged
     from fastspectro_dask.sandbox import run_with_timeout
 
     blobs = (fn_blob, item_blob)
@@ -413,7 +413,7 @@ class _Planned:
 
 
 def _log_failure(planned: _Planned, reason: str, exc: BaseException) -> None:
-    from fastspectro_dask.pipeline import _log_notes
+    from fastspectro_dask.render_task import _log_notes
 
     for level, line in _log_notes(exc):
         logger.log(level, "worker: %s", line)

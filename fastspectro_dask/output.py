@@ -13,13 +13,14 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
 
 from fastspectro_dask.atomic import atomic_open
+from fastspectro_dask.config import FORMATS  # the formats of save_figure, by suffix
 from fastspectro_dask.errors import PlottingError
 from fastspectro_dask.geometry import _check_scale, _to_datetime64
 
@@ -29,10 +30,6 @@ logger = logging.getLogger(__name__)
 #: zlib level of the PNG writer: 3 encodes as fast as 1 and ~2x faster than PIL's 6
 #: (files ~15 % larger); see benchmarks/bench_render.py.
 DEFAULT_COMPRESS_LEVEL = 3
-
-
-#: File formats of :func:`save_figure` (by the path's suffix).
-FORMATS = ("png", "pdf", "svg")
 
 
 def figure_path(
@@ -183,3 +180,20 @@ def save_figure(
         fig.clear()
     logger.debug("wrote %s", path)
     return path
+
+
+def _provenance_text(
+    rows: Sequence[Any], limits: Mapping[str, Any], ranges: list, label_rows: list[str]
+) -> dict[str, str]:
+    """The provenance text chunks of a grid figure (see :func:`save_figure`): the source
+    files of its ``rows`` (their ``sources``), the drawn limits per row, the time ranges
+    drawn and the names of the time-axis label rows."""
+    import json
+
+    sources = sorted({s for row in rows for s in row.sources})
+    return {
+        "Source": ",".join(sources),
+        "fastspectro:time-ranges": json.dumps(ranges),
+        "fastspectro:limits": json.dumps(limits, sort_keys=True),
+        "fastspectro:ephemeris": ",".join(label_rows),
+    }

@@ -25,6 +25,7 @@ figures they wrote before that are counted (the summary counts what is on disk).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -39,15 +40,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fastspectro_dask.cache import ReducedCache, reduce_file
 from fastspectro_dask.cluster import client_context
 from fastspectro_dask.config import PRODUCTS, RunConfig
 from fastspectro_dask.discovery import discover
 from fastspectro_dask.errors import (
     InvalidCDFError,
     NoWorkersError,
-    PlottingError,
-    RenderTimeoutError,
     error_reason,
 )
 from fastspectro_dask.extrema import compute_global_extrema, extrema_for_rows
@@ -56,8 +54,9 @@ from fastspectro_dask.logbuffer import (
     forward_worker_logs,
     unforward_worker_logs,
 )
-from fastspectro_dask.reduce import PadSpec
-from fastspectro_dask.sandbox import run_with_timeout, stop_calls
+from fastspectro_dask.render_task import RenderJob, render_job, run_job
+from fastspectro_dask.render_task import log_notes as _log_notes
+from fastspectro_dask.sandbox import stop_calls
 from fastspectro_dask.state import (
     ProgressStore,
     StateLock,
@@ -71,193 +70,8 @@ logger = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------------
-# Work units
+# The render task (the work itself is in fastspectro_dask.render_task)
 # --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RenderJob:
-    """One figure: an orbit and a product, with everything the worker needs."""
-
-    orbit: int
-    product: str  # "instruments" or "pa-<inst>"
-    files: dict[str, str]  # instrument -> CDF path (the instruments this figure shows)
-    entries: dict[str, str | None]  # instrument -> zarr cache entry (None: not cached)
-    output: str
-    cache_path: str
-    variable: str
-    categories: dict[str, tuple[tuple[float, float], ...]]
-    y_scale: str
-    z_scale: str
-    instrument_order: tuple[str, ...]
-    extrema: dict[str, dict[str, float]]
-    # the run's settings (fastspectro_dask.config: defaults in fastspectro.yaml only)
-    retrace: bool  # keep channel 0 (the sweep's retrace step) in the reduction
-    squeeze_gaps_minutes: float
-    pad_shift90: bool  # draw the pad product over -90..270 deg
-    engine: str  # render engine: "fast" (cached layouts, rasters) or "reference"
-    dpi: float
-    figsize: tuple[float, float] | None  # inches; None: the product's default
-    orb_file: str | None = None  # the orbit's fa_k0_orb ephemeris file, if any
-    pad: PadSpec | None = None  # the pad reduction (cached with the rest), if made
-
-    @property
-    def instruments(self) -> list[str]:
-        return list(self.files)
-
-
-def _load_reduced(job: RenderJob, inst: str):
-    """The reduced spectrogram of one instrument: from the zarr cache, else decoded."""
-    entry = job.entries.get(inst)
-    if entry:
-        try:
-            return ReducedCache(job.cache_path).read(entry)
-        except KeyError:
-            pass
-    return reduce_file(job.files[inst], job.variable, job.categories, job.retrace, job.pad)
-
-
-class _Capture(logging.Handler):
-    """Keeps the package's INFO+ records of one render so the client can log them."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.lines: list[tuple[int, str]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append((record.levelno, f"{record.name}: {record.getMessage()}"))
-
-
-#: Prefix of the exception notes that carry a failed render's log records to the client.
-_LOG_NOTE = "worker log "
-
-
-def _render_logged(
-    render_fn: Callable[[RenderJob], dict[str, Any]], job: RenderJob
-) -> dict[str, Any]:
-    """Runs in the sandbox child: ``render_fn(job)`` with the package's log records (INFO
-    and above) captured. They travel back in the result's ``log``, or, when the render
-    fails, as notes on the exception (``add_note``), so records logged before a failure
-    reach the client's log too."""
-    capture = _Capture()
-    pkg_logger = logging.getLogger("fastspectro_dask")
-    level = pkg_logger.level
-    if not pkg_logger.isEnabledFor(logging.INFO):
-        pkg_logger.setLevel(logging.INFO)
-    pkg_logger.addHandler(capture)
-    try:
-        result = render_fn(job)
-    except BaseException as exc:
-        for levelno, line in capture.lines:
-            exc.add_note(f"{_LOG_NOTE}{logging.getLevelName(levelno)}: {line}")
-        raise
-    finally:
-        pkg_logger.removeHandler(capture)
-        pkg_logger.setLevel(level)
-    return {**result, "log": [*result.get("log", []), *capture.lines]}
-
-
-def _log_notes(exc: BaseException) -> list[tuple[int, str]]:
-    """The log records a failed render carried back as exception notes."""
-    out = []
-    for note in getattr(exc, "__notes__", ()):
-        if isinstance(note, str) and note.startswith(_LOG_NOTE):
-            name, _, line = note.removeprefix(_LOG_NOTE).partition(": ")
-            level = logging.getLevelName(name)
-            out.append((level if isinstance(level, int) else logging.WARNING, line))
-    return out
-
-
-def _load_ephemeris(job: RenderJob):
-    """The orbit's ephemeris, or None (no orbit file; a bad one is a warning, UT only)."""
-    if not job.orb_file:
-        return None
-    from fastspectro_dask.ephemeris import EphemerisError, read_ephemeris
-
-    try:
-        return read_ephemeris(job.orb_file)
-    except EphemerisError as exc:
-        logger.warning("orbit %s: %s; the figure gets UT only", job.orbit, exc)
-        return None
-
-
-def render_job(job: RenderJob) -> dict[str, Any]:
-    """Draw and save one figure (runs in the sandbox child). Returns a small report.
-
-    In the instrument grid, an instrument whose file is invalid becomes a placeholder row
-    and is reported in ``errors``; for a pitch-angle grid the InvalidCDFError is raised.
-    Errors while drawing or saving are raised as PlottingError (divide-by-zero errors
-    unchanged).
-    """
-    from fastspectro_dask import render
-
-    t0 = time.perf_counter()
-    ephemeris = _load_ephemeris(job)
-    style = {"engine": job.engine, "dpi": job.dpi, "figsize": job.figsize}
-    errors: dict[str, tuple[str, str]] = {}
-    data: dict[str, Any] = {}
-    for inst in job.instruments:
-        try:
-            data[inst] = _load_reduced(job, inst)
-        except InvalidCDFError as exc:
-            if job.product not in ("instruments", "pad"):  # one-row-per-instrument products
-                raise
-            errors[inst] = ("invalid-cdf", str(exc))
-            data[inst] = None
-    try:
-        if job.product == "instruments":
-            fig = render.FAST_plot_instrument_grid(
-                data,
-                y_scale=job.y_scale,
-                z_scale=job.z_scale,
-                variable=job.variable,
-                instrument_order=job.instrument_order,
-                extrema=job.extrema,
-                orbit_number=job.orbit,
-                squeeze_gaps_minutes=job.squeeze_gaps_minutes,
-                ephemeris=ephemeris,
-                **style,
-            )
-        elif job.product == "pad":
-            fig = render.FAST_plot_pad(
-                data,
-                z_scale=job.z_scale,
-                variable=job.variable,
-                instrument_order=job.instrument_order,
-                extrema=job.extrema,
-                orbit_number=job.orbit,
-                shift90=job.pad_shift90,
-                squeeze_gaps_minutes=job.squeeze_gaps_minutes,
-                ephemeris=ephemeris,
-                **style,
-            )
-        else:
-            inst = job.product.removeprefix("pa-")
-            fig = render.FAST_plot_pitch_angle_grid(
-                data[inst],
-                categories=job.categories,
-                y_scale=job.y_scale,
-                z_scale=job.z_scale,
-                variable=job.variable,
-                extrema=job.extrema,
-                orbit_number=job.orbit,
-                instrument=inst,
-                squeeze_gaps_minutes=job.squeeze_gaps_minutes,
-                ephemeris=ephemeris,
-                **style,
-            )
-        render.save_figure(fig, job.output)
-    except (ZeroDivisionError, FloatingPointError, PlottingError, InvalidCDFError):
-        raise
-    except Exception as exc:
-        raise PlottingError(
-            f"orbit {job.orbit} {job.product}: {type(exc).__name__}: {exc}"
-        ) from exc
-    return {
-        "path": job.output,
-        "errors": errors,
-        "seconds": time.perf_counter() - t0,
-    }
 
 
 def _run_job(
@@ -268,27 +82,25 @@ def _run_job(
     tag: str | None = None,
     orbit_group: str | None = None,
 ) -> dict[str, Any]:
-    """The Dask task: render in this worker's sandbox with the tighter of both timeouts.
+    """The Dask task: :func:`~fastspectro_dask.render_task.run_job` with the orbit clock.
 
     Timeouts count from the task's start on a worker, never from its submission: the
-    instrument timeout from the moment the sandbox child is ready for the figure (a fresh
-    child's start-up is not the figure's time), the orbit timeout from the start on a
-    worker of the orbit's first task (``orbit_group``, on the scheduler's
-    :class:`~fastspectro_dask.schedule.OrbitClock`; ``None``: this task's own start).
-    ``tag`` (the task key) lets the client stop the render when it cancels the task
-    (:func:`~fastspectro_dask.sandbox.stop_calls`).
+    instrument timeout from the moment the sandbox child is ready for the figure, the
+    orbit timeout from the start on a worker of the orbit's first task (``orbit_group``,
+    on the scheduler's :class:`~fastspectro_dask.schedule.OrbitClock`; ``None``: this
+    task's own start). ``tag`` (the task key) lets the client stop the render when it
+    cancels the task (:func:`~fastspectro_dask.sandbox.stop_calls`).
     """
-    timeout = instrument_timeout
-    if orbit_timeout is not None:
-        from fastspectro_dask.schedule import group_elapsed
+    from fastspectro_dask.schedule import group_elapsed
 
-        left = orbit_timeout - group_elapsed(orbit_group)
-        if left <= 0:
-            raise RenderTimeoutError(
-                f"orbit {job.orbit}: orbit timeout reached before {job.product} started"
-            )
-        timeout = left if timeout is None else min(timeout, left)
-    return run_with_timeout(_render_logged, render_fn, job, timeout=timeout, tag=tag)
+    return run_job(
+        job,
+        instrument_timeout,
+        orbit_timeout,
+        render_fn,
+        tag,
+        orbit_elapsed=functools.partial(group_elapsed, orbit_group),
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -497,7 +309,7 @@ def FAST_plot_spectrograms_directory(
         Show a tqdm progress bar [only when stderr is a terminal].
     render_fn : callable, optional
         Module-level function ``(RenderJob) -> report`` that draws one figure (default
-        :func:`render_job`); for custom products and for tests.
+        :func:`fastspectro_dask.render_task.render_job`); for custom products and for tests.
     pad_energy : (lo, hi), optional
         Energy window in eV of the ``pad`` product [all valid channels, the retrace
         channel dropped unless ``retrace``]; as ``fa_esa_l2_pad``'s ``energy=``.
@@ -716,7 +528,7 @@ def _alias(value, alias, name: str, alias_name: str):
     return value
 
 
-#: A figure's temporary as :func:`fastspectro_dask.render.save_figure` names it:
+#: A figure's temporary as :func:`fastspectro_dask.output.save_figure` names it:
 #: ``.<orbit>_<product>_y-<y>_z-<z>.png.<pid>.<12 hex>.tmp``.
 _FIGURE_TMP = re.compile(r"\.\d+_[A-Za-z0-9-]+_y-[a-z]+_z-[a-z]+\.png\.\d+\.[0-9a-f]{12}\.tmp")
 #: Folder names of the figure layout ``{YYYY}/{MM}/{orbit}/``.
@@ -726,7 +538,7 @@ _FIGURE_DIR = re.compile(r"\d+")
 def _remove_stale_figure_temporaries(out: Path) -> int:
     """Remove figure temporaries that a killed run left in ``out/{YYYY}/{MM}/{orbit}/``.
 
-    Only files named exactly like :func:`~fastspectro_dask.render.save_figure`'s
+    Only files named exactly like :func:`~fastspectro_dask.output.save_figure`'s
     temporaries, only in the figure folders of the layout (number-named, three deep).
     """
     removed = 0
@@ -832,7 +644,7 @@ def _iter_jobs(
     An instrument whose file is known to be invalid gets no pitch-angle figure; it is a
     placeholder row in the instrument grid and is recorded as ``invalid-cdf``.
     """
-    from fastspectro_dask.render import figure_path
+    from fastspectro_dask.output import figure_path
 
     cfg, style, reduction = opts.config, opts.config.style, opts.config.reduction
     y_scale, z_scale = style.y_scale, style.z_scale
@@ -873,18 +685,12 @@ def _iter_jobs(
                     cache_path=str(opts.cache_dir),
                     variable=reduction.variable,
                     categories=dict(reduction.categories),
-                    y_scale=y_scale,
-                    z_scale=z_scale,
                     instrument_order=cfg.instrument_order,
                     extrema=ext,
                     retrace=reduction.retrace,
+                    style=style,
                     orb_file=orb_file,
-                    squeeze_gaps_minutes=style.squeeze_gaps_minutes,
                     pad=pad,
-                    pad_shift90=style.pad_shift90,
-                    engine=style.engine,
-                    dpi=style.dpi,
-                    figsize=style.figsize,
                 )
             )
         yield orbit, orbit_jobs, known
@@ -900,8 +706,8 @@ def _append_manifest(path: Path | Any, job: RenderJob, result: Mapping[str, Any]
             "figure": os.path.relpath(job.output, path.parent),
             "orbit": job.orbit,
             "product": job.product,
-            "y_scale": job.y_scale,
-            "z_scale": job.z_scale,
+            "y_scale": job.style.y_scale,
+            "z_scale": job.style.z_scale,
             "variable": job.variable,
             "retrace": job.retrace,
             "pad_energy": None if job.pad is None else job.pad.energy,

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
+from pathlib import Path
 
-from fastspectro_dask.pipeline import RenderJob, render_job
+from fastspectro_dask.config import RunConfig
+from fastspectro_dask.render_task import RenderJob, render_job
 
 #: The orbit these hooks misbehave on (the second orbit of the test mission).
 VICTIM = 13617
@@ -38,6 +41,40 @@ def divide_on_victim(job: RenderJob) -> dict:
     return render_job(job)
 
 
+#: The drawing settings of a default run (fastspectro.yaml), for jobs built by tests.
+STYLE = RunConfig.resolve().style
+
+
+def fake_job(orbit: int, output: Path, cache_path: Path) -> RenderJob:
+    """An ``instruments`` job of one ``ees`` file that does not exist: for render hooks
+    that never read it (:func:`noop`, :func:`block_from_victim_on`)."""
+    return RenderJob(
+        orbit=orbit,
+        product="instruments",
+        files={"ees": f"/nowhere/{orbit}.cdf"},
+        entries={"ees": None},
+        output=str(output),
+        cache_path=str(cache_path),
+        variable="data",
+        categories={},
+        instrument_order=("ees",),
+        extrema={},
+        retrace=False,
+        style=STYLE,
+    )
+
+
+#: Modules a sandbox child that renders must never load (the scheduling stack).
+SCHEDULING_MODULES = ("distributed", "fastspectro_dask.pipeline", "fastspectro_dask.schedule")
+
+
+def render_and_list_modules(job: RenderJob) -> dict:
+    """Renders the figure, then reports which :data:`SCHEDULING_MODULES` this process has
+    loaded (in ``loaded``)."""
+    result = render_job(job)
+    return {**result, "loaded": [m for m in SCHEDULING_MODULES if m in sys.modules]}
+
+
 def noop(job: RenderJob) -> dict:
     return {"path": job.output, "errors": {}, "seconds": 0.0, "log": []}
 
@@ -45,8 +82,6 @@ def noop(job: RenderJob) -> dict:
 def sigint_on_victim(job: RenderJob) -> dict:
     """Sends SIGINT to the process named in ``<output>/sigint.pid`` when the victim's
     instrument grid renders (a deterministic Ctrl-C in the middle of a run)."""
-    from pathlib import Path
-
     pid_file = Path(job.output).parents[3] / "sigint.pid"
     if job.orbit == VICTIM and job.product == "instruments" and pid_file.exists():
         os.kill(int(pid_file.read_text()), signal.SIGINT)
@@ -70,9 +105,7 @@ def chatty(job: RenderJob) -> dict:
     return render_job(job)
 
 
-def _out_root(job: RenderJob):
-    from pathlib import Path
-
+def _out_root(job: RenderJob) -> Path:
     return Path(job.output).parents[3]  # {out}/{YYYY}/{MM}/{orbit}/{file}.png
 
 

@@ -78,7 +78,7 @@ def test_prune_and_pickle(tmp_path, reduced):
 
 
 def test_reduce_file_keeps_time_delta_and_renders_from_cache(tmp_path, ees_file, reduced):
-    from fastspectro_dask.render import FAST_plot_instrument_grid
+    from fastspectro_dask.products import FAST_plot_instrument_grid
 
     red = reduce_file(ees_file, "data", DEFAULT_CATEGORIES)
     want = open_esa(ees_file)["time_delta"].values

@@ -11,14 +11,13 @@ from PIL import Image
 from fastspectro_dask import draw
 from fastspectro_dask.cache import reduce_file
 from fastspectro_dask.ephemeris import read_ephemeris
-from fastspectro_dask.reduce import DEFAULT_CATEGORIES, PadSpec
-from fastspectro_dask.render import (
+from fastspectro_dask.output import read_figure_metadata, save_figure
+from fastspectro_dask.products import (
     FAST_plot_instrument_grid,
     FAST_plot_pad,
     FAST_plot_pitch_angle_grid,
-    read_figure_metadata,
-    save_figure,
 )
+from fastspectro_dask.reduce import DEFAULT_CATEGORIES, PadSpec
 
 #: Fidelity: the share of pixels whose RGB channels all lie within TOLERANCE (0-255) of
 #: the reference drawing's must reach MIN_SHARE.

@@ -437,30 +437,11 @@ def test_a_signal_between_batches_with_nothing_in_flight_still_counts_as_interru
 ):
     """The race CI hit once: SIGTERM landed after a result was handled and before the next
     submission, so nothing was in flight and the loop ended as if finished."""
-    from fastspectro_dask.pipeline import RenderJob, RunSummary, _loop, _Signals
+    from fastspectro_dask.pipeline import RunSummary, _loop, _Signals
     from fastspectro_dask.state import ProgressStore
 
-    def job(orbit: int) -> RenderJob:
-        return RenderJob(
-            orbit=orbit,
-            product="instruments",
-            files={"ees": f"/nowhere/{orbit}.cdf"},
-            entries={"ees": None},
-            output=str(tmp_path / f"{orbit}.png"),
-            cache_path=str(tmp_path / "c.zarr"),
-            variable="data",
-            categories={},
-            y_scale="linear",
-            z_scale="log",
-            instrument_order=("ees",),
-            extrema={},
-            retrace=False,
-            squeeze_gaps_minutes=5.0,
-            pad_shift90=False,
-            engine="fast",
-            dpi=100.0,
-            figsize=None,
-        )
+    def job(orbit: int):
+        return _hooks.fake_job(orbit, tmp_path / f"{orbit}.png", tmp_path / "c.zarr")
 
     signals = _Signals(False)
     with ProgressStore(tmp_path / "progress.json", "linear", "log") as store:

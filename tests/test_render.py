@@ -13,13 +13,15 @@ from matplotlib.figure import Figure
 
 from fastspectro_dask.errors import PlottingError
 from fastspectro_dask.io import open_esa
-from fastspectro_dask.reduce import DEFAULT_CATEGORIES, reduce_dataset
-from fastspectro_dask.render import (
+from fastspectro_dask.products import (
     FAST_plot_instrument_grid,
     FAST_plot_pitch_angle_grid,
+    read_marked_intervals,
+)
+from fastspectro_dask.reduce import DEFAULT_CATEGORIES, reduce_dataset
+from fastspectro_dask.render import (
     figure_path,
     make_spectrogram,
-    read_marked_intervals,
     save_figure,
 )
 
@@ -538,12 +540,12 @@ def test_figure_path():
 def test_errors_while_drawing_become_plotting_errors(orbit_reduced, monkeypatch):
     # A grid names its orbit (the generic batch's errors: tests/test_generic.py).
     orbit, red = orbit_reduced
-    import fastspectro_dask.render as render
+    import fastspectro_dask.products as products
 
     def broken(*args, **kwargs):
         raise KeyError("bad axis")
 
-    monkeypatch.setattr(render, "make_spectrogram", broken)
+    monkeypatch.setattr(products, "make_spectrogram", broken)
     with pytest.raises(PlottingError, match=f"orbit {orbit}") as info:
         FAST_plot_instrument_grid(red)
     assert isinstance(info.value.__cause__, KeyError)

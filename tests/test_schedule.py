@@ -112,27 +112,8 @@ def test_orbit_clock_starts_on_a_worker_not_at_submission():
 
 
 def _job(tmp: Path, orbit: int):
-    from fastspectro_dask.pipeline import RenderJob
-
-    return RenderJob(
-        orbit=orbit,
-        product="instruments",
-        files={"ees": f"/nowhere/{orbit}.cdf"},
-        entries={"ees": None},
-        output=str(tmp / "2000" / "01" / str(orbit) / f"{orbit}_instruments.png"),
-        cache_path=str(tmp / "c.zarr"),
-        variable="data",
-        categories={},
-        y_scale="linear",
-        z_scale="log",
-        instrument_order=("ees",),
-        extrema={},
-        retrace=False,
-        squeeze_gaps_minutes=5.0,
-        pad_shift90=False,
-        engine="fast",
-        dpi=100.0,
-        figsize=None,
+    return _hooks.fake_job(
+        orbit, tmp / "2000" / "01" / str(orbit) / f"{orbit}_instruments.png", tmp / "c.zarr"
     )
 
 

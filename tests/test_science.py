@@ -11,12 +11,8 @@ import pytest
 import xarray as xr
 
 from fastspectro_dask.ephemeris import Ephemeris, read_ephemeris
-from fastspectro_dask.render import (
-    FAST_plot_instrument_grid,
-    FAST_plot_pitch_angle_grid,
-    read_figure_metadata,
-    save_figure,
-)
+from fastspectro_dask.output import read_figure_metadata, save_figure
+from fastspectro_dask.products import FAST_plot_instrument_grid, FAST_plot_pitch_angle_grid
 from fastspectro_dask.timeaxis import TimeAxis
 
 T0 = np.datetime64("2000-01-28T10:00:00", "ns")
@@ -180,7 +176,7 @@ def _pad_dataset() -> xr.Dataset:
 def test_pad_figure_bins_per_record_and_the_wrap_bin_at_both_ends(shift90):
     from matplotlib.collections import QuadMesh
 
-    from fastspectro_dask.render import FAST_plot_pad
+    from fastspectro_dask.products import FAST_plot_pad
 
     fig = FAST_plot_pad(
         {"ees": _pad_dataset()}, instrument_order=("ees",), shift90=shift90, z_scale="linear"

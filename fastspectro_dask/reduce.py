@@ -688,21 +688,39 @@ def _pad_block(
     """``(2, time, angle)``: the pad values and their sorted pitch angles, one block."""
     from fastspectro_dask.padreduce import collapse_energy
 
-    v = np.array(values, dtype=np.float64)
-    if drop_channels:
-        v[:, :, list(drop_channels)] = np.nan
+    # the block of angle bins and channels where any input is finite: beyond it nothing
+    # enters a sum, a weight or a pitch angle, and the sorted bins end with NaN anyway
+    inputs = {id(a): a for a in (values, energy, denergy, pitch)}.values()
+    a_x, e_x = _finite_extent(*inputs)
+    crop = (slice(None), slice(0, a_x), slice(0, e_x))
+    v = np.array(values[crop], dtype=np.float64)
+    v[:, :, [c for c in drop_channels if c < e_x]] = np.nan
     pad, pitch_sorted, wsum = collapse_energy(
-        v, energy, denergy, pitch, window, "mean" if how == "mean" else "sum", weight_sum=True
+        v,
+        energy[crop],
+        denergy[crop],
+        pitch[crop],
+        window,
+        "mean" if how == "mean" else "sum",
+        weight_sum=True,
     )
     if how == "rate":
         den = wsum * np.asarray(integ, dtype=np.float64).reshape(-1, 1)
         pad = np.divide(pad, den, out=np.full_like(pad, np.nan), where=den > 0)
-    return np.stack([pad, pitch_sorted])
+    out = np.full((2, *np.shape(values)[:2]), np.nan)
+    out[0, :, :a_x] = pad
+    out[1, :, :a_x] = pitch_sorted
+    return out
 
 
-def _finite_extent(values: np.ndarray) -> tuple[int, int]:
-    """One past the last angle bin and the last energy channel with a finite value."""
-    seen = np.isfinite(values).any(axis=0)  # (angle, energy)
+def _finite_extent(*arrays: np.ndarray) -> tuple[int, int]:
+    """One past the last angle bin and the last energy channel where any array is finite.
+
+    ``arrays`` are ``(time, angle, energy)`` of one shape.
+    """
+    seen = np.isfinite(arrays[0]).any(axis=0)  # (angle, energy)
+    for a in arrays[1:]:
+        seen |= np.isfinite(a).any(axis=0)
     angles, energies = seen.any(axis=1), seen.any(axis=0)
     if not angles.any():
         return 0, 0

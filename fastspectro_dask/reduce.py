@@ -479,14 +479,16 @@ def _extent_groups(finite: np.ndarray) -> list[tuple[np.ndarray, int, int]]:
     """Records grouped by the extent of their valid bins: ``(records, n_angle, n_energy)``.
 
     A record's extent is one past its last angle and last energy with a valid bin
-    (records with none are left out: their values stay NaN). Beyond it nothing is valid,
-    so a group can be reduced on ``[:n_angle, :n_energy]`` alone.
+    (records with none are left out: their values stay NaN), at least 2 channels where
+    there are. Beyond it nothing is valid, so a group can be reduced on
+    ``[:n_angle, :n_energy]`` alone.
     """
     _, a_n, e_n = finite.shape
     by_angle = finite.any(axis=2)
     by_energy = finite.any(axis=1)
     a_ext = a_n - np.argmax(by_angle[:, ::-1], axis=1)
-    e_ext = e_n - np.argmax(by_energy[:, ::-1], axis=1)
+    # at least 2 channels: over a single one einsum sums angles in another order
+    e_ext = np.maximum(e_n - np.argmax(by_energy[:, ::-1], axis=1), min(e_n, 2))
     some = by_angle.any(axis=1)
     keys = np.where(some, a_ext * (e_n + 1) + e_ext, -1)
     found = [int(k) for k in np.unique(keys) if k >= 0]
@@ -619,8 +621,11 @@ def _collapse_columns(
         w = np.ascontiguousarray(w.T)
         if base is not None:
             w *= base
-        total = np.einsum("ac,ac->c", filled_t, w, dtype=np.float64)
-        _finish(res[k], total, w.sum(axis=0), True, integ, how)
+        total, den = np.zeros(w.shape[1]), np.zeros(w.shape[1])
+        for f_a, w_a in zip(filled_t, w, strict=True):  # in angle order, as einsum sums
+            total += f_a * w_a
+            den += w_a
+        _finish(res[k], total, den, True, integ, how)
     return res
 
 
@@ -716,7 +721,8 @@ def _pad_block(
 def _finite_extent(*arrays: np.ndarray) -> tuple[int, int]:
     """One past the last angle bin and the last energy channel where any array is finite.
 
-    ``arrays`` are ``(time, angle, energy)`` of one shape.
+    ``arrays`` are ``(time, angle, energy)`` of one shape. At least 2 channels where
+    there are (as :func:`_extent_groups`).
     """
     seen = np.isfinite(arrays[0]).any(axis=0)  # (angle, energy)
     for a in arrays[1:]:
@@ -726,7 +732,7 @@ def _finite_extent(*arrays: np.ndarray) -> tuple[int, int]:
         return 0, 0
     return (
         angles.size - int(np.argmax(angles[::-1])),
-        energies.size - int(np.argmax(energies[::-1])),
+        max(energies.size - int(np.argmax(energies[::-1])), min(energies.size, 2)),
     )
 
 

@@ -361,7 +361,7 @@ def reduced_energy(energy_full: np.ndarray) -> np.ndarray:
         sel = (n_ang == nb) & (n_en == ne)
         block = e[sel, :nb, :ne]
         if np.isfinite(block).all():  # the usual [:nbins, :nenergy] block: plain median
-            out[sel, :ne] = np.median(block, axis=1)
+            out[sel, :ne] = _median_over_angle(block)
         else:  # irregular holes: slower, NaN-aware
             with np.errstate(all="ignore"):
                 import warnings
@@ -370,6 +370,21 @@ def reduced_energy(energy_full: np.ndarray) -> np.ndarray:
                     warnings.simplefilter("ignore", RuntimeWarning)
                     full = np.nanmedian(e[sel], axis=1)
             out[sel] = full
+    return out
+
+
+def _median_over_angle(block: np.ndarray) -> np.ndarray:
+    """``np.median(block, axis=1)`` of finite ``(time, angle, energy)``, bit for bit
+    (for energies below 1e38: the median's mean of two equal values does not overflow).
+
+    A channel whose energy is the same (and not 0) in every angle bin of every record
+    has that energy as median; only the others (the retrace step) are sorted.
+    """
+    first = block[:, 0, :]
+    odd = ~((block == first[:, None, :]).all(axis=1) & (first != 0)).all(axis=0)
+    out = first.copy()
+    if odd.any():
+        out[:, odd] = np.median(block[:, :, odd], axis=1)
     return out
 
 

@@ -85,7 +85,6 @@ def _tables(burst: bool) -> tuple[np.ndarray, np.ndarray]:
 _LO = {b: _tables(b)[0] for b in (False, True)}
 _STEP = {b: _tables(b)[1] for b in (False, True)}
 _MID = {b: (_LO[b] + (_STEP[b] - 1) / 2.0).astype(np.float32) for b in (False, True)}
-_MID_NAN = {b: np.append(_MID[b], np.float32(np.nan)) for b in (False, True)}
 
 
 def code_ranges(*, burst: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -120,12 +119,12 @@ def decode_counts(codes: np.ndarray, *, burst: bool) -> np.ndarray:
     mid = _MID[bool(burst)]
     if c.dtype == np.uint8:
         return mid[c]
-    # one gather from a 257-entry table whose last entry (NaN) takes every non-code
+    # one 256-entry gather on the codes cast to bytes; a value that the cast does not
+    # keep (NaN, non-integral, out of range: no byte equals it) is not a code -> NaN
     f = np.asarray(c, dtype=np.float32)
     with np.errstate(invalid="ignore"):
-        bad = ~((f >= 0) & (f <= 255) & (f == np.floor(f)))  # NaN compares False
-    idx = np.where(bad, np.float32(256), f).astype(np.intp)
-    return _MID_NAN[bool(burst)][idx]
+        byte = f.astype(np.uint8)
+    return np.where(byte == f, mid[byte], np.float32(np.nan))
 
 
 def encode_counts(counts: np.ndarray, *, burst: bool) -> np.ndarray:

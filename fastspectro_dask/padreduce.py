@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -43,6 +43,12 @@ def _valid(x: np.ndarray) -> np.ndarray:
     """Finite and not a CDF fill value."""
     with np.errstate(invalid="ignore"):
         return np.isfinite(x) & (x > _FILL_BELOW)
+
+
+def _exists(e: np.ndarray) -> np.ndarray:
+    """Channels that exist: a valid, positive energy."""
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(e) & (e > 0)
 
 
 def _check_window(window: Sequence[float] | None) -> tuple[float, float] | None:
@@ -100,7 +106,7 @@ def energy_window_weights(
     e = np.asarray(energy, dtype=np.float64)
     if e.ndim == 0:
         raise ValueError("energy must have an energy axis (last)")
-    exists = _valid(e) & (np.where(np.isfinite(e), e, 0.0) > 0)
+    exists = _exists(e)
     if lo is None and hi is None:
         return exists.astype(np.float64)
     if lo is None or hi is None:
@@ -158,7 +164,11 @@ def _pitch_per_bin(pitch: np.ndarray) -> np.ndarray:
     # reference: the first valid value along energy; offsets in [-180, 180) around it,
     # so a bin at 359.9 / 0.1 deg does not average to 180
     first = np.argmax(ok, axis=-1)[..., None]
-    ref = np.take_along_axis(np.where(ok, p, np.nan), first, axis=-1)[..., 0]
+    ref = np.where(
+        np.take_along_axis(ok, first, axis=-1)[..., 0],
+        np.take_along_axis(p, first, axis=-1)[..., 0],
+        np.nan,
+    )
     # fast path: a bin whose valid values all equal its first one has that median
     odd = ~((p == ref[..., None]) | ~ok).all(axis=-1)
     med = np.zeros(ref.shape)
@@ -174,25 +184,31 @@ def _pitch_per_bin(pitch: np.ndarray) -> np.ndarray:
 
 
 def _weights_block(e: np.ndarray, window: tuple[float, float] | None) -> np.ndarray:
-    """:func:`energy_window_weights` of ``(time, angle, energy)``, computed once per record.
+    """:func:`energy_window_weights` of ``(time, angle, energy)``, once per distinct row.
 
-    Energy tables are normally the same for every angle bin of a record; rows that differ
-    from their record's table (another set of existing channels, other energies: e.g. a
-    kept retrace channel) are computed on their own.
+    Energy tables repeat: one per mode and angle bin (the retrace channel's energy
+    differs from bin to bin), so the rows ``(time, angle)`` hold few distinct tables.
     """
     if window is None:
         return energy_window_weights(e)
-    exists = energy_window_weights(e) > 0
-    table = np.fmax.reduce(np.where(exists, e, np.nan), axis=1)  # (time, energy)
-    w_tab = energy_window_weights(table, *window)
-    row_has = exists.any(axis=-1)
-    tab_ok = np.isfinite(table)[:, None, :]
-    same = (exists == tab_ok) & (~exists | (e == table[:, None, :]))
-    irregular = row_has & ~same.all(axis=-1)
-    w = np.where(row_has[..., None], w_tab[:, None, :], 0.0)
-    if irregular.any():
-        w[irregular] = energy_window_weights(e[irregular], *window)
-    return w
+    lo, hi = window
+    rows = e.reshape(-1, e.shape[-1])
+    return _rowwise_once(rows, lambda r: energy_window_weights(r, lo, hi)).reshape(e.shape)
+
+
+def _rowwise_once(rows: np.ndarray, fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """``fn(rows)`` for a row-wise ``fn``, computed once per distinct row.
+
+    Rows repeat (one energy table per mode and angle bin): they are grouped by a random
+    projection, the grouping checked exactly (NaN equal to NaN); on a collision ``fn``
+    runs on every row.
+    """
+    probe = np.where(np.isnan(rows), -1.0, rows) @ np.random.default_rng(0).random(rows.shape[1])
+    _, first, inverse = np.unique(probe, return_index=True, return_inverse=True)
+    uniq = rows[first]
+    if not np.array_equal(uniq[inverse.reshape(-1)], rows, equal_nan=True):
+        return fn(rows)
+    return fn(uniq)[inverse.reshape(-1)]
 
 
 def collapse_energy(
@@ -268,7 +284,7 @@ def collapse_energy(
         de = np.asarray(denergy, dtype=np.float64)
         if de.shape != v.shape:
             raise ValueError(f"denergy has shape {de.shape}, values {v.shape}")
-        ok &= _valid(de) & (np.where(np.isfinite(de), de, 0.0) > 0)
+        ok &= _exists(de)
         dw = np.where(ok, de * w, 0.0)
         num = np.where(ok, v, 0.0) * dw
         with np.errstate(invalid="ignore", divide="ignore"):

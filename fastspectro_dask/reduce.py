@@ -188,15 +188,14 @@ def hemisphere_name(ranges: Sequence[tuple[float, float]], hemisphere: str | Non
     return "downgoing" if along == (hemisphere == "north") else "upgoing"
 
 
-def _range_weights(p_sorted: np.ndarray, a: float, b: float) -> tuple[np.ndarray, np.ndarray]:
+def _range_weights(p_sorted: np.ndarray, a: float, b: float) -> np.ndarray:
     """Weights of sorted, finite centres ``(rows, n)`` for the range ``[a, b]``.
 
-    Returns ``(index, weight)`` of shape ``(rows, 4n)``: for every copy of a centre
-    (shifted by -360, 0, +360, +720 deg) the bin it belongs to and its weight.
+    Returns the weights of shape ``(rows, 4, n)``: of every copy of every centre
+    (shifted by -360, 0, +360, +720 deg).
     """
     rows, n = p_sorted.shape
     x = np.concatenate([p_sorted - 360.0, p_sorted, p_sorted + 360.0, p_sorted + 720.0], axis=1)
-    idx = np.tile(np.arange(n), 4)
     w = ((x >= a) & (x <= b)).astype(np.float64)
     r = np.arange(rows)
     i_lo = (x < a).sum(axis=1) - 1  # last centre below the range (exists: x[0] < 0 <= a)
@@ -210,7 +209,7 @@ def _range_weights(p_sorted: np.ndarray, a: float, b: float) -> tuple[np.ndarray
     w[r, i_lo] += f_lo
     w[r, i_hi] += np.where(some, f_hi, 0.0)
     w[r, i_lo + 1] += np.where(some, 0.0, f_hi)  # no centre inside: interpolate at the midpoint
-    return np.broadcast_to(idx, w.shape), w
+    return w.reshape(rows, 4, n)
 
 
 def category_weights(pitch: np.ndarray, ranges: Sequence[tuple[float, float]]) -> np.ndarray:
@@ -269,24 +268,32 @@ def _distinct_columns(cols: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 def _unique_weights(uniq: np.ndarray, ranges: Sequence[tuple[float, float]]) -> np.ndarray:
     """Category weights of distinct columns (NaN bins as inf: weight 0)."""
-    uw = np.zeros(uniq.shape)
+    return _unique_weights_all(uniq, [ranges])[0]
+
+
+def _unique_weights_all(
+    uniq: np.ndarray, categories: Sequence[Sequence[tuple[float, float]]]
+) -> list[np.ndarray]:
+    """:func:`_unique_weights` of several categories, the columns sorted once."""
+    out = [np.zeros(uniq.shape) for _ in categories]
     nv = np.isfinite(uniq).sum(axis=1)
-    for n in np.unique(nv):
+    for n in (int(v) for v in np.unique(nv)):
         if n == 0:
             continue
         sel = np.flatnonzero(nv == n)
-        order = np.argsort(uniq[sel], axis=1, kind="stable")[:, :n]  # finite bins, sorted
-        p_sorted = np.take_along_axis(uniq[sel], order, axis=1)
-        acc = np.zeros((sel.size, int(n)))
-        for lo, hi in ranges:
-            a, b = _unwrapped(lo, hi)
-            idx, w = _range_weights(p_sorted, a, b)
-            rows = np.repeat(np.arange(sel.size), idx.shape[1])
-            np.add.at(acc, (rows, idx.reshape(-1)), w.reshape(-1))
-        block = np.zeros((sel.size, uniq.shape[1]))
-        np.put_along_axis(block, order, np.minimum(acc, 1.0), axis=1)
-        uw[sel] = block
-    return uw
+        cols = uniq[sel]
+        order = np.argsort(cols, axis=1, kind="stable")[:, :n]  # finite bins, sorted
+        p_sorted = np.take_along_axis(cols, order, axis=1)
+        for uw, ranges in zip(out, categories, strict=True):
+            acc = np.zeros((sel.size, n))
+            for lo, hi in ranges:
+                w = _range_weights(p_sorted, *_unwrapped(lo, hi))
+                for copy in range(4):  # copy by copy: the sums of np.add.at, bit for bit
+                    acc += w[:, copy]
+            block = np.zeros((sel.size, uniq.shape[1]))
+            np.put_along_axis(block, order, np.minimum(acc, 1.0), axis=1)
+            uw[sel] = block
+    return out
 
 
 def category_mask(pitch_angle: np.ndarray, ranges: Sequence[tuple[float, float]]) -> np.ndarray:
@@ -354,7 +361,7 @@ def reduced_energy(energy_full: np.ndarray) -> np.ndarray:
         sel = (n_ang == nb) & (n_en == ne)
         block = e[sel, :nb, :ne]
         if np.isfinite(block).all():  # the usual [:nbins, :nenergy] block: plain median
-            out[sel, :ne] = np.median(block, axis=1)
+            out[sel, :ne] = _median_over_angle(block)
         else:  # irregular holes: slower, NaN-aware
             with np.errstate(all="ignore"):
                 import warnings
@@ -363,6 +370,21 @@ def reduced_energy(energy_full: np.ndarray) -> np.ndarray:
                     warnings.simplefilter("ignore", RuntimeWarning)
                     full = np.nanmedian(e[sel], axis=1)
             out[sel] = full
+    return out
+
+
+def _median_over_angle(block: np.ndarray) -> np.ndarray:
+    """``np.median(block, axis=1)`` of finite ``(time, angle, energy)``, bit for bit
+    (for energies below 1e38: the median's mean of two equal values does not overflow).
+
+    A channel whose energy is the same (and not 0) in every angle bin of every record
+    has that energy as median; only the others (the retrace step) are sorted.
+    """
+    first = block[:, 0, :]
+    odd = ~((block == first[:, None, :]).all(axis=1) & (first != 0)).all(axis=0)
+    out = first.copy()
+    if odd.any():
+        out[:, odd] = np.median(block[:, :, odd], axis=1)
     return out
 
 
@@ -406,8 +428,11 @@ def _durations_of(ds: xr.Dataset) -> Any:
 
 
 #: Records per block in :func:`_collapse_categories`: its float64 temporaries
-#: (``block x angle x energy``) stay in the CPU cache instead of streaming 40 MB arrays.
-_BLOCK_RECORDS = 16
+#: (``block x category x angle x energy`` for ``mean``) stay in the CPU cache.
+_BLOCK_RECORDS = 32
+#: More groups of records of distinct valid extents than this: one group (the largest
+#: extent) instead, so that ragged input does not cost a Python loop per record.
+_MAX_EXTENT_GROUPS = 8
 
 
 def _collapse_categories(
@@ -423,11 +448,11 @@ def _collapse_categories(
 
     ``integ`` (time, 1, 1), seconds, is each sample's accumulation time (for ``rate``).
 
-    Each column (record, energy) of pitch angles over the valid bins gets its category
-    weights (:func:`_unique_weights`, computed once per distinct column); the sums over
-    angle then run record block by record block (:data:`_BLOCK_RECORDS`), in float64 and
-    in angle order, so every temporary stays in the CPU cache. The arithmetic, and so
-    every bit of the result, is that of one ``einsum`` over the whole array.
+    Records are grouped by the extent of their valid bins (the ``[:nbins, :nenergy]``
+    block of their mode), and each group is reduced on that block only
+    (:func:`_collapse_group`). Every sum over angle runs in float64 and in angle order,
+    so every bit of the result is that of one ``einsum`` over the whole array with a
+    weight per bin (the reference in the tests).
     """
     if how not in ("sum", "mean", "rate"):
         raise ValueError(f"how must be 'sum', 'mean' or 'rate', not {how!r}")
@@ -447,72 +472,176 @@ def _collapse_categories(
     if how == "rate":
         if integ is None:
             raise ValueError("how='rate' needs the accumulation time")
-        integ = np.asarray(integ, dtype=np.float64).reshape(-1, 1)
+        integ = np.asarray(integ, dtype=np.float64).reshape(-1)
     t_n, e_n = values.shape[0], values.shape[2]
-    uniq, inverse = _distinct_pitch_columns(pitch, finite)
-    # weights per distinct column, angle first: a take() along axis 1 gives (angle, t, e)
-    tables = [np.ascontiguousarray(_unique_weights(uniq, r).T) for r in cats.values()]
     out = np.full((len(cats), t_n, e_n), np.nan)
-    step = _BLOCK_RECORDS
-    for t0 in range(0, t_n, step):
-        sl = slice(t0, min(t0 + step, t_n))
-        fin = finite[sl].transpose(1, 0, 2)  # (angle, t, e) views: sums run over axis 0
-        filled = np.where(fin, values[sl].transpose(1, 0, 2), np.float32(0))
-        base = np.where(fin, domega[sl].transpose(1, 0, 2), 0.0) if how == "mean" else None
-        inv = inverse[sl]
-        for k, table in enumerate(tables):
-            # products and sums in float64: a float32 product would underflow (tiny
-            # values) or round before the division
-            w = np.take(table, inv, axis=1)  # 0 where a bin is not valid
-            if base is not None:
-                w *= base
-            total = np.einsum("ate,ate->te", filled, w, dtype=np.float64)
-            den = w.sum(axis=0)
-            res = out[k, sl]
-            if how == "sum":
-                np.copyto(res, total, where=den > 0)
-                continue
-            if how == "rate":
-                den = den * integ[sl]
-            np.divide(total, den, out=res, where=den > 0)
+    ranges = list(cats.values())
+    for sel, a_n, ne in _extent_groups(finite):
+        take = (sel, slice(0, a_n), slice(0, ne))
+        out[:, sel, :ne] = _collapse_group(
+            values[take],
+            pitch[take],
+            None if how != "mean" else domega[take],
+            finite[take],
+            None if integ is None else integ[sel],
+            ranges=ranges,
+            how=how,
+        )
     return out
 
 
-def _distinct_pitch_columns(pitch: np.ndarray, finite: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct columns (record, energy) of valid pitch angles, and the (t, e) inverse.
+def _extent_groups(finite: np.ndarray) -> list[tuple[np.ndarray, int, int]]:
+    """Records grouped by the extent of their valid bins: ``(records, n_angle, n_energy)``.
 
-    Returns ``uniq`` (n, angle), mod 360 with invalid bins as inf (as
-    :func:`_distinct_columns` gives them), and ``inverse`` (time, energy) into it.
-    Columns are grouped by a random projection computed in the arrays' own layout, and
-    the grouping is then checked exactly (an exact ``np.unique`` decides on a collision).
-    Columns that agree only after ``% 360`` may stay apart: their weights are the same.
+    A record's extent is one past its last angle and last energy with a valid bin
+    (records with none are left out: their values stay NaN), at least 2 channels where
+    there are. Beyond it nothing is valid, so a group can be reduced on
+    ``[:n_angle, :n_energy]`` alone.
     """
-    t_n, a_n, e_n = pitch.shape
-    rng = np.random.default_rng(0).random(a_n)
-    probe = np.empty((t_n, e_n))
-    step = 4 * _BLOCK_RECORDS
-    for t0 in range(0, t_n, step):
-        sl = slice(t0, min(t0 + step, t_n))
-        keyed = np.where(finite[sl], pitch[sl], -1.0)
-        np.einsum("tae,a->te", keyed, rng, out=probe[sl])
-    _, first, inverse = np.unique(probe.reshape(-1), return_index=True, return_inverse=True)
-    inverse = inverse.reshape(t_n, e_n)
-    ft, fe = np.divmod(first, e_n)
-    u_fin = finite[ft, :, fe]  # (n, angle)
-    u_pitch = np.where(u_fin, pitch[ft, :, fe], np.nan)
-    for t0 in range(0, t_n, step):  # exact check: every column equals its group's first
-        sl = slice(t0, min(t0 + step, t_n))
-        inv = inverse[sl]
-        fin = finite[sl].transpose(0, 2, 1)
-        same = np.array_equal(u_fin[inv], fin) and np.array_equal(
-            u_pitch[inv][fin], pitch[sl].transpose(0, 2, 1)[fin]
+    _, a_n, e_n = finite.shape
+    by_angle = finite.any(axis=2)
+    by_energy = finite.any(axis=1)
+    a_ext = a_n - np.argmax(by_angle[:, ::-1], axis=1)
+    # at least 2 channels: over a single one einsum sums angles in another order
+    e_ext = np.maximum(e_n - np.argmax(by_energy[:, ::-1], axis=1), min(e_n, 2))
+    some = by_angle.any(axis=1)
+    keys = np.where(some, a_ext * (e_n + 1) + e_ext, -1)
+    found = [int(k) for k in np.unique(keys) if k >= 0]
+    if len(found) > _MAX_EXTENT_GROUPS:
+        sel = np.flatnonzero(some)
+        return [(sel, int(a_ext[sel].max()), int(e_ext[sel].max()))]
+    return [(np.flatnonzero(keys == k), k // (e_n + 1), k % (e_n + 1)) for k in found]
+
+
+def _collapse_group(
+    values: np.ndarray,
+    pitch: np.ndarray,
+    domega: np.ndarray | None,
+    finite: np.ndarray,
+    integ: np.ndarray | None,
+    *,
+    ranges: Sequence[Sequence[tuple[float, float]]],
+    how: str,
+) -> np.ndarray:
+    """(category, time, energy) of records ``(time, angle, energy)``, float64.
+
+    Usually every valid column (record, energy) of a record has the same valid bins and
+    pitch angles as the record's first valid column: its weights are then the record's
+    (one weight row per record and category, computed once per distinct row), and the
+    sums over angle are one ``einsum`` over the block. The other columns are reduced
+    one by one with their own weights. A column without a valid bin is NaN.
+    """
+    t_n, _, e_n = values.shape
+    col_any = finite.any(axis=1)  # (t, e)
+    ref_e = np.argmax(col_any, axis=1)
+    r = np.arange(t_n)
+    ref_fin = finite[r, :, ref_e]  # (t, a)
+    ref_pitch = pitch[r, :, ref_e]
+    same = (finite == ref_fin[:, :, None]) & ((pitch == ref_pitch[:, :, None]) | ~finite)
+    regular = same.all(axis=1) & col_any
+    irregular = col_any & ~regular
+    # category weights per record (0 on invalid bins), computed once per distinct row
+    uniq, inverse, _ = _distinct_columns(np.where(ref_fin, ref_pitch.astype(np.float64), np.nan))
+    weights = np.stack([uw[inverse] for uw in _unique_weights_all(uniq, ranges)], axis=1)
+    filled = np.where(finite, values, np.float32(0))
+    res = np.full((len(ranges), t_n, e_n), np.nan)
+    for t0 in range(0, t_n, _BLOCK_RECORDS):
+        sl = slice(t0, min(t0 + _BLOCK_RECORDS, t_n))
+        _collapse_regular(
+            res[:, sl],
+            filled[sl],
+            weights[sl],
+            None if domega is None else np.where(finite[sl], domega[sl], 0.0),
+            regular[sl],
+            None if integ is None else integ[sl],
+            how=how,
         )
-        if not same:  # a hash collision: the exact (slower) grouping
-            cols = np.where(finite, pitch.astype(np.float64), np.nan).transpose(0, 2, 1)
-            uniq, inv_all, _ = _distinct_columns(cols.reshape(-1, a_n))
-            return uniq, inv_all.reshape(t_n, e_n)
-    uniq = np.where(u_fin, u_pitch.astype(np.float64) % 360.0, np.inf)
-    return uniq, inverse
+    if irregular.any():
+        ti, ei = np.nonzero(irregular)
+        cols = [None if a is None else a[ti, :, ei] for a in (filled, pitch, domega, finite)]
+        res[:, ti, ei] = _collapse_columns(
+            cols, None if integ is None else integ[ti], ranges=ranges, how=how
+        )
+    return res
+
+
+def _collapse_regular(
+    res: np.ndarray,
+    filled: np.ndarray,
+    weights: np.ndarray,
+    base: np.ndarray | None,
+    regular: np.ndarray,
+    integ: np.ndarray | None,
+    *,
+    how: str,
+) -> None:
+    """Fill ``res`` (category, time, energy) at the regular columns of a record block.
+
+    ``filled`` (time, angle, energy) holds the values, 0 on invalid bins; ``weights``
+    (time, category, angle) the weights of each record's columns; ``base`` the ``domega``
+    weights (0 on invalid bins) for ``mean``.
+    """
+    # products and sums in float64: a float32 product would underflow (tiny values) or
+    # round before the division
+    if how == "mean":
+        w = weights[:, :, :, None] * base[:, None, :, :]  # (t, k, a, e)
+        total = np.einsum("tae,tkae->tke", filled, w, dtype=np.float64)
+        den = w.sum(axis=2)
+    else:
+        total = np.einsum("tae,tka->tke", filled, weights, dtype=np.float64)
+        den = np.ascontiguousarray(weights.transpose(2, 0, 1)).sum(axis=0)[:, :, None]
+    rate = None if integ is None else integ.reshape(-1, 1, 1)
+    _finish(res.transpose(1, 0, 2), total, den, regular[:, None, :], rate, how)
+
+
+def _finish(
+    out: np.ndarray,
+    total: np.ndarray,
+    den: np.ndarray,
+    keep: np.ndarray | bool,
+    integ: np.ndarray | None,
+    how: str,
+) -> None:
+    """Write the weighted sums (``sum``) or means into ``out`` where ``keep`` and den > 0."""
+    ok = (den > 0) & keep
+    if how == "sum":
+        np.copyto(out, total, where=ok)
+        return
+    if how == "rate":
+        den = den * integ
+    np.divide(total, den, out=out, where=ok)
+
+
+def _collapse_columns(
+    cols: Sequence[np.ndarray | None],
+    integ: np.ndarray | None,
+    *,
+    ranges: Sequence[Sequence[tuple[float, float]]],
+    how: str,
+) -> np.ndarray:
+    """(category, column) of columns with their own weights.
+
+    ``cols`` are ``(filled, pitch, domega, finite)``, each ``(column, angle)``
+    (``domega`` None unless ``how="mean"``); ``integ`` (column,) for ``rate``.
+    """
+    filled, pitch, domega, finite = cols
+    uniq, inverse, valid = _distinct_columns(np.where(finite, pitch.astype(np.float64), np.nan))
+    # angle first: the sums over angle run in angle order, as in _collapse_regular
+    filled_t = np.ascontiguousarray(filled.T)
+    base = np.where(finite, domega, 0.0).T if how == "mean" else None
+    res = np.full((len(ranges), filled.shape[0]), np.nan)
+    for k, uw in enumerate(_unique_weights_all(uniq, ranges)):
+        w = uw[inverse]
+        w[~valid] = 0.0
+        w = np.ascontiguousarray(w.T)
+        if base is not None:
+            w *= base
+        total, den = np.zeros(w.shape[1]), np.zeros(w.shape[1])
+        for f_a, w_a in zip(filled_t, w, strict=True):  # in angle order, as einsum sums
+            total += f_a * w_a
+            den += w_a
+        _finish(res[k], total, den, True, integ, how)
+    return res
 
 
 def accumulation_times(ds: xr.Dataset) -> Any:
@@ -579,16 +708,84 @@ def _pad_block(
     """``(2, time, angle)``: the pad values and their sorted pitch angles, one block."""
     from fastspectro_dask.padreduce import collapse_energy
 
-    v = np.array(values, dtype=np.float64)
-    if drop_channels:
-        v[:, :, list(drop_channels)] = np.nan
+    # the block of angle bins and channels where any input is finite: beyond it nothing
+    # enters a sum, a weight or a pitch angle, and the sorted bins end with NaN anyway
+    inputs = {id(a): a for a in (values, energy, denergy, pitch)}.values()
+    a_x, e_x = _finite_extent(*inputs)
+    crop = (slice(None), slice(0, a_x), slice(0, e_x))
+    v = np.array(values[crop], dtype=np.float64)
+    v[:, :, [c for c in drop_channels if c < e_x]] = np.nan
     pad, pitch_sorted, wsum = collapse_energy(
-        v, energy, denergy, pitch, window, "mean" if how == "mean" else "sum", weight_sum=True
+        v,
+        energy[crop],
+        denergy[crop],
+        pitch[crop],
+        window,
+        "mean" if how == "mean" else "sum",
+        weight_sum=True,
     )
     if how == "rate":
         den = wsum * np.asarray(integ, dtype=np.float64).reshape(-1, 1)
         pad = np.divide(pad, den, out=np.full_like(pad, np.nan), where=den > 0)
-    return np.stack([pad, pitch_sorted])
+    out = np.full((2, *np.shape(values)[:2]), np.nan)
+    out[0, :, :a_x] = pad
+    out[1, :, :a_x] = pitch_sorted
+    return out
+
+
+def _finite_extent(*arrays: np.ndarray) -> tuple[int, int]:
+    """One past the last angle bin and the last energy channel where any array is finite.
+
+    ``arrays`` are ``(time, angle, energy)`` of one shape. At least 2 channels where
+    there are (as :func:`_extent_groups`).
+    """
+    seen = np.isfinite(arrays[0]).any(axis=0)  # (angle, energy)
+    for a in arrays[1:]:
+        seen |= np.isfinite(a).any(axis=0)
+    angles, energies = seen.any(axis=1), seen.any(axis=0)
+    if not angles.any():
+        return 0, 0
+    return (
+        angles.size - int(np.argmax(angles[::-1])),
+        max(energies.size - int(np.argmax(energies[::-1])), min(energies.size, 2)),
+    )
+
+
+def _reduce_eager(
+    values: np.ndarray,
+    pitch: np.ndarray,
+    domega: np.ndarray,
+    integ: np.ndarray | None,
+    *,
+    cats: Mapping[str, Sequence[tuple[float, float]]],
+    how: str,
+    decode: bool,
+    burst: bool,
+    full: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The category spectrograms of NumPy arrays, and the (decoded) values.
+
+    Works on the block of angle bins and energy channels that holds finite values (the
+    rest is NaN in every record: nothing there enters a sum), decoding counts there only.
+    Returns ``(category, time, energy)`` float64 and the values as the pad reduction
+    reads them: with ``decode`` and ``full``, the counts in the shape of ``values``
+    (decoded in the block, NaN elsewhere); else ``values`` itself.
+    """
+    t_n, _, e_n = values.shape
+    a_x, e_x = _finite_extent(values)
+    crop = (slice(None), slice(0, a_x), slice(0, e_x))
+    part = values[crop]
+    if decode:
+        part = decompress_counts(part, burst=burst)
+    out = np.full((len(cats), t_n, e_n), np.nan)
+    out[:, :, :e_x] = _collapse_categories(
+        part, pitch[crop], domega[crop], integ, cats=cats, how=how
+    )
+    if full and decode:
+        whole = np.full(values.shape, np.nan, np.float32)
+        whole[crop] = part
+        return out, whole
+    return out, values
 
 
 def reduce_dataset(
@@ -648,16 +845,24 @@ def reduce_dataset(
     source = SOURCE_VARIABLE[variable]
     arrays = [ds[source].data, ds["pitch_angle"].data, ds["domega"].data, ds["energy_full"].data]
     integ = accumulation_times(ds) if how == "rate" else None
-    if source == "data" and decompress:  # sum counts, not compressed codes
-        burst = str(ds.attrs.get("instrument", "")) in _BURST
-        if isinstance(arrays[0], np.ndarray):
-            arrays[0] = decompress_counts(arrays[0], burst=burst)
-        else:
-            arrays[0] = arrays[0].map_blocks(decompress_counts, burst=burst, dtype=np.float32)
-    if all(isinstance(a, np.ndarray) for a in arrays):
-        values = _collapse_categories(*arrays[:3], integ, cats=cats, how=how)
+    decode = source == "data" and decompress  # sum counts, not compressed codes
+    burst = str(ds.attrs.get("instrument", "")) in _BURST
+    drop = (
+        ()
+        if retrace
+        else tuple(int(i) for i in np.flatnonzero(ds["energy_channel"].values == RETRACE_CHANNEL))
+    )
+    eager = all(isinstance(a, np.ndarray) for a in arrays)
+    if eager:
+        values, arrays[0] = _reduce_eager(
+            *arrays[:3], integ, cats=cats, how=how, decode=decode, burst=burst, full=pad is not None
+        )
         energy = reduced_energy(arrays[3])
+        values[:, :, list(drop)] = np.nan  # the retrace channel (by label: slicing-safe)
+        energy[:, list(drop)] = np.nan
     else:
+        if decode:
+            arrays[0] = arrays[0].map_blocks(decompress_counts, burst=burst, dtype=np.float32)
         import dask.array as da
 
         arrays = [da.asarray(a).rechunk({1: -1, 2: -1}) for a in arrays]
@@ -686,13 +891,6 @@ def reduce_dataset(
         )
     pad_arrays = None
     if pad is not None:
-        drop = (
-            ()
-            if retrace
-            else tuple(
-                int(i) for i in np.flatnonzero(ds["energy_channel"].values == RETRACE_CHANNEL)
-            )
-        )
         denergy = ds["denergy_full"].data if how == "mean" else arrays[3]
         block = [arrays[0], arrays[3], denergy, arrays[1]]
         kw = dict(window=pad.energy, how=how, drop_channels=drop)
@@ -764,7 +962,7 @@ def reduce_dataset(
         out.attrs["pad_energy"] = json.dumps(pad.to_json()["energy"])
     out["category"].attrs["ranges"] = repr(cats)
     out.attrs["retrace"] = int(bool(retrace))
-    if not retrace:
+    if not retrace and not eager:
         measured = out["energy_channel"] != RETRACE_CHANNEL  # by label: slicing-safe
         for name in ("values", "energy"):
             out[name] = out[name].where(measured).assign_attrs(out[name].attrs)

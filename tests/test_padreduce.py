@@ -406,3 +406,16 @@ def test_cells_tile_any_range(centres, y_lo):
     for i in range(pa.shape[1]):
         width = sum(hi - lo for lo, hi, v in cells if v == i)
         assert width == pytest.approx(edges[0, i + 1] - edges[0, i], abs=1e-9)
+
+
+def test_weights_once_per_distinct_row_survive_a_hash_collision():
+    """Rows are grouped by a projection in which a missing channel counts as -1 eV: rows
+    that differ only there hash alike, and the exact check must compute them apart."""
+    from fastspectro_dask.padreduce import _weights_block
+
+    e = np.array([[[np.nan, 20.0, 40.0], [-1.0, 20.0, 40.0], [np.nan, 20.0, 40.0]]])
+    e[0, 1] = [-1.0, 20.0, 40.0]
+    e = np.concatenate([e, e[:, ::-1]], axis=0)  # a second record, rows in another order
+    got = _weights_block(e, (25.0, 30.0))
+    want = np.stack([[energy_window_weights(row, 25.0, 30.0) for row in rec] for rec in e])
+    np.testing.assert_array_equal(got, want)

@@ -471,9 +471,36 @@ def test_blocked_collapse_is_bit_identical_to_one_einsum(good_files, inst, how, 
     np.testing.assert_array_equal(got, want)
 
 
-@settings(max_examples=40, deadline=None)
-@given(records(), st.sampled_from(["sum", "mean", "rate"]))
+@st.composite
+def mode_blocks(draw):
+    """Records as the instrument writes them: a valid ``[:nbins, :nenergy]`` block per
+    record (ragged: more extents than the reduction groups separately), one pitch angle
+    per bin shared by the record's channels, then fills, zeros and odd columns."""
+    t = draw(st.integers(1, 14))
+    a, e = draw(st.integers(1, 7)), draw(st.integers(1, 6))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    pitch = np.repeat(rng.integers(0, 360 * 64, (t, a, 1)) / 64.0, e, axis=2).astype(np.float32)
+    vals = rng.gamma(1.0, 50.0, (t, a, e)).astype(np.float32)
+    dom = rng.uniform(0.01, 1.0, (t, a, e)).astype(np.float32)
+    nb, ne = rng.integers(0, a + 1, t), rng.integers(0, e + 1, t)
+    outside = (np.arange(a)[None, :, None] >= nb[:, None, None]) | (
+        np.arange(e)[None, None, :] >= ne[:, None, None]
+    )
+    for arr in (vals, pitch, dom):
+        arr[outside] = np.nan
+    vals[rng.random(vals.shape) < 0.1] = np.nan  # fills inside the block
+    vals[rng.random(vals.shape) < 0.1] = 0.0
+    odd = rng.random((t, e)) < 0.15  # columns whose pitch angles differ from the record's
+    pitch[np.broadcast_to(odd[:, None, :], pitch.shape) & ~outside] += np.float32(0.5)
+    dom[rng.random(dom.shape) < 0.05] = np.nan
+    return vals, pitch, dom
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.one_of(records(), mode_blocks()), st.sampled_from(["sum", "mean", "rate"]))
 def test_blocked_collapse_bit_identical_on_random_records(rec, how):
+    """Random bins, and records as the instrument writes them (mode_blocks): the per-record
+    weight rows, the extent groups and the odd columns change no bit."""
     from fastspectro_dask.reduce import _collapse_categories
 
     vals, pitch, dom = rec
@@ -503,3 +530,64 @@ def test_column_grouping_collision_falls_back_to_exact(monkeypatch):
     assert calls, "the collision was not detected"
     want = _collapse_reference(vals, pitch, None, None, cats=cats, how="sum")
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize(
+    ("variable", "pad"),
+    [("data", True), ("eflux", True), ("rate", False)],
+)
+def test_reduce_file_path_on_damaged_records_equals_references(good_files, variable, pad):
+    """reduce_file's in-memory path (load_esa + reduce_dataset) on a file with mode
+    changes, plus fills, zeros, an empty record and odd columns, against the one-einsum
+    reference (angle collapse) and the brute-force loop (pad) on the uncropped arrays."""
+    from fastspectro_dask.io import load_esa
+    from fastspectro_dask.reduce import SOURCE_VARIABLE, PadSpec, accumulation_times
+    from tests.test_padreduce import _ref_collapse
+
+    path = good_files[min(good_files)]["ees"]
+    src = SOURCE_VARIABLE[variable]
+    wanted = [src, "pitch_angle", "domega", "energy_full", "time_delta", "denergy_full"]
+    ds = load_esa(path, variables=wanted)
+    assert len(np.unique(ds["nbins"].values)) > 1  # a mode change
+    rng = np.random.default_rng(7)
+    v = ds[src].values.copy()
+    inside = np.isfinite(v)
+    v[inside & (rng.random(v.shape) < 0.05)] = np.nan
+    v[inside & (rng.random(v.shape) < 0.05)] = 0.0
+    v[3] = np.nan  # a record without data
+    p = ds["pitch_angle"].values.copy()
+    p[5, :, 7] += np.float32(0.25)  # one channel's pitch angles differ from its record's
+    ds[src] = ds[src].copy(data=v)
+    ds["pitch_angle"] = ds["pitch_angle"].copy(data=p)
+    spec = PadSpec((50.0, 5000.0)) if pad else None
+    got = reduce_dataset(ds, variable=variable, pad=spec)
+
+    how = {"data": "sum", "eflux": "mean", "rate": "rate"}[variable]
+    counts = decompress_counts(v, burst=False) if src == "data" else v
+    integ = accumulation_times(ds) if how == "rate" else None
+    cats = normalize_categories(None)
+    want = _collapse_reference(counts, p, ds["domega"].values, integ, cats=cats, how=how)
+    want[:, :, 0] = np.nan  # the retrace channel
+    np.testing.assert_array_equal(got["values"].values, want)
+    assert np.isnan(got["values"].values[:, 3]).all()
+    if pad:
+        kept = counts.astype(np.float64)
+        kept[:, :, 0] = np.nan
+        # the oracle in float64, as the library computes (float32 scalars would round)
+        den = ds["denergy_full" if how == "mean" else "energy_full"].values.astype(np.float64)
+        e = ds["energy_full"].values.astype(np.float64)
+        want_pad, want_pa = _ref_collapse(kept, e, den, p.astype(np.float64), spec.energy, how)
+        np.testing.assert_allclose(got["pad_pitch"].values, want_pa, atol=1e-9)
+        np.testing.assert_allclose(got["pad_values"].values, want_pad, rtol=1e-9, atol=1e-9)
+        assert np.isnan(got["pad_values"].values).sum() == np.isnan(want_pad).sum()
+
+
+@pytest.mark.parametrize("burst", [False, True])
+def test_decode_rejects_every_non_code(burst):
+    """The byte-table decode: NaN, non-integral, negative and too large values give NaN."""
+    bad = np.array([np.nan, -1, 0.5, 255.5, 256, 1e10, -1e10, np.inf, -np.inf, 1e-45])
+    assert np.isnan(decompress_counts(bad, burst=burst)).all()
+    assert np.isnan(decompress_counts(bad.astype(np.float32), burst=burst)).all()
+    good = np.array([-0.0, 0, 15, 16, 255], np.float32)
+    want = decompress_counts(np.array([0, 0, 15, 16, 255], np.uint8), burst=burst)
+    np.testing.assert_array_equal(decompress_counts(good, burst=burst), want)

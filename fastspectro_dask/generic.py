@@ -413,7 +413,7 @@ class _Planned:
 
 
 def _log_failure(planned: _Planned, reason: str, exc: BaseException) -> None:
-    from fastspectro_dask.render_task import _log_notes
+    from fastspectro_dask.render_task import log_notes as _log_notes
 
     for level, line in _log_notes(exc):
         logger.log(level, "worker: %s", line)

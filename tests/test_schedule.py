@@ -335,7 +335,7 @@ class _FakeFuture:
         self.key = key
 
 
-class _FakeClient:
+class _MapRecorder:
     """Records ``map`` calls (the number of tasks of each submission)."""
 
     def __init__(self) -> None:
@@ -370,7 +370,7 @@ class _FakeCompleted:
 
 
 def _fake_loop(threads: int, extra: int, **kw) -> TaskLoop:
-    loop = TaskLoop(_FakeClient(), _hooks.group_clock, extra=extra, worker_wait=None, **kw)
+    loop = TaskLoop(_MapRecorder(), _hooks.group_clock, extra=extra, worker_wait=None, **kw)
     loop.view.threads = threads
     loop.view.refresh = lambda force=False: threads  # type: ignore[method-assign]
     return loop

@@ -29,6 +29,7 @@ import functools
 import json
 import logging
 import os
+import posixpath
 import re
 import signal
 import sys
@@ -37,7 +38,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from fastspectro_dask.cluster import client_context
@@ -582,11 +583,27 @@ def _remove_stale_temporaries(out: Path, progress_path: Path, extrema_path: Path
     return removed + _remove_stale_figure_temporaries(out)
 
 
+def _absolute(path: str | os.PathLike[str]) -> str:
+    """``str(Path(path).absolute())``, without building a Path for one already absolute
+    (the orbit index's): planning does this for every file of a mission."""
+    if isinstance(path, PurePath) and path.is_absolute():
+        return str(path)
+    return str(Path(path).absolute())
+
+
+def _under(root: str, rel: str) -> str:
+    """``str(Path(root) / rel)`` for an absolute ``root``; a normalised POSIX ``rel`` (as
+    the extrema ledger writes them) is joined as a string, at a fraction of the cost."""
+    if os.sep == "/" and rel not in ("", ".") and rel[0] != "/" and posixpath.normpath(rel) == rel:
+        return f"{root.rstrip('/')}/{rel}"
+    return str(Path(root) / rel)
+
+
 def _invalid_files(state: Mapping[str, Any], input_dir) -> dict[str, str]:
     """Absolute CDF path -> error message of the files the extrema found invalid."""
-    root = Path(input_dir).absolute()
+    root = str(Path(input_dir).absolute())
     return {
-        str(root / rel): e.get("error", "invalid CDF")
+        _under(root, rel): e.get("error", "invalid CDF")
         for rel, e in state.get("files", {}).items()
         if e.get("status") == "invalid-cdf"
     }
@@ -594,9 +611,9 @@ def _invalid_files(state: Mapping[str, Any], input_dir) -> dict[str, str]:
 
 def _cache_entries(state: Mapping[str, Any], input_dir) -> dict[str, str]:
     """Absolute CDF path -> zarr cache entry of the files counted by the extrema."""
-    root = Path(input_dir).absolute()
+    root = str(Path(input_dir).absolute())
     return {
-        str(root / rel): e["entry"]
+        _under(root, rel): e["entry"]
         for rel, e in state.get("files", {}).items()
         if e.get("status") == "counted"
     }
@@ -650,11 +667,11 @@ def _iter_jobs(
     y_scale, z_scale = style.y_scale, style.z_scale
     pad = cfg.pad
     for orbit in todo:
-        files = {i: str(Path(p).absolute()) for i, p in index[orbit].items()}
+        files = {i: _absolute(p) for i, p in index[orbit].items()}
         known = {i: ("invalid-cdf", invalid[p]) for i, p in files.items() if p in invalid}
         start = _start_time(index, orbit)
         orb = index.orbit_files.get(orbit)
-        orb_file = str(Path(orb).absolute()) if orb is not None else None
+        orb_file = _absolute(orb) if orb is not None else None
         wanted: list[tuple[str, dict[str, str], dict]] = []
         if "instruments" in cfg.products:
             wanted.append(("instruments", files, grid_extrema))

@@ -45,6 +45,7 @@ from fastspectro_dask.cluster import JOBS_ATTR
 from fastspectro_dask.errors import NoWorkersError
 
 __all__ = [
+    "LINGER_SECONDS",
     "REFRESH_SECONDS",
     "ClusterView",
     "OrbitClock",
@@ -61,6 +62,9 @@ logger = logging.getLogger(__name__)
 #: The cluster's threads are re-read at a refill at most this often (one scheduler
 #: round trip), and the loop wakes at least this often to look for new workers.
 REFRESH_SECONDS = 0.5
+#: Seconds the loop may wait for a chunk of results to gather before handling a smaller
+#: batch (only while the tasks not yet finished keep every worker thread busy).
+LINGER_SECONDS = 0.02
 #: dask config key of the watchdog's wait.
 WORKER_WAIT_KEY = "fastspectro.worker-wait"
 
@@ -290,6 +294,11 @@ class TaskLoop:
     worker_wait : float, optional
         Seconds with no worker and no pending job before :class:`NoWorkersError`
         (default: :func:`worker_wait_seconds`); ``None``: wait for ever.
+    phase : str
+        Name of the phase in log messages.
+    linger : float
+        Seconds a batch of results may wait for more to complete (only while the
+        workers stay busy meanwhile; default :data:`LINGER_SECONDS`).
     """
 
     def __init__(
@@ -306,6 +315,7 @@ class TaskLoop:
         on_exit: Callable[[], Any] | None = None,
         worker_wait: float | str | None = "config",
         phase: str = "tasks",
+        linger: float = LINGER_SECONDS,
     ) -> None:
         self.client = client
         self.fn = fn
@@ -315,6 +325,7 @@ class TaskLoop:
         self.on_idle, self.on_exit = on_idle, on_exit
         self.worker_wait = worker_wait_seconds() if worker_wait == "config" else worker_wait
         self.phase = phase
+        self.linger = linger
         self.view = ClusterView(client)
         self.inflight: dict[str, tuple[Task, Any]] = {}
         self.abandoned: list[Task] = []  # in flight when a stop or the watchdog ended it
@@ -331,11 +342,23 @@ class TaskLoop:
         size = max(self.floor, self.per_thread * threads + self.extra)
         return size if self.cap is None else max(1, min(size, self.cap))
 
+    def chunk(self, size: int) -> int:
+        """Fewest free slots worth a submission, for a window of ``size``: half of what
+        the window holds beyond one task per worker thread. Refilled in chunks, the
+        window never holds fewer than the threads' worth of tasks, and each submission
+        (one graph update, one scheduler message) and each batch of results (one
+        ``gather``) carries several tasks instead of one."""
+        return max(1, (size - self.view.threads) // 2)
+
     def _fill(self, source, ac) -> None:
         if self.exhausted or self.stop.is_set():
             return
-        room = self.window() - len(self.inflight)
+        size = self.window()
+        room = size - len(self.inflight)
         if room <= 0:
+            return
+        # a partial refill only while the workers would otherwise run short of tasks
+        if room < self.chunk(size) and len(self.inflight) > self.view.threads:
             return
         batch = list(itertools.islice(source, room))
         if len(batch) < room:
@@ -361,12 +384,28 @@ class TaskLoop:
 
     # -- waiting -------------------------------------------------------------------------
 
-    @staticmethod
-    def _wait(ac, timeout: float) -> None:
-        """Until a result is ready or ``timeout``; woken by ``as_completed`` at once."""
-        with ac.thread_condition:
+    def _wait(self, ac, timeout: float) -> None:
+        """Until a result is ready or ``timeout``; woken by ``as_completed`` at once.
+
+        Then, for at most :attr:`linger` seconds, until a chunk's worth of results is
+        ready, as long as the tasks not yet finished keep every worker thread busy: one
+        batch (one ``gather``, one refill) for several results instead of one each,
+        while no worker waits for it."""
+        want = self.chunk(self.window())
+        threads = self.view.threads
+        cond = ac.thread_condition
+        with cond:
             if not ac.has_ready():
-                ac.thread_condition.wait(timeout)
+                cond.wait(timeout)
+            if want <= 1 or not ac.has_ready():
+                return
+            end = time.monotonic() + self.linger
+            while True:
+                ready = ac.queue.qsize()
+                left = end - time.monotonic()
+                if ready >= want or len(self.inflight) - ready <= threads or left <= 0:
+                    return
+                cond.wait(left)
 
     def _abandon(self) -> None:
         futures = [f for _t, f in self.inflight.values()]
@@ -590,17 +629,40 @@ def ensure_orbit_clock(client) -> bool:
         return False
 
 
+#: Per worker process: (scheduler address, group) -> this process's monotonic time of
+#: the group's first start on a worker, learnt from the scheduler's clock once.
+_group_starts: dict[tuple[str, str], float] = {}
+_group_lock = threading.Lock()
+#: Groups remembered per worker process (the oldest are forgotten: a window holds far
+#: fewer orbits, and a forgotten group is just asked for again).
+_GROUPS_KEPT = 4096
+
+
 def group_elapsed(group: str | None) -> float:
     """On a worker, at a task's start: seconds since the first task of ``group`` started
-    (0 for the first; 0 without a group or outside a worker)."""
+    (0 for the first; 0 without a group or outside a worker).
+
+    The scheduler's :class:`OrbitClock` is asked once per group and worker process (one
+    round trip); the group's later tasks on this worker count from the answer with the
+    local monotonic clock (the clocks of two nodes differ in origin, not in rate)."""
     if group is None:
         return 0.0
+    now = time.monotonic()
     try:
         from distributed import get_worker
         from distributed.utils import sync
 
         worker = get_worker()
-        got = sync(worker.loop, getattr(worker.scheduler, _CLOCK_HANDLER), group=group)
+        name = (str(worker.scheduler.address), group)
+        with _group_lock:
+            start = _group_starts.get(name)
+        if start is not None:
+            return now - start
+        got = float(sync(worker.loop, getattr(worker.scheduler, _CLOCK_HANDLER), group=group) or 0)
     except Exception:
         return 0.0
-    return float(got or 0.0)
+    with _group_lock:  # ``now`` precedes the answer: the start is never placed too late
+        _group_starts.setdefault(name, now - got)
+        while len(_group_starts) > _GROUPS_KEPT:
+            del _group_starts[next(iter(_group_starts))]
+    return got

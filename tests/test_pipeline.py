@@ -502,3 +502,27 @@ def test_pad_product_with_orbit_files_end_to_end(tmp_path, client):
     line = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
     assert {m["product"] for m in line} == {"instruments", "pad"}
     assert next(m for m in line if m["product"] == "pad")["pad_energy"] == [50.0, 5000.0]
+
+
+@pytest.mark.parametrize("root", ["/", "/data/fast", "/data/fast/"])
+def test_planned_paths_are_the_paths_pathlib_gives(root, tmp_path, monkeypatch):
+    """The planner's string joins name every file exactly as ``pathlib`` does (the cache
+    entries and invalid files are looked up by these names)."""
+    from fastspectro_dask.pipeline import _absolute, _under
+
+    rels = [
+        "1996/09/fa_esa_l2_ees_19960901000000_00001_v02.cdf",
+        "flat.cdf",
+        "./1996/x.cdf",
+        "1996//09/x.cdf",
+        "1996/../x.cdf",
+        "1996/09/",
+        ".",
+        "/abs/x.cdf",
+        "a b/ü.cdf",
+    ]
+    for rel in rels:
+        assert _under(root, rel) == str(Path(root) / rel), rel
+    monkeypatch.chdir(tmp_path)
+    for p in [Path("/data/x.cdf"), Path("rel/x.cdf"), "rel/./y.cdf", "/data//z.cdf"]:
+        assert _absolute(p) == str(Path(p).absolute()), p

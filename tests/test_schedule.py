@@ -353,3 +353,125 @@ def test_the_last_job_lost_is_replaced_by_a_new_job():
     assert view.pending_jobs() == 2  # job-2's two workers, waiting in the queue
     client.connected += ["job-2-0", "job-2-1"]
     assert view.refresh() == 4 and view.pending_jobs() == 0
+
+
+# --------------------------------------------------------------------------------------
+# Batches: submissions and results by chunks, one clock question per group and worker
+# --------------------------------------------------------------------------------------
+
+
+class _FakeFuture:
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+class _MapRecorder:
+    """Records ``map`` calls (the number of tasks of each submission)."""
+
+    def __init__(self) -> None:
+        self.maps: list[int] = []
+
+    def map(self, fn, *iterables, key, pure, retries):
+        self.maps.append(len(key))
+        return [_FakeFuture(k) for k in key]
+
+
+class _FakeCompleted:
+    """The part of ``as_completed`` the loop uses: ``update``, a thread condition and a
+    queue of ready futures."""
+
+    def __init__(self) -> None:
+        import queue
+
+        self.thread_condition = threading.Condition()
+        self.queue: queue.Queue = queue.Queue()
+
+    def update(self, futures) -> None:
+        pass
+
+    def has_ready(self) -> bool:
+        return not self.queue.empty()
+
+    def ready(self, n: int) -> None:
+        with self.thread_condition:
+            for _ in range(n):
+                self.queue.put_nowait(None)
+            self.thread_condition.notify_all()
+
+
+def _fake_loop(threads: int, extra: int, **kw) -> TaskLoop:
+    loop = TaskLoop(_MapRecorder(), _hooks.group_clock, extra=extra, worker_wait=None, **kw)
+    loop.view.threads = threads
+    loop.view.refresh = lambda force=False: threads  # type: ignore[method-assign]
+    return loop
+
+
+def _complete(loop: TaskLoop, n: int) -> None:
+    for key in list(loop.inflight)[:n]:
+        del loop.inflight[key]
+
+
+def test_the_window_is_refilled_by_chunks_while_the_workers_have_enough():
+    loop = _fake_loop(threads=1, extra=10)  # window 2 * 1 + 10 = 12, chunk (12 - 1) // 2 = 5
+    source = (Task(f"t-{i}", (None,), i) for i in range(100))
+    ac = _FakeCompleted()
+    loop._fill(source, ac)
+    assert loop.client.maps == [12]
+    _complete(loop, 4)
+    loop._fill(source, ac)  # 4 free slots < a chunk, 8 tasks left for 1 thread: wait
+    assert loop.client.maps == [12]
+    _complete(loop, 1)
+    loop._fill(source, ac)  # a chunk is free: one submission of 5
+    assert loop.client.maps == [12, 5] and len(loop.inflight) == 12
+    _complete(loop, 11)
+    loop._fill(source, ac)  # the thread would run short: refilled at once
+    assert loop.client.maps == [12, 5, 11] and len(loop.inflight) == 12
+    _complete(loop, 1)
+    loop._fill(source, ac)  # 1 free slot, 11 left: not worth a submission
+    assert loop.client.maps == [12, 5, 11]
+
+
+def test_a_batch_of_results_waits_for_a_chunk_only_while_the_workers_are_busy():
+    loop = _fake_loop(threads=1, extra=10, linger=60.0)  # chunk 5
+    ac = _FakeCompleted()
+    loop.inflight = {f"t-{i}": (None, None) for i in range(12)}
+    ac.ready(1)
+    more = threading.Thread(target=ac.ready, args=(4,))
+    t0 = time.monotonic()
+    with ac.thread_condition:  # the results arrive once the loop waits for them
+        more.start()
+    loop._wait(ac, 60.0)
+    more.join()
+    assert ac.queue.qsize() == 5 and time.monotonic() - t0 < 30  # not the 60 s linger
+
+    ac = _FakeCompleted()
+    loop.inflight = {f"t-{i}": (None, None) for i in range(2)}
+    ac.ready(1)  # 1 task left for 1 thread: no waiting for more
+    t0 = time.monotonic()
+    loop._wait(ac, 60.0)
+    assert ac.queue.qsize() == 1 and time.monotonic() - t0 < 30
+
+
+def test_a_group_clock_is_asked_once_per_worker_process():
+    cluster, client = _local(1)
+    try:
+        assert ensure_orbit_clock(client)
+        from fastspectro_dask.schedule import _CLOCK_HANDLER
+
+        asked: list[str] = []
+        handler = cluster.scheduler.handlers[_CLOCK_HANDLER]
+
+        def counting(group: str) -> float:
+            asked.append(group)
+            return handler(group)
+
+        cluster.scheduler.handlers[_CLOCK_HANDLER] = counting
+        got = [
+            client.submit(_hooks.group_clock, g, pure=False).result(timeout=60)
+            for g in ("orbit-a", "orbit-a", "orbit-a", "orbit-b")
+        ]
+    finally:
+        client.close()
+        cluster.close()
+    assert asked == ["orbit-a", "orbit-b"]
+    assert got[0] == 0.0 and 0.0 < got[1] <= got[2] < 60.0 and got[3] == 0.0

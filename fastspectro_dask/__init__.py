@@ -10,6 +10,7 @@ Public API (everything else is private):
 * :func:`open_esa` - one CDF file as a lazy :class:`xarray.Dataset` (also the xarray
   backend ``engine="fastesa"``);
 * :class:`InvalidCDFError` and the other errors of :mod:`fastspectro_dask.errors`;
+* :class:`NoWorkersError` - no Dask worker and none pending for ``worker-wait`` seconds;
 * :class:`StateLockedError` - another run holds the lock of the same progress/extrema file;
 * :class:`RunConfig` - a run's settings: the packaged ``fastspectro.yaml`` defaults, registered
   with ``dask.config`` under ``fastspectro`` on import, then the user's dask config and
@@ -25,7 +26,12 @@ from typing import Any
 from fastspectro_dask._version import __version__
 from fastspectro_dask.config import RunConfig
 from fastspectro_dask.discovery import INSTRUMENTS, OrbitIndex, discover
-from fastspectro_dask.errors import EmptyDataError, FastSpectroError, InvalidCDFError
+from fastspectro_dask.errors import (
+    EmptyDataError,
+    FastSpectroError,
+    InvalidCDFError,
+    NoWorkersError,
+)
 from fastspectro_dask.io import open_esa
 
 _LAZY = {
@@ -48,6 +54,7 @@ __all__ = [
     "FAST_plot_spectrograms_directory",
     "FastSpectroError",
     "InvalidCDFError",
+    "NoWorkersError",
     "OrbitIndex",
     "RunConfig",
     "RunSummary",

@@ -31,7 +31,7 @@ import logging
 import os
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -396,11 +396,16 @@ def render_grid(
             )
         )
         panels.append(panel)
-    key = (tuple(specs), tuple(figsize), float(dpi), bottom, tuple(names))
-    layout = _layout(key, tuple(specs), tuple(figsize), float(dpi), bottom, tuple(names))
+    # row titles are drawn per figure (they name the hemisphere's downgoing/upgoing rows,
+    # which change from orbit to orbit): one cached layout serves both hemispheres
+    static = tuple(replace(spec, title="") for spec in specs)
+    key = (static, tuple(figsize), float(dpi), bottom, tuple(names))
+    layout = _layout(key, static, tuple(figsize), float(dpi), bottom, tuple(names))
     fig, canvas = layout.fig, layout.fig.canvas
     canvas.restore_region(layout.background)
     buf = np.asarray(canvas.buffer_rgba())
+    for ax, spec in zip(layout.mains, specs, strict=True):
+        ax.draw_artist(ax.set_title(spec.title, loc="left", fontsize="medium", y=1.0))
     x_lo, x_hi = time_axis.extent
     rasters = []
     for ax, panel in zip(layout.mains, panels, strict=True):

@@ -164,3 +164,28 @@ def test_memory_stays_flat_over_1000_figures(orbit, tmp_path):
     grown_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0
     assert grown_kb < 20_000, f"max RSS grew {grown_kb} kB over 1,000 figures"
     assert draw.layout_cache_info()["layouts"] <= draw.MAX_LAYOUTS
+
+
+def test_row_titles_are_drawn_per_figure_one_layout_for_both_hemispheres(orbit, tmp_path):
+    """The pitch-angle rows are named downgoing/upgoing by hemisphere: the names change from
+    orbit to orbit, the layout does not (one build), and each figure still matches the
+    reference drawing of its own hemisphere."""
+    from dataclasses import replace
+
+    red, eph, ext = orbit
+    south = replace(eph, ilat=-np.abs(eph.ilat))
+    north = replace(eph, ilat=np.abs(eph.ilat))
+    draw.clear_layouts()
+    built = draw.layout_cache_info()["built"]
+    titles = {}
+    for name, e in (("north", north), ("south", south), ("north2", north)):
+        fast = FAST_plot_pitch_angle_grid(red["ees"], y_scale="log", ephemeris=e, engine="fast")
+        ref = FAST_plot_pitch_angle_grid(red["ees"], y_scale="log", ephemeris=e)
+        titles[name] = fast.texts["row_titles"]
+        assert titles[name] == _reference_texts(ref)["row_titles"]
+        got, want = _pixels(fast, tmp_path, f"f{name}"), _pixels(ref, tmp_path, f"r{name}")
+        assert got.shape == want.shape
+        assert (np.abs(got - want) <= TOLERANCE).all(axis=2).mean() >= MIN_SHARE
+    assert draw.layout_cache_info()["built"] == built + 1
+    assert "downgoing" in titles["north"][1] and "upgoing" in titles["south"][1]
+    assert titles["north2"] == titles["north"]

@@ -185,7 +185,7 @@ def test_a_hung_item_is_stopped_by_its_timeout_and_the_others_are_written(tmp_pa
         return _small(1)
 
     paths = generic_batch_plot(
-        ["a", "hang", "b"], build, tmp_path, client=dask_client, item_timeout_seconds=30
+        ["a", "hang", "b"], build, tmp_path, client=dask_client, item_timeout_seconds=8
     )
     assert [p.name for p in paths] == ["a_y-linear_z-log.png", "b_y-linear_z-log.png"]
     state = _progress(tmp_path / "generic-progress.json")

@@ -38,7 +38,9 @@ import hashlib
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -364,8 +366,13 @@ def _reuse(
     if state.get("input_fingerprint") != _fingerprint(current):
         return False
     prov = next(iter(state.get("provenance", {}).values()), {})
-    rule = "1st percentile" if compute_mins else "smallest positive value"
+    rule = _z_min_rule(compute_mins)
     return prov.get("percentile") == float(max_percentile) and prov.get("z_min_rule") == rule
+
+
+def _z_min_rule(compute_mins: bool) -> str:
+    """The provenance's name of the ``z_min`` rule."""
+    return "1st percentile" if compute_mins else "smallest positive value"
 
 
 def compute_global_extrema(
@@ -526,7 +533,7 @@ def compute_global_extrema(
     # one writer at a time: the journal is append-only and the JSON records its length
     with StateLock(json_path):
         try:
-            return _compute(
+            job = _Job(
                 store,
                 root,
                 current,
@@ -545,44 +552,86 @@ def compute_global_extrema(
                 max_workers=max_workers,
                 progress=progress,
             )
+            return _compute(job)
         finally:
             store.close()
 
 
-def _compute(
-    store: _Store,
-    root: Path,
-    current: dict[str, dict[str, Any]],
-    cache: ReducedCache,
-    cats: Mapping[str, Any],
-    *,
-    y_scale: str,
-    z_scale: str,
-    instrument_order: Sequence[str],
-    max_percentile: float,
-    flush_batch_size: int,
-    compute_mins: bool,
-    variable: str,
-    retrace: bool,
-    pad: PadSpec | None,
-    client: Client | None,
-    max_workers: int | None,
-    progress: Callable[[int, int], None] | None,
-) -> dict[str, Any]:
-    """The body of :func:`compute_global_extrema` once the inputs are known."""
-    json_path = store.json_path
-    state = store.open()
-    ledger = store.ledger
-    merged = store.merged
+@dataclass(frozen=True)
+class _Job:
+    """One extrema computation: its state store, the folder's files and the settings.
 
-    # Reconcile the ledger with the folder: drop removed/changed files' contributions.
+    ``current`` maps each file's path relative to ``root`` to its orbit, instrument, size,
+    modification time and :class:`~fastspectro_dask.cache.FileKey`.
+    """
+
+    store: _Store
+    root: Path
+    current: dict[str, dict[str, Any]]
+    cache: ReducedCache
+    cats: Mapping[str, Any]
+    y_scale: str
+    z_scale: str
+    instrument_order: Sequence[str]
+    max_percentile: float
+    flush_batch_size: int
+    compute_mins: bool
+    variable: str
+    retrace: bool
+    pad: PadSpec | None
+    client: Client | None
+    max_workers: int | None
+    progress: Callable[[int, int], None] | None
+
+    def counted(self, instrument: str) -> list[str]:
+        """The instrument's counted files (relative paths), by orbit then path."""
+        ledger = self.store.ledger
+        return sorted(
+            (
+                rel
+                for rel, e in ledger.items()
+                if e["instrument"] == instrument and e.get("status") == "counted"
+            ),
+            key=lambda r: (ledger[r]["orbit"], r),
+        )
+
+
+def _compute(job: _Job) -> dict[str, Any]:
+    """The body of :func:`compute_global_extrema` once the inputs are known."""
+    state = job.store.open()
+    _reconcile(job)
+    ledger = job.store.ledger
+    current = job.current
+    todo = [
+        rel
+        for rel in sorted(current, key=lambda r: (current[r]["orbit"], r))
+        if rel not in ledger or ledger[rel]["status"] not in ("counted", "invalid-cdf")
+    ]
+    if _reuse(state, current, todo, job.max_percentile, job.compute_mins):
+        return _reused(job, state)
+    pass1_seconds = _pass1(job, todo, state)
+    t1 = time.perf_counter()
+    results = _pass2(job)
+    pass2_seconds = time.perf_counter() - t1
+    if not any(r["n_samples"] for cm in results.values() for r in cm.values()):
+        job.store.flush(False, results)
+        raise EmptyDataError(
+            f"{job.root}: no positive finite {job.variable!r} value in any file "
+            f"of {', '.join(job.instrument_order)}"
+        )
+    return _finish(job, state, results, pass1_seconds, pass2_seconds)
+
+
+def _reconcile(job: _Job) -> None:
+    """Reconcile the ledger with the folder: drop removed/changed files' contributions."""
+    store, ledger = job.store, job.store.ledger
     for rel in list(ledger):
         old = ledger[rel]
-        now = current.get(rel)
+        now = job.current.get(rel)
         if now and now["size"] == old["size"] and now["mtime_ns"] == old["mtime_ns"]:
             continue
         if old.get("status") == "counted":
-            summary = cache.summary(old["entry"])
+            summary = job.cache.summary(old["entry"])
             if summary is None:
                 logger.warning(
                     "%s changed or vanished and its pass-1 summary is not in the "
@@ -592,79 +641,115 @@ def _compute(
                 store.restart()
                 break
             inst = old["instrument"]
-            if inst in merged:
+            if inst in store.merged:
                 for cat in store.cats:
-                    merged[inst][cat].add(summary[cat], sign=-1)
+                    store.merged[inst][cat].add(summary[cat], sign=-1)
         logger.info("%s %s: recounting", rel, "changed" if now else "removed")
         store.delete(rel)
 
-    todo = [
-        rel
-        for rel in sorted(current, key=lambda r: (current[r]["orbit"], r))
-        if rel not in ledger or ledger[rel]["status"] not in ("counted", "invalid-cdf")
-    ]
-    reusable = _reuse(state, current, todo, max_percentile, compute_mins)
-    if reusable:
-        scales = {tuple(x) for x in state.get("scales", [])}
-        if (y_scale, z_scale) not in scales:  # same numbers, new key names
-            state["scales"] = sorted([*map(list, scales), [y_scale, z_scale]])
-            state.update(_keys(state["results"], [(y_scale, z_scale)]))
-            state = store.rewrite_json(state)
-        logger.info("extrema: %s is up to date for %s; reused", json_path, root)
-        return {**state, "files": ledger}
-    remaining_per_orbit: dict[int, int] = {}
-    for rel in todo:
-        remaining_per_orbit[current[rel]["orbit"]] = (
-            remaining_per_orbit.get(current[rel]["orbit"], 0) + 1
-        )
+
+def _reused(job: _Job, state: dict[str, Any]) -> dict[str, Any]:
+    """The stored complete state, with this run's scale keys added if they are new."""
+    scales = {tuple(x) for x in state.get("scales", [])}
+    if (job.y_scale, job.z_scale) not in scales:  # same numbers, new key names
+        state["scales"] = sorted([*map(list, scales), [job.y_scale, job.z_scale]])
+        state.update(_keys(state["results"], [(job.y_scale, job.z_scale)]))
+        state = job.store.rewrite_json(state)
+    logger.info("extrema: %s is up to date for %s; reused", job.store.json_path, job.root)
+    return {**state, "files": job.store.ledger}
+
+
+# --------------------------------------------------------------------------------------
+# Pass 1 on the client: one task a file through the scheduling loop, outcomes to the ledger
+# --------------------------------------------------------------------------------------
+
+
+def _pass1(job: _Job, todo: Sequence[str], state: Mapping[str, Any]) -> float:
+    """Count the ``todo`` files into the ledger and the merged histograms; its seconds."""
+    remaining_per_orbit = Counter(job.current[rel]["orbit"] for rel in todo)
     logger.info(
         "extrema pass 1: %d of %d files to count (%d orbits)",
         len(todo),
-        len(current),
+        len(job.current),
         len(remaining_per_orbit),
     )
-
-    cache.ensure()  # the store's root exists before workers write entries into it
-    calls = [
-        (
-            (
-                str(current[rel]["key"].path),
-                current[rel]["key"],
-                current[rel]["instrument"],
-                current[rel]["orbit"],
-                variable,
-                cats,
-                cache,
-                retrace,
-                pad,
-            ),
-            {},
+    job.cache.ensure()  # the store's root exists before workers write entries into it
+    calls = [(_pass1_args(job, job.current[rel]), {}) for rel in todo]
+    n_threads = job.max_workers or os.cpu_count() or 1
+    record = _Pass1Recorder(job, todo, remaining_per_orbit)
+    t0 = time.perf_counter()
+    try:
+        _run(
+            _pass1_file,
+            calls,
+            record,
+            client=job.client,
+            window=max(2 * n_threads + job.flush_batch_size, 4),  # local threads only
+            max_workers=job.max_workers,
+            key_of=lambda a: f"extrema-pass1-{a[2]}-{a[3]}-{a[1].mtime_ns}",
+            extra=job.flush_batch_size,
+            # interrupted or not, what was counted is kept (atomically)
+            on_exit=lambda: job.store.flush(False, state.get("results")),
         )
-        for rel in todo
-    ]
-    orbits_since_flush = 0
-    n_threads = max_workers or os.cpu_count() or 1
-    done = 0
-    bar = progress_bar(len(todo), None, unit="file", desc="extrema pass 1")
+    finally:
+        record.bar.close()
+    return time.perf_counter() - t0
 
-    def record(i: int, result: Any, exc: BaseException | None) -> None:
-        nonlocal orbits_since_flush, done
-        rel = todo[i]
-        info = current[rel]
-        entry = {
-            "orbit": info["orbit"],
-            "instrument": info["instrument"],
-            "size": info["size"],
-            "mtime_ns": info["mtime_ns"],
-        }
+
+def _pass1_args(job: _Job, info: Mapping[str, Any]) -> tuple:
+    """The positional arguments of :func:`_pass1_file` for one file of ``job.current``."""
+    key = info["key"]
+    return (
+        str(key.path),
+        key,
+        info["instrument"],
+        info["orbit"],
+        job.variable,
+        job.cats,
+        job.cache,
+        job.retrace,
+        job.pad,
+    )
+
+
+class _Pass1Recorder:
+    """Pass 1's ``handle(index, result, error)``: each outcome into the ledger and the
+    merged histograms; the state flushed every ``flush_batch_size`` finished orbits;
+    progress bar and callback advanced."""
+
+    def __init__(self, job: _Job, todo: Sequence[str], remaining_per_orbit: Counter) -> None:
+        self.job = job
+        self.todo = todo
+        self.remaining_per_orbit = remaining_per_orbit
+        self.orbits_since_flush = 0
+        self.done = 0
+        self.bar = progress_bar(len(todo), None, unit="file", desc="extrema pass 1")
+
+    def __call__(self, i: int, result: Any, exc: BaseException | None) -> None:
+        rel = self.todo[i]
+        info = self.job.current[rel]
+        self.job.store.put(rel, self._entry(rel, info, result, exc))
+        self._file_done(info["orbit"])
+        self.done += 1
+        self.bar.update(1)
+        if self.job.progress is not None:
+            self.job.progress(self.done, len(self.todo))
+
+    def _entry(
+        self, rel: str, info: Mapping[str, Any], result: Any, exc: BaseException | None
+    ) -> dict[str, Any]:
+        """The file's ledger entry; a counted file's summary merged into the state."""
+        store = self.job.store
+        entry = {k: info[k] for k in ("orbit", "instrument", "size", "mtime_ns")}
         if exc is None:
+            summary = result["summary"]
             for cat in store.cats:
-                merged[info["instrument"]][cat].add(result["summary"][cat])
+                store.merged[info["instrument"]][cat].add(summary[cat])
             entry.update(
                 status="counted",
                 entry=result["entry"],
-                n=result["summary"][next(iter(cats))]["n"],
-                min_positive={c: result["summary"][c]["min_positive"] for c in store.cats},
+                n=summary[next(iter(self.job.cats))]["n"],
+                min_positive={c: summary[c]["min_positive"] for c in store.cats},
             )
         else:
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
@@ -672,112 +757,113 @@ def _compute(
             reason = error_reason(exc)
             entry.update(status=reason, error=f"{type(exc).__name__}: {exc}")
             logger.error("extrema: %s skipped (%s): %s", rel, reason, exc)
-        store.put(rel, entry)
-        remaining_per_orbit[info["orbit"]] -= 1
-        if remaining_per_orbit[info["orbit"]] == 0:
-            orbits_since_flush += 1
-            if orbits_since_flush >= flush_batch_size:
-                store.flush(False)
-                orbits_since_flush = 0
-        done += 1
-        bar.update(1)
-        if progress is not None:
-            progress(done, len(todo))
+        return entry
 
-    t0 = time.perf_counter()
-    try:
-        _run(
-            _pass1_file,
-            calls,
-            record,
-            client=client,
-            window=max(2 * n_threads + flush_batch_size, 4),  # local threads only
-            max_workers=max_workers,
-            key_of=lambda a: f"extrema-pass1-{a[2]}-{a[3]}-{a[1].mtime_ns}",
-            extra=flush_batch_size,
-            # interrupted or not, what was counted is kept (atomically)
-            on_exit=lambda: store.flush(False, state.get("results")),
-        )
-    finally:
-        bar.close()
-    pass1_seconds = time.perf_counter() - t0
+    def _file_done(self, orbit: int) -> None:
+        """One file of ``orbit`` less to wait for; flush after enough finished orbits."""
+        self.remaining_per_orbit[orbit] -= 1
+        if self.remaining_per_orbit[orbit] == 0:
+            self.orbits_since_flush += 1
+            if self.orbits_since_flush >= self.job.flush_batch_size:
+                self.job.store.flush(False)
+                self.orbits_since_flush = 0
 
-    # Pass 2 and the energy rule, per instrument and category.
+
+# --------------------------------------------------------------------------------------
+# Pass 2: exact percentiles from the merged histograms, and the energy rule
+# --------------------------------------------------------------------------------------
+
+
+def _pass2(job: _Job) -> dict[str, dict[str, dict[str, Any]]]:
+    """``{instrument: {category: limits and n_samples}}`` from the merged pass-1 state."""
     results: dict[str, dict[str, dict[str, Any]]] = {}
-    qs = [float(max_percentile)] + ([1.0] if compute_mins else [])
-    t1 = time.perf_counter()
-    for inst in instrument_order:
-        counted = sorted(
-            (
-                rel
-                for rel, e in ledger.items()
-                if e["instrument"] == inst and e.get("status") == "counted"
-            ),
-            key=lambda r: (ledger[r]["orbit"], r),
-        )
-        for k, cat in enumerate(store.cats):
-            if cat == PAD:
-                k = PAD
-            m = merged[inst][cat]
-            hist = m.histogram()
-            y_min, y_max = _y_limits(m.energy)
-            r: dict[str, Any] = {
-                "y_min": y_min,
-                "y_max": y_max,
-                "z_min": None,
-                "z_max": None,
-                "n_samples": hist.n,
-            }
-            if hist.n:
-                wanted = targets_for(hist, qs).coarse_keys
-                sources = [
-                    dask.delayed(_category_values, pure=True)(
-                        cache,
-                        ledger[rel]["entry"],
-                        k,
-                        current[rel]["key"].path,
-                        current[rel]["key"],
-                        variable,
-                        cats,
-                        wanted,
-                        retrace,
-                        pad,
-                        dask_key_name=f"extrema-values-{inst}-{cat}-{ledger[rel]['orbit']}-{n}",
-                    )
-                    for n, rel in enumerate(counted)
-                ]
-                # one scalar q at a time: numpy.percentile(pooled, 95.0) of float32 data is a
-                # float32, and that is the number users compare with
-                got = [resolve_exact(sources, hist, q, client=client) for q in qs]
-                r["z_max"] = float(got[0])
-                if compute_mins:
-                    r["z_min"] = float(got[1])
-                else:
-                    mins = [
-                        ledger[rel]["min_positive"][cat]
-                        for rel in counted
-                        if ledger[rel]["min_positive"].get(cat) is not None
-                    ]
-                    r["z_min"] = float(min(mins))
-            results.setdefault(inst, {})[cat] = r
-    pass2_seconds = time.perf_counter() - t1
-    if not any(r["n_samples"] for cm in results.values() for r in cm.values()):
-        store.flush(False, results)
-        raise EmptyDataError(
-            f"{root}: no positive finite {variable!r} value in any file "
-            f"of {', '.join(instrument_order)}"
-        )
+    qs = [float(job.max_percentile)] + ([1.0] if job.compute_mins else [])
+    for inst in job.instrument_order:
+        counted = job.counted(inst)
+        for k, cat in enumerate(job.store.cats):
+            category = PAD if cat == PAD else k
+            results.setdefault(inst, {})[cat] = _limits(job, inst, category, cat, counted, qs)
+    return results
 
+
+def _limits(
+    job: _Job, inst: str, k: int | str, cat: str, counted: Sequence[str], qs: Sequence[float]
+) -> dict[str, Any]:
+    """One instrument's and category's ``y_min``, ``y_max``, ``z_min``, ``z_max``."""
+    m = job.store.merged[inst][cat]
+    hist = m.histogram()
+    y_min, y_max = _y_limits(m.energy)
+    r: dict[str, Any] = {
+        "y_min": y_min,
+        "y_max": y_max,
+        "z_min": None,
+        "z_max": None,
+        "n_samples": hist.n,
+    }
+    if hist.n:
+        r["z_max"], r["z_min"] = _z_limits(job, inst, k, cat, counted, qs, hist)
+    return r
+
+
+def _z_limits(
+    job: _Job,
+    inst: str,
+    k: int | str,
+    cat: str,
+    counted: Sequence[str],
+    qs: Sequence[float],
+    hist: Histogram,
+) -> tuple[float, float]:
+    """(z_max, z_min): exact percentiles, resolved from the files' values (pass 2)."""
+    ledger = job.store.ledger
+    wanted = targets_for(hist, qs).coarse_keys
+    sources = [
+        dask.delayed(_category_values, pure=True)(
+            job.cache,
+            ledger[rel]["entry"],
+            k,
+            job.current[rel]["key"].path,
+            job.current[rel]["key"],
+            job.variable,
+            job.cats,
+            wanted,
+            job.retrace,
+            job.pad,
+            dask_key_name=f"extrema-values-{inst}-{cat}-{ledger[rel]['orbit']}-{n}",
+        )
+        for n, rel in enumerate(counted)
+    ]
+    # one scalar q at a time: numpy.percentile(pooled, 95.0) of float32 data is a
+    # float32, and that is the number users compare with
+    got = [resolve_exact(sources, hist, q, client=job.client) for q in qs]
+    if job.compute_mins:
+        return float(got[0]), float(got[1])
+    mins = [
+        ledger[rel]["min_positive"][cat]
+        for rel in counted
+        if ledger[rel]["min_positive"].get(cat) is not None
+    ]
+    return float(got[0]), float(min(mins))
+
+
+# --------------------------------------------------------------------------------------
+# The final state
+# --------------------------------------------------------------------------------------
+
+
+def _provenance(
+    job: _Job, results: Mapping[str, Mapping[str, Mapping[str, Any]]]
+) -> dict[str, dict[str, Any]]:
+    """Per instrument: the rule, sample and file counts, orbits covered."""
+    ledger = job.store.ledger
     provenance = {}
-    for inst in instrument_order:
-        counted = [
-            e for e in ledger.values() if e["instrument"] == inst and e.get("status") == "counted"
-        ]
-        orbits = sorted({e["orbit"] for e in counted})
+    for inst in job.instrument_order:
+        counted = job.counted(inst)
+        orbits = sorted({ledger[rel]["orbit"] for rel in counted})
         provenance[inst] = {
-            "percentile": float(max_percentile),
+            "percentile": float(job.max_percentile),
             "y_max_fraction": Y_MAX_FRACTION,
-            "z_min_rule": "1st percentile" if compute_mins else "smallest positive value",
+            "z_min_rule": _z_min_rule(job.compute_mins),
             "sample_count": results[inst].get("all", next(iter(results[inst].values())))[
                 "n_samples"
             ],
@@ -791,18 +877,30 @@ def _compute(
             "first_orbit": orbits[0] if orbits else None,
             "last_orbit": orbits[-1] if orbits else None,
             "method": _METHOD,
-            "variable": variable,
-            "retrace": "kept" if retrace else "dropped (channel 0)",
+            "variable": job.variable,
+            "retrace": "kept" if job.retrace else "dropped (channel 0)",
         }
-    scales = {tuple(s) for s in state.get("scales", [])} | {(y_scale, z_scale)}
+    return provenance
+
+
+def _finish(
+    job: _Job,
+    state: Mapping[str, Any],
+    results: dict[str, dict[str, dict[str, Any]]],
+    pass1_seconds: float,
+    pass2_seconds: float,
+) -> dict[str, Any]:
+    """Commit the complete state (keys of every scale pair seen) and return it."""
+    ledger = job.store.ledger
+    scales = {tuple(s) for s in state.get("scales", [])} | {(job.y_scale, job.z_scale)}
     keys = _keys(results, sorted(scales))
-    doc = store.flush(
+    doc = job.store.flush(
         True,
         results,
         {
             "scales": [list(s) for s in sorted(scales)],
-            "input_fingerprint": _fingerprint(current),
-            "provenance": provenance,
+            "input_fingerprint": _fingerprint(job.current),
+            "provenance": _provenance(job, results),
             "errors": {rel: e["error"] for rel, e in ledger.items() if "error" in e},
             "timing_seconds": {"pass1": round(pass1_seconds, 3), "pass2": round(pass2_seconds, 3)},
             **keys,
@@ -814,5 +912,5 @@ def _compute(
         pass1_seconds,
         pass2_seconds,
     )
-    store.maybe_compact(doc)
+    job.store.maybe_compact(doc)
     return {**doc, "files": ledger}

@@ -584,7 +584,16 @@ def _default(name: str) -> str:
 def _add_setting_options(p: argparse.ArgumentParser) -> None:
     """The flags of the run settings (:mod:`fastspectro_dask.config`): each defaults to
     None, not given, so that the dask config (fastspectro.yaml, the user's dask config
-    files, DASK_FASTSPECTRO__* variables) decides."""
+    files, DASK_FASTSPECTRO__* variables) decides; the help shows that default."""
+    _add_data_options(p)
+    _add_rendering_options(p)
+    _add_flush_options(p)
+    _add_worker_options(p)
+    _add_resume_options(p)
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    """Scales, variable, time axis, energy channels and products."""
     d = _default
     p.add_argument("--y-scale", choices=SCALES, help=f"energy axis scale ({d('y-scale')})")
     p.add_argument("--z-scale", choices=SCALES, help=f"colour scale ({d('z-scale')})")
@@ -614,6 +623,11 @@ def _add_setting_options(p: argparse.ArgumentParser) -> None:
         metavar="LO:HI",
         help=f"energy window of the pad product in eV ({d('pad-energy')}: all valid channels)",
     )
+
+
+def _add_rendering_options(p: argparse.ArgumentParser) -> None:
+    """Drawing engine, figure size, resolution, format and the colour-scale maximum."""
+    d = _default
     p.add_argument(
         "--engine",
         choices=("fast", "reference"),
@@ -646,6 +660,11 @@ def _add_setting_options(p: argparse.ArgumentParser) -> None:
         help=f"colour-scale maximum: exact mission-wide percentile "
         f"({d('max-processing-percentile')})",
     )
+
+
+def _add_flush_options(p: argparse.ArgumentParser) -> None:
+    """How often progress and logs are written."""
+    d = _default
     p.add_argument(
         "--flush-batch-size",
         type=_positive_int,
@@ -661,6 +680,11 @@ def _add_setting_options(p: argparse.ArgumentParser) -> None:
         type=_positive_float,
         help=f"also write progress every S seconds ({d('flush-interval-seconds')})",
     )
+
+
+def _add_worker_options(p: argparse.ArgumentParser) -> None:
+    """Local workers, and the time bounds of an orbit and of a figure."""
+    d = _default
     p.add_argument(
         "--max-workers",
         type=_positive_int,
@@ -677,6 +701,11 @@ def _add_setting_options(p: argparse.ArgumentParser) -> None:
         help="seconds for one figure, from the moment its render process is ready; inf: "
         f"no bound ({d('instrument-timeout-seconds')})",
     )
+
+
+def _add_resume_options(p: argparse.ArgumentParser) -> None:
+    """What a re-run redoes."""
+    d = _default
     p.add_argument(
         "--ignore-progress",
         action=argparse.BooleanOptionalAction,
@@ -831,7 +860,30 @@ def _build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="count", default=0, help="more log output (-v info, -vv debug)"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add_command in (
+        _add_synth_command,
+        _add_info_command,
+        _add_demo_command,
+        _add_plot_command,
+        _add_extrema_command,
+        _add_config_command,
+        _add_status_command,
+        _add_report_command,
+    ):
+        add_command(sub)
+    return parser
 
+
+def _add_synthetic_size_options(
+    p: argparse.ArgumentParser, *, records_help: str, seed: int, seed_help: str
+) -> None:
+    """``--orbits``, ``--records`` and ``--seed`` of the synthetic data (synth, demo)."""
+    p.add_argument("--orbits", type=_positive_int, default=4, help="number of orbits (default 4)")
+    p.add_argument("--records", type=_positive_int, default=400, help=records_help)
+    p.add_argument("--seed", type=int, default=seed, help=seed_help)
+
+
+def _add_synth_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "synth",
         help="write realistic synthetic FAST ESA L2 CDF files",
@@ -839,40 +891,25 @@ def _build_parser() -> argparse.ArgumentParser:
         "(for demos and tests: no download needed).",
     )
     p.add_argument("out", type=Path, help="output folder (created if needed)")
-    p.add_argument("--orbits", type=_positive_int, default=4, help="number of orbits (default 4)")
-    p.add_argument(
-        "--records",
-        type=_positive_int,
-        default=400,
-        help="records per survey file, about (default 400; real files 300-3000)",
+    _add_synthetic_size_options(
+        p,
+        records_help="records per survey file, about (default 400; real files 300-3000)",
+        seed=0,
+        seed_help="random seed (default 0)",
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument(
         "--start-orbit",
         type=_nonnegative_int,
         default=13616,
         help="first orbit number (default 13616, January 2000)",
     )
-    p.add_argument(
-        "--no-compress",
-        action="store_true",
-        help="write uncompressed variables (~11x larger files)",
-    )
-    p.add_argument(
-        "--bad-files",
-        action="store_true",
-        help="also write the broken-file corpus (empty, HTML, truncated, ...)",
-    )
-    p.add_argument(
-        "--orb-files",
-        action="store_true",
-        help="also write fa_k0_orb ephemeris files (ILAT, MLT, ALT)",
-    )
-    p.add_argument(
-        "--istp-depends",
-        action="store_true",
-        help="ISTP-consistent DEPEND_1/DEPEND_2 instead of the real files' swap",
-    )
+    for flag, text in (
+        ("--no-compress", "write uncompressed variables (~11x larger files)"),
+        ("--bad-files", "also write the broken-file corpus (empty, HTML, truncated, ...)"),
+        ("--orb-files", "also write fa_k0_orb ephemeris files (ILAT, MLT, ALT)"),
+        ("--istp-depends", "ISTP-consistent DEPEND_1/DEPEND_2 instead of the real files' swap"),
+    ):
+        p.add_argument(flag, action="store_true", help=text)
     p.add_argument(
         "--layout",
         choices=("yyyy/mm", "spdf", "flat"),
@@ -881,6 +918,8 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_synth)
 
+
+def _add_info_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "info",
         help="inventory of a folder of FAST ESA L2 files, or a figure's provenance",
@@ -892,6 +931,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="list every orbit and skipped file")
     p.set_defaults(func=_cmd_info)
 
+
+def _add_demo_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
         help="write synthetic data and plot it all on a local Dask cluster",
@@ -905,15 +946,11 @@ def _build_parser() -> argparse.ArgumentParser:
         default=Path("fastspectro_demo"),
         help="demo folder (default ./fastspectro_demo)",
     )
-    p.add_argument("--orbits", type=_positive_int, default=4, help="number of orbits (default 4)")
-    p.add_argument(
-        "--records", type=_positive_int, default=400, help="records per file (default 400)"
-    )
-    p.add_argument(
-        "--seed",
-        type=int,
-        default=1,
-        help="random seed (default 1: storm and quiet orbits, bursts)",
+    _add_synthetic_size_options(
+        p,
+        records_help="records per file (default 400)",
+        seed=1,
+        seed_help="random seed (default 1: storm and quiet orbits, bursts)",
     )
     p.add_argument(
         "--bad-files",
@@ -923,6 +960,8 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_run_options(p)
     p.set_defaults(func=_cmd_demo)
 
+
+def _add_plot_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "plot",
         help="plot every orbit of a folder (resumable)",
@@ -936,6 +975,16 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_run_options(p)
     p.set_defaults(func=_cmd_plot)
 
+
+def _add_compute_mins_option(p: argparse.ArgumentParser, text: str) -> None:
+    p.add_argument(
+        "--compute-mins",
+        action=argparse.BooleanOptionalAction,
+        help=f"{text} ({_default('compute-mins')})",
+    )
+
+
+def _add_extrema_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "extrema",
         help="compute and print the exact global limits",
@@ -957,16 +1006,13 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--percentile", type=_percentile, help=f"({_default('max-processing-percentile')})"
     )
-    p.add_argument(
-        "--compute-mins",
-        action=argparse.BooleanOptionalAction,
-        help="z_min is the exact 1st percentile instead of the smallest value "
-        f"({_default('compute-mins')})",
-    )
+    _add_compute_mins_option(p, "z_min is the exact 1st percentile instead of the smallest value")
     _add_retrace_option(p)
     _add_scheduler_options(p)
     p.set_defaults(func=_cmd_extrema)
 
+
+def _add_config_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "config",
         help="print the resolved run settings as YAML",
@@ -976,14 +1022,11 @@ def _build_parser() -> argparse.ArgumentParser:
         "flags given (the same as plot's). Bad values are refused (exit code 2).",
     )
     _add_run_options(p)
-    p.add_argument(
-        "--compute-mins",
-        action=argparse.BooleanOptionalAction,
-        help="z_min is the exact 1st percentile (as extrema --compute-mins) "
-        f"({_default('compute-mins')})",
-    )
+    _add_compute_mins_option(p, "z_min is the exact 1st percentile (as extrema --compute-mins)")
     p.set_defaults(func=_cmd_config)
 
+
+def _add_status_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "status",
         help="progress of an output folder",
@@ -992,6 +1035,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", type=Path, help="output folder of a plot run")
     p.set_defaults(func=_cmd_status)
 
+
+def _add_report_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "report",
         help="(re)write the HTML run report OUTPUT/index.html",
@@ -1009,7 +1054,6 @@ def _build_parser() -> argparse.ArgumentParser:
         "--page-size", type=_positive_int, default=500, help="orbits per page (default 500)"
     )
     p.set_defaults(func=_cmd_report)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

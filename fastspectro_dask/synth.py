@@ -19,10 +19,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import cdflib
 import numpy as np
@@ -444,6 +445,7 @@ _FILL = {
     CDFWriter.CDF_DOUBLE: (-1e31, -1e31, 1e31, "E25.18"),
 }
 _EPOCH_MIN, _EPOCH_MAX = 63007804800000.0, 63408355200000.0
+_EPOCH_FILL = (-1e31, _EPOCH_MIN, _EPOCH_MAX, "E25.18")  # as _FILL, for CDF_EPOCH
 _UNIX_MIN, _UNIX_MAX = 840585600.0, 1241136000.0
 
 
@@ -459,12 +461,19 @@ class _FileWriter:
         istp_depends: bool,
         ext1: str,
         ext2: str,
+        omit: Iterable[str] = (),
+        overrides: Mapping[str, np.ndarray] | None = None,
+        dims_override: Mapping[str, Sequence[int]] | None = None,
     ) -> None:
         self.w = writer
         self.compress = compress
         self.n = n_records
         self.istp_depends = istp_depends
         self.ext1, self.ext2 = ext1, ext2
+        # the broken-file corpus: record-varying variables left out, replaced, reshaped
+        self.omit = frozenset(omit)
+        self.overrides = dict(overrides or {})
+        self.dims_override = dict(dims_override or {})
 
     def rv(
         self,
@@ -485,12 +494,13 @@ class _FileWriter:
         dims: Sequence[int] | None = None,
         fieldnam: str | None = None,
     ) -> None:
-        """A record-varying variable (``data`` None writes zero records)."""
-        fill, vmin, vmax, fmt = (
-            _FILL[dtype]
-            if dtype != CDFWriter.CDF_EPOCH
-            else (-1e31, _EPOCH_MIN, _EPOCH_MAX, "E25.18")
-        )
+        """A record-varying variable (``data`` None writes zero records); ``omit``,
+        ``overrides`` and ``dims_override`` apply (the broken-file corpus)."""
+        if name in self.omit:
+            return
+        data = self.overrides.get(name, data)
+        dims = self.dims_override.get(name, dims)
+        fill, vmin, vmax, fmt = _FILL[dtype] if dtype != CDFWriter.CDF_EPOCH else _EPOCH_FILL
         tname = _TYPE_NAMES[dtype]
         attrs: dict = {
             "CATDESC": catdesc or f"{self.ext1}{name}",
@@ -634,6 +644,26 @@ def _global_attrs(instrument: str, filename: str, n_records: int) -> dict:
     return {k: {0: v} for k, v in values.items()}
 
 
+_TIME_KW = {"units": "sec", "validmin": _UNIX_MIN, "validmax": _UNIX_MAX, "monoton": "INCREASE"}
+
+
+@dataclass(frozen=True)
+class _Times:
+    """A file's record times: start, end and centre (unix seconds), centre as CDF_EPOCH."""
+
+    start: np.ndarray
+    end: np.ndarray
+    center: np.ndarray
+    epoch: np.ndarray
+
+    @classmethod
+    def of(cls, grid: _Grid) -> _Times:
+        end = grid.start + grid.delta
+        center = (grid.start + end) / 2
+        epoch = np.asarray(cdflib.cdfepoch.timestamp_to_cdfepoch(center), np.float64)
+        return cls(grid.start, end, center, epoch)
+
+
 def _write_cdf(
     path: Path,
     instrument: str,
@@ -649,16 +679,8 @@ def _write_cdf(
 ) -> None:
     """Write one file; ``omit``/``overrides`` exist to build the broken-file corpus."""
     info = INSTRUMENT_INFO[instrument]
-    omit = set(omit)
-    overrides = overrides or {}
-    dims_override = dims_override or {}
-    g = rec.grid
-    n = g.start.size
-    t_start = g.start
-    t_end = g.start + g.delta
-    t_center = (t_start + t_end) / 2
-    epoch = np.asarray(cdflib.cdfepoch.timestamp_to_cdfepoch(t_center), np.float64)
-    fw: _FileWriter
+    n = rec.grid.start.size
+    times = _Times.of(rec.grid)
     tmp = path.with_name("." + path.stem + ".partial.cdf")  # cdflib insists on .cdf
     if tmp.exists():
         tmp.unlink()
@@ -672,197 +694,228 @@ def _write_cdf(
             istp_depends=istp_depends,
             ext1=info["ext1"],
             ext2=info["ext2"],
+            omit=omit,
+            overrides=overrides,
+            dims_override=dims_override,
         )
-        D, F, U1, I2, I4 = (
-            CDFWriter.CDF_DOUBLE,
-            CDFWriter.CDF_FLOAT,
-            CDFWriter.CDF_UINT1,
-            CDFWriter.CDF_INT2,
-            CDFWriter.CDF_INT4,
-        )
-
-        def rv(name, dtype, data, **kw):
-            if name in omit:
-                return
-            data = overrides.get(name, data)
-            if name in dims_override:
-                kw["dims"] = dims_override[name]
-            fw.rv(name, dtype, data, **kw)
-
-        tkw = dict(units="sec", validmin=_UNIX_MIN, validmax=_UNIX_MAX, monoton="INCREASE")
-        rv(
-            "epoch",
-            CDFWriter.CDF_EPOCH,
-            epoch,
-            units="sec",
-            monoton="INCREASE",
-            depend_0="epoch",
-            catdesc=info["ext1"] + "Epoch (center time)",
-        )
-        rv("time_unix", D, t_center, **tkw)
-        rv("time_start", D, t_start, **tkw)
-        rv("time_end", D, t_end, **tkw)
-        rv("time_delta", D, g.delta.astype(np.float64), units="sec")
-        rv("time_integ", D, (g.delta / np.maximum(rec.nenergy, 1)).astype(np.float64), units="sec")
-        rv("header_bytes", U1, np.zeros((n, 44), np.uint8))
-        rv("valid", U1, np.ones(n, np.uint8))
-        rv("data_quality", U1, rec.data_quality)
-        rv("nbins", U1, rec.nbins)
-        rv("nenergy", U1, rec.nenergy)
-        rv("geom_factor", F, np.full(n, rec.geom_factor, np.float32))
-        rv("gf_ind", I2, np.zeros(n, np.int16))
-        rv("bins_ind", I2, rec.mode.astype(np.int16))
-        rv("mode_ind", U1, rec.mode)
-        for name, val in (
-            ("theta_shift", rec.theta_shift),
-            ("theta_max", (rec.theta_shift + 180).astype(np.float32)),
-            ("theta_min", (rec.theta_shift - 180).astype(np.float32)),
-        ):
-            rv(name, F, val, units="degrees", validmin=-400.0, validmax=400.0, var_type="data")
-        rv("bkg", F, np.zeros(n, np.float32), var_type="data")
-        rv(
-            "sc_pot",
-            F,
-            np.random.default_rng(orbit).uniform(2, 10, n).astype(np.float32),
-            units="volts",
-            var_type="data",
-        )
-        big = dict(big=True)
-        rv(
-            "data",
-            U1,
-            rec.arrays["data"],
-            units="Counts",
-            var_type="data",
-            scaletyp="log",
-            fieldnam=info["ext1"] + "Counts",
-            **big,
-        )
-        rv(
-            "eflux",
-            F,
-            rec.arrays["eflux"],
-            units="eV/(cm^2-s-sr-eV)",
-            var_type="data",
-            scaletyp="log",
-            validmin=0.0,
-            validmax=1e10,
-            fieldnam=info["ext1"] + "Energy flux",
-            catdesc=info["ext2"] + "Differential energy flux array with dimensions "
-            "(96, 64, NUM_DISTS) (as plasmagrams)",
-            **big,
-        )
-        rv(
-            "pitch_angle",
-            F,
-            rec.arrays["pitch_angle"],
-            units="degrees",
-            var_type="data",
-            validmin=-400.0,
-            validmax=400.0,
-            **big,
-        )
-        rv("domega", F, rec.arrays["domega"], units="ster", **big)
-        rv(
-            "energy_full",
-            F,
-            rec.arrays["energy_full"],
-            units="eV",
-            catdesc=info["ext1"] + "Angular values of each bin",
-            **big,
-        )
-        rv("denergy_full", F, rec.arrays["denergy_full"], units="eV", **big)
-        orbit_pair = np.array([orbit, orbit], np.int32)
-        on_kw = dict(depend_0="orbit_number_epoch", depend_time="orbit_number_time")
-        rv("orbit_number", I4, orbit_pair, **on_kw)
-        rv("orbit_number_time", D, np.array([t_center.min(), t_center.max()]), **tkw, **on_kw)
-        rv(
-            "orbit_number_epoch",
-            CDFWriter.CDF_EPOCH,
-            np.array([epoch.min(), epoch.max()]),
-            units="sec",
-            **on_kw,
-        )
-        # Zero-record virtual variables (CDAWeb display helpers).
-        for name in (
-            "eflux_movie",
-            "eflux_byE_atA",
-            "eflux_byA_atE",
-            "pitch_angle_median",
-            "energy_median",
-        ):
-            if name not in omit:
-                w.write_var(
-                    {
-                        "Variable": name,
-                        "Data_Type": F,
-                        "Num_Elements": 1,
-                        "Rec_Vary": True,
-                        "Dim_Sizes": [],
-                        "Compress": 0,
-                    },
-                    var_attrs={
-                        "VIRTUAL": "true",
-                        "FUNCT": "alternate_view",
-                        "COMPONENT_0": "eflux",
-                        "VAR_TYPE": "data",
-                        "FILLVAL": [-1e31, "CDF_FLOAT"],
-                    },
-                    var_data=None,
-                )
-        # Non-record-varying metadata.
-        C = CDFWriter.CDF_CHAR
-        for name, text in (
-            ("project_name", "FAST"),
-            ("data_name", info["data_name"]),
-            ("data_level", "Level 2"),
-            ("units_name", "Compressed"),
-            ("units_procedure", "fa_convert_esa_units"),
-        ):
-            fw.nrv(name, C, text, num_elements=len(text))
-        fw.nrv("num_dists", I4, np.int32(n))
-        n_ang = info["table_angles"]
-        bins_shape = (n_ang, N_ENERGY) if info["burst"] else (2, n_ang, N_ENERGY)
-        fw.nrv("bins", U1, np.ones(bins_shape, np.uint8))
-        for name in ("energy", "denergy", "theta", "dtheta", "eff"):
-            units = {"energy": "eV", "denergy": "eV", "theta": "Degrees", "dtheta": "Degrees"}.get(
-                name, "NA"
-            )
-            fw.nrv(name, F, tables[name], units=units)
-        gf_shape = (n_ang, N_ENERGY) if info["burst"] else (10, n_ang, N_ENERGY)
-        fw.nrv("gf", F, np.ones(gf_shape, np.float32))
-        fw.nrv("bkg_arr", F, np.zeros(gf_shape, np.float32))
-        fw.nrv("dead", F, np.float32(1.1e-7))
-        electron = info["species"] == "electron"
-        fw.nrv("mass", F, np.float32(5.68566e-6 if electron else 0.0104389))
-        fw.nrv("charge", I2, np.int16(-1 if electron else 1))
-        fw.nrv("orbit_start", I4, np.int32(orbit))
-        fw.nrv("orbit_end", I4, np.int32(orbit))
-        fw.nrv("energy_channel", I4, np.arange(96, dtype=np.int32))
-        fw.nrv("pitch_angle_bin", I4, np.arange(64, dtype=np.int32))
-        fw.nrv("compno_96", I2, np.arange(1, 97, dtype=np.int16))
-        fw.nrv("compno_64", I2, np.arange(1, 65, dtype=np.int16))
-        fw.nrv(
-            "energy_labl_96",
-            C,
-            [f"energy@LABL{i}".rjust(13) for i in range(96)],
-            num_elements=13,
-            dims=[96],
-        )
-        fw.nrv(
-            "angle_labl_64",
-            C,
-            [f"angle@LABL{i}".rjust(12) for i in range(64)],
-            num_elements=12,
-            dims=[64],
-        )
-        by_pitch = [f"{info['ext1']}eflux @ PA {i}" for i in range(1, 65)]
-        by_energy = [f"{info['ext1']}eflux @ Energy {i}" for i in range(1, 97)]
-        fw.nrv("eflux_bypitch_labl", C, by_pitch, num_elements=max(map(len, by_pitch)), dims=[64])
-        fw.nrv(
-            "eflux_byenergy_labl", C, by_energy, num_elements=max(map(len, by_energy)), dims=[96]
-        )
+        _write_time_vars(fw, rec, times)
+        _write_record_support(fw, rec, orbit)
+        _write_spectra(fw, rec, info)
+        _write_orbit_number(fw, orbit, times)
+        _write_virtual_vars(fw)
+        _write_tables(fw, info, tables, n, orbit)
+        _write_labels(fw, info)
     os.replace(tmp, path)
+
+
+def _write_time_vars(fw: _FileWriter, rec: _Records, times: _Times) -> None:
+    """``epoch``, the unix times and the accumulation times."""
+    D = CDFWriter.CDF_DOUBLE
+    fw.rv(
+        "epoch",
+        CDFWriter.CDF_EPOCH,
+        times.epoch,
+        units="sec",
+        monoton="INCREASE",
+        depend_0="epoch",
+        catdesc=fw.ext1 + "Epoch (center time)",
+    )
+    fw.rv("time_unix", D, times.center, **_TIME_KW)
+    fw.rv("time_start", D, times.start, **_TIME_KW)
+    fw.rv("time_end", D, times.end, **_TIME_KW)
+    delta = rec.grid.delta
+    fw.rv("time_delta", D, delta.astype(np.float64), units="sec")
+    fw.rv("time_integ", D, (delta / np.maximum(rec.nenergy, 1)).astype(np.float64), units="sec")
+
+
+def _write_record_support(fw: _FileWriter, rec: _Records, orbit: int) -> None:
+    """The small per-record variables: header, quality, mode, angles, background, potential."""
+    n = rec.grid.start.size
+    F, U1, I2 = CDFWriter.CDF_FLOAT, CDFWriter.CDF_UINT1, CDFWriter.CDF_INT2
+    fw.rv("header_bytes", U1, np.zeros((n, 44), np.uint8))
+    fw.rv("valid", U1, np.ones(n, np.uint8))
+    fw.rv("data_quality", U1, rec.data_quality)
+    fw.rv("nbins", U1, rec.nbins)
+    fw.rv("nenergy", U1, rec.nenergy)
+    fw.rv("geom_factor", F, np.full(n, rec.geom_factor, np.float32))
+    fw.rv("gf_ind", I2, np.zeros(n, np.int16))
+    fw.rv("bins_ind", I2, rec.mode.astype(np.int16))
+    fw.rv("mode_ind", U1, rec.mode)
+    for name, val in (
+        ("theta_shift", rec.theta_shift),
+        ("theta_max", (rec.theta_shift + 180).astype(np.float32)),
+        ("theta_min", (rec.theta_shift - 180).astype(np.float32)),
+    ):
+        fw.rv(name, F, val, units="degrees", validmin=-400.0, validmax=400.0, var_type="data")
+    fw.rv("bkg", F, np.zeros(n, np.float32), var_type="data")
+    fw.rv(
+        "sc_pot",
+        F,
+        np.random.default_rng(orbit).uniform(2, 10, n).astype(np.float32),
+        units="volts",
+        var_type="data",
+    )
+
+
+def _write_spectra(fw: _FileWriter, rec: _Records, info: Mapping[str, Any]) -> None:
+    """The (records, 64, 96) variables: counts, energy flux, pitch angle, geometry."""
+    U1, F = CDFWriter.CDF_UINT1, CDFWriter.CDF_FLOAT
+    a = rec.arrays
+    fw.rv(
+        "data",
+        U1,
+        a["data"],
+        units="Counts",
+        var_type="data",
+        scaletyp="log",
+        fieldnam=info["ext1"] + "Counts",
+        big=True,
+    )
+    fw.rv(
+        "eflux",
+        F,
+        a["eflux"],
+        units="eV/(cm^2-s-sr-eV)",
+        var_type="data",
+        scaletyp="log",
+        validmin=0.0,
+        validmax=1e10,
+        fieldnam=info["ext1"] + "Energy flux",
+        catdesc=info["ext2"] + "Differential energy flux array with dimensions "
+        "(96, 64, NUM_DISTS) (as plasmagrams)",
+        big=True,
+    )
+    fw.rv(
+        "pitch_angle",
+        F,
+        a["pitch_angle"],
+        units="degrees",
+        var_type="data",
+        validmin=-400.0,
+        validmax=400.0,
+        big=True,
+    )
+    fw.rv("domega", F, a["domega"], units="ster", big=True)
+    fw.rv(
+        "energy_full",
+        F,
+        a["energy_full"],
+        units="eV",
+        catdesc=info["ext1"] + "Angular values of each bin",
+        big=True,
+    )
+    fw.rv("denergy_full", F, a["denergy_full"], units="eV", big=True)
+
+
+def _write_orbit_number(fw: _FileWriter, orbit: int, times: _Times) -> None:
+    """``orbit_number`` with its own two-record time axis."""
+    on_kw = {"depend_0": "orbit_number_epoch", "depend_time": "orbit_number_time"}
+    fw.rv("orbit_number", CDFWriter.CDF_INT4, np.array([orbit, orbit], np.int32), **on_kw)
+    fw.rv(
+        "orbit_number_time",
+        CDFWriter.CDF_DOUBLE,
+        np.array([times.center.min(), times.center.max()]),
+        **_TIME_KW,
+        **on_kw,
+    )
+    fw.rv(
+        "orbit_number_epoch",
+        CDFWriter.CDF_EPOCH,
+        np.array([times.epoch.min(), times.epoch.max()]),
+        units="sec",
+        **on_kw,
+    )
+
+
+def _write_virtual_vars(fw: _FileWriter) -> None:
+    """Zero-record virtual variables (CDAWeb display helpers)."""
+    for name in (
+        "eflux_movie",
+        "eflux_byE_atA",
+        "eflux_byA_atE",
+        "pitch_angle_median",
+        "energy_median",
+    ):
+        if name not in fw.omit:
+            fw.w.write_var(
+                {
+                    "Variable": name,
+                    "Data_Type": CDFWriter.CDF_FLOAT,
+                    "Num_Elements": 1,
+                    "Rec_Vary": True,
+                    "Dim_Sizes": [],
+                    "Compress": 0,
+                },
+                var_attrs={
+                    "VIRTUAL": "true",
+                    "FUNCT": "alternate_view",
+                    "COMPONENT_0": "eflux",
+                    "VAR_TYPE": "data",
+                    "FILLVAL": [-1e31, "CDF_FLOAT"],
+                },
+                var_data=None,
+            )
+
+
+def _write_tables(
+    fw: _FileWriter, info: Mapping[str, Any], tables: dict[str, np.ndarray], n: int, orbit: int
+) -> None:
+    """Non-record-varying metadata: names, the mode tables, constants of the instrument."""
+    C, F, U1 = CDFWriter.CDF_CHAR, CDFWriter.CDF_FLOAT, CDFWriter.CDF_UINT1
+    I2, I4 = CDFWriter.CDF_INT2, CDFWriter.CDF_INT4
+    for name, text in (
+        ("project_name", "FAST"),
+        ("data_name", info["data_name"]),
+        ("data_level", "Level 2"),
+        ("units_name", "Compressed"),
+        ("units_procedure", "fa_convert_esa_units"),
+    ):
+        fw.nrv(name, C, text, num_elements=len(text))
+    fw.nrv("num_dists", I4, np.int32(n))
+    n_ang = info["table_angles"]
+    bins_shape = (n_ang, N_ENERGY) if info["burst"] else (2, n_ang, N_ENERGY)
+    fw.nrv("bins", U1, np.ones(bins_shape, np.uint8))
+    for name in ("energy", "denergy", "theta", "dtheta", "eff"):
+        units = {"energy": "eV", "denergy": "eV", "theta": "Degrees", "dtheta": "Degrees"}.get(
+            name, "NA"
+        )
+        fw.nrv(name, F, tables[name], units=units)
+    gf_shape = (n_ang, N_ENERGY) if info["burst"] else (10, n_ang, N_ENERGY)
+    fw.nrv("gf", F, np.ones(gf_shape, np.float32))
+    fw.nrv("bkg_arr", F, np.zeros(gf_shape, np.float32))
+    fw.nrv("dead", F, np.float32(1.1e-7))
+    electron = info["species"] == "electron"
+    fw.nrv("mass", F, np.float32(5.68566e-6 if electron else 0.0104389))
+    fw.nrv("charge", I2, np.int16(-1 if electron else 1))
+    fw.nrv("orbit_start", I4, np.int32(orbit))
+    fw.nrv("orbit_end", I4, np.int32(orbit))
+
+
+def _write_labels(fw: _FileWriter, info: Mapping[str, Any]) -> None:
+    """The channel numbers and the label variables of the energy and pitch-angle axes."""
+    C, I2, I4 = CDFWriter.CDF_CHAR, CDFWriter.CDF_INT2, CDFWriter.CDF_INT4
+    fw.nrv("energy_channel", I4, np.arange(96, dtype=np.int32))
+    fw.nrv("pitch_angle_bin", I4, np.arange(64, dtype=np.int32))
+    fw.nrv("compno_96", I2, np.arange(1, 97, dtype=np.int16))
+    fw.nrv("compno_64", I2, np.arange(1, 65, dtype=np.int16))
+    fw.nrv(
+        "energy_labl_96",
+        C,
+        [f"energy@LABL{i}".rjust(13) for i in range(96)],
+        num_elements=13,
+        dims=[96],
+    )
+    fw.nrv(
+        "angle_labl_64",
+        C,
+        [f"angle@LABL{i}".rjust(12) for i in range(64)],
+        num_elements=12,
+        dims=[64],
+    )
+    by_pitch = [f"{info['ext1']}eflux @ PA {i}" for i in range(1, 65)]
+    by_energy = [f"{info['ext1']}eflux @ Energy {i}" for i in range(1, 97)]
+    fw.nrv("eflux_bypitch_labl", C, by_pitch, num_elements=max(map(len, by_pitch)), dims=[64])
+    fw.nrv("eflux_byenergy_labl", C, by_energy, num_elements=max(map(len, by_energy)), dims=[96])
 
 
 # --------------------------------------------------------------------------------------

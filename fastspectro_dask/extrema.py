@@ -375,6 +375,23 @@ def _z_min_rule(compute_mins: bool) -> str:
     return "1st percentile" if compute_mins else "smallest positive value"
 
 
+def _inventory(index: OrbitIndex, root: Path) -> dict[str, dict[str, Any]]:
+    """The folder's files by path relative to ``root``: orbit, instrument, size, mtime, key."""
+    current: dict[str, dict[str, Any]] = {}
+    for orbit, files in index.items():
+        for inst, path in files.items():
+            key = FileKey.of(path)
+            rel = os.path.relpath(key.path, root.absolute())
+            current[rel] = {
+                "orbit": orbit,
+                "instrument": inst,
+                "size": key.size,
+                "mtime_ns": key.mtime_ns,
+                "key": key,
+            }
+    return current
+
+
 def compute_global_extrema(
     directory_path: str | os.PathLike[str],
     y_scale: str | None = None,
@@ -515,18 +532,7 @@ def compute_global_extrema(
 
     if index is None:
         index = discover(root, instruments=instrument_order)
-    current: dict[str, dict[str, Any]] = {}
-    for orbit, files in index.items():
-        for inst, path in files.items():
-            key = FileKey.of(path)
-            rel = os.path.relpath(key.path, root.absolute())
-            current[rel] = {
-                "orbit": orbit,
-                "instrument": inst,
-                "size": key.size,
-                "mtime_ns": key.mtime_ns,
-                "key": key,
-            }
+    current = _inventory(index, root)
 
     keys_counted = [*cats, *([PAD] if pad is not None else [])]
     store = _Store(json_path, params, str(root.absolute()), instrument_order, keys_counted)

@@ -89,7 +89,9 @@ class JsonLinesJournal:
 
     #: Where a rewrite is prepared (deterministic: a stale one is overwritten).
     tmp_path = property(lambda self: self.path.with_name(f".{self.path.name}.rewrite.tmp"))
-    lines = property(lambda self: self._state[3] if self._state else 0, doc="Committed lines.")
+    lines = property(
+        lambda self: self._state[3] if self._state else 0, doc="Committed lines, header included."
+    )
     size = property(lambda self: self._state[2] if self._state else 0, doc="Committed bytes.")
     pending = property(lambda self: len(self._pending), doc="Records queued, not committed.")
 
@@ -115,10 +117,14 @@ class JsonLinesJournal:
         """One record as its line: compact JSON, sorted keys, ``\\n``-terminated."""
         return (json_dumps(record, separators=(",", ":")) + "\n").encode("utf-8")
 
-    def add(self, record: Mapping[str, Any]) -> None:
-        """Queue one record (a mapping) for the next :meth:`commit`."""
+    def _loaded(self) -> tuple[Any, ...]:
         if self._state is None:
             raise RuntimeError(f"{self.path}: create() or load() the journal first")
+        return self._state
+
+    def add(self, record: Mapping[str, Any]) -> None:
+        """Queue one record (a mapping) for the next :meth:`commit`."""
+        self._loaded()
         if not isinstance(record, Mapping):
             raise TypeError("a journal record must be a mapping")
         self._pending.append(self.encode(record))
@@ -137,7 +143,7 @@ class JsonLinesJournal:
 
         On an error the file is cut back to the committed length and the records stay queued.
         """
-        jid, h, nbytes, nlines = self._state  # type: ignore[misc]
+        jid, h, nbytes, nlines = self._loaded()
         data = b"".join(self._pending)
         if data:
             fd = self._append_fd()

@@ -205,8 +205,6 @@ class ProgressStore:
     ) -> None:
         for what, name in [("y_scale", y_scale), ("z_scale", z_scale)]:
             _check_name(what, name)
-        for inst in instrument_order:
-            _check_name("instrument", inst)
         if isinstance(flush_batch_size, bool) or not int(flush_batch_size) == flush_batch_size >= 1:
             raise ValueError(f"flush_batch_size must be an integer >= 1: {flush_batch_size!r}")
         if flush_interval_seconds is not None and not flush_interval_seconds > 0:
@@ -478,12 +476,12 @@ class ProgressStore:
         self._require_open()
         self._touch(orbit)
         pending = self._pending.pop(orbit, None)
-        if pending is not None:
-            for inst, (reason, fp) in pending.items():
-                self._set_error(orbit, inst, reason, fp)
-            if not pending:
-                self._completed.add(orbit)
+        for inst, (reason, fp) in (pending or {}).items():
+            self._set_error(orbit, inst, reason, fp)
+        if orbit not in self._errors and orbit not in self._completed:
+            self._completed.add(orbit)
             self._dirty = True
+        self._dirty = self._dirty or pending is not None
         self._since_flush.add(orbit)
         return self.maybe_flush()
 
@@ -495,12 +493,11 @@ class ProgressStore:
         orbit = _as_orbit(orbit)
         self._require_open()
         self._touch(orbit)
-        dropped = self._pending.pop(orbit, None)
-        if self._drop_errors(orbit) or dropped is not None or orbit not in self._completed:
+        if orbit in self._pending:
+            self._pending[orbit] = {}
+        elif self._drop_errors(orbit):
             self._dirty = True
-        self._completed.add(orbit)
-        self._since_flush.add(orbit)
-        return self.maybe_flush()
+        return self.mark_orbit_done(orbit)
 
     def reset(self) -> None:
         """Forget this scale combination's progress (``ignore_progress_json``), written at once."""

@@ -338,10 +338,12 @@ class ProgressStore:
                 if not isinstance(value, list):
                     logger.warning("%s: ignoring malformed %s (not a list)", self.path, key)
                     continue
-                orbits = [v for v in value if isinstance(v, int) and not isinstance(v, bool)]
-                if len(orbits) < len(value):
-                    bad = [v for v in value if v not in orbits][:5]
-                    logger.warning("%s: ignoring non-integer orbits %r in %s", self.path, bad, key)
+                bad = [v for v in value if isinstance(v, bool) or not isinstance(v, int)]
+                if bad:
+                    logger.warning(
+                        "%s: ignoring non-integer orbits %r in %s", self.path, bad[:5], key
+                    )
+                orbits = [v for v in value if not isinstance(v, bool) and isinstance(v, int)]
                 if k.kind == "completed":
                     self._completed.update(orbits)
                     continue

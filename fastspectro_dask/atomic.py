@@ -43,7 +43,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 #: Our temporaries (``.<name>.<pid>.<12 hex>.tmp``) and the ``tempfile`` naming of earlier
 #: versions (``.<name>.<8 of [a-z0-9_]>.tmp``), after the ``.<name>`` prefix.
 _TMP_SUFFIX = re.compile(r"\.(?:\d+\.[0-9a-f]{12}|[a-z0-9_]{8})\.tmp")
@@ -68,11 +67,9 @@ def atomic_open(path: str | os.PathLike[str], *, sync_dir: bool = True) -> Itera
     folder after the rename (state files; figures skip it).
     """
     path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    tmp = folder / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o666)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with open(tmp, "xb") as fh:  # "x": O_EXCL, mode 0666 minus the umask
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
@@ -82,7 +79,7 @@ def atomic_open(path: str | os.PathLike[str], *, sync_dir: bool = True) -> Itera
             os.unlink(tmp)
         raise
     if sync_dir:
-        fsync_dir(folder)
+        fsync_dir(path.parent)
 
 
 def atomic_write(path: str | os.PathLike[str], data: bytes, *, sync_dir: bool = True) -> Path:
@@ -98,54 +95,31 @@ def _to_builtin(obj: Any) -> Any:
         return {
             k if isinstance(k, str) else str(_to_builtin(k)): _to_builtin(v) for k, v in obj.items()
         }
-    if isinstance(obj, (list, tuple)):
-        return [_to_builtin(v) for v in obj]
-    if isinstance(obj, (set, frozenset)):
-        return [_to_builtin(v) for v in sorted(obj)]
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [_to_builtin(v) for v in (sorted(obj) if isinstance(obj, (set, frozenset)) else obj)]
     if isinstance(obj, (np.ndarray, np.generic)):
         return _to_builtin(obj.tolist()) if isinstance(obj, np.ndarray) else obj.item()
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    return obj
+    return os.fspath(obj) if isinstance(obj, os.PathLike) else obj
 
 
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, (set, frozenset, np.ndarray, np.generic, os.PathLike)):
-        return _to_builtin(obj)
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+def json_dumps(obj: Any, **kw: Any) -> str:
+    """``json.dumps`` with sorted keys, NaN refused, numpy/sets/paths as plain JSON.
 
-
-def _dumps(obj: Any, indent: int | None, one_line_per_key: bool, convert: bool = True) -> str:
-    """JSON text with sorted keys; NaN refused; numpy, sets and paths converted.
-
-    ``one_line_per_key``: one top-level key per line, its value compact (the C encoder only
-    serves unindented output, so this is several times faster than ``indent``).
+    The C encoder first; only a ``TypeError`` (a numpy value or key...) costs a conversion.
     """
-    kw: dict[str, Any] = {"sort_keys": True, "allow_nan": False, "default": _json_default}
     try:
-        if one_line_per_key and isinstance(obj, Mapping):
-            lines = [f" {json.dumps(k)}: {json.dumps(obj[k], **kw)}" for k in sorted(obj)]
-            return "{\n" + ",\n".join(lines) + "\n}" if lines else "{}"
-        return json.dumps(obj, indent=indent, **kw)
-    except TypeError:  # numpy or mixed-type mapping keys: convert everything, once
-        if not convert:
-            raise
-        return _dumps(_to_builtin(obj), indent, one_line_per_key, convert=False)
+        return json.dumps(obj, sort_keys=True, allow_nan=False, **kw)
+    except TypeError:
+        return json.dumps(_to_builtin(obj), sort_keys=True, allow_nan=False, **kw)
 
 
-def atomic_write_json(
-    path: str | os.PathLike[str],
-    obj: Any,
-    *,
-    indent: int | None = 1,
-    one_line_per_key: bool = False,
-) -> None:
+def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | None = 1) -> None:
     """Write ``obj`` as JSON (sorted keys) to ``path`` with :func:`atomic_write`.
 
     Serialised first, so a ``TypeError``/``ValueError`` (NaN, an unknown type) never
     touches the target. numpy values, sets, tuples and paths become plain JSON.
     """
-    atomic_write(path, (_dumps(obj, indent, one_line_per_key) + "\n").encode("utf-8"))
+    atomic_write(path, (json_dumps(obj, indent=indent) + "\n").encode("utf-8"))
 
 
 def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
@@ -156,23 +130,15 @@ def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
     writer's temporary would be removed under its feet otherwise. Returns what was removed.
     """
     path = Path(path)
-    prefix = f".{path.name}"
-    removed: list[Path] = []
-    with contextlib.suppress(OSError), os.scandir(path.parent if str(path.parent) else ".") as it:
-        stale = [
-            e.path
-            for e in it
-            if e.name.startswith(prefix)
-            and _TMP_SUFFIX.fullmatch(e.name[len(prefix) :])
-            and e.is_file(follow_symlinks=False)
-        ]
-        for p in stale:
-            try:
-                os.unlink(p)
-            except OSError as exc:
-                logger.warning("could not remove the stale temporary %s: %s", p, exc)
-            else:
-                removed.append(Path(p))
+    prefix, removed = f".{path.name}", []
+    with contextlib.suppress(OSError):
+        for p in path.parent.iterdir():
+            if p.name.startswith(prefix) and _TMP_SUFFIX.fullmatch(p.name[len(prefix) :]):
+                try:
+                    p.unlink()
+                    removed.append(p)
+                except OSError as exc:
+                    logger.warning("could not remove the stale temporary %s: %s", p, exc)
     if removed:
         n = len(removed)
         logger.info("removed %d stale temporary file(s) of %s left by an interrupted run", n, path)
@@ -213,19 +179,17 @@ def load_json_state(path: str | os.PathLike[str], *, kind: str = "state") -> dic
     aside with :func:`move_aside`, and the caller starts fresh. A file that exists but
     cannot be read raises ``OSError``: that is not corruption.
     """
-    path = Path(path)
     try:
-        raw = path.read_bytes()
+        raw = Path(path).read_bytes()
     except FileNotFoundError:
         return None
     try:
         obj = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        reason = f"not valid JSON ({exc})" if raw.strip() else "empty file"
-    else:
-        if isinstance(obj, dict):
-            return obj
         reason = f"JSON {type(obj).__name__}, not an object"
+    except (UnicodeDecodeError, ValueError) as exc:
+        obj, reason = None, f"not valid JSON ({exc})" if raw.strip() else "empty file"
+    if isinstance(obj, dict):
+        return obj
     move_aside(path, kind=kind, reason=reason)
     return None
 
@@ -234,9 +198,8 @@ class StateLockedError(FastSpectroError):
     """Another run holds the lock of a state file; ``holder`` is what it wrote there."""
 
     def __init__(self, lock_path: str | os.PathLike[str], holder: Mapping[str, Any] | None) -> None:
-        self.lock_path = str(lock_path)
-        self.holder = dict(holder) if holder else None
-        h = self.holder
+        self.lock_path, self.holder = str(lock_path), dict(holder) if holder else None
+        h = self.holder or {}
         who = "an unknown process (holder information not readable yet)"
         if h:
             who = f"PID {h.get('pid', '?')} on host {h.get('host', '?')}, started "
@@ -266,53 +229,54 @@ class StateLock:
     def __init__(self, target: str | os.PathLike[str]) -> None:
         self.target = Path(target)
         self.lock_path = self.target.with_name(self.target.name + ".lock")
-        self._fd: int | None = None
+        self._fh: IO[bytes] | None = None  # closed (the lock dropped) if garbage-collected
 
     @property
     def locked(self) -> bool:
         """Whether this object holds the lock."""
-        return self._fd is not None
+        return self._fh is not None
 
     def acquire(self) -> None:
         """Take the lock or raise :class:`StateLockedError` at once."""
-        if self._fd is not None:
+        if self._fh is not None:
             raise RuntimeError(f"{self.lock_path} is already held by this StateLock")
         self.lock_path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o666)
+        fh = open(self.lock_path, "a+b")  # held until release()
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except (BlockingIOError, PermissionError) as exc:
-            holder = _read_holder(fd)
-            os.close(fd)
-            raise StateLockedError(self.lock_path, holder) from exc
+            with fh:
+                fh.seek(0)
+                try:
+                    holder = json.loads(fh.read(4096).decode("utf-8"))
+                except (OSError, ValueError):
+                    holder = None
+            raise StateLockedError(
+                self.lock_path, holder if isinstance(holder, dict) else None
+            ) from exc
         except BaseException:
-            os.close(fd)
+            fh.close()
             raise
-        info = {
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "started_utc": _utc_now(),
-            "target": str(self.target),
-        }
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "started_utc": _utc_now()}
         try:  # a courtesy only: the lock is held either way
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, (json.dumps(info, sort_keys=True) + "\n").encode(), 0)
-            os.fsync(fd)
+            fh.truncate(0)
+            fh.write(
+                (json.dumps({**info, "target": str(self.target)}, sort_keys=True) + "\n").encode()
+            )
+            fh.flush()
+            os.fsync(fh.fileno())
         except OSError:
             logger.debug("Could not write holder information into %s", self.lock_path)
-        self._fd = fd
+        self._fh = fh
 
     def release(self) -> None:
         """Release the lock (a no-op when not held)."""
-        fd, self._fd = self._fd, None
-        if fd is None:
-            return
-        try:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
+        fh, self._fh = self._fh, None
+        if fh is not None:
+            with fh:
+                with contextlib.suppress(OSError):
+                    fh.truncate(0)
+                fcntl.flock(fh, fcntl.LOCK_UN)  # not only closed: a forked child shares it
 
     def __enter__(self) -> StateLock:
         self.acquire()
@@ -320,16 +284,3 @@ class StateLock:
 
     def __exit__(self, *exc_info: object) -> None:
         self.release()
-
-    def __del__(self) -> None:  # pragma: no cover - safety net only
-        with contextlib.suppress(Exception):
-            if self._fd is not None:
-                os.close(self._fd)
-
-
-def _read_holder(fd: int) -> dict[str, Any] | None:
-    try:
-        holder = json.loads(os.pread(fd, 4096, 0).decode("utf-8"))
-    except (OSError, ValueError):
-        return None
-    return holder if isinstance(holder, dict) else None

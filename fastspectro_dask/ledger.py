@@ -31,17 +31,16 @@ import uuid
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
 from fastspectro_dask.atomic import (
-    _json_default,
-    _to_builtin,
     _utc_now,
     atomic_open,
     atomic_write_json,
     fsync_dir,
+    json_dumps,
     load_json_state,
     move_aside,
 )
@@ -81,9 +80,9 @@ class JsonLinesJournal:
         self.path = Path(path)
         self.kind = kind
         self.header: dict[str, Any] | None = None
-        self._fd: int | None = None
+        self._fh: IO[bytes] | None = None  # the append handle
         self._pending: list[bytes] = []
-        self._next: tuple[Any, ...] | None = None
+        self._next: tuple[Any, ...] | None = None  # a prepared rewrite: state and header
         self._state: tuple[Any, ...] | None = None  # committed (id, sha256, bytes, lines)
         #: Bytes appended by the last :meth:`commit`.
         self.last_commit_bytes = 0
@@ -96,7 +95,10 @@ class JsonLinesJournal:
     size = property(lambda self: self._state[2] if self._state else 0, doc="Committed bytes.")
     pending = property(lambda self: len(self._pending), doc="Records queued, not committed.")
 
-    def _record(self, jid: str, h: Any, nbytes: int, nlines: int, *_: Any) -> dict[str, Any]:
+    def _record(self, state: tuple[Any, ...] | None) -> dict[str, Any] | None:
+        if state is None:
+            return None
+        jid, h, nbytes, nlines = state[:4]
         return {
             "file": self.path.name,
             "id": jid,
@@ -108,17 +110,12 @@ class JsonLinesJournal:
     @property
     def record(self) -> dict[str, Any] | None:
         """The commit record of what is committed now (``None`` before create/load)."""
-        return None if self._state is None else self._record(*self._state)
+        return self._record(self._state)
 
     @staticmethod
     def encode(record: Mapping[str, Any]) -> bytes:
         """One record as its line: compact JSON, sorted keys, ``\\n``-terminated."""
-        kw: dict[str, Any] = {"sort_keys": True, "separators": (",", ":"), "allow_nan": False}
-        try:
-            text = json.dumps(record, default=_json_default, **kw)
-        except TypeError:
-            text = json.dumps(_to_builtin(record), **kw)
-        return (text + "\n").encode("utf-8")
+        return (json_dumps(record, separators=(",", ":")) + "\n").encode("utf-8")
 
     def _loaded(self) -> tuple[Any, ...]:
         if self._state is None:
@@ -137,9 +134,9 @@ class JsonLinesJournal:
         self._pending = []
 
     def _append_fd(self) -> int:
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-        return self._fd
+        if self._fh is None:
+            self._fh = open(self.path, "ab", buffering=0)  # closed by close() (or the GC)
+        return self._fh.fileno()
 
     def commit(self) -> dict[str, Any]:
         """Append the queued records, ``fsync``, return the new commit record.
@@ -180,7 +177,7 @@ class JsonLinesJournal:
                 h.update(line)
                 nbytes, nlines = nbytes + len(line), nlines + 1
         self._next = (jid, h, nbytes, nlines, head)
-        return self._record(*self._next)
+        return self._record(self._next)  # type: ignore[return-value]
 
     def finish_rewrite(self) -> dict[str, Any]:
         """Move the prepared journal onto :attr:`path`; returns its commit record."""
@@ -189,8 +186,7 @@ class JsonLinesJournal:
         self.close()
         os.replace(self.tmp_path, self.path)
         fsync_dir(self.path.parent)
-        *state, self.header = self._next
-        self._state, self._next = tuple(state), None
+        self._state, self.header, self._next = self._next[:4], self._next[4], None
         return self.record  # type: ignore[return-value]
 
     def discard_rewrite(self) -> None:
@@ -224,27 +220,30 @@ class JsonLinesJournal:
         commits = [c for c in commits if isinstance(c, Mapping)]
         if not commits:
             return None
-        cands = []
-        for c in commits:
-            with contextlib.suppress(KeyError, TypeError, ValueError):
-                cands.append((str(c["id"]), int(c["bytes"]), int(c["lines"]), str(c["sha256"])))
         try:
-            with open(self.path, "rb") as fh:
-                size = os.fstat(fh.fileno()).st_size
-                raw = fh.read(max((c[1] for c in cands), default=0))
+            raw = memoryview(self.path.read_bytes())
         except FileNotFoundError:
             logger.warning("%s journal %s is missing", self.kind, self.path)
             return None
         reason, records = "its commit record in the JSON is malformed", None
-        for jid, nbytes, nlines, sha in cands:
-            h = hashlib.sha256(memoryview(raw)[:nbytes])
+        for c in commits:
+            try:
+                jid, nbytes, nlines, sha = (
+                    str(c["id"]),
+                    int(c["bytes"]),
+                    int(c["lines"]),
+                    c["sha256"],
+                )
+            except (KeyError, TypeError, ValueError):
+                continue
+            h = hashlib.sha256(raw[:nbytes])
             if nbytes > len(raw):
                 reason = f"{len(raw)} bytes, but {nbytes} were committed"
             elif h.hexdigest() != sha:
                 reason = "its content does not match the committed checksum"
             else:
                 try:
-                    records = self._parse(raw[:nbytes], jid, nlines)
+                    records = self._parse(bytes(raw[:nbytes]), jid, nlines)
                     self._state = (jid, h, nbytes, nlines)
                 except ValueError as exc:
                     reason = str(exc)
@@ -253,11 +252,10 @@ class JsonLinesJournal:
             if repair:
                 move_aside(self.path, kind=f"{self.kind} journal", reason=reason)
             return None
-        if size > self.size and repair:
+        if len(raw) > self.size and repair:
             logger.info(
                 "%s: ignoring %d uncommitted bytes at the end (an interrupted flush); truncated",
-                self.path,
-                size - self.size,
+                *(self.path, len(raw) - self.size),
             )
             with open(self.path, "r+b") as fh:
                 fh.truncate(self.size)
@@ -275,12 +273,11 @@ class JsonLinesJournal:
         out = []
         for n, line in enumerate(lines, start=1):
             try:
-                rec = json.loads(line)
+                out.append(json.loads(line))
             except (UnicodeDecodeError, ValueError) as exc:
                 raise ValueError(f"line {n} is not valid JSON ({exc})") from None
-            if not isinstance(rec, dict):
+            if not isinstance(out[-1], dict):
                 raise ValueError(f"line {n} is not a JSON object")
-            out.append(rec)
         if out[0].get("id") != jid:
             raise ValueError("its header does not carry the committed journal id")
         return out
@@ -293,13 +290,9 @@ class JsonLinesJournal:
 
     def close(self) -> None:
         """Close the append handle (queued records stay queued)."""
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
-
-    def __del__(self) -> None:  # pragma: no cover - safety net only
-        with contextlib.suppress(Exception):
-            self.close()
+        fh, self._fh = self._fh, None
+        if fh is not None:
+            fh.close()
 
 
 # --------------------------------------------------------------------------------------
@@ -459,8 +452,7 @@ class Ledger:
         }
 
     def _put_records(self) -> Iterator[dict[str, Any]]:
-        for rel in sorted(self.ledger):
-            yield {"op": "put", "path": rel, **self.ledger[rel]}
+        return ({"op": "put", "path": rel, **self.ledger[rel]} for rel in sorted(self.ledger))
 
     def open(self) -> dict[str, Any]:
         """Load the committed state; returns the JSON document (``{}``: start afresh)."""
@@ -471,8 +463,7 @@ class Ledger:
         if state and state.get("params") != self.params:
             logger.warning(
                 "%s: computed for other parameters (%s); starting afresh",
-                self.json_path,
-                state.get("params"),
+                *(self.json_path, state.get("params")),
             )
             state = {}
         if state and not state.get("journal"):
@@ -491,13 +482,11 @@ class Ledger:
         if records is None:
             logger.warning(
                 "%s: its ledger %s is unusable; recounting every file",
-                self.json_path,
-                self.journal.path,
+                *(self.json_path, self.journal.path),
             )
             return False
         try:
-            self.ledger = replay(records)
-            self.merged = self._zeros()
+            self.ledger, self.merged = replay(records), self._zeros()
             got = state.get("pass1")
             if not isinstance(got, Mapping) or not isinstance(got.get("merged"), Mapping):
                 raise ValueError("no merged pass-1 histograms")
@@ -505,23 +494,20 @@ class Ledger:
                 for cat in cm:
                     if (obj := got["merged"].get(inst, {}).get(cat)) is not None:
                         cm[cat] = Merged.from_compact(obj)
-            self._check_counts()
+            # the ledger's sample counts must add up to the merged histograms' (exact ints)
+            for inst, cm in self.merged.items():
+                total = sum(
+                    int(e.get("n", 0))
+                    for e in self.ledger.values()
+                    if e["status"] == "counted" and e["instrument"] == inst
+                )
+                if (have := int(cm[self.cats[0]].counts.sum())) != total:
+                    raise ValueError(f"{inst}: ledger counts {total} samples, histograms {have}")
         except ValueError as exc:
             self.journal.move_aside(f"it does not match {self.json_path.name}: {exc}")
             self.ledger, self.merged = {}, self._zeros()
             return False
         return True
-
-    def _check_counts(self) -> None:
-        """The ledger's sample counts must add up to the merged histograms' (exact ints)."""
-        totals = dict.fromkeys(self.instruments, 0)
-        for e in self.ledger.values():
-            if e["status"] == "counted" and e["instrument"] in totals:
-                totals[e["instrument"]] += int(e.get("n", 0))
-        for inst, total in totals.items():
-            have = int(self.merged[inst][self.cats[0]].counts.sum())
-            if have != total:
-                raise ValueError(f"{inst}: ledger counts {total} samples, histograms {have}")
 
     def put(self, rel: str, entry: dict[str, Any]) -> None:
         """Record a file's outcome (replacing any earlier one)."""
@@ -542,12 +528,15 @@ class Ledger:
                 m.counts[:] = 0
                 m.energy.clear()
         # the JSON first: from here a crash means "start afresh", never a mismatch
-        atomic_write_json(self.json_path, self._doc(False, None))
+        atomic_write_json(self.json_path, self._doc({}, False, None))
         self.journal.create(self._header())
 
-    def _doc(self, complete: bool, journal: Mapping[str, Any] | None) -> dict[str, Any]:
+    def _doc(
+        self, fields: Mapping[str, Any], complete: bool, journal: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
         merged = {i: {c: m.to_compact() for c, m in cm.items()} for i, cm in self.merged.items()}
         return {
+            **fields,
             "schema": SCHEMA,
             "params": self.params,
             "complete": complete,
@@ -557,12 +546,12 @@ class Ledger:
             "pass1": {"encoding": _PASS1_ENCODING, "merged": merged},
         }
 
-    def _write(self, fields: Mapping[str, Any], complete: bool | None = None) -> dict[str, Any]:
-        rec = self.journal.commit()
-        doc = {
-            **fields,
-            **self._doc(bool(fields.get("complete")) if complete is None else complete, rec),
-        }
+    def flush(
+        self, complete: bool, results: dict | None = None, extra: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Commit the queued ledger lines, then write the JSON; returns the JSON document."""
+        fields = {**({} if results is None else {"results": results}), **(extra or {})}
+        doc = self._doc(fields, complete, self.journal.commit())
         atomic_write_json(self.json_path, doc)
         self.last_flush = {
             "journal_bytes": self.journal.last_commit_bytes,
@@ -570,16 +559,10 @@ class Ledger:
         }
         return doc
 
-    def flush(
-        self, complete: bool, results: dict | None = None, extra: Mapping[str, Any] | None = None
-    ) -> dict[str, Any]:
-        """Commit the queued ledger lines, then write the JSON; returns the JSON document."""
-        fields = {} if results is None else {"results": results}
-        return self._write({**fields, **(extra or {})}, complete)
-
     def rewrite_json(self, doc: Mapping[str, Any]) -> dict[str, Any]:
         """Write ``doc`` (a loaded state with new fields) back, as :meth:`flush` would."""
-        return self._write({k: v for k, v in doc.items() if k not in ("files", "journal_next")})
+        extra = {k: v for k, v in doc.items() if k not in ("files", "journal_next")}
+        return self.flush(bool(doc.get("complete")), None, extra)
 
     def maybe_compact(self, doc: dict[str, Any]) -> bool:
         """Rewrite the journal without superseded lines if there are many (end of a run).
@@ -601,12 +584,10 @@ class Ledger:
         atomic_write_json(self.json_path, doc)
         logger.info(
             "%s: compacted, %d lines -> %d (%d superseded)",
-            self.journal.path,
-            before,
-            self.journal.lines,
-            superseded,
+            *(self.journal.path, before, self.journal.lines, superseded),
         )
         return True
 
     def close(self) -> None:
+        """Close the journal's append handle."""
         self.journal.close()

@@ -14,7 +14,6 @@ The file has one top-level key per line (sorted), each value compact on its line
 from __future__ import annotations
 
 import bisect
-import itertools
 import json
 import logging
 import operator
@@ -25,13 +24,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from fastspectro_dask.atomic import (
-    StateLock,
-    _to_builtin,
-    _utc_now,
-    atomic_write,
-    load_json_state,
-)
+from fastspectro_dask.atomic import StateLock, _to_builtin, _utc_now, atomic_write, load_json_state
 from fastspectro_dask.errors import ERROR_REASONS
 
 __all__ = [
@@ -53,7 +46,6 @@ PROGRESS_SCHEMA = "fastspectro_dask.progress"
 PROGRESS_VERSION = 1
 #: Error reasons whose orbits a resumed run processes again by default.
 RETRYABLE_REASONS: tuple[str, ...] = ("timeout", "worker-lost", "generic")
-_META = ("schema", "version", "updated_utc")
 _KEY_RE = re.compile(
     r"(?P<y>[^_]+)_(?P<z>[^_]+)_(?P<kind>completed|last_orbit)"
     r"|(?P<inst>[^_]+)_(?P<ey>[^_]+)_(?P<ez>[^_]+)_error-(?P<reason>[a-z0-9-]+)(?P<files>_files)?"
@@ -96,30 +88,25 @@ def file_fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:
     return {"path": os.path.abspath(path), "size": int(st.st_size), "mtime_ns": st.st_mtime_ns}
 
 
-_fingerprint = file_fingerprint  # record_error's parameter shadows the name
-
-
 def _compact(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
-def _same_file_version(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+def _same_file_version(old: Mapping[str, Any], path: str | os.PathLike[str]) -> bool:
     """Same file *name*, size and mtime: a moved data folder is not a change, ``_v02`` is."""
     try:
-        return Path(str(old["path"])).name == Path(str(new["path"])).name and all(
-            int(old[k]) == int(new[k]) for k in ("size", "mtime_ns")
+        new = file_fingerprint(path)
+        return Path(str(old["path"])).name == Path(path).name and all(
+            int(old[k]) == new[k] for k in ("size", "mtime_ns")
         )
-    except (KeyError, TypeError, ValueError):
+    except (OSError, KeyError, TypeError, ValueError):
         return False
 
 
 def _as_orbit(orbit: Any) -> int:
-    try:
-        if isinstance(orbit, bool):
-            raise TypeError
-        return int(operator.index(orbit))
-    except TypeError:
-        raise TypeError(f"orbit must be an integer, not {orbit!r}") from None
+    if isinstance(orbit, bool) or not hasattr(orbit, "__index__"):
+        raise TypeError(f"orbit must be an integer, not {orbit!r}")
+    return operator.index(orbit)
 
 
 def _check_name(what: str, value: Any) -> None:
@@ -136,73 +123,46 @@ def _identity(path: Path) -> tuple[int, int, int] | None:
 
 
 class _SortedInts:
-    """A set of ints kept sorted in blocks, each block's JSON text cached until it changes.
+    """A set of ints, JSON-encoded sorted, by buckets of 512 values whose text is cached.
 
-    Orbits finish roughly in order, so a flush re-encodes one block or two and joins the
+    Orbits finish roughly in order, so a flush re-encodes a bucket or two and joins the
     cached texts: its cost is a copy of the list's text, not a sort and an encode of it.
     """
 
-    _BLOCK = 512
-
     def __init__(self) -> None:
-        self._set: set[int] = set()
-        self._blocks: list[list[int]] = []
-        self._maxes: list[int] = []
-        self._texts: list[str | None] = []
+        self._buckets: dict[int, set[int]] = {}  # x >> 9 -> its members
+        self._texts: dict[int, str] = {}  # the buckets unchanged since their last encoding
 
     def __len__(self) -> int:
-        return len(self._set)
+        return sum(map(len, self._buckets.values()))
 
     def __contains__(self, x: object) -> bool:
-        return x in self._set
+        return isinstance(x, int) and x in self._buckets.get(x >> 9, ())
 
     def __iter__(self) -> Iterator[int]:
-        return itertools.chain.from_iterable(self._blocks)
+        for b in sorted(self._buckets):
+            yield from sorted(self._buckets[b])
 
     def update(self, xs: Iterable[int]) -> None:
-        """Add many (a rebuild of the blocks)."""
-        self._set.update(xs)
-        flat, n = sorted(self._set), self._BLOCK
-        self._blocks = [flat[i : i + n] for i in range(0, len(flat), n)]
-        self._maxes = [b[-1] for b in self._blocks]
-        self._texts = [None] * len(self._blocks)
+        for x in xs:
+            self.add(x)
 
     def add(self, x: int) -> None:
-        if x in self._set:
-            return
-        self._set.add(x)
-        if not self._blocks:
-            self._blocks, self._maxes, self._texts = [[x]], [x], [None]
-            return
-        i = min(bisect.bisect_left(self._maxes, x), len(self._blocks) - 1)
-        block = self._blocks[i]
-        bisect.insort(block, x)
-        self._maxes[i], self._texts[i] = block[-1], None
-        if len(block) >= 2 * self._BLOCK:
-            half = len(block) // 2
-            self._blocks[i : i + 1] = [block[:half], block[half:]]
-            self._maxes[i : i + 1] = [block[half - 1], block[-1]]
-            self._texts[i : i + 1] = [None, None]
+        self._buckets.setdefault(x >> 9, set()).add(x)
+        self._texts.pop(x >> 9, None)
 
     def discard(self, x: int) -> None:
-        if x not in self._set:
-            return
-        self._set.remove(x)
-        i = bisect.bisect_left(self._maxes, x)
-        block = self._blocks[i]
-        del block[bisect.bisect_left(block, x)]
-        if block:
-            self._maxes[i], self._texts[i] = block[-1], None
-        else:
-            del self._blocks[i], self._maxes[i], self._texts[i]
+        if x in self:
+            self._buckets[x >> 9].remove(x)
+            self._texts.pop(x >> 9, None)
+            if not self._buckets[x >> 9]:
+                del self._buckets[x >> 9]
 
     def json(self) -> str:
-        """``[1,2,3]``: the JSON list, re-encoding only the blocks changed since last time."""
-        texts = self._texts
-        for i, text in enumerate(texts):
-            if text is None:
-                texts[i] = ",".join(map(str, self._blocks[i]))
-        return f"[{','.join(texts)}]"
+        """``[1,2,3]``: the JSON list, re-encoding only the buckets changed since last time."""
+        for b in self._buckets.keys() - self._texts.keys():
+            self._texts[b] = ",".join(map(str, sorted(self._buckets[b])))
+        return f"[{','.join(self._texts[b] for b in sorted(self._buckets))}]"
 
 
 class ProgressStore:
@@ -227,8 +187,8 @@ class ProgressStore:
     of the other scale combinations (re-read first only when another writer replaced the
     file). The first outcome of an orbit in a session replaces what earlier runs recorded.
 
-    Cost: the orbit lists are kept sorted, their JSON text cached per block, and the other
-    combinations' keys as text: a write encodes what changed, then one atomic write.
+    Cost: the orbit lists are kept as :class:`_SortedInts` and the other combinations' keys
+    as text: a write encodes what changed, then one atomic write.
     """
 
     def __init__(
@@ -245,11 +205,7 @@ class ProgressStore:
     ) -> None:
         for what, name in [("y_scale", y_scale), ("z_scale", z_scale)]:
             _check_name(what, name)
-        for inst in instrument_order:
-            _check_name("instrument", inst)
-        if isinstance(flush_batch_size, bool) or not (
-            int(flush_batch_size) == flush_batch_size >= 1
-        ):
+        if isinstance(flush_batch_size, bool) or not int(flush_batch_size) == flush_batch_size >= 1:
             raise ValueError(f"flush_batch_size must be an integer >= 1: {flush_batch_size!r}")
         if flush_interval_seconds is not None and not flush_interval_seconds > 0:
             raise ValueError(
@@ -270,12 +226,11 @@ class ProgressStore:
         self.writes = 0
         self._prefix = f"{y_scale}_{z_scale}"
         self._lock = StateLock(self.path)
-        self._open = False
+        self._open = self._dirty = False
         self._orbits: list[int] | None = None
         self._others: dict[str, str] = {}  # every key that is not ours -> its JSON text
         self._disk: tuple[int, int, int] | None = None  # the file as we last read or wrote it
         self._since_flush: set[int] = set()
-        self._dirty = False
         self._last_flush = 0.0
         self._forget()
 
@@ -283,9 +238,9 @@ class ProgressStore:
         self._completed = _SortedInts()
         #: progress key -> its orbits (the completed list and one per instrument and reason)
         self._lists: dict[str, _SortedInts] = {f"{self._prefix}_completed": self._completed}
-        self._errors: dict[int, dict[str, str]] = {}  # processed orbits: instrument -> reason
-        self._files: dict[tuple[int, str], dict[str, Any]] = {}  # invalid-cdf fingerprints
-        #: orbits in progress in this session -> instrument -> (reason, fingerprint)
+        #: processed orbits -> instrument -> (reason, invalid-cdf fingerprint or None); and
+        #: the same for orbits in progress in this session, held until they are processed
+        self._errors: dict[int, dict[str, tuple[str, dict[str, Any] | None]]] = {}
         self._pending: dict[int, dict[str, tuple[str, dict[str, Any] | None]]] = {}
         self._touched: set[int] = set()  # orbits whose earlier outcomes were replaced
         self._wm_idx = 0
@@ -302,8 +257,7 @@ class ProgressStore:
         except BaseException:
             self._lock.release()
             raise
-        self._open = True
-        self._last_flush = self.clock()
+        self._open, self._last_flush = True, self.clock()
         return self
 
     def acquire_lock(self) -> None:
@@ -349,8 +303,9 @@ class ProgressStore:
         return k if k is not None and k.scales == self._prefix else None
 
     def _keep_others(self, data: Mapping[str, Any]) -> None:
+        meta = ("schema", "version", "updated_utc")
         self._others = {
-            k: _compact(v) for k, v in data.items() if k not in _META and not self._own(k)
+            k: _compact(v) for k, v in data.items() if k not in meta and not self._own(k)
         }
 
     def _load(self) -> None:
@@ -362,58 +317,55 @@ class ProgressStore:
             logger.warning(
                 "%s has progress schema version %r; this version writes %d and reads it as "
                 "best it can.",
-                self.path,
-                version,
-                PROGRESS_VERSION,
+                *(self.path, version, PROGRESS_VERSION),
             )
         self._keep_others(data)
-        own = [(k, key, value) for key, value in data.items() if (k := self._own(key))]
-        for k, key, value in own:
-            if k.kind == "completed":
-                self._completed.update(self._orbit_list(key, value))
-            elif k.kind == "error":
+        own = [(k, key, v) for key, v in data.items() if (k := self._own(key))]
+        own.sort(key=lambda t: t[0].kind == "files")
+        for k, key, value in own:  # the fingerprints last: of recorded invalid-cdf errors only
+            if k.kind == "files":
+                if not isinstance(value, dict):
+                    logger.warning("%s: ignoring malformed %s", self.path, key)
+                    continue
+                for text, fp in value.items():
+                    per_inst = self._errors.get(int(text) if text.isdigit() else None, {})
+                    if (
+                        isinstance(fp, dict)
+                        and per_inst.get(k.instrument, ("",))[0] == "invalid-cdf"
+                    ):
+                        per_inst[k.instrument] = ("invalid-cdf", dict(fp))
+            elif k.kind != "last_orbit":  # the watermark is recomputed, never read
+                if not isinstance(value, list):
+                    logger.warning("%s: ignoring malformed %s (not a list)", self.path, key)
+                    continue
+                bad = [v for v in value if isinstance(v, bool) or not isinstance(v, int)]
+                if bad:
+                    logger.warning(
+                        "%s: ignoring non-integer orbits %r in %s", self.path, bad[:5], key
+                    )
+                orbits = [v for v in value if not isinstance(v, bool) and isinstance(v, int)]
+                if k.kind == "completed":
+                    self._completed.update(orbits)
+                    continue
                 if k.reason not in ERROR_REASONS:
                     logger.warning("%s: keeping unknown error reason key %s", self.path, key)
-                for orbit in self._orbit_list(key, value):
+                for orbit in orbits:
                     self._set_error(orbit, k.instrument, k.reason, None)
-        for k, key, value in own:  # fingerprints of recorded invalid-cdf errors only
-            if k.kind != "files":
-                continue  # the watermark is recomputed, never read
-            if not isinstance(value, dict):
-                logger.warning("%s: ignoring malformed %s", self.path, key)
-                continue
-            for text, fp in value.items():
-                orbit = int(text) if str(text).isdigit() else None
-                if (
-                    isinstance(fp, dict)
-                    and self._errors.get(orbit, {}).get(k.instrument) == "invalid-cdf"
-                ):
-                    self._files[(orbit, k.instrument)] = dict(fp)
-
-    def _orbit_list(self, key: str, value: Any) -> list[int]:
-        if not isinstance(value, list):
-            logger.warning("%s: ignoring malformed %s (not a list)", self.path, key)
-            return []
-        bad = [v for v in value if isinstance(v, bool) or not isinstance(v, int)]
-        if bad:
-            logger.warning("%s: ignoring non-integer orbits %r in %s", self.path, bad[:5], key)
-        return [v for v in value if not isinstance(v, bool) and isinstance(v, int)]
 
     def _encode(self) -> bytes:
         """The whole file: sorted keys, one per line; cached texts for what did not change."""
         p = self._prefix
         text = dict(self._others)
         text[f"{p}_last_orbit"] = _compact(self.last_orbit)
-        for key, orbits in self._lists.items():
-            if orbits or key == f"{p}_completed":
-                text[key] = orbits.json()
+        text.update({k: v.json() for k, v in self._lists.items() if v or k == f"{p}_completed"})
         files: dict[str, dict[str, Any]] = {}
-        for (orbit, inst), fp in self._files.items():
-            key = error_key(inst, self.y_scale, self.z_scale, "invalid-cdf") + "_files"
-            files.setdefault(key, {})[str(orbit)] = fp
-        text.update({k: _compact(v) for k, v in files.items()})
+        for orbit, per_inst in self._errors.items():
+            for inst, (reason, fp) in per_inst.items():
+                if fp is not None:
+                    key = error_key(inst, self.y_scale, self.z_scale, reason) + "_files"
+                    files.setdefault(key, {})[str(orbit)] = fp
         meta = {"schema": PROGRESS_SCHEMA, "version": PROGRESS_VERSION, "updated_utc": _utc_now()}
-        text.update({k: _compact(v) for k, v in meta.items()})
+        text.update({k: _compact(v) for k, v in {**files, **meta}.items()})
         body = ",\n".join(f"{json.dumps(k)}:{text[k]}" for k in sorted(text))
         return f"{{\n{body}\n}}\n".encode()
 
@@ -465,23 +417,22 @@ class ProgressStore:
         self._pending[orbit] = {}
         self._lower_watermark(orbit)
 
-    def _drop_errors(self, orbit: int) -> dict[str, str]:
+    def _drop_errors(self, orbit: int) -> dict[str, tuple[str, dict[str, Any] | None]]:
         per_inst = self._errors.pop(orbit, {})
-        for inst, reason in per_inst.items():
+        for inst, (reason, _) in per_inst.items():
             self._lists[error_key(inst, self.y_scale, self.z_scale, reason)].discard(orbit)
-            self._files.pop((orbit, inst), None)
         return per_inst
 
     def _set_error(self, orbit: int, inst: str, reason: str, fp: dict[str, Any] | None) -> None:
         per_inst = self._errors.setdefault(orbit, {})
-        if (old := per_inst.get(inst)) is not None:
-            self._lists[error_key(inst, self.y_scale, self.z_scale, old)].discard(orbit)
-        per_inst[inst] = reason
-        key = error_key(inst, self.y_scale, self.z_scale, reason)
-        self._lists.setdefault(key, _SortedInts()).add(orbit)
-        self._files.pop((orbit, inst), None)
-        if fp is not None:
-            self._files[(orbit, inst)] = fp
+        if inst in per_inst:
+            self._lists[error_key(inst, self.y_scale, self.z_scale, per_inst[inst][0])].discard(
+                orbit
+            )
+        per_inst[inst] = (reason, fp)
+        self._lists.setdefault(
+            error_key(inst, self.y_scale, self.z_scale, reason), _SortedInts()
+        ).add(orbit)
 
     def record_error(
         self,
@@ -489,28 +440,25 @@ class ProgressStore:
         instrument: str,
         reason: str,
         *,
-        file_fingerprint: Mapping[str, Any] | str | os.PathLike[str] | None = None,
+        file_fingerprint: Mapping[str, Any] | None = None,
     ) -> None:
         """Record that ``instrument`` failed for ``orbit`` with ``reason`` (of ``ERROR_REASONS``).
 
         Held in memory until the orbit is processed (:meth:`mark_orbit_done`); for an orbit
         already processed in this session the lists change at once. A later error of the
         same orbit and instrument replaces the earlier one. For ``invalid-cdf``,
-        ``file_fingerprint`` (a :func:`file_fingerprint` or a path, fingerprinted now) lets
-        a resumed run retry the orbit when the file changed.
+        ``file_fingerprint`` (a :func:`file_fingerprint`) lets a resumed run retry the orbit
+        when the file changed.
         """
         orbit = _as_orbit(orbit)
         _check_name("instrument", instrument)
         if reason not in ERROR_REASONS:
             raise ValueError(f"unknown error reason {reason!r}; expected one of {ERROR_REASONS}")
-        fp = None
-        if reason == "invalid-cdf" and isinstance(file_fingerprint, Mapping):
-            fp = {k: _to_builtin(v) for k, v in file_fingerprint.items()}
-        elif reason == "invalid-cdf" and file_fingerprint is not None:
-            try:
-                fp = _fingerprint(file_fingerprint)
-            except OSError as exc:
-                logger.debug("Cannot fingerprint %s: %s", file_fingerprint, exc)
+        fp = (
+            _to_builtin(file_fingerprint)
+            if reason == "invalid-cdf" and file_fingerprint is not None
+            else None
+        )
         self._require_open()
         self._touch(orbit)
         if orbit in self._pending:
@@ -530,12 +478,12 @@ class ProgressStore:
         self._require_open()
         self._touch(orbit)
         pending = self._pending.pop(orbit, None)
-        if pending is not None:
-            for inst, (reason, fp) in pending.items():
-                self._set_error(orbit, inst, reason, fp)
-            if not pending:
-                self._completed.add(orbit)
+        for inst, (reason, fp) in (pending or {}).items():
+            self._set_error(orbit, inst, reason, fp)
+        if orbit not in self._errors and orbit not in self._completed:
+            self._completed.add(orbit)
             self._dirty = True
+        self._dirty = self._dirty or pending is not None
         self._since_flush.add(orbit)
         return self.maybe_flush()
 
@@ -547,12 +495,11 @@ class ProgressStore:
         orbit = _as_orbit(orbit)
         self._require_open()
         self._touch(orbit)
-        dropped = self._pending.pop(orbit, None)
-        if self._drop_errors(orbit) or dropped is not None or orbit not in self._completed:
+        if orbit in self._pending:
+            self._pending[orbit] = {}
+        elif self._drop_errors(orbit):
             self._dirty = True
-        self._completed.add(orbit)
-        self._since_flush.add(orbit)
-        return self.maybe_flush()
+        return self.mark_orbit_done(orbit)
 
     def reset(self) -> None:
         """Forget this scale combination's progress (``ignore_progress_json``), written at once."""
@@ -585,12 +532,12 @@ class ProgressStore:
             return False
         if orbit in self._completed:
             return True
-        per_inst = self._errors.get(orbit)
-        return bool(per_inst) and not self.retry_reasons.intersection(per_inst.values())
+        reasons = {r for r, _ in self._errors.get(orbit, {}).values()}
+        return bool(reasons) and not self.retry_reasons & reasons
 
     def orbit_errors(self, orbit: int) -> dict[str, list[str]]:
         """The recorded (processed) errors of ``orbit``: instrument -> reasons."""
-        return {i: [r] for i, r in self._errors.get(_as_orbit(orbit), {}).items()}
+        return {i: [r] for i, (r, _) in self._errors.get(_as_orbit(orbit), {}).items()}
 
     def should_retry(
         self, orbit: int, instrument_files: Mapping[str, str | os.PathLike[str]] | None = None
@@ -607,18 +554,14 @@ class ProgressStore:
             return True
         if orbit in self._completed or instrument_files is None:
             return False
-        for inst, reason in self._errors.get(orbit, {}).items():
-            old = self._files.get((orbit, inst))
-            if reason != "invalid-cdf" or old is None:
-                continue
+        for inst, (reason, old) in self._errors.get(orbit, {}).items():
             path = instrument_files.get(inst)
-            try:
-                changed = path is None or not _same_file_version(old, file_fingerprint(path))
-            except OSError:
-                changed = True
-            if changed:
-                logger.info("Orbit %d: %s file changed since invalid-cdf; retrying", orbit, inst)
-                return True
+            if reason == "invalid-cdf" and old is not None:
+                if path is None or not _same_file_version(old, path):
+                    logger.info(
+                        "Orbit %d: %s file changed since invalid-cdf; retrying", orbit, inst
+                    )
+                    return True
         return False
 
     @property

@@ -5,7 +5,7 @@ lock), :mod:`fastspectro_dask.progress` (the progress JSON) and
 :mod:`fastspectro_dask.ledger` (the extrema ledger and its journal).
 """
 
-from fastspectro_dask.atomic import (
+from fastspectro_dask.atomic import (  # noqa: F401
     StateLock,
     StateLockedError,
     atomic_write_json,
@@ -13,24 +13,10 @@ from fastspectro_dask.atomic import (
     move_aside,
     remove_stale_temporaries,
 )
-from fastspectro_dask.progress import (
+from fastspectro_dask.progress import (  # noqa: F401
     PROGRESS_SCHEMA,
     PROGRESS_VERSION,
     RETRYABLE_REASONS,
     ProgressStore,
     file_fingerprint,
 )
-
-__all__ = [
-    "PROGRESS_SCHEMA",
-    "PROGRESS_VERSION",
-    "RETRYABLE_REASONS",
-    "ProgressStore",
-    "StateLock",
-    "StateLockedError",
-    "atomic_write_json",
-    "file_fingerprint",
-    "load_json_state",
-    "move_aside",
-    "remove_stale_temporaries",
-]

@@ -367,7 +367,7 @@ def _reduced_energy(energy_full: np.ndarray, skip: Sequence[int] = ()) -> np.nda
         sel = (n_ang == nb) & (n_en == ne)
         block = e[sel, :nb, :ne]
         if np.isfinite(block).all():  # the usual [:nbins, :nenergy] block: plain median
-            out[sel, :ne] = _median_over_angle(block, [c for c in skip if c < ne])
+            out[sel, :ne] = _median_of_runs(block, [c for c in skip if c < ne])
         else:  # irregular holes: slower, NaN-aware
             with np.errstate(all="ignore"):
                 import warnings
@@ -377,6 +377,22 @@ def _reduced_energy(energy_full: np.ndarray, skip: Sequence[int] = ()) -> np.nda
                     full = np.nanmedian(e[sel], axis=1)
             out[sel] = full
     return out
+
+
+def _median_of_runs(block: np.ndarray, skip: Sequence[int] = ()) -> np.ndarray:
+    """:func:`_median_over_angle` computed once per run of identical records.
+
+    A record's ``energy_full`` is its mode's table, so consecutive records repeat it:
+    the median of a repeated record is the median of its first copy, bit for bit.
+    """
+    if block.shape[0] < 2 or block.dtype.kind != "f":
+        return _median_over_angle(block, skip)
+    bits = np.ascontiguousarray(block).view(f"u{block.dtype.itemsize}")  # -0.0 != 0.0
+    starts = np.flatnonzero(np.concatenate(([True], ~(bits[1:] == bits[:-1]).all(axis=(1, 2)))))
+    if starts.size == block.shape[0]:
+        return _median_over_angle(block, skip)
+    run = np.repeat(np.arange(starts.size), np.diff(np.append(starts, block.shape[0])))
+    return _median_over_angle(block[starts], skip)[run]
 
 
 def _median_over_angle(block: np.ndarray, skip: Sequence[int] = ()) -> np.ndarray:

@@ -687,8 +687,8 @@ def _build_dataset(
     ``eager`` reads every variable once, straight into a NumPy array (no lazy-indexing
     layer, no dask), and closes the file. ``counts`` (eager only) decodes ``data`` to
     counts while reading it (:func:`fastspectro_dask.compression.count_midpoints`).
-    ``all_attrs=False`` gives each variable only its ``UNITS`` (reading every attribute
-    costs more than decoding a small variable).
+    ``all_attrs=False`` gives only the big variables an attribute, their ``UNITS``
+    (reading every attribute costs more than decoding a small variable).
     """
     drop = set(drop_variables or ())
     wanted = None if variables is None else set(variables)
@@ -717,7 +717,7 @@ def _assemble(
     def attrs_of(name: str) -> dict[str, Any]:
         if all_attrs:
             return dict(info.attrs[name])
-        units = info.attr(name, "UNITS")
+        units = info.attr(name, "UNITS") if name in BIG_VARIABLES else None
         return {} if units is None else {"UNITS": units}
 
     data_vars: dict[str, xr.Variable] = {}

@@ -913,6 +913,11 @@ def _reduce(
             full=pad is not None,
         )
         energy = _reduced_energy(arrays[3], drop)
+        if decoded and decode and pad is not None:
+            # the pad sums read counts in C order, as _reduce_eager's decoded copy has it
+            # (a file stored (energy, angle) gives transposed arrays; float sums depend
+            # on the memory order)
+            arrays[0] = np.ascontiguousarray(arrays[0])
         values[:, :, list(drop)] = np.nan  # the retrace channel (by label: slicing-safe)
         energy[:, list(drop)] = np.nan
     else:

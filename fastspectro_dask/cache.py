@@ -91,21 +91,32 @@ def reduce_file(
 ) -> xr.Dataset:
     """Read one CDF file straight into NumPy and reduce it in memory (called inside tasks).
 
-    No dask at all: :func:`~fastspectro_dask.io.load_esa` decodes each needed variable
-    once and :func:`~fastspectro_dask.reduce.reduce_dataset` takes its NumPy path, so the
-    result equals ``reduce_dataset(open_esa(path), ...).compute()`` without a nested
-    graph computed inside the calling task.
+    No dask at all: each needed variable is decoded once, straight into NumPy (as
+    :func:`~fastspectro_dask.io.load_esa` does, with ``data`` decoded to counts in the
+    same pass) and :func:`~fastspectro_dask.reduce.reduce_dataset`'s NumPy path reduces
+    it, so the result equals ``reduce_dataset(open_esa(path), ...).compute()`` without a
+    nested graph computed inside the calling task.
     """
-    from fastspectro_dask.io import load_esa
-    from fastspectro_dask.reduce import SOURCE_VARIABLE, reduce_dataset
+    from fastspectro_dask.io import _build_dataset
+    from fastspectro_dask.reduce import SOURCE_VARIABLE, _reduce
 
     wanted = [SOURCE_VARIABLE[variable], "pitch_angle", "domega", "energy_full", "time_delta"]
     if variable == "rate":
         wanted.append("time_integ")
     if pad is not None and variable == "eflux":
         wanted.append("denergy_full")
-    ds = load_esa(path, variables=wanted)
-    return reduce_dataset(ds, variable=variable, categories=categories, retrace=retrace, pad=pad)
+    # decoded straight into NumPy, ``data`` to counts as it is read (one table gather),
+    # with only the attributes the reduction uses
+    ds = _build_dataset(Path(path), wanted, None, eager=True, counts=True, all_attrs=False)
+    return _reduce(
+        ds,
+        variable=variable,
+        categories=categories,
+        decompress=True,
+        retrace=retrace,
+        pad=pad,
+        decoded=True,
+    )
 
 
 def _params_digest(

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["COUNT_MAX", "code_ranges", "decode_counts", "encode_counts"]
+__all__ = ["COUNT_MAX", "code_ranges", "count_midpoints", "decode_counts", "encode_counts"]
 
 #: Largest count each compressor represents (survey: 16 bit, burst: 14 bit).
 COUNT_MAX = {False: 65535, True: 16383}
@@ -85,6 +85,24 @@ def _tables(burst: bool) -> tuple[np.ndarray, np.ndarray]:
 _LO = {b: _tables(b)[0] for b in (False, True)}
 _STEP = {b: _tables(b)[1] for b in (False, True)}
 _MID = {b: (_LO[b] + (_STEP[b] - 1) / 2.0).astype(np.float32) for b in (False, True)}
+for _table in _MID.values():
+    _table.setflags(write=False)
+
+
+def count_midpoints(*, burst: bool) -> np.ndarray:
+    """The 256-entry decoding table: ``table[code]`` is :func:`decode_counts` of a code.
+
+    Parameters
+    ----------
+    burst : bool
+        Burst (14->8 bit) or survey (16->8 bit) code.
+
+    Returns
+    -------
+    ndarray of float32, shape (256,)
+        Read-only; gather with it (``table[codes]``) to decode uint8 codes in one pass.
+    """
+    return _MID[bool(burst)]
 
 
 def code_ranges(*, burst: bool) -> tuple[np.ndarray, np.ndarray]:

@@ -41,6 +41,7 @@ from xarray.backends import BackendArray, BackendEntrypoint, CachingFileManager
 from xarray.backends.locks import SerializableLock
 from xarray.core import indexing
 
+from fastspectro_dask.compression import count_midpoints
 from fastspectro_dask.errors import InvalidCDFError
 
 __all__ = ["BIG_VARIABLES", "FastEsaBackendEntrypoint", "load_esa", "open_esa"]
@@ -70,6 +71,8 @@ _DIMS = ("time", "pitch_angle_bin", "energy_channel")
 #: |time_unix| (s) at and beyond which datetime64[ns] overflows (years 1677 and 2262).
 _MAX_UNIX_NS = np.iinfo(np.int64).max / 1e9
 _NAME_RE = re.compile(r"fa_esa_l2_(ees|eeb|ies|ieb)_")
+#: Instruments whose ``data`` codes use the burst (14->8 bit) compressor.
+_BURST = ("eeb", "ieb")
 
 
 # --------------------------------------------------------------------------------------
@@ -292,6 +295,25 @@ class _LazyAttrs(dict):
 class _FileInfo:
     """Everything the lazy arrays need, read once at open time (small)."""
 
+    def attr(self, name: str, attribute: str) -> Any:
+        """One attribute of a variable (None if absent), without reading all of them.
+
+        ``cdflib.CDF.attget`` reads one entry (~0.3 ms); ``varattsget`` walks every
+        attribute (~6 ms): the decode and the reduction need only ``FILLVAL`` (and the
+        measurement's ``UNITS``).
+        """
+        if name in self.attrs:  # already read whole (a Dataset is being built)
+            return self.attrs[name].get(attribute)
+        key = (name, attribute)
+        if key not in self._single:
+            with self.source.lock:
+                try:
+                    entry = self.source.cdf().attget(attribute, name)
+                except Exception:  # no such attribute (or entry): absent
+                    entry = None
+            self._single[key] = None if entry is None else _plain(entry.Data)
+        return self._single[key]
+
     def __init__(self, path: Path, big: Iterable[str], wanted: set[str] | None = None) -> None:
         self.path = path
         self.size = _check_container(path)
@@ -338,6 +360,7 @@ class _FileInfo:
             names = [v for v in names if v in keep]
         self.inq = {v: cdf.varinq(v) for v in names}
         self.attrs = _LazyAttrs(self.source)
+        self._single: dict[tuple[str, str], Any] = {}
         self.global_attrs = {k: _plain(v) for k, v in (cdf.globalattsget() or {}).items()}
 
         n = self.inq["time_unix"].Last_Rec + 1
@@ -349,7 +372,7 @@ class _FileInfo:
             )
         self.n = n
         time = self._read_small(cdf, "time_unix").astype(np.float64).reshape(-1)
-        fill = self.attrs["time_unix"].get("FILLVAL")
+        fill = self.attr("time_unix", "FILLVAL")
         if time.size != n:
             raise InvalidCDFError(path, f"time_unix has {time.size} values, expected {n}")
         bad = ~np.isfinite(time) | ((time == fill) if fill is not None else False)
@@ -460,17 +483,24 @@ class _FileInfo:
 class _RecordArray(BackendArray):
     """A record-varying CDF variable, read on demand, with fills and blocks masked."""
 
-    def __init__(self, info: _FileInfo, name: str) -> None:
+    def __init__(self, info: _FileInfo, name: str, *, counts: bool = False) -> None:
         self.path = info.path
         self.source = info.source
         self.name = name
         inq = info.inq[name]
+        #: ``data`` decoded to counts (the flight compressor's range midpoints) as it is
+        #: read: the burst or survey code table, else None (codes as float32).
+        self.counts_table: np.ndarray | None = None
+        if counts and name == "data":
+            self.counts_table = count_midpoints(
+                burst=_instrument(self.path, info.global_attrs) in _BURST
+            )
         self.cdf_type = inq.Data_Type_Description
         self.is_big = name in info.big
         self.transposed = info.transposed.get(name, False)
         rec_shape = (info.n_angle, info.n_energy) if self.is_big else tuple(inq.Dim_Sizes)
         self.shape = (info.n, *rec_shape)
-        self.fill = info.attrs[name].get("FILLVAL")
+        self.fill = info.attr(name, "FILLVAL")
         self.float_out = self.is_big or self.cdf_type in _FLOAT_TYPES
         raw = np.dtype(np.float64 if self.cdf_type in ("CDF_DOUBLE", "CDF_REAL8") else np.float32)
         self.dtype = raw if self.float_out else _numpy_dtype(self.cdf_type)
@@ -525,6 +555,18 @@ class _RecordArray(BackendArray):
             raw = raw.transpose(0, 2, 1)
         if not self.float_out:
             return raw
+        if self.counts_table is not None and raw.dtype == np.uint8:
+            out = self._decode_counts(raw, start, stop)
+        else:
+            out = self._floats(raw, start, stop)
+        if self.is_big:
+            self._mask_blocks(out, start, stop)
+        if self.invalid is not None:
+            out[self.invalid[start:stop]] = np.nan
+        return out
+
+    def _floats(self, raw: np.ndarray, start: int, stop: int) -> np.ndarray:
+        """``raw`` as float (a copy only where needed), fill values NaN."""
         out = raw.astype(self.dtype, copy=not raw.flags.writeable or raw.dtype != self.dtype)
         if self.fill is not None:
             fill_mask = raw == raw.dtype.type(self.fill)
@@ -532,10 +574,26 @@ class _RecordArray(BackendArray):
                 if self.name == "data":  # 255 is an overflow, not a fill, in flagged records
                     fill_mask &= ~self._overflow_records(start, stop)[:, None, None]
                 np.copyto(out, np.nan, where=fill_mask)
-        if self.is_big:
-            self._mask_blocks(out, start, stop)
-        if self.invalid is not None:
-            out[self.invalid[start:stop]] = np.nan
+        return out
+
+    def _decode_counts(self, raw: np.ndarray, start: int, stop: int) -> np.ndarray:
+        """Counts from the uint8 codes in one 256-entry gather; the fill code is NaN.
+
+        The same values as decoding the float32 codes that :meth:`_floats` gives (fill
+        NaN except in counter-overflow records, where 255 is a saturated count).
+        """
+        table = self.counts_table
+        fill = self.fill
+        if fill is None or not 0 <= fill <= 255 or fill != int(fill):
+            return table[raw]
+        lut = table.copy()
+        lut[int(fill)] = np.nan
+        out = lut[raw]
+        if int(fill) == 255 and raw.max() < 255:
+            return out
+        over = self._overflow_records(start, stop)
+        if over.any():
+            out[over] = table[raw[over]]
         return out
 
     def _overflow_records(self, start: int, stop: int) -> np.ndarray:
@@ -569,7 +627,7 @@ class _TableArray(BackendArray):
         dims = list(info.inq[name].Dim_Sizes)
         self.shape = tuple(dims if len(dims) == 3 else [1, *dims])
         self.dtype = np.dtype(np.float32)
-        self.fill = info.attrs[name].get("FILLVAL")
+        self.fill = info.attr(name, "FILLVAL")
 
     def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
         return indexing.explicit_indexing_adapter(
@@ -621,13 +679,47 @@ def _build_dataset(
     drop_variables: Iterable[str] | None,
     *,
     eager: bool = False,
+    counts: bool = False,
+    all_attrs: bool = True,
 ) -> xr.Dataset:
+    """The Dataset of one file: lazy, or (``eager``) decoded at once into NumPy.
+
+    ``eager`` reads every variable once, straight into a NumPy array (no lazy-indexing
+    layer, no dask), and closes the file. ``counts`` (eager only) decodes ``data`` to
+    counts while reading it (:func:`fastspectro_dask.compression.count_midpoints`).
+    ``all_attrs=False`` gives only the big variables an attribute, their ``UNITS``
+    (reading every attribute costs more than decoding a small variable).
+    """
     drop = set(drop_variables or ())
     wanted = None if variables is None else set(variables)
     big = [b for b in BIG_VARIABLES if b not in drop and (wanted is None or b in wanted)]
     info = _FileInfo(path, big, wanted)
+    try:
+        return _assemble(info, path, wanted, drop, eager=eager, counts=counts, all_attrs=all_attrs)
+    finally:
+        if eager:
+            info.source.close()  # everything is in memory: release the handle now
+
+
+def _assemble(
+    info: _FileInfo,
+    path: Path,
+    wanted: set[str] | None,
+    drop: set[str],
+    *,
+    eager: bool,
+    counts: bool,
+    all_attrs: bool,
+) -> xr.Dataset:
     n = info.n
     time = np.round(info.time_unix * 1e9).astype("int64").view("datetime64[ns]")
+
+    def attrs_of(name: str) -> dict[str, Any]:
+        if all_attrs:
+            return dict(info.attrs[name])
+        units = info.attr(name, "UNITS") if name in BIG_VARIABLES else None
+        return {} if units is None else {"UNITS": units}
+
     data_vars: dict[str, xr.Variable] = {}
     for name in info.rv:
         if name in drop or (
@@ -636,7 +728,7 @@ def _build_dataset(
             continue
         if name in BIG_VARIABLES and name not in info.big:
             continue
-        arr = _RecordArray(info, name)
+        arr = _RecordArray(info, name, counts=counts)
         if arr.is_big:
             dims = _DIMS
         elif len(arr.shape) == 1:
@@ -646,21 +738,19 @@ def _build_dataset(
         else:
             logger.debug("%s: skipping %s of shape %s", path, name, arr.shape)
             continue
-        attrs = dict(info.attrs[name])
-        var = xr.Variable(dims, indexing.LazilyIndexedArray(arr), attrs=attrs)
-        data_vars[name] = var
+        values = arr._read(0, n) if eager else indexing.LazilyIndexedArray(arr)
+        data_vars[name] = xr.Variable(dims, values, attrs=attrs_of(name))
     for name in info.tables:
         if name in drop or (wanted is not None and name not in wanted):
             continue
-        arr = _TableArray(info, name)
-        var = xr.Variable(
-            ("mode", "table_angle_bin", "energy_channel"),
-            indexing.LazilyIndexedArray(arr),
-            attrs=dict(info.attrs[name]),
-        )
-        if arr.shape[2] != info.n_energy:
+        table = _TableArray(info, name)
+        if table.shape[2] != info.n_energy:
             continue
-        data_vars[name] = var
+        data_vars[name] = xr.Variable(
+            ("mode", "table_angle_bin", "energy_channel"),
+            table._getitem((slice(None),) * 3) if eager else indexing.LazilyIndexedArray(table),
+            attrs=attrs_of(name),
+        )
     coords = {
         "time": xr.Variable(
             "time",
@@ -682,11 +772,6 @@ def _build_dataset(
     )
     ds = xr.Dataset(data_vars, coords=coords, attrs=attrs)
     ds.encoding["source"] = str(path)
-    if eager:
-        try:
-            ds = ds.load()
-        finally:
-            info.source.close()  # everything is in memory: release the handle now
     return ds
 
 

@@ -192,6 +192,14 @@ def _weights_block(e: np.ndarray, window: tuple[float, float] | None) -> np.ndar
     if window is None:
         return energy_window_weights(e)
     lo, hi = window
+    if e.ndim == 3 and e.shape[0] > 1:
+        # consecutive records of one mode hold the same table: weigh each run once
+        e = np.ascontiguousarray(e)
+        bits = e.view(f"u{e.dtype.itemsize}")
+        starts = np.flatnonzero(np.concatenate(([True], ~(bits[1:] == bits[:-1]).all(axis=(1, 2)))))
+        if starts.size < e.shape[0]:
+            run = np.repeat(np.arange(starts.size), np.diff(np.append(starts, e.shape[0])))
+            return _weights_block(e[starts], window)[run]
     rows = e.reshape(-1, e.shape[-1])
     return _rowwise_once(rows, lambda r: energy_window_weights(r, lo, hi)).reshape(e.shape)
 

@@ -350,6 +350,12 @@ def collapse_angle(
 
 def reduced_energy(energy_full: np.ndarray) -> np.ndarray:
     """Per-record channel energy: median over the valid angle bins (NaN if none)."""
+    return _reduced_energy(energy_full)
+
+
+def _reduced_energy(energy_full: np.ndarray, skip: Sequence[int] = ()) -> np.ndarray:
+    """:func:`reduced_energy`; the channels in ``skip`` (set to NaN by the caller) may
+    hold any value: their median is not computed where that saves a sort."""
     e = np.asarray(energy_full)
     out = np.full((e.shape[0], e.shape[2]), np.nan)
     valid = np.isfinite(e)
@@ -361,7 +367,7 @@ def reduced_energy(energy_full: np.ndarray) -> np.ndarray:
         sel = (n_ang == nb) & (n_en == ne)
         block = e[sel, :nb, :ne]
         if np.isfinite(block).all():  # the usual [:nbins, :nenergy] block: plain median
-            out[sel, :ne] = _median_over_angle(block)
+            out[sel, :ne] = _median_of_runs(block, [c for c in skip if c < ne])
         else:  # irregular holes: slower, NaN-aware
             with np.errstate(all="ignore"):
                 import warnings
@@ -373,15 +379,33 @@ def reduced_energy(energy_full: np.ndarray) -> np.ndarray:
     return out
 
 
-def _median_over_angle(block: np.ndarray) -> np.ndarray:
+def _median_of_runs(block: np.ndarray, skip: Sequence[int] = ()) -> np.ndarray:
+    """:func:`_median_over_angle` computed once per run of identical records.
+
+    A record's ``energy_full`` is its mode's table, so consecutive records repeat it:
+    the median of a repeated record is the median of its first copy, bit for bit.
+    """
+    if block.shape[0] < 2 or block.dtype.kind != "f":
+        return _median_over_angle(block, skip)
+    bits = np.ascontiguousarray(block).view(f"u{block.dtype.itemsize}")  # -0.0 != 0.0
+    starts = np.flatnonzero(np.concatenate(([True], ~(bits[1:] == bits[:-1]).all(axis=(1, 2)))))
+    if starts.size == block.shape[0]:
+        return _median_over_angle(block, skip)
+    run = np.repeat(np.arange(starts.size), np.diff(np.append(starts, block.shape[0])))
+    return _median_over_angle(block[starts], skip)[run]
+
+
+def _median_over_angle(block: np.ndarray, skip: Sequence[int] = ()) -> np.ndarray:
     """``np.median(block, axis=1)`` of finite ``(time, angle, energy)``, bit for bit
     (for energies below 1e38: the median's mean of two equal values does not overflow).
 
     A channel whose energy is the same (and not 0) in every angle bin of every record
-    has that energy as median; only the others (the retrace step) are sorted.
+    has that energy as median; only the others (the retrace step) are sorted. Channels
+    in ``skip`` are never sorted (their value is then arbitrary).
     """
     first = block[:, 0, :]
     odd = ~((block == first[:, None, :]).all(axis=1) & (first != 0)).all(axis=0)
+    odd[list(skip)] = False
     out = first.copy()
     if odd.any():
         out[:, odd] = np.median(block[:, :, odd], axis=1)
@@ -838,6 +862,29 @@ def reduce_dataset(
         ``variable``, ``units`` (the CDF ``UNITS``), and the source's ``instrument``,
         ``orbit``, ``source``.
     """
+    return _reduce(
+        ds,
+        variable=variable,
+        categories=categories,
+        decompress=decompress,
+        retrace=retrace,
+        pad=pad,
+        decoded=False,
+    )
+
+
+def _reduce(
+    ds: xr.Dataset,
+    *,
+    variable: str,
+    categories: Categories | None,
+    decompress: bool,
+    retrace: bool,
+    pad: PadSpec | None,
+    decoded: bool,
+) -> xr.Dataset:
+    """:func:`reduce_dataset`; ``decoded``: the NumPy ``data`` already holds counts
+    (``io`` decoded the codes while reading them), so they are not decoded again."""
     if variable not in _HOW:
         raise ValueError(f"variable must be one of {sorted(_HOW)}, not {variable!r}")
     cats = normalize_categories(categories)
@@ -846,6 +893,8 @@ def reduce_dataset(
     arrays = [ds[source].data, ds["pitch_angle"].data, ds["domega"].data, ds["energy_full"].data]
     integ = accumulation_times(ds) if how == "rate" else None
     decode = source == "data" and decompress  # sum counts, not compressed codes
+    if decoded and source == "data" and not decompress:
+        raise ValueError("decompress=False needs the codes, not decoded counts")
     burst = str(ds.attrs.get("instrument", "")) in _BURST
     drop = (
         ()
@@ -855,9 +904,20 @@ def reduce_dataset(
     eager = all(isinstance(a, np.ndarray) for a in arrays)
     if eager:
         values, arrays[0] = _reduce_eager(
-            *arrays[:3], integ, cats=cats, how=how, decode=decode, burst=burst, full=pad is not None
+            *arrays[:3],
+            integ,
+            cats=cats,
+            how=how,
+            decode=decode and not decoded,
+            burst=burst,
+            full=pad is not None,
         )
-        energy = reduced_energy(arrays[3])
+        energy = _reduced_energy(arrays[3], drop)
+        if decoded and decode and pad is not None:
+            # the pad sums read counts in C order, as _reduce_eager's decoded copy has it
+            # (a file stored (energy, angle) gives transposed arrays; float sums depend
+            # on the memory order)
+            arrays[0] = np.ascontiguousarray(arrays[0])
         values[:, :, list(drop)] = np.nan  # the retrace channel (by label: slicing-safe)
         energy[:, list(drop)] = np.nan
     else:

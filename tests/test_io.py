@@ -253,6 +253,33 @@ def test_overflow_byte_is_kept_fill_byte_is_nan(tmp_path, ees_file):
     assert np.isnan(got[1, 0, 0])
 
 
+def test_counts_decoded_while_reading_equal_decoded_codes(tmp_path, ees_file):
+    """The reduction's read (uint8 codes -> counts in one table gather) keeps every rule
+    of the float codes: fill 255 is NaN, an overflow 255 a saturated count, the rest of
+    the valid block decoded, outside it NaN."""
+    from fastspectro_dask.compression import decode_counts
+    from fastspectro_dask.io import _build_dataset
+
+    orbit = int(ees_file.name.split("_")[-2])
+    plan = _OrbitPlan(orbit, SEED, RECORDS)
+    rec, _ = plan.records_for("ees")
+    data = rec.arrays["data"].copy()
+    data[0, 0, 0] = data[1, 0, 0] = 255
+    dq = rec.data_quality.copy()
+    dq[0] |= 2
+    dq[1] &= ~np.uint8(2)
+    valid = np.ones(data.shape[0], np.uint8)
+    valid[2] = 0
+    path = plan.write(tmp_path, "ees", overrides={"data": data, "data_quality": dq, "valid": valid})
+    got = _build_dataset(path, ["data"], None, eager=True, counts=True)["data"].values
+    codes = load_esa(path, variables=["data"])["data"].values
+    want = decode_counts(codes, burst=False)
+    assert got.dtype == want.dtype == np.float32
+    assert got.tobytes() == want.tobytes()
+    assert got[0, 0, 0] == decode_counts(np.uint8(255), burst=False)
+    assert np.isnan(got[1, 0, 0])
+
+
 @pytest.mark.parametrize("kind", [k for k, v in BAD_FILE_KINDS.items() if v == "invalid-cdf"])
 def test_bad_files_raise_invalid_cdf_naming_the_file(synth_dataset, kind):
     path = Path(synth_dataset.bad_files[kind]["path"])

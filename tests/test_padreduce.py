@@ -419,3 +419,17 @@ def test_weights_once_per_distinct_row_survive_a_hash_collision():
     got = _weights_block(e, (25.0, 30.0))
     want = np.stack([[energy_window_weights(row, 25.0, 30.0) for row in rec] for rec in e])
     np.testing.assert_array_equal(got, want)
+
+
+def test_window_weights_once_per_run_equal_rowwise():
+    """Records of one mode repeat the table: weights per run equal the row-wise ones."""
+    from fastspectro_dask.padreduce import _weights_block
+
+    rng = np.random.default_rng(4)
+    tables = np.sort(rng.uniform(5.0, 3e4, (2, 4, 12)), axis=-1)[..., ::-1].copy()
+    tables[1, :, 9:] = np.nan
+    e = tables[np.array([0, 0, 1, 1, 1, 0])]
+    e[5, 2, 3] *= 1.01  # one record differs in one bin
+    want = energy_window_weights(e, 50.0, 5000.0)
+    got = _weights_block(e, (50.0, 5000.0))
+    assert got.tobytes() == want.tobytes()

@@ -513,6 +513,28 @@ def _run_on_dask(
 # --------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Batch:
+    """The user's functions, the output folder and the style of a batch."""
+
+    build_datasets_fn: Callable[[Any], Sequence[Mapping[str, Any]]]
+    title_fn: Callable[[Any], str] | None
+    filename_fn: Callable[[Any], str] | None
+    out_dir: Path
+    style: _Style
+
+    def path_of(self, item: Any) -> tuple[str, Path]:
+        """The item's name (``filename_fn`` or file-name safe ``str``) and figure path."""
+        name = self.filename_fn(item) if self.filename_fn else _safe_name(item)
+        return name, self.out_dir / f"{name}_y-{self.style.y_scale}_z-{self.style.z_scale}.png"
+
+    def render(self, item: Any) -> Path:
+        """Draw and save one item in this process (``serial=True``); errors propagate."""
+        _name, path = self.path_of(item)
+        result = _render_item(self.build_datasets_fn, self.title_fn, item, path, self.style)
+        return Path(result["path"])
+
+
 def generic_batch_plot(
     items: Iterable[Any],
     build_datasets_fn: Callable[[Any], Sequence[Mapping[str, Any]]],
@@ -629,42 +651,24 @@ def generic_batch_plot(
         tuple(percentile),
         cfg.style.engine,
     )
-    out_dir = Path(output_dir)
-
-    def path_of(item: Any) -> tuple[str, Path]:
-        name = filename_fn(item) if filename_fn else _safe_name(item)
-        return name, out_dir / f"{name}_y-{y_scale}_z-{z_scale}.png"
-
+    batch = _Batch(build_datasets_fn, title_fn, filename_fn, Path(output_dir), style)
     if serial:
-        written = []
-        for item in items:
-            _name, path = path_of(item)
-            result = _render_item(build_datasets_fn, title_fn, item, path, style)
-            written.append(Path(result["path"]))
-        return written
+        return [batch.render(item) for item in items]
     return _batch_on_dask(
+        batch,
         items,
-        path_of,
-        out_dir,
         cfg,
-        style,
-        build_datasets_fn=build_datasets_fn,
-        title_fn=title_fn,
         client=client,
-        progress_json=Path(progress_json or out_dir / "generic-progress.json"),
+        progress_json=Path(progress_json or batch.out_dir / "generic-progress.json"),
         ignore_progress_json=ignore_progress_json,
     )
 
 
 def _batch_on_dask(
+    batch: _Batch,
     items: Iterable[Any],
-    path_of: Callable[[Any], tuple[str, Path]],
-    out_dir: Path,
     cfg: RunConfig,
-    style: _Style,
     *,
-    build_datasets_fn: Callable[[Any], Sequence[Mapping[str, Any]]],
-    title_fn: Callable[[Any], str] | None,
     client: Any,
     progress_json: Path,
     ignore_progress_json: bool,
@@ -675,7 +679,8 @@ def _batch_on_dask(
     from fastspectro_dask.cluster import client_context
     from fastspectro_dask.logbuffer import buffered_file_logging
 
-    fn_blob = cloudpickle.dumps((build_datasets_fn, title_fn))
+    fn_blob = cloudpickle.dumps((batch.build_datasets_fn, batch.title_fn))
+    out_dir, style = batch.out_dir, batch.style
     out_dir.mkdir(parents=True, exist_ok=True)
     written: dict[int, Path] = {}
     skipped = 0
@@ -690,7 +695,7 @@ def _batch_on_dask(
         def planned() -> Iterator[tuple[_Planned, Any]]:
             nonlocal skipped
             for k, item in enumerate(items):
-                name, path = path_of(item)
+                name, path = batch.path_of(item)
                 if name in progress.completed and path.exists():
                     written[k] = path
                     skipped += 1

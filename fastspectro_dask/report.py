@@ -437,6 +437,208 @@ def _as_dicts(summaries: Iterable[Any]) -> list[dict[str, Any]]:
     return out
 
 
+@dataclass(frozen=True)
+class _State:
+    """The run's state files (paths and contents; a missing or unreadable file reads empty)."""
+
+    progress_path: Path
+    extrema_path: Path
+    progress: dict[str, Any]
+    extrema: dict[str, Any] | None
+
+    @classmethod
+    def read(
+        cls,
+        root: Path,
+        progress_json: str | os.PathLike[str] | None,
+        extrema_json: str | os.PathLike[str] | None,
+    ) -> _State:
+        """Read ``progress_json`` and ``extrema_json`` (default: in ``root``); never written."""
+        progress_path = Path(progress_json) if progress_json else root / "progress.json"
+        extrema_path = Path(extrema_json) if extrema_json else root / "extrema.json"
+        return cls(
+            progress_path,
+            extrema_path,
+            _read_json(progress_path, "progress JSON") or {},
+            _read_json(extrema_path, "extrema JSON"),
+        )
+
+
+@dataclass(frozen=True)
+class _Contents:
+    """What a run left in its output folder: figures, errors and completed orbits.
+
+    Attributes
+    ----------
+    figures : dict
+        orbit -> figures (:func:`find_figures`).
+    errors : dict
+        orbit -> errors from the progress JSON (:func:`_errors_by_orbit`).
+    completed : dict
+        ``{y}_{z}`` -> orbits completed.
+    orbits : list of int
+        Every orbit with a figure, an error or a completion, ascending.
+    scales : list of str
+        The scale combinations with a completion or a figure, in ``_SCALE_ORDER``.
+    """
+
+    figures: dict[int, list[FigureFile]]
+    errors: dict[int, list[_Error]]
+    completed: dict[str, set[int]]
+    orbits: list[int]
+    scales: list[str]
+
+    @classmethod
+    def scan(
+        cls, root: Path, progress: Mapping[str, Any], extrema: Mapping[str, Any] | None
+    ) -> _Contents:
+        """The figures under ``root`` and the orbits the state files name."""
+        figures = find_figures(root)
+        errors = _errors_by_orbit(progress, extrema)
+        completed = _completed(progress)
+        orbits = sorted(set(figures) | set(errors) | {o for s in completed.values() for o in s})
+        scales = sorted(
+            set(completed) | {f.scales for fs in figures.values() for f in fs},
+            key=lambda s: _SCALE_ORDER.index(s) if s in _SCALE_ORDER else 99,
+        )
+        return cls(figures, errors, completed, orbits, scales)
+
+    @property
+    def n_figures(self) -> int:
+        return sum(len(fs) for fs in self.figures.values())
+
+
+def _run_summary(
+    root: Path,
+    now: str,
+    summaries: Iterable[Any] | None,
+    config: Mapping[str, Any] | None,
+    performance_report: str | os.PathLike[str] | None,
+) -> dict[str, Any]:
+    """The last run's summaries: saved to ``run-summary.json`` when given, else read from it."""
+    if summaries is None:
+        return _read_json(root / SUMMARY_NAME, "run summary") or {}
+    saved = {
+        "finished_utc": now,
+        "config": dict(config) if config is not None else None,
+        "summaries": _as_dicts(summaries),
+        "performance_report": os.path.abspath(performance_report) if performance_report else None,
+    }
+    atomic_write_json(root / SUMMARY_NAME, saved)
+    return saved
+
+
+def _scale_lines(contents: _Contents, progress: Mapping[str, Any]) -> list[str]:
+    """One header line per scale combination: orbits completed, figures, watermark."""
+    lines = []
+    for s in contents.scales:
+        done = len(contents.completed.get(s, ()))
+        n_fig = sum(1 for fs in contents.figures.values() for f in fs if f.scales == s)
+        mark = progress.get(f"{s}_last_orbit")
+        lines.append(
+            f"{_scale_label(s)}: {done} orbits completed, {n_fig} figures, watermark {_num(mark)}"
+        )
+    return lines
+
+
+def _links(
+    root: Path, state: _State, performance_report: str | os.PathLike[str] | None
+) -> list[dict[str, str]]:
+    """Relative links to the state files, the logs and the Dask performance report, for
+    those inside ``root`` that exist."""
+    links = []
+    for label, target in (
+        ("progress.json", state.progress_path),
+        ("extrema.json", state.extrema_path),
+        ("logs", root / "logs"),
+        ("Dask performance report", performance_report),
+    ):
+        url = _rel_link(target, root)
+        if url:
+            links.append({"label": label, "href": url})
+    return links
+
+
+def _counts(contents: _Contents) -> dict[str, Any]:
+    """The header's counts: orbits, figures, orbits with errors, errors per reason."""
+    errors = contents.errors
+    reasons: Counter[str] = Counter(e.reason for es in errors.values() for e in es)
+    return {
+        "orbits": len(contents.orbits),
+        "figures": contents.n_figures,
+        "orbits_with_errors": sum(1 for o in contents.orbits if o in errors),
+        "errors": ", ".join(f"{r} {n}" for r, n in sorted(reasons.items())) or "none",
+    }
+
+
+def _common_context(
+    root: Path,
+    title: str | None,
+    now: str,
+    state: _State,
+    saved: Mapping[str, Any],
+    contents: _Contents,
+    links: list[dict[str, str]],
+    width: int,
+) -> dict[str, Any]:
+    """What every page shows: title, header, counts, scale lines, the last run, links."""
+    return {
+        "title": title or f"FAST ESA spectrograms: {root.resolve().name}",
+        "written": now,
+        "progress_written": state.progress.get("updated_utc"),
+        "folder": str(root.resolve()),
+        "counts": _counts(contents),
+        "scale_lines": _scale_lines(contents, state.progress),
+        "runs": _run_rows(list(saved.get("summaries") or [])),
+        "runs_finished": saved.get("finished_utc"),
+        "links": links,
+        "n_orbits": len(contents.orbits),
+        "width": width,
+    }
+
+
+def _write_pages(
+    root: Path,
+    common: Mapping[str, Any],
+    extrema_context: Mapping[str, Any],
+    contents: _Contents,
+    page_size: int,
+) -> int:
+    """Render and write the pages, ``page_size`` orbits each (at least one page); returns
+    how many. The extrema table is on the first page only."""
+    orbits = contents.orbits
+    chunks = [orbits[i : i + page_size] for i in range(0, len(orbits), page_size)]
+    chunks = chunks or [[]]
+    ranges = [(c[0], c[-1]) if c else (0, 0) for c in chunks]
+    template = _template()
+    for n, chunk in enumerate(chunks, start=1):
+        page = template.render(
+            **common,
+            extrema=extrema_context if n == 1 else None,
+            pages=_nav(n, ranges),
+            orbits=[
+                _orbit_context(
+                    o,
+                    contents.figures.get(o, []),
+                    contents.errors.get(o, []),
+                    k >= _EAGER_ORBITS,
+                )
+                for k, o in enumerate(chunk)
+            ],
+        )
+        _write_text_atomic(root / _page_name(n), page)
+    return len(chunks)
+
+
+def _remove_stale_pages(root: Path, n_pages: int) -> None:
+    """Delete the pages beyond ``n_pages`` that an earlier, longer report left."""
+    for stale in root.glob("index-*.html"):
+        m = re.fullmatch(r"index-(\d+)\.html", stale.name)
+        if m and int(m[1]) > n_pages:
+            with contextlib.suppress(OSError):
+                stale.unlink()
+
+
 def write_run_report(
     output_dir: str | os.PathLike[str],
     *,
@@ -494,105 +696,21 @@ def write_run_report(
         raise NotADirectoryError(f"{root}: not a folder")
     if int(thumb_width) < 1 or int(page_size) < 1:
         raise ValueError("thumb_width and page_size must be >= 1")
-    width = int(thumb_width)
-    progress_path = Path(progress_json) if progress_json else root / "progress.json"
-    extrema_path = Path(extrema_json) if extrema_json else root / "extrema.json"
-    progress = _read_json(progress_path, "progress JSON") or {}
-    extrema = _read_json(extrema_path, "extrema JSON")
+    state = _State.read(root, progress_json, extrema_json)
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-    if summaries is not None:
-        runs = _as_dicts(summaries)
-        saved = {
-            "finished_utc": now,
-            "config": dict(config) if config is not None else None,
-            "summaries": runs,
-            "performance_report": (
-                os.path.abspath(performance_report) if performance_report else None
-            ),
-        }
-        atomic_write_json(root / SUMMARY_NAME, saved)
-    else:
-        saved = _read_json(root / SUMMARY_NAME, "run summary") or {}
-        runs = list(saved.get("summaries") or [])
-        if performance_report is None:
-            performance_report = saved.get("performance_report")
-
-    figures = find_figures(root)
-    errors = _errors_by_orbit(progress, extrema)
-    completed = _completed(progress)
-    orbits = sorted(set(figures) | set(errors) | {o for s in completed.values() for o in s})
-    scales = sorted(
-        set(completed) | {f.scales for fs in figures.values() for f in fs},
-        key=lambda s: _SCALE_ORDER.index(s) if s in _SCALE_ORDER else 99,
-    )
-    n_figures = sum(len(fs) for fs in figures.values())
-    reasons: Counter[str] = Counter(e.reason for es in errors.values() for e in es)
-    title = title or f"FAST ESA spectrograms: {root.resolve().name}"
-
-    scale_lines = []
-    for s in scales:
-        done = len(completed.get(s, ()))
-        n_fig = sum(1 for fs in figures.values() for f in fs if f.scales == s)
-        mark = progress.get(f"{s}_last_orbit")
-        scale_lines.append(
-            f"{_scale_label(s)}: {done} orbits completed, {n_fig} figures, watermark {_num(mark)}"
-        )
-    links = []
-    for label, target in (
-        ("progress.json", progress_path),
-        ("extrema.json", extrema_path),
-        ("logs", root / "logs"),
-        ("Dask performance report", performance_report),
-    ):
-        url = _rel_link(target, root)
-        if url:
-            links.append({"label": label, "href": url})
-    common = {
-        "title": title,
-        "written": now,
-        "progress_written": progress.get("updated_utc"),
-        "folder": str(root.resolve()),
-        "counts": {
-            "orbits": len(orbits),
-            "figures": n_figures,
-            "orbits_with_errors": sum(1 for o in orbits if o in errors),
-            "errors": ", ".join(f"{r} {n}" for r, n in sorted(reasons.items())) or "none",
-        },
-        "scale_lines": scale_lines,
-        "runs": _run_rows(runs),
-        "runs_finished": saved.get("finished_utc"),
-        "links": links,
-        "n_orbits": len(orbits),
-        "width": width,
-    }
-    extrema_context = _extrema_context(extrema)
-
-    chunks = [orbits[i : i + int(page_size)] for i in range(0, len(orbits), int(page_size))]
-    chunks = chunks or [[]]
-    ranges = [(c[0], c[-1]) if c else (0, 0) for c in chunks]
-    template = _template()
-    for n, chunk in enumerate(chunks, start=1):
-        page = template.render(
-            **common,
-            extrema=extrema_context if n == 1 else None,
-            pages=_nav(n, ranges),
-            orbits=[
-                _orbit_context(o, figures.get(o, []), errors.get(o, []), k >= _EAGER_ORBITS)
-                for k, o in enumerate(chunk)
-            ],
-        )
-        _write_text_atomic(root / _page_name(n), page)
-    # pages of an earlier, longer report
-    for stale in root.glob("index-*.html"):
-        m = re.fullmatch(r"index-(\d+)\.html", stale.name)
-        if m and int(m[1]) > len(chunks):
-            with contextlib.suppress(OSError):
-                stale.unlink()
+    saved = _run_summary(root, now, summaries, config, performance_report)
+    if performance_report is None:
+        performance_report = saved.get("performance_report")
+    contents = _Contents.scan(root, state.progress, state.extrema)
+    links = _links(root, state, performance_report)
+    common = _common_context(root, title, now, state, saved, contents, links, int(thumb_width))
+    n_pages = _write_pages(root, common, _extrema_context(state.extrema), contents, int(page_size))
+    _remove_stale_pages(root, n_pages)
     logger.info(
         "report %s: %d orbits, %d figures, %d page(s)",
         root / REPORT_NAME,
-        len(orbits),
-        n_figures,
-        len(chunks),
+        len(contents.orbits),
+        contents.n_figures,
+        n_pages,
     )
     return root / REPORT_NAME

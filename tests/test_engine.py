@@ -172,7 +172,7 @@ def test_row_titles_are_drawn_per_figure_one_layout_for_both_hemispheres(orbit, 
     reference drawing of its own hemisphere."""
     from dataclasses import replace
 
-    red, eph, ext = orbit
+    red, eph, _ext = orbit
     south = replace(eph, ilat=-np.abs(eph.ilat))
     north = replace(eph, ilat=np.abs(eph.ilat))
     draw.clear_layouts()

@@ -253,6 +253,29 @@ def test_serial_batch(tmp_path, monkeypatch):
             )
 
 
+def test_serial_batch_names_and_titles_from_the_item_functions(tmp_path, monkeypatch):
+    titles = []
+    real_save = generic.save_figure
+
+    def spy(fig, path, **kw):
+        titles.append(fig.get_suptitle())
+        return real_save(fig, path, **kw)
+
+    monkeypatch.setattr(generic, "save_figure", spy)
+    paths = generic_batch_plot(
+        [2, 5],
+        _build,
+        tmp_path,
+        filename_fn=lambda i: f"item-{i:03d}",
+        title_fn=lambda i: f"Item number {i}",
+        serial=True,
+        engine="reference",
+    )
+    assert paths == [tmp_path / f"item-{i:03d}_y-linear_z-log.png" for i in (2, 5)]
+    assert all(p.is_file() for p in paths)
+    assert titles == ["Item number 2", "Item number 5"]
+
+
 @pytest.mark.parametrize("engine", ["fast", "reference"])
 def test_serial_errors_while_drawing_become_plotting_errors(tmp_path, engine):
     with pytest.raises(PlottingError, match="item 7") as info:

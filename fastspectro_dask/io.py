@@ -354,6 +354,7 @@ class _FileInfo:
                 *_REQUIRED_SUPPORT,
                 *big,
                 *_SCALARS,
+                "valid",  # records flagged valid == 0 are blanked, whatever is read
                 "energy_channel",
                 "pitch_angle_bin",
             }

@@ -81,7 +81,8 @@ _BURST = ("eeb", "ieb")
 #: Version of the decoding and reduction: part of every cache key and extrema state, so
 #: that nothing computed by an older decoding or reduction is ever reused. 2: counts
 #: decoded with the flight compressor's segment table; fractional category edge weights.
-REDUCTION_VERSION = 2
+#: 3: records flagged ``valid == 0`` blanked in the per-file read too (as in the lazy one).
+REDUCTION_VERSION = 3
 
 #: Index (along ``energy_channel``) of the sweep's high-voltage retrace step.
 RETRACE_CHANNEL = 0
@@ -523,6 +524,8 @@ def _extent_groups(finite: np.ndarray) -> list[tuple[np.ndarray, int, int]]:
     ``[:n_angle, :n_energy]`` alone.
     """
     _, a_n, e_n = finite.shape
+    if a_n == 0 or e_n == 0:  # nothing finite in the file (an all-fill or quiet file)
+        return []
     by_angle = finite.any(axis=2)
     by_energy = finite.any(axis=1)
     a_ext = a_n - np.argmax(by_angle[:, ::-1], axis=1)

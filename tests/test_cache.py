@@ -207,3 +207,35 @@ def test_read_equals_xarray_and_memory_copy_follows_the_disk(tmp_path, ees_file,
     shutil.rmtree(cache.path / name)
     with pytest.raises(KeyError):
         cache.read(name)
+
+
+@pytest.mark.parametrize("variable", ["data", "eflux"])
+def test_reduce_file_blanks_records_flagged_not_valid(tmp_path, ees_file, variable):
+    """A record flagged ``valid == 0`` carries no measurement: NaN in every category,
+    in the per-file read as in the lazy one (which reads ``valid`` with every variable)."""
+    from fastspectro_dask.synth import _OrbitPlan
+
+    from .conftest import RECORDS, SEED
+
+    orbit = int(ees_file.name.split("_")[-2])
+    plan = _OrbitPlan(orbit, SEED, RECORDS)
+    valid = np.ones(RECORDS, np.uint8)
+    valid[[2, 5]] = 0
+    path = plan.write(tmp_path, "ees", overrides={"valid": valid})
+    got = reduce_file(path, variable, DEFAULT_CATEGORIES)["values"].values
+    assert np.isnan(got[:, [2, 5]]).all()
+    assert np.isfinite(got[:, [1, 3, 4]]).any()
+    want = reduce_dataset(open_esa(path), variable=variable).compute(scheduler="synchronous")
+    np.testing.assert_array_equal(got, want["values"].values)
+
+
+@pytest.mark.parametrize("variable", ["data", "eflux", "rate"])
+def test_reduce_file_of_an_all_fill_file_is_all_nan(synth_dataset, variable):
+    """A quiet or all-fill file (every value FILLVAL, ``valid`` 0) reduces to an empty
+    spectrogram, as the lazy path does, instead of raising from an empty extent."""
+    path = synth_dataset.bad_files["all-fill"]["path"]
+    got = reduce_file(path, variable, DEFAULT_CATEGORIES)
+    assert got["values"].shape[1] > 0
+    assert np.isnan(got["values"].values).all()
+    want = reduce_dataset(open_esa(path), variable=variable).compute(scheduler="synchronous")
+    np.testing.assert_array_equal(got["values"].values, want["values"].values)

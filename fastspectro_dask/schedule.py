@@ -451,15 +451,15 @@ class TaskLoop:
         """``fut.result()`` once ``fut`` is done, looking at the cluster meanwhile: a result
         whose worker left is recomputed, and with no worker left that would wait for ever;
         the watchdog ends the wait (:class:`_StrandedError`, with the ``pending`` tasks).
-        (Not ``result(timeout=...)``: a task's own error may be a TimeoutError.)"""
-        look_at = time.monotonic() + self.view.refresh_seconds
-        while not fut.done():
-            if time.monotonic() >= look_at:
+        Woken by the future's done callback, not by polling (and not ``result(timeout=...)``:
+        a task's own error may be a TimeoutError)."""
+        if not fut.done():
+            done = threading.Event()
+            fut.add_done_callback(lambda _f: done.set())
+            while not done.wait(self.view.refresh_seconds):  # woken at once by the result
                 self.view.refresh()
                 if self._watchdog():
                     raise _StrandedError(pending)
-                look_at = time.monotonic() + self.view.refresh_seconds
-            time.sleep(0.005)
         return fut.result()
 
     def _finish_batch(self, started: tuple[list, Any], handle) -> None:

@@ -6,13 +6,15 @@ Used by the extrema pass 1 (:mod:`fastspectro_dask.extrema`) and by the render p
 * **An elastic window.** At most ``per_thread * threads + extra`` tasks are in flight
   (never one giant graph: a mission is ~51,000 orbits), where ``threads`` is the cluster's
   *current* number of worker threads, read from the scheduler at every refill (at most
-  every :data:`REFRESH_SECONDS`), so workers that arrive late (dask-jobqueue jobs leaving
+  every :data:`REFRESH_SECONDS`; the refill goes on with the last reading while the
+  scheduler answers), so workers that arrive late (dask-jobqueue jobs leaving
   the batch queue, adaptive scaling) get work at once, whatever made the client
   (``LocalCluster``, ``client=``, ``--scheduler-address``/``--scheduler-file``,
   ``--cluster``). While no worker is there, ``floor`` tasks wait on the scheduler; a
   caller's ``window`` is an upper bound.
 * **Batched submission** (``client.map`` over the free slots) and **a wait that wakes on
-  completion** (no polling), results fetched by ``as_completed`` on the event loop.
+  completion** (no polling); the results of a batch of completed tasks come in one
+  ``gather``, up to :data:`MAX_FETCHING` batches at once, recorded oldest first.
 * **One place for the client-side batched flushes**: ``on_idle`` (the interval flush)
   while waiting, ``on_exit`` (the final flush) always, also after an exception.
 * **A watchdog**: no worker and no pending job for ``worker_wait`` seconds (the dask
@@ -570,6 +572,8 @@ class TaskLoop:
                 while self.inflight or not (self.exhausted or self.stop.is_set()):
                     if self.stop.is_set():
                         break
+                    if ac.has_ready():  # a chunk's worth, while the workers stay busy
+                        self._wait(ac, 0.0)
                     batch = ac.next_batch(block=False)
                     if not batch:
                         if fetching:  # nothing new: record what is being fetched

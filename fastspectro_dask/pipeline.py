@@ -709,6 +709,8 @@ def _iter_jobs(
     cfg, style, reduction = opts.config, opts.config.style, opts.config.reduction
     y_scale, z_scale = style.y_scale, style.z_scale
     pad = cfg.pad
+    categories = dict(reduction.categories)  # one per run, shared (read only) by its jobs
+    cache_path = str(opts.cache_dir)
     for orbit in todo:
         files = {i: _absolute(p) for i, p in index[orbit].items()}
         known = {i: ("invalid-cdf", invalid[p]) for i, p in files.items() if p in invalid}
@@ -742,9 +744,9 @@ def _iter_jobs(
                     files=fs,
                     entries={i: entries.get(p) for i, p in fs.items()},
                     output=str(path),
-                    cache_path=str(opts.cache_dir),
+                    cache_path=cache_path,
                     variable=reduction.variable,
-                    categories=dict(reduction.categories),
+                    categories=categories,
                     instrument_order=cfg.instrument_order,
                     extrema=ext,
                     retrace=reduction.retrace,

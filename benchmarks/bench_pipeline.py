@@ -41,7 +41,7 @@ Four measurements, each printed as a plain-text table (medians over ``--rounds``
    largest multiple of 5,000 that fits is run instead and the requested size is
    extrapolated (labelled as such). The ProgressStore alone (no Dask) is then timed over
    ``--store-orbits`` orbits (default 50,000: the writes are measured, not extrapolated),
-   with the cost of one write split into its parts. Then, at ``--ipc-tasks`` tasks,
+   with the cost of one write split into its parts. Then, at ``--ipc-tasks`` tasks (0: not),
    interleaved: ``_loop``
    with and without progress writes, and a minimal loop with the same window and 20 ms poll
    with the task in the sandbox (``_run_job``) or run directly in the worker (no sandbox),
@@ -1019,6 +1019,8 @@ def dry_run(tmp: Path, args) -> None:
 
         # -- where the per-task time goes: interleaved variants ---------------------------
         nt = args.ipc_tasks
+        if nt <= 0:
+            return
         jobs = fake_jobs(nt)
         flat = [j for o in jobs for j in jobs[o]]
         noop = _noop()
@@ -1148,7 +1150,9 @@ def main() -> None:
         help="orbit counts of the dry run, in order (default 10000,50000)",
     )
     ap.add_argument("--budget", type=float, default=360.0, help="seconds per dry-run size")
-    ap.add_argument("--ipc-tasks", type=int, default=2000)
+    ap.add_argument(
+        "--ipc-tasks", type=int, default=2000, help="tasks of the per-task cost table (0: skip it)"
+    )
     ap.add_argument(
         "--store-orbits",
         type=int,

@@ -373,72 +373,23 @@ def FAST_plot_spectrograms_directory(
         figsize=figsize,
         figure_format=figure_format,
     )
-    y_scale, z_scale = cfg.style.y_scale, cfg.style.z_scale
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    progress_path = Path(progress_json_path or out / "progress.json")
-    extrema_path = Path(extrema_json_path or out / "extrema.json")
-    cache_dir = Path(cache_path or out / "reduced.zarr")
+    out, progress_path, extrema_path, cache_dir = _state_paths(
+        output_dir, progress_json_path, extrema_json_path, cache_path
+    )
     summary = RunSummary(
-        scales=f"y-{y_scale} z-{z_scale}",
+        scales=f"y-{cfg.style.y_scale} z-{cfg.style.z_scale}",
         config=cfg.to_dict(),
         output_dir=str(out),
         progress_json=str(progress_path),
         extrema_json=str(extrema_path),
     )
-
     with contextlib.ExitStack() as stack:
-        store = ProgressStore(
-            progress_path,
-            y_scale,
-            z_scale,
-            flush_batch_size=cfg.flush_batch_size,
-            flush_interval_seconds=cfg.flush_interval_seconds,
-            instrument_order=cfg.instrument_order,
-        )
-        # First the lock: a second run on this output is refused before it writes anything
-        # (no log file, no temporaries removed) or starts a cluster.
-        store.acquire_lock()
-        stack.callback(store.close)
-        stale = _remove_stale_temporaries(out, progress_path, extrema_path)
-        logs = stack.enter_context(buffered_file_logging(out / "logs", capacity=cfg.log_batch))
-        summary.log_file = str(logs.path)
-        if stale:
-            logger.info("removed %d stale temporary file(s) left by an interrupted run", stale)
-        stack.enter_context(store)  # loads the progress JSON under the lock taken above
+        store, logs = _open_state(stack, cfg, out, progress_path, extrema_path, summary)
         signals = stack.enter_context(_Signals(install_signal_handlers))
-        dask_client = stack.enter_context(client_context(client, max_workers=cfg.max_workers))
-        summary.dashboard_link = getattr(dask_client, "dashboard_link", None)
-        logger.info(
-            "run %s -> %s (y=%s, z=%s, variable=%s); dashboard %s",
-            input_dir,
-            out,
-            y_scale,
-            z_scale,
-            cfg.reduction.variable,
-            summary.dashboard_link,
-        )
-        logger.info("configuration: %s", json.dumps(summary.config))
-        if forward_worker_logs(dask_client) and client is not None:
-            stack.callback(unforward_worker_logs, dask_client)  # the user's client outlives us
+        dask_client = _connect(stack, cfg, client, summary, input_dir, out)
         if cfg.ignore_progress_json:
             store.reset()
-
-        index = discover(input_dir, instruments=cfg.instrument_order)
-        orbits = list(index)
-        store.set_orbits(orbits)
-        summary.orbits_total = len(orbits)
-        without = [o for o in orbits if o not in index.orbit_files]
-        if without:
-            logger.info(
-                "%d of %d orbits have no fa_k0_orb orbit file: their figures show UT only "
-                "(no ALT/ILAT/MLT, no hemisphere names)%s",
-                len(without),
-                len(orbits),
-                f", e.g. orbit {without[0]}" if len(without) < len(orbits) else "",
-            )
-        todo = [o for o in orbits if store.should_retry(o, index[o])]
-        summary.orbits_skipped = len(orbits) - len(todo)
+        index, todo = _discover_todo(input_dir, cfg, store, summary)
         if todo:
             opts = _Options(
                 config=cfg,
@@ -450,19 +401,111 @@ def FAST_plot_spectrograms_directory(
             )
             _extrema_then_render(opts, summary, store, signals, dask_client, index, todo)
         else:
-            logger.info("nothing to do: all %d orbits are done", len(orbits))
-        if signals.received is not None:
-            summary.signal = signal.Signals(signals.received).name
-        summary.wall_seconds = time.perf_counter() - t_start
-        store.flush()  # the last progress write (a no-op when clean), counted below
-        summary.progress_writes = store.writes
-        # the log counters cannot count the write of this line: they are in the summary
-        done = {k: v for k, v in summary.to_dict().items() if not k.startswith("log_")}
-        logger.info("run finished: %s", json.dumps(done))
+            logger.info("nothing to do: all %d orbits are done", summary.orbits_total)
+        _finish_run(summary, store, signals, t_start)
     # the state store and the log buffer are flushed and closed: count what they wrote
     summary.progress_writes = store.writes
     summary.log_writes, summary.log_records = logs.flushes, logs.records_written
     return summary
+
+
+def _state_paths(
+    output_dir, progress_json_path, extrema_json_path, cache_path
+) -> tuple[Path, Path, Path, Path]:
+    """The output folder (made if missing) and the paths of the progress JSON, the extrema
+    JSON and the zarr cache (by default inside it)."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    progress_path = Path(progress_json_path or out / "progress.json")
+    extrema_path = Path(extrema_json_path or out / "extrema.json")
+    cache_dir = Path(cache_path or out / "reduced.zarr")
+    return out, progress_path, extrema_path, cache_dir
+
+
+def _open_state(
+    stack: contextlib.ExitStack,
+    cfg: RunConfig,
+    out: Path,
+    progress_path: Path,
+    extrema_path: Path,
+    summary: RunSummary,
+) -> tuple[ProgressStore, Any]:
+    """The progress store (locked, then loaded) and the buffered log file, both closed by
+    ``stack``. First the lock: a second run on this output is refused before it writes
+    anything (no log file, no temporaries removed) or starts a cluster."""
+    store = ProgressStore(
+        progress_path,
+        cfg.style.y_scale,
+        cfg.style.z_scale,
+        flush_batch_size=cfg.flush_batch_size,
+        flush_interval_seconds=cfg.flush_interval_seconds,
+        instrument_order=cfg.instrument_order,
+    )
+    store.acquire_lock()
+    stack.callback(store.close)
+    stale = _remove_stale_temporaries(out, progress_path, extrema_path)
+    logs = stack.enter_context(buffered_file_logging(out / "logs", capacity=cfg.log_batch))
+    summary.log_file = str(logs.path)
+    if stale:
+        logger.info("removed %d stale temporary file(s) left by an interrupted run", stale)
+    stack.enter_context(store)  # loads the progress JSON under the lock taken above
+    return store, logs
+
+
+def _connect(
+    stack: contextlib.ExitStack, cfg: RunConfig, client, summary: RunSummary, input_dir, out
+):
+    """The Dask client (the user's, or a local cluster closed by ``stack``), with the
+    workers' log records forwarded to this process for the run."""
+    dask_client = stack.enter_context(client_context(client, max_workers=cfg.max_workers))
+    summary.dashboard_link = getattr(dask_client, "dashboard_link", None)
+    logger.info(
+        "run %s -> %s (y=%s, z=%s, variable=%s); dashboard %s",
+        input_dir,
+        out,
+        cfg.style.y_scale,
+        cfg.style.z_scale,
+        cfg.reduction.variable,
+        summary.dashboard_link,
+    )
+    logger.info("configuration: %s", json.dumps(summary.config))
+    if forward_worker_logs(dask_client) and client is not None:
+        stack.callback(unforward_worker_logs, dask_client)  # the user's client outlives us
+    return dask_client
+
+
+def _discover_todo(input_dir, cfg: RunConfig, store: ProgressStore, summary: RunSummary):
+    """Phase 1: the orbit index of ``input_dir`` and the orbits still to do (in order)."""
+    index = discover(input_dir, instruments=cfg.instrument_order)
+    orbits = list(index)
+    store.set_orbits(orbits)
+    summary.orbits_total = len(orbits)
+    without = [o for o in orbits if o not in index.orbit_files]
+    if without:
+        logger.info(
+            "%d of %d orbits have no fa_k0_orb orbit file: their figures show UT only "
+            "(no ALT/ILAT/MLT, no hemisphere names)%s",
+            len(without),
+            len(orbits),
+            f", e.g. orbit {without[0]}" if len(without) < len(orbits) else "",
+        )
+    todo = [o for o in orbits if store.should_retry(o, index[o])]
+    summary.orbits_skipped = len(orbits) - len(todo)
+    return index, todo
+
+
+def _finish_run(
+    summary: RunSummary, store: ProgressStore, signals: _Signals, t_start: float
+) -> None:
+    """The run's last progress write and its summary line (inside the run's log)."""
+    if signals.received is not None:
+        summary.signal = signal.Signals(signals.received).name
+    summary.wall_seconds = time.perf_counter() - t_start
+    store.flush()  # the last progress write (a no-op when clean), counted below
+    summary.progress_writes = store.writes
+    # the log counters cannot count the write of this line: they are in the summary
+    done = {k: v for k, v in summary.to_dict().items() if not k.startswith("log_")}
+    logger.info("run finished: %s", json.dumps(done))
 
 
 @dataclass(frozen=True)
@@ -666,6 +709,8 @@ def _iter_jobs(
     cfg, style, reduction = opts.config, opts.config.style, opts.config.reduction
     y_scale, z_scale = style.y_scale, style.z_scale
     pad = cfg.pad
+    categories = dict(reduction.categories)  # one per run, shared (read only) by its jobs
+    cache_path = str(opts.cache_dir)
     for orbit in todo:
         files = {i: _absolute(p) for i, p in index[orbit].items()}
         known = {i: ("invalid-cdf", invalid[p]) for i, p in files.items() if p in invalid}
@@ -699,9 +744,9 @@ def _iter_jobs(
                     files=fs,
                     entries={i: entries.get(p) for i, p in fs.items()},
                     output=str(path),
-                    cache_path=str(opts.cache_dir),
+                    cache_path=cache_path,
                     variable=reduction.variable,
-                    categories=dict(reduction.categories),
+                    categories=categories,
                     instrument_order=cfg.instrument_order,
                     extrema=ext,
                     retrace=reduction.retrace,

@@ -6,13 +6,15 @@ Used by the extrema pass 1 (:mod:`fastspectro_dask.extrema`) and by the render p
 * **An elastic window.** At most ``per_thread * threads + extra`` tasks are in flight
   (never one giant graph: a mission is ~51,000 orbits), where ``threads`` is the cluster's
   *current* number of worker threads, read from the scheduler at every refill (at most
-  every :data:`REFRESH_SECONDS`), so workers that arrive late (dask-jobqueue jobs leaving
+  every :data:`REFRESH_SECONDS`; the refill goes on with the last reading while the
+  scheduler answers), so workers that arrive late (dask-jobqueue jobs leaving
   the batch queue, adaptive scaling) get work at once, whatever made the client
   (``LocalCluster``, ``client=``, ``--scheduler-address``/``--scheduler-file``,
   ``--cluster``). While no worker is there, ``floor`` tasks wait on the scheduler; a
   caller's ``window`` is an upper bound.
 * **Batched submission** (``client.map`` over the free slots) and **a wait that wakes on
-  completion** (no polling), results fetched by ``as_completed`` on the event loop.
+  completion** (no polling); the results of a batch of completed tasks come in one
+  ``gather``, up to :data:`MAX_FETCHING` batches at once, recorded oldest first.
 * **One place for the client-side batched flushes**: ``on_idle`` (the interval flush)
   while waiting, ``on_exit`` (the final flush) always, also after an exception.
 * **A watchdog**: no worker and no pending job for ``worker_wait`` seconds (the dask
@@ -34,6 +36,7 @@ import logging
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +49,7 @@ from fastspectro_dask.errors import NoWorkersError
 
 __all__ = [
     "LINGER_SECONDS",
+    "MAX_FETCHING",
     "REFRESH_SECONDS",
     "ClusterView",
     "OrbitClock",
@@ -65,6 +69,9 @@ REFRESH_SECONDS = 0.5
 #: Seconds the loop may wait for a chunk of results to gather before handling a smaller
 #: batch (only while the tasks not yet finished keep every worker thread busy).
 LINGER_SECONDS = 0.02
+#: Batches of results fetched at the same time at most (one ``gather`` each): the next
+#: batches are submitted and recorded while a busy node answers the earlier ones.
+MAX_FETCHING = 4
 #: dask config key of the watchdog's wait.
 WORKER_WAIT_KEY = "fastspectro.worker-wait"
 
@@ -108,6 +115,11 @@ def _scheduler_workers(client) -> dict[str, tuple[str, int]]:
         info = client.sync(client.scheduler.identity, n_workers=-1)
     except TypeError:  # a distributed without n_workers
         info = client.sync(client.scheduler.identity)
+    return _workers_of(info)
+
+
+def _workers_of(info: dict) -> dict[str, tuple[str, int]]:
+    """``{address: (name, nthreads)}`` from the scheduler's identity."""
     return {
         addr: (str(w.get("name", addr)), int(w.get("nthreads", 1) or 1))
         for addr, w in info.get("workers", {}).items()
@@ -134,18 +146,55 @@ class ClusterView:
         self.resubmitted = 0
         self._read_at = -float("inf")
         self._empty_since: float | None = None
+        self._asking: Any = None  # a reading of the workers under way (wait=False)
+        self._blocking = False  # readings without waiting failed here: always wait
 
-    def refresh(self, force: bool = False) -> int:
-        """Re-read the workers (at most every ``refresh`` seconds); returns the threads."""
+    def refresh(self, force: bool = False, wait: bool = True) -> int:
+        """Re-read the workers (at most every ``refresh`` seconds); returns the threads.
+
+        ``wait=False``: do not wait for the scheduler's answer; it is taken in by the
+        next call after it came (the scheduling loop's refills: a round trip on a busy
+        node is tens of milliseconds the loop would otherwise not submit or record)."""
         now = time.monotonic()
+        asking = self._asking
+        if asking is not None and asking.done():
+            self._asking = None
+            try:
+                self._take(_workers_of(asking.result()), now)
+            except Exception as exc:  # e.g. a distributed without n_workers: ask blocking
+                logger.debug("could not read the scheduler's workers: %s", exc)
+                self._blocking = True
         if not force and now - self._read_at < self.refresh_seconds:
             return self.threads
         self._read_at = now
+        if not wait and self.threads and self._ask():
+            return self.threads
+        self._asking = None  # an older reading still out is not taken in after this one
         try:
             workers = _scheduler_workers(self.client)
         except Exception as exc:  # the scheduler unreachable for a moment: keep the last view
             logger.debug("could not read the scheduler's workers: %s", exc)
             return self.threads
+        self._take(workers, now)
+        return self.threads
+
+    def _ask(self) -> bool:
+        """Start reading the workers without waiting (``False``: cannot be done here)."""
+        if self._asking is not None:
+            return True  # the last question is still out
+        if self._blocking:
+            return False
+        try:
+            coro = self.client.scheduler.identity(n_workers=-1)
+            self._asking = asyncio.run_coroutine_threadsafe(coro, self.client.loop.asyncio_loop)
+        except Exception:  # not a real client (or no event loop): read it the blocking way
+            self._blocking = True
+            return False
+        return True
+
+    def _take(self, workers: dict[str, tuple[str, int]], now: float) -> None:
+        """Take in a reading of the workers: departures logged (and lost jobs submitted
+        again), arrivals counted, the threads and the time without any worker updated."""
         left = self.workers.keys() - workers.keys()
         for addr in left:
             if addr not in self.lost:
@@ -169,7 +218,6 @@ class ClusterView:
             self._empty_since = now
         if left:
             self._resubmit_lost_jobs()
-        return self.threads
 
     def _cluster(self):
         return getattr(self.client, "cluster", None)
@@ -263,6 +311,12 @@ class Task:
     item: Any = None
 
 
+def _fetched(started: tuple[list, Any]) -> bool:
+    """Whether a batch's results are in (or there is nothing to wait for)."""
+    fetch = started[1][1]
+    return fetch is None or fetch.done()
+
+
 class _StrandedError(Exception):
     """No worker left while results were being fetched (the watchdog's verdict)."""
 
@@ -338,7 +392,7 @@ class TaskLoop:
 
     def window(self) -> int:
         """Tasks allowed in flight now (re-reads the cluster's threads, throttled)."""
-        threads = self.view.refresh()
+        threads = self.view.refresh(wait=False)
         size = max(self.floor, self.per_thread * threads + self.extra)
         return size if self.cap is None else max(1, min(size, self.cap))
 
@@ -451,15 +505,15 @@ class TaskLoop:
         """``fut.result()`` once ``fut`` is done, looking at the cluster meanwhile: a result
         whose worker left is recomputed, and with no worker left that would wait for ever;
         the watchdog ends the wait (:class:`_StrandedError`, with the ``pending`` tasks).
-        (Not ``result(timeout=...)``: a task's own error may be a TimeoutError.)"""
-        look_at = time.monotonic() + self.view.refresh_seconds
-        while not fut.done():
-            if time.monotonic() >= look_at:
+        Woken by the future's done callback, not by polling (and not ``result(timeout=...)``:
+        a task's own error may be a TimeoutError)."""
+        if not fut.done():
+            done = threading.Event()
+            fut.add_done_callback(lambda _f: done.set())
+            while not done.wait(self.view.refresh_seconds):  # woken at once by the result
                 self.view.refresh()
                 if self._watchdog():
                     raise _StrandedError(pending)
-                look_at = time.monotonic() + self.view.refresh_seconds
-            time.sleep(0.005)
         return fut.result()
 
     def _finish_batch(self, started: tuple[list, Any], handle) -> None:
@@ -511,18 +565,19 @@ class TaskLoop:
         ac = as_completed(loop=self.client.loop)
         no_workers = False
         stranded: list = []  # tasks whose results were being fetched when no worker was left
-        previous = None  # a batch whose results are being fetched
+        fetching: deque = deque()  # batches whose results are being fetched, oldest first
         try:
             try:
                 self._fill(it, ac)
                 while self.inflight or not (self.exhausted or self.stop.is_set()):
                     if self.stop.is_set():
                         break
+                    if ac.has_ready():  # a chunk's worth, while the workers stay busy
+                        self._wait(ac, 0.0)
                     batch = ac.next_batch(block=False)
                     if not batch:
-                        if previous is not None:  # nothing new: record what was fetched
-                            self._finish_batch(previous, handle)
-                            previous = None
+                        if fetching:  # nothing new: record what is being fetched
+                            self._finish_batch(fetching.popleft(), handle)
                             continue
                         if self.on_idle is not None:
                             self.on_idle()
@@ -535,20 +590,18 @@ class TaskLoop:
                         self._fill(it, ac)
                         continue
                     # pipelined: this batch's results are fetched while new tasks are
-                    # submitted and the previous batch is recorded
-                    started = self._start_batch(batch)
+                    # submitted and the batches fetched before it are recorded
+                    fetching.append(self._start_batch(batch))
                     self._fill(it, ac)
-                    if previous is not None:
-                        self._finish_batch(previous, handle)
-                    previous = started
-                if previous is not None and not no_workers:
-                    self._finish_batch(previous, handle)
-                    previous = None
+                    while fetching and (len(fetching) > MAX_FETCHING or _fetched(fetching[0])):
+                        self._finish_batch(fetching.popleft(), handle)
+                while fetching and not no_workers:
+                    self._finish_batch(fetching.popleft(), handle)
             except _StrandedError as exc:
                 no_workers = True
                 stranded = list(exc.tasks)
-            if previous is not None:  # its results are stranded with the rest
-                stranded.extend(t for t, _f in previous[0] if t not in stranded)
+            for started in fetching:  # their results are stranded with the rest
+                stranded.extend(t for t, _f in started[0])
             if self.stop.is_set() and (self.inflight or not self.exhausted):
                 self.outcome = "stopped"
                 self._abandon()

@@ -97,6 +97,7 @@ def test_orbit_clock_starts_on_a_worker_not_at_submission():
         first = client.submit(_hooks.group_clock, "orbit-1", key="clock-a", pure=False)
         # pending with no worker: the scheduler holds it, nothing runs
         deadline = time.monotonic() + 60
+
         def state() -> str | None:  # a new task is "released" for a moment, then held
             ts = cluster.scheduler.tasks.get("clock-a")
             return None if ts is None else ts.state
@@ -339,6 +340,77 @@ def test_a_lost_job_is_named_by_its_batch_job_id(caplog):
     assert view.resubmitted == 2 and sorted(cluster.worker_spec) == ["job-2", "job-3"]
 
 
+class _HeldScheduler:
+    """A scheduler whose ``identity`` answers only once ``gate`` is open, on a real event
+    loop in a thread (as a client's)."""
+
+    def __init__(self) -> None:
+        import asyncio
+
+        self.loop = asyncio.new_event_loop()
+        self.asyncio_loop = self.loop  # the client's ``loop.asyncio_loop``
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.gate = threading.Event()
+        self.names: list[str] = []
+        self.asked = 0
+
+    def identity(self, n_workers=-1):
+        self.asked += 1
+        return self._answer(list(self.names))  # the workers when asked
+
+    async def _answer(self, names: list[str]) -> dict:
+        import asyncio
+
+        await asyncio.get_running_loop().run_in_executor(None, self.gate.wait)
+        return {"workers": {f"tcp://{n}": {"name": n, "nthreads": 1} for n in names}}
+
+    def close(self) -> None:
+        self.gate.set()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(30)
+
+
+class _HeldClient:
+    def __init__(self, scheduler: _HeldScheduler) -> None:
+        import asyncio
+
+        self.scheduler = scheduler
+        self.loop = scheduler
+        self._asyncio = asyncio
+
+    def sync(self, fn, *a, **kw):
+        coro = fn(*a, **kw)
+        return self._asyncio.run_coroutine_threadsafe(coro, self.scheduler.loop).result(60)
+
+
+def test_a_refill_does_not_wait_for_the_schedulers_answer():
+    """``refresh(wait=False)`` (the loop's refills) asks and goes on with the last
+    reading; the answer is taken in by a later call. The first reading waits."""
+    from fastspectro_dask.schedule import ClusterView
+
+    held = _HeldScheduler()
+    try:
+        view = ClusterView(_HeldClient(held), refresh=0.0)
+        held.names = ["a"]
+        held.gate.set()
+        assert view.refresh(wait=False) == 1  # no reading yet: it waits for this one
+        held.gate.clear()
+        held.names = ["a", "b", "c"]
+        got: list[int] = []
+        asker = threading.Thread(target=lambda: got.append(view.refresh(wait=False)))
+        asker.start()
+        asker.join(30)
+        assert not asker.is_alive() and got == [1]  # went on while the question is out
+        assert view.refresh(wait=False) == 1 and held.asked == 2  # one question at a time
+        held.gate.set()
+        view._asking.result(30)  # the answer is in
+        assert view.refresh(wait=False) == 3
+        assert view.seen_names == {"a", "b", "c"}
+    finally:
+        held.close()
+
+
 def test_the_last_job_lost_is_replaced_by_a_new_job():
     """The job with the highest number lost: SpecCluster would name the next job after the
     lowest free number, the lost job's own (a spec entry whose job object still exists is
@@ -406,7 +478,7 @@ class _FakeCompleted:
 def _fake_loop(threads: int, extra: int, **kw) -> TaskLoop:
     loop = TaskLoop(_MapRecorder(), _hooks.group_clock, extra=extra, worker_wait=None, **kw)
     loop.view.threads = threads
-    loop.view.refresh = lambda force=False: threads  # type: ignore[method-assign]
+    loop.view.refresh = lambda force=False, wait=True: threads  # type: ignore[method-assign]
     return loop
 
 

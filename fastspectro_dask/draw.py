@@ -40,6 +40,9 @@ from matplotlib.axes import Axes
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
+from matplotlib.ticker import NullLocator
 
 from fastspectro_dask.atomic import atomic_write
 from fastspectro_dask.config import RenderStyle
@@ -203,10 +206,22 @@ class _Layout:
             cb = fig.colorbar(ScalarMappable(_norm_of(spec.norm), spec.cmap), cax=cax)
             if spec.z_label:
                 cb.set_label(spec.z_label)
+        for ax in (*mains, *caxes):
+            if ax.get_visible():
+                _minor_tick_marks(ax.yaxis)
         for ax in mains[:-1]:
             ax.tick_params(labelbottom=False)
         for ax in mains:
             ax.set_xticks([])  # the time ticks change per figure: not in the background
+        mains[-1].xaxis.set_tick_params(labelsize="small")
+        # per figure, the time ticks are drawn as one marker line per axis (the axis's own
+        # tick mark, at every tick) and the bottom axis's tick label texts: no Tick objects
+        # to update, no locator, formatter or axis-label placement
+        self.xmarks = []
+        for ax in mains:
+            tick = ax.xaxis.get_major_ticks(1)[0]
+            sides = [sd for sd in (tick.tick1line, tick.tick2line) if sd.get_visible()]
+            self.xmarks.append([(_marks_like(sd), sd) for sd in sides])
         _label_row_names(mains[-1], list(label_rows))
         self.title = fig.suptitle("", fontsize="large")
         # spines go over the panels: drawn per figure after the rasters, not in the background
@@ -223,6 +238,65 @@ class _Layout:
 
     def close(self) -> None:
         self.fig.clear()
+
+
+def _marks_like(side: Line2D) -> Line2D:
+    """An empty marker line drawn like one tick's mark (``tick1line``/``tick2line``): the
+    same marker, size, width, colour, transform and clipping, for many positions at once."""
+    marks = Line2D([], [])
+    marks.update_from(side)
+    marks.set_zorder(side.get_zorder())
+    return marks
+
+
+def _set_marks(marks: Line2D, side: Line2D, axis: Any, locs: np.ndarray) -> None:
+    """Put ``marks`` at ``locs`` along ``axis``, on the side of the tick mark ``side``."""
+    if axis.axis_name == "y":
+        marks.set_data(np.full(locs.size, side.get_xdata()[0]), locs)
+    else:
+        marks.set_data(locs, np.full(locs.size, side.get_ydata()[0]))
+
+
+def _in_view(axis: Any, locs: np.ndarray) -> np.ndarray:
+    """Mask of the positions matplotlib would draw a tick at (inside the view interval)."""
+    tr = axis.get_transform()
+    a, b = sorted(tr.transform(np.asarray(axis.get_view_interval(), dtype=float)))
+    tol = (b - a) * 1e-10  # as matplotlib's own test (transforms._interval_contains_close)
+    t = tr.transform(np.asarray(locs, dtype=float))
+    with np.errstate(invalid="ignore"):
+        return (a - tol <= t) & (t <= b + tol)
+
+
+def _minor_tick_marks(axis: Any) -> None:
+    """Draw an axis's unlabelled minor ticks as one marker line per side, not as Ticks.
+
+    A log colour bar has some 70 minor ticks; matplotlib builds each as a Tick (two marker
+    lines, a grid line, two texts), which was about a third of a layout's cost. The marks
+    are the same: the lines copy the properties of the axis's own minor tick and sit at
+    the positions the axis would draw. Minor ticks with labels or grid lines are left to
+    matplotlib.
+    """
+    if isinstance(axis.get_minor_locator(), NullLocator):
+        return
+    locs = np.asarray(axis.get_minorticklocs(), dtype=float)
+    if locs.size == 0:
+        return
+    tick = axis.get_minor_ticks(1)[0]
+    if tick.gridline.get_visible() or (
+        (tick.label1.get_visible() or tick.label2.get_visible())
+        and any(axis.minor.formatter.format_ticks(locs))
+    ):
+        return
+    locs = locs[_in_view(axis, locs)]
+    axis.set_minor_locator(NullLocator())
+    for side in (tick.tick1line, tick.tick2line):
+        if side.get_visible() and locs.size:
+            marks = _marks_like(side)
+            _set_marks(marks, side, axis, locs)
+            axis.axes.add_artist(marks)
+            # ticks are not clipped; add_artist clipped the line to the axes: undo
+            marks.set_clip_box(side.get_clip_box())
+            marks.set_clip_path(side.get_clip_path())
 
 
 def _norm_of(spec: tuple[str, float, float] | None) -> Normalize | None:
@@ -419,18 +493,25 @@ def render_grid(
         drawn = rgba[..., 3] > 0
         region[drawn] = rgba[drawn]
         rasters.append(rgba)
-    patches = []
     for sp in layout.spines:
         sp.axes.draw_artist(sp)
     for ax in layout.mains:
         for a, b in time_axis.breaks:
-            patch = ax.axvspan(a, b, **_BREAK_STYLE)
-            ax.draw_artist(patch)
-            patches.append(patch)
-        ax.set_xticks(pos)
-    layout.mains[-1].set_xticklabels(labels, fontsize="small")
-    for ax in layout.mains:
-        ax.draw_artist(ax.xaxis)
+            ax.draw_artist(_break_patch(ax, a, b))
+    shown = _in_view(layout.mains[-1].xaxis, pos)
+    for ax, marks in zip(layout.mains, layout.xmarks, strict=True):
+        for line, side in marks:
+            _set_marks(line, side, ax.xaxis, np.asarray(pos, dtype=float)[shown])
+            ax.draw_artist(line)
+    low = layout.mains[-1]  # the axis with the tick labels
+    texts_drawn = [lab for lab, on in zip(labels, shown, strict=True) if on]
+    ticks = low.xaxis.get_major_ticks(len(texts_drawn))
+    for tick, x, text in zip(ticks, np.asarray(pos, dtype=float)[shown], texts_drawn, strict=True):
+        for label in (tick.label1, tick.label2):
+            if label.get_visible():
+                label.set_x(x)
+                label.set_text(text)
+                low.draw_artist(label)
     t_known = [r.times[~np.isnat(r.times)] for r in rows if not r.empty]
     t_known = [t for t in t_known if t.size]
     span = (
@@ -448,10 +529,6 @@ def render_grid(
         "row_titles": [ax.get_title(loc="left") for ax in layout.mains],
         "ylims": [ax.get_ylim() for ax in layout.mains],
     }
-    for patch in patches:
-        patch.remove()
-    for ax in layout.mains:
-        ax.set_xticks([])
     limits = {
         spec.key: {
             "y_min": float(spec.y_lim[0]),
@@ -563,6 +640,17 @@ def _time_ticks(
 
 
 _BREAK_STYLE = dict(facecolor="0.82", edgecolor="0.45", hatch="////", lw=0.4, zorder=3)
+
+
+def _break_patch(ax: Axes, a: float, b: float) -> Rectangle:
+    """The hatched rectangle ``ax.axvspan(a, b, **_BREAK_STYLE)`` draws, not added to the
+    axes (drawn once with ``draw_artist``): no data limits or autoscale to update."""
+    patch = Rectangle((a, 0.0), b - a, 1.0, **_BREAK_STYLE)
+    patch.set_transform(ax.get_xaxis_transform(which="grid"))
+    patch.set_figure(ax.get_figure(root=False))
+    patch.axes = ax
+    patch.set_clip_path(ax.patch)
+    return patch
 
 
 def _label_row_names(ax: Axes, names: list[str]) -> None:

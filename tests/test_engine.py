@@ -189,3 +189,35 @@ def test_row_titles_are_drawn_per_figure_one_layout_for_both_hemispheres(orbit, 
     assert draw.layout_cache_info()["built"] == built + 1
     assert "downgoing" in titles["north"][1] and "upgoing" in titles["south"][1]
     assert titles["north2"] == titles["north"]
+
+
+@pytest.mark.parametrize("y_scale", ["log", "linear"])
+def test_minor_tick_marks_are_the_ticks_matplotlib_draws(y_scale):
+    """The layout draws unlabelled minor ticks as marker lines (no Tick objects): the
+    pixels are those of matplotlib's own minor ticks, which are really there."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import LogNorm
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import NullLocator
+
+    def pixels(minor: str) -> np.ndarray:
+        fig = Figure(figsize=(3, 4), dpi=100)
+        FigureCanvasAgg(fig)
+        ax, cax = fig.add_subplot(121), fig.add_subplot(122)
+        ax.set_yscale(y_scale)
+        ax.set_ylim(3.0, 2.0e4)
+        ax.minorticks_on()
+        fig.colorbar(ScalarMappable(LogNorm(1.0e-3, 7.0e4)), cax=cax)
+        for axis in (ax.yaxis, cax.yaxis):
+            if minor == "marks":
+                draw._minor_tick_marks(axis)
+                assert isinstance(axis.get_minor_locator(), NullLocator)  # no Ticks drawn
+            elif minor == "none":
+                axis.set_minor_locator(NullLocator())
+        fig.canvas.draw()
+        return np.asarray(fig.canvas.buffer_rgba(), dtype=int)
+
+    ticks, marks, none = pixels("ticks"), pixels("marks"), pixels("none")
+    assert np.abs(marks - ticks).max() <= 1  # the same pixels (blend order: +-1)
+    assert (np.abs(none - ticks).max(axis=2) > 64).sum() > 50  # the minor ticks show

@@ -920,7 +920,10 @@ def _loop(
                     f"render-{job.orbit}-{job.product}-y{y_scale}-z{z_scale}-{time.monotonic_ns()}"
                 )
                 args = (job, instrument_timeout, orbit_timeout, render_fn, key, group)
-                yield Task(key, args, (job, _file_identity(job.output)))
+                # figures of one layout prefer one worker: each layout built once, not
+                # once per worker
+                layout = (job.product, *job.instruments)
+                yield Task(key, args, (job, _file_identity(job.output)), layout)
 
     def handle(task: Task, result: Any, exc: BaseException | None) -> None:
         job = task.item[0]

@@ -36,8 +36,8 @@ import logging
 import sys
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterable
+from collections import Counter, deque
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -303,12 +303,15 @@ def _spec_members(cluster, name: str) -> set[str]:
 
 @dataclass(slots=True)
 class Task:
-    """One submission: the task's ``key``, the arguments of the loop's function, and
-    ``item``, whatever the caller wants back with the outcome."""
+    """One submission: the task's ``key``, the arguments of the loop's function,
+    ``item``, whatever the caller wants back with the outcome, and ``group``: tasks of one
+    group share per-process state worth keeping warm (a figure layout), so they prefer
+    one worker (``None``: any)."""
 
     key: str
     args: tuple
     item: Any = None
+    group: Hashable | None = None
 
 
 def _fetched(started: tuple[list, Any]) -> bool:
@@ -386,6 +389,7 @@ class TaskLoop:
         self.max_inflight = 0
         self.submitted = 0
         self.exhausted = False
+        self.homes: dict[Hashable, str] = {}  # task group -> the worker it prefers
         self.outcome = "running"
 
     # -- the window ----------------------------------------------------------------------
@@ -419,19 +423,38 @@ class TaskLoop:
             self.exhausted = True
         if not batch:
             return
-        futures = self.client.map(
-            self.fn,
-            *zip(*(t.args for t in batch), strict=True),
-            key=[t.key for t in batch],
-            pure=False,
-            retries=0,
-        )
-        for task, fut in zip(batch, futures, strict=True):
-            self.inflight[fut.key] = (task, fut)
-        ac.update(futures)
+        by_home: dict[str | None, list[Task]] = {}
+        for task in batch:
+            by_home.setdefault(self._home(task.group), []).append(task)
+        for home, tasks in by_home.items():
+            futures = self.client.map(
+                self.fn,
+                *zip(*(t.args for t in tasks), strict=True),
+                key=[t.key for t in tasks],
+                pure=False,
+                retries=0,
+                **({} if home is None else {"workers": [home], "allow_other_workers": True}),
+            )
+            for task, fut in zip(tasks, futures, strict=True):
+                self.inflight[fut.key] = (task, fut)
+            ac.update(futures)
         self.submitted += len(batch)
         self.max_inflight = max(self.max_inflight, len(self.inflight))
         self._submitted_hook(len(self.inflight))
+
+    def _home(self, group: Hashable | None) -> str | None:
+        """The worker a group of tasks prefers, loosely (any other may still run or steal
+        them): given on first sight to the connected worker with the fewest groups per
+        thread, and again when that worker has left. ``None`` below two workers."""
+        workers = self.view.workers
+        if group is None or len(workers) < 2:
+            return None
+        home = self.homes.get(group)
+        if home not in workers:
+            held = Counter(h for h in self.homes.values() if h in workers)
+            home = min(workers, key=lambda a: (held[a] / workers[a][1], a))
+            self.homes[group] = home
+        return home
 
     def _submitted_hook(self, inflight: int) -> None:
         """Called after each submission with the number of tasks in flight (for tests)."""

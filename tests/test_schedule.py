@@ -551,3 +551,51 @@ def test_a_group_clock_is_asked_once_per_worker_process():
         cluster.close()
     assert asked == ["orbit-a", "orbit-b"]
     assert got[0] == 0.0 and 0.0 < got[1] <= got[2] < 60.0 and got[3] == 0.0
+
+
+def _identity(i: int) -> int:
+    return i
+
+
+def test_tasks_of_a_group_prefer_one_worker_loosely(monkeypatch):
+    """Tasks of one group (one figure layout) are submitted with their group's worker as a
+    loose restriction (any worker may still run or steal them); groups are spread over the
+    workers; ungrouped tasks carry no restriction; a group whose worker left gets another."""
+    cluster, client = _local(2)
+    try:
+        client.wait_for_workers(2, timeout=120)
+        loop = TaskLoop(client, _identity, worker_wait=None)
+        restrictions: dict[str, tuple[frozenset, bool]] = {}
+        submit = client.map
+
+        def spy(fn, *args, key, **kw):  # what each submission asks of the scheduler
+            for k in key:
+                restrictions[k] = (
+                    frozenset(kw.get("workers") or ()),
+                    kw.get("allow_other_workers"),
+                )
+            return submit(fn, *args, key=key, **kw)
+
+        monkeypatch.setattr(client, "map", spy)
+        groups = {i: ("a", "b", None)[i % 3] for i in range(30)}
+        got: list[int] = []
+        loop.run(
+            (Task(f"t-{i}", (i,), i, groups[i]) for i in range(30)),
+            lambda t, r, e: got.append(r),
+        )
+        workers = set(cluster.scheduler.workers)
+        assert sorted(got) == list(range(30))
+        assert set(loop.homes) == {"a", "b"} and set(loop.homes.values()) == workers
+        for i, g in groups.items():
+            where, loose = restrictions[f"t-{i}"]
+            if g is None:
+                assert where == frozenset()
+            else:
+                assert where == {loop.homes[g]} and loose
+        # the worker of group "a" leaves: "a" is given the one left
+        gone = loop.homes["a"]
+        loop.view.workers = {a: w for a, w in loop.view.workers.items() if a != gone}
+        assert loop._home("a") == loop._home("b") != gone
+    finally:
+        client.close()
+        cluster.close()

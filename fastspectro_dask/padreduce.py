@@ -271,45 +271,114 @@ def collapse_energy(
         Wrong shapes, an unknown ``how``, ``how="mean"`` without ``denergy``, or a bad
         window.
     """
+    return _collapse_energy(values, energy, denergy, pitch, window, how, weight_sum=weight_sum)
+
+
+#: Records per block in :func:`_collapse_energy`: its float64 temporaries (``block x angle
+#: x energy``) stay in the CPU cache instead of costing a fresh allocation per pass.
+_PAD_BLOCK_RECORDS = 32
+
+
+def _table_runs(*tables: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """First record of each run of records whose ``tables`` rows are all identical (bits),
+    and each record's run index."""
+    n = tables[0].shape[0]
+    if n == 0:
+        return np.zeros(0, np.intp), np.zeros(0, np.intp)
+    same = np.ones(n - 1, bool)
+    for x in tables:
+        bits = x.view(f"u{x.dtype.itemsize}") if x.dtype.kind == "f" else x
+        same &= (bits[1:] == bits[:-1]).all(axis=tuple(range(1, x.ndim)))
+    starts = np.flatnonzero(np.concatenate(([True], ~same)))
+    run = np.repeat(np.arange(starts.size), np.diff(np.append(starts, n)))
+    return starts, run
+
+
+def _collapse_energy(
+    values: np.ndarray,
+    energy: np.ndarray,
+    denergy: np.ndarray | None,
+    pitch: np.ndarray,
+    window: Sequence[float] | None,
+    how: str,
+    *,
+    weight_sum: bool,
+    drop: Sequence[int] = (),
+) -> tuple[np.ndarray, ...]:
+    """:func:`collapse_energy`; the channels in ``drop`` count as NaN values.
+
+    The weights depend on the energy tables alone, which repeat over runs of records
+    (one table per mode): they are computed once per run. The values are then reduced
+    in blocks of records, every element as :func:`collapse_energy` defines it, bit for
+    bit (each record's sums over energy run over its own contiguous row).
+    """
     if how not in ("sum", "mean"):
         raise ValueError(f"how must be 'sum' or 'mean', got {how!r}")
-    v = np.asarray(values, dtype=np.float64)
-    if v.ndim != 3:
-        raise ValueError(f"values must be (time, angle, energy), got shape {v.shape}")
-    e = np.asarray(energy, dtype=np.float64)
-    if e.shape != v.shape:
-        raise ValueError(f"energy has shape {e.shape}, values {v.shape}")
-    p = np.asarray(pitch, dtype=np.float64)
-    if p.shape not in (v.shape, v.shape[:2]):
-        raise ValueError(f"pitch has shape {p.shape}, expected {v.shape} or {v.shape[:2]}")
+    values = np.asarray(values)
+    if values.ndim != 3:
+        raise ValueError(f"values must be (time, angle, energy), got shape {values.shape}")
+    energy = np.asarray(energy)
+    if energy.shape != values.shape:
+        raise ValueError(f"energy has shape {energy.shape}, values {values.shape}")
+    pitch = np.asarray(pitch)
+    if pitch.shape not in (values.shape, values.shape[:2]):
+        raise ValueError(
+            f"pitch has shape {pitch.shape}, expected {values.shape} or {values.shape[:2]}"
+        )
     win = _check_window(window)
-    w = _weights_block(e, win)
-
-    ok = _valid(v) & (w > 0)
+    tables = [energy]
     if how == "mean":
         if denergy is None:
             raise ValueError("how='mean' needs denergy")
-        de = np.asarray(denergy, dtype=np.float64)
-        if de.shape != v.shape:
-            raise ValueError(f"denergy has shape {de.shape}, values {v.shape}")
-        ok &= _exists(de)
-        dw = np.where(ok, de * w, 0.0)
-        num = np.where(ok, v, 0.0) * dw
-        with np.errstate(invalid="ignore", divide="ignore"):
-            pad = num.sum(axis=-1) / dw.sum(axis=-1)
+        denergy = np.asarray(denergy)
+        if denergy.shape != values.shape:
+            raise ValueError(f"denergy has shape {denergy.shape}, values {values.shape}")
+        tables.append(denergy)
+    starts, run = _table_runs(*tables)
+    # per run: the weights, the channels that may enter (w > 0, a denergy), their weights
+    w_r = _weights_block(np.asarray(energy[starts], dtype=np.float64), win)
+    ok_r = w_r > 0
+    if how == "mean":
+        de_r = np.asarray(denergy[starts], dtype=np.float64)
+        ok_r &= _exists(de_r)
+        dw_r = np.where(ok_r, de_r * w_r, 0.0)
     else:
-        pad = (np.where(ok, v, 0.0) * np.where(ok, w, 0.0)).sum(axis=-1)
-    has = ok.any(axis=-1)
-    pa = _pitch_per_bin(p)
+        dw_r = w_r
+    drop = [c for c in drop if c < values.shape[2]]
+    t_n, a_n = values.shape[:2]
+    pad = np.empty((t_n, a_n))
+    has = np.empty((t_n, a_n), bool)
+    pa = np.empty((t_n, a_n))
+    ws = np.empty((t_n, a_n)) if weight_sum else None
+    for t0 in range(0, t_n, _PAD_BLOCK_RECORDS):
+        sl = slice(t0, min(t0 + _PAD_BLOCK_RECORDS, t_n))
+        r = run[sl]
+        v = np.array(values[sl], dtype=np.float64)
+        if drop:
+            v[:, :, drop] = np.nan
+        ok = _valid(v)
+        ok &= ok_r[r]
+        dw = np.where(ok, dw_r[r], 0.0)
+        num = np.where(ok, v, 0.0)
+        num *= dw
+        if how == "mean":
+            with np.errstate(invalid="ignore", divide="ignore"):
+                np.divide(num.sum(axis=-1), dw.sum(axis=-1), out=pad[sl])
+        else:
+            num.sum(axis=-1, out=pad[sl])
+        ok.any(axis=-1, out=has[sl])
+        pa[sl] = _pitch_per_bin(pitch[sl])
+        if ws is not None:
+            (dw if how == "sum" else np.where(ok, w_r[r], 0.0)).sum(axis=-1, out=ws[sl])
     has &= np.isfinite(pa)
     pad = np.where(has, pad, np.nan)
 
     order = np.argsort(np.where(np.isfinite(pa), pa, np.inf), axis=-1, kind="stable")
     pad_s = np.take_along_axis(pad, order, axis=-1)
     pa_s = np.take_along_axis(pa, order, axis=-1)
-    if not weight_sum:
+    if ws is None:
         return pad_s, pa_s
-    ws = np.where(has, np.where(ok, w, 0.0).sum(axis=-1), 0.0)
+    ws = np.where(has, ws, 0.0)
     return pad_s, pa_s, np.take_along_axis(ws, order, axis=-1)
 
 

@@ -733,23 +733,22 @@ def _pad_block(
     drop_channels: tuple[int, ...],
 ) -> np.ndarray:
     """``(2, time, angle)``: the pad values and their sorted pitch angles, one block."""
-    from fastspectro_dask.padreduce import collapse_energy
+    from fastspectro_dask.padreduce import _collapse_energy
 
     # the block of angle bins and channels where any input is finite: beyond it nothing
     # enters a sum, a weight or a pitch angle, and the sorted bins end with NaN anyway
     inputs = {id(a): a for a in (values, energy, denergy, pitch)}.values()
     a_x, e_x = _finite_extent(*inputs)
     crop = (slice(None), slice(0, a_x), slice(0, e_x))
-    v = np.array(values[crop], dtype=np.float64)
-    v[:, :, [c for c in drop_channels if c < e_x]] = np.nan
-    pad, pitch_sorted, wsum = collapse_energy(
-        v,
+    pad, pitch_sorted, wsum = _collapse_energy(
+        values[crop],
         energy[crop],
         denergy[crop],
         pitch[crop],
         window,
         "mean" if how == "mean" else "sum",
         weight_sum=True,
+        drop=drop_channels,  # as NaN values
     )
     if how == "rate":
         den = wsum * np.asarray(integ, dtype=np.float64).reshape(-1, 1)

@@ -20,6 +20,7 @@ caller by setting its values or energy to NaN before the call, as ``reduce.py`` 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -37,11 +38,18 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _FILL_BELOW = -1e29
+#: ``_FILL_BELOW`` rounded to float32, and whether it rounded up: float32 ``x > -1e29`` is
+#: then ``x >= _FILL_BELOW_F32`` (else ``x > _FILL_BELOW_F32``).
+_FILL_BELOW_F32 = np.float32(_FILL_BELOW)
+_F32_ROUNDS_UP = float(_FILL_BELOW_F32) > _FILL_BELOW
 
 
 def _valid(x: np.ndarray) -> np.ndarray:
     """Finite and not a CDF fill value."""
     with np.errstate(invalid="ignore"):
+        if x.dtype == np.float32:  # the same test in float32 arithmetic, exactly
+            above = x >= _FILL_BELOW_F32 if _F32_ROUNDS_UP else x > _FILL_BELOW_F32
+            return np.isfinite(x) & above
         return np.isfinite(x) & (x > _FILL_BELOW)
 
 
@@ -157,8 +165,11 @@ def energy_window_weights(
 
 def _pitch_per_bin(pitch: np.ndarray) -> np.ndarray:
     """Per-(time, angle) pitch angle: the circular nanmedian over energy, in [0, 360)."""
-    p = np.asarray(pitch, dtype=np.float64)
+    p = np.asarray(pitch)
+    if p.dtype != np.float32:  # float32 is compared as is: exactly as its float64 copy
+        p = p.astype(np.float64, copy=False)
     if p.ndim == 2:
+        p = p.astype(np.float64, copy=False)
         return np.where(_valid(p), np.mod(p, 360.0), np.nan)
     ok = _valid(p)
     # reference: the first valid value along energy; offsets in [-180, 180) around it,
@@ -171,10 +182,11 @@ def _pitch_per_bin(pitch: np.ndarray) -> np.ndarray:
     )
     # fast path: a bin whose valid values all equal its first one has that median
     odd = ~((p == ref[..., None]) | ~ok).all(axis=-1)
+    ref = ref.astype(np.float64, copy=False)
     med = np.zeros(ref.shape)
     if odd.any():
         sub_ok = ok[odd]
-        off = np.mod(p[odd] - ref[odd][:, None] + 180.0, 360.0) - 180.0
+        off = np.mod(p[odd].astype(np.float64) - ref[odd][:, None] + 180.0, 360.0) - 180.0
         sub = np.sort(np.where(sub_ok, off, np.inf), axis=-1)  # invalid last
         n = sub_ok.sum(axis=-1)
         lo = np.take_along_axis(sub, ((n - 1) // 2)[:, None], axis=-1)[:, 0]
@@ -294,6 +306,23 @@ def _table_runs(*tables: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return starts, run
 
 
+def _record_blocks(starts: np.ndarray, run: np.ndarray) -> list[tuple[slice, int | np.ndarray]]:
+    """Blocks of at most :data:`_PAD_BLOCK_RECORDS` records, each with the index of its
+    run (an int: the block lies in one run) or, when runs are short, each record's."""
+    n = run.size
+    if starts.size * 4 > n:  # short runs: blocks of records, the tables gathered
+        return [
+            (slice(t0, min(t0 + _PAD_BLOCK_RECORDS, n)), run[t0 : t0 + _PAD_BLOCK_RECORDS])
+            for t0 in range(0, n, _PAD_BLOCK_RECORDS)
+        ]
+    bounds = [*starts.tolist(), n]
+    return [
+        (slice(t0, min(t0 + _PAD_BLOCK_RECORDS, stop)), k)
+        for k, (start, stop) in enumerate(itertools.pairwise(bounds))
+        for t0 in range(start, stop, _PAD_BLOCK_RECORDS)
+    ]
+
+
 def _collapse_energy(
     values: np.ndarray,
     energy: np.ndarray,
@@ -350,9 +379,7 @@ def _collapse_energy(
     has = np.empty((t_n, a_n), bool)
     pa = np.empty((t_n, a_n))
     ws = np.empty((t_n, a_n)) if weight_sum else None
-    for t0 in range(0, t_n, _PAD_BLOCK_RECORDS):
-        sl = slice(t0, min(t0 + _PAD_BLOCK_RECORDS, t_n))
-        r = run[sl]
+    for sl, r in _record_blocks(starts, run):
         v = np.array(values[sl], dtype=np.float64)
         if drop:
             v[:, :, drop] = np.nan

@@ -181,7 +181,7 @@ def _pitch_per_bin(pitch: np.ndarray) -> np.ndarray:
         np.nan,
     )
     # fast path: a bin whose valid values all equal its first one has that median
-    odd = ~((p == ref[..., None]) | ~ok).all(axis=-1)
+    odd = (ok & (p != ref[..., None])).any(axis=-1)
     ref = ref.astype(np.float64, copy=False)
     med = np.zeros(ref.shape)
     if odd.any():
@@ -299,7 +299,12 @@ def _table_runs(*tables: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros(0, np.intp), np.zeros(0, np.intp)
     same = np.ones(n - 1, bool)
     for x in tables:
-        bits = x.view(f"u{x.dtype.itemsize}") if x.dtype.kind == "f" else x
+        if x.dtype.kind == "f":
+            bits = x.view(f"u{x.dtype.itemsize}")
+            if x.dtype.itemsize == 4 and x.shape[-1] % 2 == 0 and x.strides[-1] == 4:
+                bits = bits.view(np.uint64)  # pairs of values: half the comparisons
+        else:
+            bits = x
         same &= (bits[1:] == bits[:-1]).all(axis=tuple(range(1, x.ndim)))
     starts = np.flatnonzero(np.concatenate(([True], ~same)))
     run = np.repeat(np.arange(starts.size), np.diff(np.append(starts, n)))
@@ -379,14 +384,17 @@ def _collapse_energy(
     has = np.empty((t_n, a_n), bool)
     pa = np.empty((t_n, a_n))
     ws = np.empty((t_n, a_n)) if weight_sum else None
+    if values.dtype not in (np.float32, np.float64):
+        values = values.astype(np.float64)
+    zero = np.float64(0.0)  # a float64 scalar: float32 values are summed in float64
     for sl, r in _record_blocks(starts, run):
-        v = np.array(values[sl], dtype=np.float64)
-        if drop:
-            v[:, :, drop] = np.nan
+        v = values[sl]
         ok = _valid(v)
+        if drop:
+            ok[:, :, drop] = False  # dropped channels count as NaN values
         ok &= ok_r[r]
-        dw = np.where(ok, dw_r[r], 0.0)
-        num = np.where(ok, v, 0.0)
+        dw = np.where(ok, dw_r[r], zero)
+        num = np.where(ok, v, zero)
         num *= dw
         if how == "mean":
             with np.errstate(invalid="ignore", divide="ignore"):

@@ -740,18 +740,18 @@ def _pad_block(
     inputs = {id(a): a for a in (values, energy, denergy, pitch)}.values()
     a_x, e_x = _finite_extent(*inputs)
     crop = (slice(None), slice(0, a_x), slice(0, e_x))
-    pad, pitch_sorted, wsum = _collapse_energy(
+    pad, pitch_sorted, *wsum = _collapse_energy(
         values[crop],
         energy[crop],
         denergy[crop],
         pitch[crop],
         window,
         "mean" if how == "mean" else "sum",
-        weight_sum=True,
+        weight_sum=how == "rate",  # only a rate divides by the weight sum
         drop=drop_channels,  # as NaN values
     )
     if how == "rate":
-        den = wsum * np.asarray(integ, dtype=np.float64).reshape(-1, 1)
+        den = wsum[0] * np.asarray(integ, dtype=np.float64).reshape(-1, 1)
         pad = np.divide(pad, den, out=np.full_like(pad, np.nan), where=den > 0)
     out = np.full((2, *np.shape(values)[:2]), np.nan)
     out[0, :, :a_x] = pad

@@ -27,6 +27,7 @@ Conventions of the returned Dataset
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -73,6 +74,8 @@ _MAX_UNIX_NS = np.iinfo(np.int64).max / 1e9
 _NAME_RE = re.compile(r"fa_esa_l2_(ees|eeb|ies|ieb)_")
 #: Instruments whose ``data`` codes use the burst (14->8 bit) compressor.
 _BURST = ("eeb", "ieb")
+#: More changes of mode than this in one read: records masked by group, not by run.
+_MASK_RUNS = 64
 
 
 # --------------------------------------------------------------------------------------
@@ -606,16 +609,27 @@ class _RecordArray(BackendArray):
             return np.zeros(stop - start, bool)
 
     def _mask_blocks(self, out: np.ndarray, start: int, stop: int) -> None:
+        """NaN beyond each record's ``[:nbins, :nenergy]`` block.
+
+        Records of one mode come in runs: each run is masked through slices (no
+        boolean gather); if the mode changes very often, records are grouped by block.
+        """
         nb = self.nbins[start:stop]
         ne = self.nenergy[start:stop]
-        key = nb * 4096 + ne
-        for k in np.unique(key):
-            sel = key == k
-            b, e = int(k // 4096), int(k % 4096)
-            if b < out.shape[1]:
+        key = np.asarray(nb, np.int64) * 4096 + ne
+        change = np.flatnonzero(key[1:] != key[:-1]) + 1
+        if change.size < _MASK_RUNS:
+            bounds = [0, *change.tolist(), key.size]
+            parts = [(slice(a, z), int(key[a])) for a, z in itertools.pairwise(bounds) if z > a]
+        else:
+            parts = [(key == k, int(k)) for k in np.unique(key)]
+        n_angle = out.shape[1]
+        for sel, k in parts:
+            b, e = k // 4096, k % 4096
+            if b < n_angle:
                 out[sel, b:, :] = np.nan
             if e < out.shape[2]:
-                out[sel, :, e:] = np.nan
+                out[sel, : min(b, n_angle), e:] = np.nan
 
 
 class _TableArray(BackendArray):

@@ -20,6 +20,7 @@ caller by setting its values or energy to NaN before the call, as ``reduce.py`` 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -37,11 +38,18 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _FILL_BELOW = -1e29
+#: ``_FILL_BELOW`` rounded to float32, and whether it rounded up: float32 ``x > -1e29`` is
+#: then ``x >= _FILL_BELOW_F32`` (else ``x > _FILL_BELOW_F32``).
+_FILL_BELOW_F32 = np.float32(_FILL_BELOW)
+_F32_ROUNDS_UP = float(_FILL_BELOW_F32) > _FILL_BELOW
 
 
 def _valid(x: np.ndarray) -> np.ndarray:
     """Finite and not a CDF fill value."""
     with np.errstate(invalid="ignore"):
+        if x.dtype == np.float32:  # the same test in float32 arithmetic, exactly
+            above = x >= _FILL_BELOW_F32 if _F32_ROUNDS_UP else x > _FILL_BELOW_F32
+            return np.isfinite(x) & above
         return np.isfinite(x) & (x > _FILL_BELOW)
 
 
@@ -157,8 +165,11 @@ def energy_window_weights(
 
 def _pitch_per_bin(pitch: np.ndarray) -> np.ndarray:
     """Per-(time, angle) pitch angle: the circular nanmedian over energy, in [0, 360)."""
-    p = np.asarray(pitch, dtype=np.float64)
+    p = np.asarray(pitch)
+    if p.dtype != np.float32:  # float32 is compared as is: exactly as its float64 copy
+        p = p.astype(np.float64, copy=False)
     if p.ndim == 2:
+        p = p.astype(np.float64, copy=False)
         return np.where(_valid(p), np.mod(p, 360.0), np.nan)
     ok = _valid(p)
     # reference: the first valid value along energy; offsets in [-180, 180) around it,
@@ -170,11 +181,12 @@ def _pitch_per_bin(pitch: np.ndarray) -> np.ndarray:
         np.nan,
     )
     # fast path: a bin whose valid values all equal its first one has that median
-    odd = ~((p == ref[..., None]) | ~ok).all(axis=-1)
+    odd = (ok & (p != ref[..., None])).any(axis=-1)
+    ref = ref.astype(np.float64, copy=False)
     med = np.zeros(ref.shape)
     if odd.any():
         sub_ok = ok[odd]
-        off = np.mod(p[odd] - ref[odd][:, None] + 180.0, 360.0) - 180.0
+        off = np.mod(p[odd].astype(np.float64) - ref[odd][:, None] + 180.0, 360.0) - 180.0
         sub = np.sort(np.where(sub_ok, off, np.inf), axis=-1)  # invalid last
         n = sub_ok.sum(axis=-1)
         lo = np.take_along_axis(sub, ((n - 1) // 2)[:, None], axis=-1)[:, 0]
@@ -271,45 +283,137 @@ def collapse_energy(
         Wrong shapes, an unknown ``how``, ``how="mean"`` without ``denergy``, or a bad
         window.
     """
+    return _collapse_energy(values, energy, denergy, pitch, window, how, weight_sum=weight_sum)
+
+
+#: Records per block in :func:`_collapse_energy`: its float64 temporaries (``block x angle
+#: x energy``) stay in the CPU cache instead of costing a fresh allocation per pass.
+_PAD_BLOCK_RECORDS = 32
+
+
+def _table_runs(*tables: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """First record of each run of records whose ``tables`` rows are all identical (bits),
+    and each record's run index."""
+    n = tables[0].shape[0]
+    if n == 0:
+        return np.zeros(0, np.intp), np.zeros(0, np.intp)
+    same = np.ones(n - 1, bool)
+    for x in tables:
+        if x.dtype.kind == "f":
+            bits = x.view(f"u{x.dtype.itemsize}")
+            if x.dtype.itemsize == 4 and x.shape[-1] % 2 == 0 and x.strides[-1] == 4:
+                bits = bits.view(np.uint64)  # pairs of values: half the comparisons
+        else:
+            bits = x
+        same &= (bits[1:] == bits[:-1]).all(axis=tuple(range(1, x.ndim)))
+    starts = np.flatnonzero(np.concatenate(([True], ~same)))
+    run = np.repeat(np.arange(starts.size), np.diff(np.append(starts, n)))
+    return starts, run
+
+
+def _record_blocks(starts: np.ndarray, run: np.ndarray) -> list[tuple[slice, int | np.ndarray]]:
+    """Blocks of at most :data:`_PAD_BLOCK_RECORDS` records, each with the index of its
+    run (an int: the block lies in one run) or, when runs are short, each record's."""
+    n = run.size
+    if starts.size * 4 > n:  # short runs: blocks of records, the tables gathered
+        return [
+            (slice(t0, min(t0 + _PAD_BLOCK_RECORDS, n)), run[t0 : t0 + _PAD_BLOCK_RECORDS])
+            for t0 in range(0, n, _PAD_BLOCK_RECORDS)
+        ]
+    bounds = [*starts.tolist(), n]
+    return [
+        (slice(t0, min(t0 + _PAD_BLOCK_RECORDS, stop)), k)
+        for k, (start, stop) in enumerate(itertools.pairwise(bounds))
+        for t0 in range(start, stop, _PAD_BLOCK_RECORDS)
+    ]
+
+
+def _collapse_energy(
+    values: np.ndarray,
+    energy: np.ndarray,
+    denergy: np.ndarray | None,
+    pitch: np.ndarray,
+    window: Sequence[float] | None,
+    how: str,
+    *,
+    weight_sum: bool,
+    drop: Sequence[int] = (),
+) -> tuple[np.ndarray, ...]:
+    """:func:`collapse_energy`; the channels in ``drop`` count as NaN values.
+
+    The weights depend on the energy tables alone, which repeat over runs of records
+    (one table per mode): they are computed once per run. The values are then reduced
+    in blocks of records, every element as :func:`collapse_energy` defines it, bit for
+    bit (each record's sums over energy run over its own contiguous row).
+    """
     if how not in ("sum", "mean"):
         raise ValueError(f"how must be 'sum' or 'mean', got {how!r}")
-    v = np.asarray(values, dtype=np.float64)
-    if v.ndim != 3:
-        raise ValueError(f"values must be (time, angle, energy), got shape {v.shape}")
-    e = np.asarray(energy, dtype=np.float64)
-    if e.shape != v.shape:
-        raise ValueError(f"energy has shape {e.shape}, values {v.shape}")
-    p = np.asarray(pitch, dtype=np.float64)
-    if p.shape not in (v.shape, v.shape[:2]):
-        raise ValueError(f"pitch has shape {p.shape}, expected {v.shape} or {v.shape[:2]}")
+    values = np.asarray(values)
+    if values.ndim != 3:
+        raise ValueError(f"values must be (time, angle, energy), got shape {values.shape}")
+    energy = np.asarray(energy)
+    if energy.shape != values.shape:
+        raise ValueError(f"energy has shape {energy.shape}, values {values.shape}")
+    pitch = np.asarray(pitch)
+    if pitch.shape not in (values.shape, values.shape[:2]):
+        raise ValueError(
+            f"pitch has shape {pitch.shape}, expected {values.shape} or {values.shape[:2]}"
+        )
     win = _check_window(window)
-    w = _weights_block(e, win)
-
-    ok = _valid(v) & (w > 0)
+    tables = [energy]
     if how == "mean":
         if denergy is None:
             raise ValueError("how='mean' needs denergy")
-        de = np.asarray(denergy, dtype=np.float64)
-        if de.shape != v.shape:
-            raise ValueError(f"denergy has shape {de.shape}, values {v.shape}")
-        ok &= _exists(de)
-        dw = np.where(ok, de * w, 0.0)
-        num = np.where(ok, v, 0.0) * dw
-        with np.errstate(invalid="ignore", divide="ignore"):
-            pad = num.sum(axis=-1) / dw.sum(axis=-1)
+        denergy = np.asarray(denergy)
+        if denergy.shape != values.shape:
+            raise ValueError(f"denergy has shape {denergy.shape}, values {values.shape}")
+        tables.append(denergy)
+    starts, run = _table_runs(*tables)
+    # per run: the weights, the channels that may enter (w > 0, a denergy), their weights
+    w_r = _weights_block(np.asarray(energy[starts], dtype=np.float64), win)
+    ok_r = w_r > 0
+    if how == "mean":
+        de_r = np.asarray(denergy[starts], dtype=np.float64)
+        ok_r &= _exists(de_r)
+        dw_r = np.where(ok_r, de_r * w_r, 0.0)
     else:
-        pad = (np.where(ok, v, 0.0) * np.where(ok, w, 0.0)).sum(axis=-1)
-    has = ok.any(axis=-1)
-    pa = _pitch_per_bin(p)
+        dw_r = w_r
+    drop = [c for c in drop if c < values.shape[2]]
+    t_n, a_n = values.shape[:2]
+    pad = np.empty((t_n, a_n))
+    has = np.empty((t_n, a_n), bool)
+    pa = np.empty((t_n, a_n))
+    ws = np.empty((t_n, a_n)) if weight_sum else None
+    if values.dtype not in (np.float32, np.float64):
+        values = values.astype(np.float64)
+    zero = np.float64(0.0)  # a float64 scalar: float32 values are summed in float64
+    for sl, r in _record_blocks(starts, run):
+        v = values[sl]
+        ok = _valid(v)
+        if drop:
+            ok[:, :, drop] = False  # dropped channels count as NaN values
+        ok &= ok_r[r]
+        dw = np.where(ok, dw_r[r], zero)
+        num = np.where(ok, v, zero)
+        num *= dw
+        if how == "mean":
+            with np.errstate(invalid="ignore", divide="ignore"):
+                np.divide(num.sum(axis=-1), dw.sum(axis=-1), out=pad[sl])
+        else:
+            num.sum(axis=-1, out=pad[sl])
+        ok.any(axis=-1, out=has[sl])
+        pa[sl] = _pitch_per_bin(pitch[sl])
+        if ws is not None:
+            (dw if how == "sum" else np.where(ok, w_r[r], 0.0)).sum(axis=-1, out=ws[sl])
     has &= np.isfinite(pa)
     pad = np.where(has, pad, np.nan)
 
     order = np.argsort(np.where(np.isfinite(pa), pa, np.inf), axis=-1, kind="stable")
     pad_s = np.take_along_axis(pad, order, axis=-1)
     pa_s = np.take_along_axis(pa, order, axis=-1)
-    if not weight_sum:
+    if ws is None:
         return pad_s, pa_s
-    ws = np.where(has, np.where(ok, w, 0.0).sum(axis=-1), 0.0)
+    ws = np.where(has, ws, 0.0)
     return pad_s, pa_s, np.take_along_axis(ws, order, axis=-1)
 
 

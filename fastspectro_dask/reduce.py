@@ -468,10 +468,12 @@ def _collapse_categories(
     *,
     cats: Mapping[str, Sequence[tuple[float, float]]],
     how: str,
+    finite_values: np.ndarray | None = None,
 ) -> np.ndarray:
     """(category, time, energy) for one block of records; shared work done once.
 
     ``integ`` (time, 1, 1), seconds, is each sample's accumulation time (for ``rate``).
+    ``finite_values``: ``np.isfinite(values)`` of float32 ``values`` if the caller has it.
 
     Records are grouped by the extent of their valid bins (the ``[:nbins, :nenergy]``
     block of their mode), and each group is reduced on that block only
@@ -485,7 +487,8 @@ def _collapse_categories(
     pitch = np.asarray(pitch)
     if pitch.dtype != np.float32:
         pitch = pitch.astype(np.float64, copy=False)
-    finite = np.isfinite(values) & np.isfinite(pitch)
+    finite = np.isfinite(values) if finite_values is None else finite_values
+    finite = finite & np.isfinite(pitch)  # a new array: finite_values stays the caller's
     if how == "mean":
         if domega is None:
             raise ValueError("how='mean' needs domega weights")
@@ -731,28 +734,38 @@ def _pad_block(
     window: tuple[float, float] | None,
     how: str,
     drop_channels: tuple[int, ...],
+    seen: np.ndarray | None = None,
 ) -> np.ndarray:
-    """``(2, time, angle)``: the pad values and their sorted pitch angles, one block."""
-    from fastspectro_dask.padreduce import collapse_energy
+    """``(2, time, angle)``: the pad values and their sorted pitch angles, one block.
+
+    ``seen``: the ``(angle, energy)`` map of bins where ``values`` is finite in some
+    record, if the caller has it.
+    """
+    from fastspectro_dask.padreduce import _collapse_energy
 
     # the block of angle bins and channels where any input is finite: beyond it nothing
     # enters a sum, a weight or a pitch angle, and the sorted bins end with NaN anyway
-    inputs = {id(a): a for a in (values, energy, denergy, pitch)}.values()
-    a_x, e_x = _finite_extent(*inputs)
+    if seen is None:
+        inputs = {id(a): a for a in (values, energy, denergy, pitch)}.values()
+        a_x, e_x = _finite_extent(*inputs)
+    else:
+        seen = seen.copy()
+        for a in {id(a): a for a in (energy, denergy, pitch)}.values():
+            seen |= np.isfinite(a).any(axis=0)
+        a_x, e_x = _extent_of(seen)
     crop = (slice(None), slice(0, a_x), slice(0, e_x))
-    v = np.array(values[crop], dtype=np.float64)
-    v[:, :, [c for c in drop_channels if c < e_x]] = np.nan
-    pad, pitch_sorted, wsum = collapse_energy(
-        v,
+    pad, pitch_sorted, *wsum = _collapse_energy(
+        values[crop],
         energy[crop],
         denergy[crop],
         pitch[crop],
         window,
         "mean" if how == "mean" else "sum",
-        weight_sum=True,
+        weight_sum=how == "rate",  # only a rate divides by the weight sum
+        drop=drop_channels,  # as NaN values
     )
     if how == "rate":
-        den = wsum * np.asarray(integ, dtype=np.float64).reshape(-1, 1)
+        den = wsum[0] * np.asarray(integ, dtype=np.float64).reshape(-1, 1)
         pad = np.divide(pad, den, out=np.full_like(pad, np.nan), where=den > 0)
     out = np.full((2, *np.shape(values)[:2]), np.nan)
     out[0, :, :a_x] = pad
@@ -769,6 +782,11 @@ def _finite_extent(*arrays: np.ndarray) -> tuple[int, int]:
     seen = np.isfinite(arrays[0]).any(axis=0)  # (angle, energy)
     for a in arrays[1:]:
         seen |= np.isfinite(a).any(axis=0)
+    return _extent_of(seen)
+
+
+def _extent_of(seen: np.ndarray) -> tuple[int, int]:
+    """:func:`_finite_extent` of the ``(angle, energy)`` map of bins finite somewhere."""
     angles, energies = seen.any(axis=1), seen.any(axis=0)
     if not angles.any():
         return 0, 0
@@ -789,30 +807,41 @@ def _reduce_eager(
     decode: bool,
     burst: bool,
     full: bool,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """The category spectrograms of NumPy arrays, and the (decoded) values.
 
     Works on the block of angle bins and energy channels that holds finite values (the
     rest is NaN in every record: nothing there enters a sum), decoding counts there only.
     Returns ``(category, time, energy)`` float64 and the values as the pad reduction
     reads them: with ``decode`` and ``full``, the counts in the shape of ``values``
-    (decoded in the block, NaN elsewhere); else ``values`` itself.
+    (decoded in the block, NaN elsewhere); else ``values`` itself; and the ``(angle,
+    energy)`` map of bins where those values are finite in some record (None for
+    decoded counts).
     """
     t_n, _, e_n = values.shape
-    a_x, e_x = _finite_extent(values)
+    finite = np.isfinite(values)  # whole (contiguous): faster than on the crop
+    seen = finite.any(axis=0)
+    a_x, e_x = _extent_of(seen)
     crop = (slice(None), slice(0, a_x), slice(0, e_x))
     part = values[crop]
     if decode:
         part = decompress_counts(part, burst=burst)
     out = np.full((len(cats), t_n, e_n), np.nan)
     out[:, :, :e_x] = _collapse_categories(
-        part, pitch[crop], domega[crop], integ, cats=cats, how=how
+        part,
+        pitch[crop],
+        domega[crop],
+        integ,
+        cats=cats,
+        how=how,
+        # where the values reduced are these float32 values, their finite mask
+        finite_values=finite[crop] if not decode and values.dtype == np.float32 else None,
     )
     if full and decode:
         whole = np.full(values.shape, np.nan, np.float32)
         whole[crop] = part
-        return out, whole
-    return out, values
+        return out, whole, None
+    return out, values, seen
 
 
 def reduce_dataset(
@@ -905,8 +934,9 @@ def _reduce(
         else tuple(int(i) for i in np.flatnonzero(ds["energy_channel"].values == RETRACE_CHANNEL))
     )
     eager = all(isinstance(a, np.ndarray) for a in arrays)
+    seen = None  # where the values are finite (angle, energy), if known
     if eager:
-        values, arrays[0] = _reduce_eager(
+        values, arrays[0], seen = _reduce_eager(
             *arrays[:3],
             integ,
             cats=cats,
@@ -958,7 +988,7 @@ def _reduce(
         block = [arrays[0], arrays[3], denergy, arrays[1]]
         kw = dict(window=pad.energy, how=how, drop_channels=drop)
         if all(isinstance(a, np.ndarray) for a in block):
-            pad_arrays = _pad_block(*block, integ, **kw)
+            pad_arrays = _pad_block(*block, integ, **kw, seen=seen)
         else:
             import dask.array as da
 

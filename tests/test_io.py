@@ -61,6 +61,30 @@ def test_values_match_cdflib_with_fill_and_block_masked(ees_file, name):
     np.testing.assert_array_equal(got, expected_from_raw(ees_file, name))
 
 
+@pytest.mark.parametrize("mask_runs", [0, 64])
+def test_block_masking_by_runs_and_by_groups(monkeypatch, mask_runs):
+    """Records beyond their ``[:nbins, :nenergy]`` block are NaN, masked run by run
+    (slices) or, when the mode changes more often than ``_MASK_RUNS``, by groups."""
+    import types
+
+    import fastspectro_dask.io as fio
+
+    monkeypatch.setattr(fio, "_MASK_RUNS", mask_runs)
+    rng = np.random.default_rng(3)
+    modes = np.array([[32, 48], [64, 96], [64, 48], [16, 96], [70, 100]])  # last: beyond
+    pick = np.repeat(rng.integers(0, len(modes), 40), rng.integers(1, 6, 40))
+    nb, ne = modes[pick, 0], modes[pick, 1]
+    owner = types.SimpleNamespace(nbins=nb, nenergy=ne)
+    out = np.ones((nb.size, 64, 96), np.float32)
+    start = 7  # a read of records start.. : nbins and nenergy are indexed from there
+    fio._RecordArray._mask_blocks(owner, out[start:], start, nb.size)
+    want = np.ones_like(out)
+    for t in range(start, nb.size):
+        want[t, nb[t] :, :] = np.nan
+        want[t, :, ne[t] :] = np.nan
+    np.testing.assert_array_equal(out, want)
+
+
 def test_values_equal_what_the_generator_wrote(synth_dataset, ees_file):
     orbit = int(ees_file.name.split("_")[-2])
     rec, _tables = _OrbitPlan(orbit, SEED, RECORDS).records_for("ees")

@@ -433,3 +433,50 @@ def test_window_weights_once_per_run_equal_rowwise():
     want = energy_window_weights(e, 50.0, 5000.0)
     got = _weights_block(e, (50.0, 5000.0))
     assert got.tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("how", ["sum", "mean"])
+@pytest.mark.parametrize("runs", ["long", "short"])
+def test_collapse_in_blocks_of_runs_equals_record_by_record(monkeypatch, how, runs):
+    """Blocks that follow the runs of energy tables (weights broadcast) or that gather a
+    table per record (short runs) give every record what it gets alone, bit for bit;
+    float32 values are widened exactly and fill is dropped in float32 as in float64."""
+    import fastspectro_dask.padreduce as pr
+
+    monkeypatch.setattr(pr, "_PAD_BLOCK_RECORDS", 4)  # blocks that cut runs
+    rng = np.random.default_rng(8)
+    # sweeps from high to low energy, jittered per mode and angle bin
+    tables = np.geomspace(2.5e4, 5.0, 10) * rng.uniform(0.9, 1.1, (3, 6, 10))
+    tables[2, :, 7:] = np.nan  # a mode with fewer channels
+    if runs == "long":
+        pick = np.repeat([0, 1, 0, 2], [7, 3, 9, 5])
+    else:
+        pick = rng.integers(0, 3, 24)
+    energy = tables[pick].astype(np.float32)
+    denergy = (0.2 * energy).astype(np.float32)
+    denergy[3, 1, 2] = 0.0  # a channel without width
+    values = rng.lognormal(5.0, 2.0, energy.shape).astype(np.float32)
+    values[2, 3, 4] = np.nan
+    values[5, :, 1] = -1e31  # fill
+    inside = np.flatnonzero((energy[6, 0] > 50.0) & (energy[6, 0] < 5000.0))
+    values[6, 0, inside[-1]] = np.float32(-1e29)  # at the fill bound (float32-rounded)
+    pitch = rng.uniform(0.0, 360.0, energy.shape[:2]).astype(np.float32)
+    pitch = np.repeat(pitch[:, :, None], energy.shape[2], axis=2)
+    pitch[4, 2, :] = np.nan  # a bin without pitch angle
+    got = pr._collapse_energy(
+        values, energy, denergy, pitch, (50.0, 5000.0), how, weight_sum=True, drop=(0,)
+    )
+    dropped = values.astype(np.float64)
+    dropped[:, :, 0] = np.nan
+    for t in range(values.shape[0]):
+        want = collapse_energy(
+            dropped[t : t + 1],
+            energy[t : t + 1],
+            denergy[t : t + 1],
+            pitch[t : t + 1],
+            (50.0, 5000.0),
+            how,
+            weight_sum=True,
+        )
+        for g, w in zip(got, want, strict=True):
+            assert g[t].tobytes() == w[0].tobytes()

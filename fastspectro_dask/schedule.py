@@ -390,6 +390,7 @@ class TaskLoop:
         self.submitted = 0
         self.exhausted = False
         self.homes: dict[Hashable, str] = {}  # task group -> the worker it prefers
+        self.groups: set[Hashable] = set()  # the task groups seen
         self.outcome = "running"
 
     # -- the window ----------------------------------------------------------------------
@@ -445,9 +446,14 @@ class TaskLoop:
     def _home(self, group: Hashable | None) -> str | None:
         """The worker a group of tasks prefers, loosely (any other may still run or steal
         them): given on first sight to the connected worker with the fewest groups per
-        thread, and again when that worker has left. ``None`` below two workers."""
+        thread, and again when that worker has left. ``None`` below two workers, and while
+        fewer than two groups per worker are known: fewer would leave workers without a
+        group, or one worker with half as much again as another, to wait for stealing."""
         workers = self.view.workers
         if group is None or len(workers) < 2:
+            return None
+        self.groups.add(group)
+        if len(self.groups) < 2 * len(workers):
             return None
         home = self.homes.get(group)
         if home not in workers:

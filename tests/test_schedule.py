@@ -6,6 +6,7 @@ import json
 import logging
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import dask
@@ -559,8 +560,9 @@ def _identity(i: int) -> int:
 
 def test_tasks_of_a_group_prefer_one_worker_loosely(monkeypatch):
     """Tasks of one group (one figure layout) are submitted with their group's worker as a
-    loose restriction (any worker may still run or steal them); groups are spread over the
-    workers; ungrouped tasks carry no restriction; a group whose worker left gets another."""
+    loose restriction (any worker may still run or steal them) once two groups per worker
+    are known; groups are spread over the workers; ungrouped tasks, and the tasks before
+    enough groups are known, carry no restriction; a group whose worker left gets another."""
     cluster, client = _local(2)
     try:
         client.wait_for_workers(2, timeout=120)
@@ -577,18 +579,22 @@ def test_tasks_of_a_group_prefer_one_worker_loosely(monkeypatch):
             return submit(fn, *args, key=key, **kw)
 
         monkeypatch.setattr(client, "map", spy)
-        groups = {i: ("a", "b", None)[i % 3] for i in range(30)}
+        # one group for the first 10 tasks (the dry run's shape: no preference), then four
+        groups = {i: "a" if i < 10 else ("a", "b", "c", "d", None)[i % 5] for i in range(40)}
         got: list[int] = []
         loop.run(
-            (Task(f"t-{i}", (i,), i, groups[i]) for i in range(30)),
+            (Task(f"t-{i}", (i,), i, groups[i]) for i in range(40)),
             lambda t, r, e: got.append(r),
         )
         workers = set(cluster.scheduler.workers)
-        assert sorted(got) == list(range(30))
-        assert set(loop.homes) == {"a", "b"} and set(loop.homes.values()) == workers
+        assert sorted(got) == list(range(40))
+        assert set(loop.homes) == {"a", "b", "c", "d"} and set(loop.homes.values()) == workers
+        assert sorted(Counter(loop.homes.values()).values()) == [2, 2]
+        first_home = min(i for i in range(40) if restrictions[f"t-{i}"][0])
+        assert first_home > 10  # not before four groups were seen
         for i, g in groups.items():
             where, loose = restrictions[f"t-{i}"]
-            if g is None:
+            if g is None or i < first_home:
                 assert where == frozenset()
             else:
                 assert where == {loop.homes[g]} and loose

@@ -34,8 +34,18 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["COUNT_MAX", "code_ranges", "count_midpoints", "decode_counts", "encode_counts"]
+__all__ = [
+    "BURST_INSTRUMENTS",
+    "COUNT_MAX",
+    "code_ranges",
+    "count_midpoints",
+    "decode_counts",
+    "encode_counts",
+]
 
+#: Instruments whose ``data`` codes come from the burst (14->8 bit) compressor; the others'
+#: from the survey (16->8 bit) one.
+BURST_INSTRUMENTS = ("eeb", "ieb")
 #: Largest count each compressor represents (survey: 16 bit, burst: 14 bit).
 COUNT_MAX = {False: 65535, True: 16383}
 

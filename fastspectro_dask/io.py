@@ -42,7 +42,7 @@ from xarray.backends import BackendArray, BackendEntrypoint, CachingFileManager
 from xarray.backends.locks import SerializableLock
 from xarray.core import indexing
 
-from fastspectro_dask.compression import count_midpoints
+from fastspectro_dask.compression import BURST_INSTRUMENTS, count_midpoints
 from fastspectro_dask.errors import InvalidCDFError
 
 __all__ = ["BIG_VARIABLES", "FastEsaBackendEntrypoint", "load_esa", "open_esa"]
@@ -72,8 +72,6 @@ _DIMS = ("time", "pitch_angle_bin", "energy_channel")
 #: |time_unix| (s) at and beyond which datetime64[ns] overflows (years 1677 and 2262).
 _MAX_UNIX_NS = np.iinfo(np.int64).max / 1e9
 _NAME_RE = re.compile(r"fa_esa_l2_(ees|eeb|ies|ieb)_")
-#: Instruments whose ``data`` codes use the burst (14->8 bit) compressor.
-_BURST = ("eeb", "ieb")
 #: More changes of mode than this in one read: records masked by group, not by run.
 _MASK_RUNS = 64
 
@@ -497,7 +495,7 @@ class _RecordArray(BackendArray):
         self.counts_table: np.ndarray | None = None
         if counts and name == "data":
             self.counts_table = count_midpoints(
-                burst=_instrument(self.path, info.global_attrs) in _BURST
+                burst=_instrument(self.path, info.global_attrs) in BURST_INSTRUMENTS
             )
         self.cdf_type = inq.Data_Type_Description
         self.is_big = name in info.big

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from fastspectro_dask.compression import decode_counts
+from fastspectro_dask.compression import BURST_INSTRUMENTS, decode_counts
 
 __all__ = [
     "DEFAULT_CATEGORIES",
@@ -76,7 +76,6 @@ DEFAULT_CATEGORIES: dict[str, tuple[tuple[float, float], ...]] = {
 _HOW = {"data": "sum", "eflux": "mean", "rate": "rate"}
 #: The CDF variable each plotted variable is read from.
 SOURCE_VARIABLE = {"data": "data", "eflux": "eflux", "rate": "data"}
-_BURST = ("eeb", "ieb")
 
 #: Version of the decoding and reduction: part of every cache key and extrema state, so
 #: that nothing computed by an older decoding or reduction is ever reused. 2: counts
@@ -927,7 +926,7 @@ def _reduce(
     decode = source == "data" and decompress  # sum counts, not compressed codes
     if decoded and source == "data" and not decompress:
         raise ValueError("decompress=False needs the codes, not decoded counts")
-    burst = str(ds.attrs.get("instrument", "")) in _BURST
+    burst = str(ds.attrs.get("instrument", "")) in BURST_INSTRUMENTS
     drop = (
         ()
         if retrace

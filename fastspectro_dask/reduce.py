@@ -477,11 +477,27 @@ def _collapse_categories(
     Records are grouped by the extent of their valid bins (the ``[:nbins, :nenergy]``
     block of their mode), and each group is reduced on that block only
     (:func:`_collapse_group`). Every sum over angle runs in float64 and in angle order,
-    so every bit of the result is that of one ``einsum`` over the whole array with a
+    so every bit of the result is that of plain float64 sums in angle order with a
     weight per bin (the reference in the tests).
     """
     if how not in ("sum", "mean", "rate"):
         raise ValueError(f"how must be 'sum', 'mean' or 'rate', not {how!r}")
+    if np.shape(values)[2] == 1:
+        # over a single channel einsum and ndarray.sum add the angles pairwise, in an
+        # order that depends on their number: an empty second channel keeps angle order
+        def pad(a: np.ndarray | None, fill: Any) -> np.ndarray | None:
+            return None if a is None else np.concatenate([a, np.full_like(a, fill)], axis=2)
+
+        out = _collapse_categories(
+            pad(np.asarray(values, dtype=np.float32), np.nan),
+            pad(np.asarray(pitch), np.nan),
+            pad(None if domega is None else np.asarray(domega), np.nan),
+            integ,
+            cats=cats,
+            how=how,
+            finite_values=pad(finite_values, False),
+        )
+        return out[:, :, :1]
     values = np.asarray(values, dtype=np.float32)
     pitch = np.asarray(pitch)
     if pitch.dtype != np.float32:

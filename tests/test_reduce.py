@@ -419,8 +419,9 @@ def test_lazy_reductions_of_two_files_do_not_share_graph_keys(good_files):
 
 
 def _collapse_reference(values, pitch, domega, integ, *, cats, how):
-    """The reduction as it was before blocking (REDUCTION_VERSION 2): one einsum over
-    the whole array. The blocked implementation must equal it bit for bit."""
+    """The reduction as it was before blocking (REDUCTION_VERSION 2), without blocks,
+    groups or shortcuts: weights per bin, float64 sums over angle in angle order. The
+    blocked implementation must equal it bit for bit."""
     from fastspectro_dask.reduce import _distinct_columns, _unique_weights
 
     values = np.asarray(values, dtype=np.float32)
@@ -441,8 +442,12 @@ def _collapse_reference(values, pitch, domega, integ, *, cats, how):
         w = _unique_weights(uniq, ranges)[inverse]
         w[~valid] = 0.0
         w = w.reshape(t_n, e_n, a_n).transpose(0, 2, 1) * base
-        total = np.einsum("tae,tae->te", filled, w, dtype=np.float64)
-        den = w.sum(axis=1)
+        # sums over angle in angle order: the contract (einsum and ndarray.sum keep that
+        # order only when the energy axis has at least 2 channels)
+        total, den = np.zeros((t_n, e_n)), np.zeros((t_n, e_n))
+        for a in range(a_n):
+            total += filled[:, a, :] * w[:, a, :]
+            den += w[:, a, :]
         out[k] = np.nan
         if how == "sum":
             np.copyto(out[k], total, where=den > 0)
@@ -508,6 +513,29 @@ def test_blocked_collapse_bit_identical_on_random_records(rec, how):
     cats = normalize_categories(None)
     got = _collapse_categories(vals, pitch, dom, integ, cats=cats, how=how)
     want = _collapse_reference(vals, pitch, dom, integ, cats=cats, how=how)
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("e_n", [1, 2, 3])
+@pytest.mark.parametrize("how", ["sum", "mean", "rate"])
+def test_collapse_sums_angles_in_order_for_any_channel_count(e_n, how):
+    """Records cropped to different angle extents, with one channel too: over a single
+    channel einsum adds angles pairwise in an order set by their number (a 1-ulp
+    difference that hypothesis found in CI), so the extents must not change a bit."""
+    from fastspectro_dask.reduce import _collapse_categories
+
+    rng = np.random.default_rng(5)
+    t_n, a_n = 6, 40
+    vals = (rng.random((t_n, a_n, e_n)) * 10).astype(np.float32)
+    pitch = np.repeat((rng.random((t_n, a_n, 1)) * 180).astype(np.float32), e_n, axis=2)
+    dom = (rng.random((t_n, a_n, e_n)) + 0.1).astype(np.float32)
+    for i, extent in enumerate((40, 3, 17, 29, 8, 33)):
+        vals[i, extent:] = np.nan
+    integ = np.linspace(0.01, 0.05, t_n)
+    cats = normalize_categories(None)
+    got = _collapse_categories(vals, pitch, dom, integ, cats=cats, how=how)
+    want = _collapse_reference(vals, pitch, dom, integ, cats=cats, how=how)
+    assert got.shape == (len(cats), t_n, e_n)
     np.testing.assert_array_equal(got, want)
 
 

@@ -15,7 +15,8 @@ static), draws it, and keeps the drawn pixels. Per figure it then:
    building any mesh;
 3. draws only what changes: the time ticks and their labels (UT and the ephemeris rows),
    the hatched breaks, the spines over the panels, the title;
-4. encodes the RGBA buffer with Pillow (:data:`PNG_COMPRESS_LEVEL`, chosen by measurement,
+4. encodes the RGBA buffer with Pillow (zlib level
+   :data:`fastspectro_dask.output.DEFAULT_COMPRESS_LEVEL`, chosen by measurement,
    ``benchmarks/bench_render.py``), with the provenance text chunks.
 
 Vector formats (``pdf``, ``svg``) get a fresh figure of the same layout whose panels are the
@@ -53,7 +54,7 @@ from fastspectro_dask.geometry import (
     _is_datetime,
     _panel_geometry,
 )
-from fastspectro_dask.output import _provenance_text, _software
+from fastspectro_dask.output import DEFAULT_COMPRESS_LEVEL, _provenance_text, _software
 from fastspectro_dask.render import (
     DEFAULT_Y_LABEL,
     _grid_axes,
@@ -64,12 +65,10 @@ from fastspectro_dask.render import (
 )
 from fastspectro_dask.timeaxis import TimeAxis
 
-__all__ = ["PNG_COMPRESS_LEVEL", "RasterFigure", "clear_layouts", "layout_cache_info"]
+__all__ = ["RasterFigure", "clear_layouts", "layout_cache_info"]
 
 logger = logging.getLogger(__name__)
 
-#: zlib level of the engine's PNGs (1: fastest; see ``benchmarks/bench_render.py``).
-PNG_COMPRESS_LEVEL = 1
 #: Layouts kept per process (least recently used dropped first).
 MAX_LAYOUTS = 8
 
@@ -123,12 +122,19 @@ class RasterFigure:
     vector: Any = None
     texts: dict[str, Any] = field(default_factory=dict)
 
-    def save(self, path: str | os.PathLike, *, fmt: str | None = None) -> Path:
-        """Write atomically as PNG (from the pixels) or PDF/SVG (vector figure)."""
+    def save(
+        self,
+        path: str | os.PathLike,
+        *,
+        fmt: str | None = None,
+        compress_level: int = DEFAULT_COMPRESS_LEVEL,
+    ) -> Path:
+        """Write atomically as PNG (from the pixels, zlib ``compress_level``) or PDF/SVG
+        (vector figure)."""
         path = Path(path)
         fmt = (fmt or path.suffix.lstrip(".") or "png").lower()
         if fmt == "png":
-            data = encode_png(self.rgba, self.metadata, self.dpi)
+            data = encode_png(self.rgba, self.metadata, self.dpi, compress_level)
         elif fmt in ("pdf", "svg"):
             fig = self.vector()
             buf = io.BytesIO()
@@ -141,7 +147,12 @@ class RasterFigure:
         return write_atomic(path, data)
 
 
-def encode_png(rgba: np.ndarray, metadata: Mapping[str, str], dpi: float) -> bytes:
+def encode_png(
+    rgba: np.ndarray,
+    metadata: Mapping[str, str],
+    dpi: float,
+    compress_level: int = DEFAULT_COMPRESS_LEVEL,
+) -> bytes:
     """PNG bytes of an RGBA buffer with text chunks (Pillow, deterministic)."""
     from PIL import Image, PngImagePlugin
 
@@ -156,7 +167,7 @@ def encode_png(rgba: np.ndarray, metadata: Mapping[str, str], dpi: float) -> byt
             info.add_itxt(str(k), str(v))
     im = Image.frombuffer("RGBA", (rgba.shape[1], rgba.shape[0]), rgba, "raw", "RGBA", 0, 1)
     out = io.BytesIO()
-    im.save(out, format="PNG", pnginfo=info, compress_level=PNG_COMPRESS_LEVEL, dpi=(dpi, dpi))
+    im.save(out, format="PNG", pnginfo=info, compress_level=int(compress_level), dpi=(dpi, dpi))
     return out.getvalue()
 
 

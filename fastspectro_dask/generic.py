@@ -587,8 +587,8 @@ def generic_batch_plot(
     y_scale, z_scale, colormap, percentile
         As for :func:`make_spectrogram`.
     figsize, dpi, compress_level
-        Figure size (default 12 wide, 2.1 inches per row) and PNG options (the fast
-        engine writes PNGs at its own zlib level, ``draw.PNG_COMPRESS_LEVEL``).
+        Figure size (default 12 wide, 2.1 inches per row) and the PNG's zlib level
+        (both engines).
     filename_fn, title_fn : callable, optional
         File name stem and figure title per item (default ``str(item)``).
     client : distributed.Client, optional

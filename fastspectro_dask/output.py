@@ -27,8 +27,8 @@ from fastspectro_dask.geometry import _check_scale, _to_datetime64
 logger = logging.getLogger(__name__)
 
 
-#: zlib level of the PNG writer: 3 encodes as fast as 1 and ~2x faster than PIL's 6
-#: (files ~15 % larger); see benchmarks/bench_render.py.
+#: zlib level of every PNG written (both engines): measured with benchmarks/bench_render.py,
+#: 3 encodes as fast as 1 or faster, with smaller files, and ~2x faster than PIL's 6.
 DEFAULT_COMPRESS_LEVEL = 3
 
 
@@ -157,7 +157,7 @@ def save_figure(
         raise ValueError(f"{path}: figures are written as {', '.join(FORMATS)}, not {fmt!r}")
     if not isinstance(fig, Figure):  # drawn by the fast engine (draw.RasterFigure)
         fig.metadata.update({k: v for k, v in (metadata or {}).items() if v is not None})
-        return fig.save(path, fmt=fmt)
+        return fig.save(path, fmt=fmt, compress_level=compress_level)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_open(path, sync_dir=False) as fh:

@@ -230,14 +230,36 @@ def make_spectrogram(
     if panel.norm is None:
         ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center")
         return []
-    vm, count, edges_rows = panel.cells, panel.count, panel.edges
-    left, right, starts, stops = panel.left, panel.right, panel.starts, panel.stops
-    cmap, norm, y_lo, y_hi = panel.cmap, panel.norm, panel.y_lo, panel.y_hi
+    meshes = _panel_meshes(panel, rasterized)
+    for mesh in meshes:
+        ax.add_collection(mesh, autolim=False)
+    meshes = _set_limits(ax, panel, meshes)
 
+    if colorbar and meshes:
+        fig = ax.get_figure()
+        cb = fig.colorbar(meshes[0], cax=cax) if cax is not None else fig.colorbar(meshes[0], ax=ax)
+        if z_label:
+            cb.set_label(z_label)
+    logger.debug(
+        "spectrogram: %d records, %d runs, %d gaps, %d meshes",
+        panel.n,
+        panel.starts.size,
+        panel.gaps,
+        len(meshes),
+    )
+    return meshes
+
+
+def _panel_meshes(panel: _Panel, rasterized: bool) -> list[QuadMesh]:
+    """The QuadMeshes of a panel's cells: one per run of consecutive records with one
+    energy table and no gap, or, with very many runs (per-record tables: drifting
+    energies), one interleaved mesh with blank columns between records."""
+    vm, count, edges_rows = panel.cells, panel.count, panel.edges
+    left, right = panel.left, panel.right
     meshes: list[QuadMesh] = []
     mesh_kw = dict(antialiased=False, shading="flat")
-    if starts.size <= _MAX_RUN_MESHES:
-        for a, b in zip(starts.tolist(), stops.tolist(), strict=True):
+    if panel.starts.size <= _MAX_RUN_MESHES:
+        for a, b in zip(panel.starts.tolist(), panel.stops.tolist(), strict=True):
             k = int(count[a])
             cells = vm[a:b, :k]
             if k == 0 or cells.mask.all():
@@ -250,7 +272,7 @@ def make_spectrogram(
             mesh = QuadMesh(coords, **mesh_kw)
             mesh.set_array(cells.T)
             meshes.append(mesh)
-    else:  # per-record tables (drifting energies): one mesh, blank columns between records
+    else:
         n, k = vm.shape
         x = np.empty(2 * n)
         x[0::2], x[1::2] = left, right
@@ -264,32 +286,24 @@ def make_spectrogram(
         mesh.set_array(cells)
         meshes.append(mesh)
     for mesh in meshes:
-        mesh.set_cmap(cmap)
-        mesh.set_norm(norm)
+        mesh.set_cmap(panel.cmap)
+        mesh.set_norm(panel.norm)
         mesh.set_rasterized(rasterized)
-        ax.add_collection(mesh, autolim=False)
+    return meshes
 
-    ax.set_xlim(float(left.min()), float(right.max()))
-    ax.set_ylim(y_lo, y_hi)
+
+def _set_limits(ax: Axes, panel: _Panel, meshes: list[QuadMesh]) -> list[QuadMesh]:
+    """Axes limits of a drawn panel: the drawn records and the energy range; records
+    narrower than a pixel widened (:func:`_keep_slivers_visible`) and kept inside.
+    Returns the meshes, the widened ones replaced."""
+    ax.set_xlim(float(panel.left.min()), float(panel.right.max()))
+    ax.set_ylim(panel.y_lo, panel.y_hi)
     widened = _keep_slivers_visible(ax)
     if widened:  # a widened record at either end stays inside the axes
         xs = [m.get_coordinates()[..., 0] for m in widened.values()]
         lo, hi = ax.get_xlim()
         ax.set_xlim(min(lo, *(float(x.min()) for x in xs)), max(hi, *(float(x.max()) for x in xs)))
         meshes = [widened.get(m, m) for m in meshes]
-
-    if colorbar and meshes:
-        fig = ax.get_figure()
-        cb = fig.colorbar(meshes[0], cax=cax) if cax is not None else fig.colorbar(meshes[0], ax=ax)
-        if z_label:
-            cb.set_label(z_label)
-    logger.debug(
-        "spectrogram: %d records, %d runs, %d gaps, %d meshes",
-        panel.n,
-        starts.size,
-        panel.gaps,
-        len(meshes),
-    )
     return meshes
 
 

@@ -445,10 +445,68 @@ def render_grid(
     and the figure size, resolved); ``bottom`` the bottom margin (inches). See the module
     doc.
     """
-    y_scale, figsize, dpi = style.y_scale, style.figsize, style.dpi
+    figsize, dpi = style.figsize, style.dpi
     main_w, _ = _grid_geometry(figsize, len(rows), 0, bottom)
     pos, labels, names = _time_ticks(time_axis, main_w, ephemeris, context)
 
+    specs, panels = _row_specs(rows, time_axis, style, settings, colormap, percentile, y_ticks)
+    # row titles are drawn per figure (they name the hemisphere's downgoing/upgoing rows,
+    # which change from orbit to orbit): one cached layout serves both hemispheres
+    static = tuple(replace(spec, title="") for spec in specs)
+    key = (static, tuple(figsize), float(dpi), bottom, tuple(names))
+    layout = _layout(key, static, tuple(figsize), float(dpi), bottom, tuple(names))
+    fig, canvas = layout.fig, layout.fig.canvas
+    canvas.restore_region(layout.background)
+    buf = np.asarray(canvas.buffer_rgba())
+    for ax, spec in zip(layout.mains, specs, strict=True):
+        ax.draw_artist(ax.set_title(spec.title, loc="left", fontsize="medium", y=1.0))
+    rasters = _draw_panels(layout, panels, time_axis, buf)
+    _draw_time_ticks(layout, pos, labels)
+    layout.title.set_text(f"{title}  {_span_of(rows)}")
+    fig.draw_artist(layout.title)
+    rgba_out = np.array(buf, copy=True)
+    texts = {
+        "title": layout.title.get_text(),
+        "xticklabels": list(labels),
+        "xticks": [float(p) for p in pos],
+        "row_titles": [ax.get_title(loc="left") for ax in layout.mains],
+        "ylims": [ax.get_ylim() for ax in layout.mains],
+    }
+    limits = {
+        spec.key: {
+            "y_min": float(spec.y_lim[0]),
+            "y_max": float(spec.y_lim[1]),
+            "z_min": float(spec.norm[1]),
+            "z_max": float(spec.norm[2]),
+        }
+        for spec in specs
+        if spec.kind == "data"
+    }
+    metadata = {
+        "Software": _software(),
+        **_provenance_text(list(rows), limits, time_axis.drawn_ranges(), names),
+    }
+
+    def vector() -> Figure:
+        return _vector_figure(
+            specs, rasters, figsize, dpi, bottom, names, time_axis, pos, labels, texts["title"]
+        )
+
+    return RasterFigure(rgba_out, metadata, float(dpi), vector, texts)
+
+
+def _row_specs(
+    rows: Sequence[Any],
+    time_axis: TimeAxis,
+    style: RenderStyle,
+    settings: Mapping[str, Mapping[str, Any]],
+    colormap: Any,
+    percentile: tuple[float, float],
+    y_ticks: Sequence[float] | None,
+) -> tuple[list[_RowSpec], list[Any]]:
+    """Each row's layout spec (what its cached axes look like) and its panel geometry
+    (None for a placeholder or a row without data)."""
+    y_scale = style.y_scale
     specs, panels = [], []
     for row in rows:
         if row.empty:
@@ -481,16 +539,14 @@ def render_grid(
             )
         )
         panels.append(panel)
-    # row titles are drawn per figure (they name the hemisphere's downgoing/upgoing rows,
-    # which change from orbit to orbit): one cached layout serves both hemispheres
-    static = tuple(replace(spec, title="") for spec in specs)
-    key = (static, tuple(figsize), float(dpi), bottom, tuple(names))
-    layout = _layout(key, static, tuple(figsize), float(dpi), bottom, tuple(names))
-    fig, canvas = layout.fig, layout.fig.canvas
-    canvas.restore_region(layout.background)
-    buf = np.asarray(canvas.buffer_rgba())
-    for ax, spec in zip(layout.mains, specs, strict=True):
-        ax.draw_artist(ax.set_title(spec.title, loc="left", fontsize="medium", y=1.0))
+    return specs, panels
+
+
+def _draw_panels(
+    layout: _Layout, panels: Sequence[Any], time_axis: TimeAxis, buf: np.ndarray
+) -> list[np.ndarray | None]:
+    """Colour-map each panel straight into its pixels of ``buf``; then the spines and the
+    hatched breaks over them. Returns each panel's RGBA raster (None where none)."""
     x_lo, x_hi = time_axis.extent
     rasters = []
     for ax, panel in zip(layout.mains, panels, strict=True):
@@ -509,6 +565,11 @@ def render_grid(
     for ax in layout.mains:
         for a, b in time_axis.breaks:
             ax.draw_artist(_break_patch(ax, a, b))
+    return rasters
+
+
+def _draw_time_ticks(layout: _Layout, pos: Sequence[float], labels: Sequence[str]) -> None:
+    """The time tick marks of every panel and the tick labels of the lowest one."""
     shown = _in_view(layout.mains[-1].xaxis, pos)
     for ax, marks in zip(layout.mains, layout.xmarks, strict=True):
         for line, side in marks:
@@ -523,44 +584,15 @@ def render_grid(
                 label.set_x(x)
                 label.set_text(text)
                 low.draw_artist(label)
+
+
+def _span_of(rows: Sequence[Any]) -> str:
+    """The UT span of the rows' known times, for the title."""
     t_known = [r.times[~np.isnat(r.times)] for r in rows if not r.empty]
     t_known = [t for t in t_known if t.size]
-    span = (
-        _format_span(min(t.min() for t in t_known), max(t.max() for t in t_known))
-        if t_known
-        else "(no data)"
-    )
-    layout.title.set_text(f"{title}  {span}")
-    fig.draw_artist(layout.title)
-    rgba_out = np.array(buf, copy=True)
-    texts = {
-        "title": layout.title.get_text(),
-        "xticklabels": list(labels),
-        "xticks": [float(p) for p in pos],
-        "row_titles": [ax.get_title(loc="left") for ax in layout.mains],
-        "ylims": [ax.get_ylim() for ax in layout.mains],
-    }
-    limits = {
-        spec.key: {
-            "y_min": float(spec.y_lim[0]),
-            "y_max": float(spec.y_lim[1]),
-            "z_min": float(spec.norm[1]),
-            "z_max": float(spec.norm[2]),
-        }
-        for spec in specs
-        if spec.kind == "data"
-    }
-    metadata = {
-        "Software": _software(),
-        **_provenance_text(list(rows), limits, time_axis.drawn_ranges(), names),
-    }
-
-    def vector() -> Figure:
-        return _vector_figure(
-            specs, rasters, figsize, dpi, bottom, names, time_axis, pos, labels, texts["title"]
-        )
-
-    return RasterFigure(rgba_out, metadata, float(dpi), vector, texts)
+    if not t_known:
+        return "(no data)"
+    return _format_span(min(t.min() for t in t_known), max(t.max() for t in t_known))
 
 
 def _vector_figure(specs, rasters, figsize, dpi, bottom, names, time_axis, pos, labels, title):

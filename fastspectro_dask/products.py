@@ -39,6 +39,7 @@ from matplotlib.figure import Figure
 from fastspectro_dask.config import ENGINES, RenderStyle
 from fastspectro_dask.draw import (
     _grid_time_axis,
+    _span_of,
     _squeezed_ticks,
     _unix_seconds,
     render_grid,
@@ -47,7 +48,6 @@ from fastspectro_dask.geometry import (
     _UTC,
     _check_scale,
     _datetime_to_num,
-    _format_span,
     _to_datetime64,
 )
 from fastspectro_dask.output import _provenance_text
@@ -386,56 +386,89 @@ def _render_grid(
     """The reference drawing of a grid (:func:`make_spectrogram` per row, zoom columns
     for marked ``intervals``); ``time_axis`` None: a plain date axis."""
     style = grid.style
-    n_zoom = len(intervals)
     fig = _new_figure(style.figsize, style.dpi, grid.layout)
-    mains, zooms, caxes = _grid_axes(fig, len(rows), n_zoom, grid.layout, bottom)
+    mains, zooms, caxes = _grid_axes(fig, len(rows), len(intervals), grid.layout, bottom)
     spans: list[tuple[float, float]] = []
-    t_first: list[np.datetime64] = []
-    t_last: list[np.datetime64] = []
     for row, ax, cax, zax in zip(rows, mains, caxes, zooms, strict=True):
-        ax.set_label(row.key)
-        ax.set_title(row.title, loc="left", fontsize="medium", y=1.0)
-        if time_axis is None:
-            _date_axis(ax)
+        span = _reference_row(row, ax, cax, zax, settings, grid, time_axis)
+        if span is not None:
+            spans.append(span)
+    _shared_time_limits(mains, rows, spans, time_axis)
+    label_rows = ["UT"]
+    if time_axis is not None:
+        label_rows = _squeezed_ticks(mains, time_axis, grid.ephemeris, context)
+    else:
+        mains[-1].set_xlabel("UT")
+    for k, interval in enumerate(intervals):
+        _mark_interval(mains, [zr[k] for zr in zooms], interval, grid, time_axis)
+    fig.suptitle(f"{title}  {_span_of(rows)}", fontsize="large")
+    fig.fastspectro_metadata = _provenance(rows, mains, time_axis, label_rows)
+    if all(r.empty for r in rows):
+        logger.warning("%s: no row has data", context)
+    return fig
+
+
+def _reference_row(
+    row: _Row,
+    ax: Axes,
+    cax: Axes,
+    zax: list[Axes],
+    settings: dict[str, dict[str, Any]],
+    grid: _Grid,
+    time_axis: TimeAxis | None,
+) -> tuple[float, float] | None:
+    """Draw one row (and its zoom axes) the reference way; the x span of its data, if
+    any was drawn."""
+    style = grid.style
+    ax.set_label(row.key)
+    ax.set_title(row.title, loc="left", fontsize="medium", y=1.0)
+    if time_axis is None:
+        _date_axis(ax)
+    for z in zax:
+        z.set_label(f"{row.key}-zoom")
+    if row.empty:
+        _placeholder(ax, row.key, cax)
         for z in zax:
-            z.set_label(f"{row.key}-zoom")
-        if row.empty:
-            _placeholder(ax, row.key, cax)
-            for z in zax:
-                z.set_facecolor("0.94")
-                z.tick_params(left=False, labelleft=False)
-            continue
-        s = settings[row.key]
-        meshes = make_spectrogram(
-            ax,
-            **_panel_kwargs(row, s, style, grid.percentile, grid.colormap, time_axis),
-            y_label=s.get("y_label", DEFAULT_Y_LABEL),
-            z_label=s.get("z_label"),
-            cax=cax,
+            z.set_facecolor("0.94")
+            z.tick_params(left=False, labelleft=False)
+        return None
+    s = settings[row.key]
+    meshes = make_spectrogram(
+        ax,
+        **_panel_kwargs(row, s, style, grid.percentile, grid.colormap, time_axis),
+        y_label=s.get("y_label", DEFAULT_Y_LABEL),
+        z_label=s.get("z_label"),
+        cax=cax,
+    )
+    y_lim = ax.get_ylim()
+    for z in zax:  # the zoom axes share y with the row: same limits and norm
+        make_spectrogram(
+            z,
+            row.times,
+            row.energies,
+            row.values,
+            y_scale=style.y_scale,
+            z_scale=style.z_scale,
+            y_min=y_lim[0],
+            y_max=y_lim[1],
+            colormap=grid.colormap,
+            y_label=None,
+            colorbar=False,
+            norm=meshes[0].norm if meshes else None,
+            durations=row.durations,
         )
-        if meshes:
-            spans.append(ax.get_xlim())
-        t = row.times[~np.isnat(row.times)]
-        t_first.append(t.min())
-        t_last.append(t.max())
-        y_lim = ax.get_ylim()
-        for z in zax:  # the zoom axes share y with the row: same limits and norm
-            make_spectrogram(
-                z,
-                row.times,
-                row.energies,
-                row.values,
-                y_scale=style.y_scale,
-                z_scale=style.z_scale,
-                y_min=y_lim[0],
-                y_max=y_lim[1],
-                colormap=grid.colormap,
-                y_label=None,
-                colorbar=False,
-                norm=meshes[0].norm if meshes else None,
-                durations=row.durations,
-            )
-            z.tick_params(labelleft=False)
+        z.tick_params(labelleft=False)
+    return ax.get_xlim() if meshes else None
+
+
+def _shared_time_limits(
+    mains: list[Axes],
+    rows: list[_Row],
+    spans: list[tuple[float, float]],
+    time_axis: TimeAxis | None,
+) -> None:
+    """The shared time limits of the rows: the squeezed axis' extent, else the drawn
+    spans, else the orbit's time span if known; tick labels on the lowest row only."""
     if time_axis is not None:
         spans = [time_axis.extent]
     elif not spans:  # no row has data: still show the orbit's time span if known
@@ -444,7 +477,7 @@ def _render_grid(
         if known:
             t_all = np.concatenate(known)
             a, b = _datetime_to_num(np.array([t_all.min(), t_all.max()]))
-            spans.append((a, b) if b > a else (a - 0.5 / 1440, b + 0.5 / 1440))
+            spans = [(a, b) if b > a else (a - 0.5 / 1440, b + 0.5 / 1440)]
     if spans:
         lo, hi = min(a for a, _ in spans), max(b for _, b in spans)
         mains[0].set_xlim(lo, hi)
@@ -454,41 +487,38 @@ def _render_grid(
         mains[-1].tick_params(labelbottom=False)
     for ax in mains[:-1]:
         ax.tick_params(labelbottom=False)
-    label_rows = ["UT"]
+
+
+def _mark_interval(
+    mains: list[Axes],
+    column: list[Axes],
+    interval: Interval,
+    grid: _Grid,
+    time_axis: TimeAxis | None,
+) -> None:
+    """A marked interval: shaded on every row, and a zoomed ``column`` of its own."""
+    start, end, label = interval
+    a, b = _datetime_to_num(np.array([start, end]))
     if time_axis is not None:
-        label_rows = _squeezed_ticks(mains, time_axis, grid.ephemeris, context)
-    else:
-        mains[-1].set_xlabel("UT")
-    # Marked intervals: shaded on every row, a zoomed column each.
-    for k, (start, end, label) in enumerate(intervals):
-        a, b = _datetime_to_num(np.array([start, end]))
-        if time_axis is not None:
-            a, b = time_axis.to_axis(
-                np.array([start, end]).astype("datetime64[ns]").astype(np.int64) / 1e9
-            )
-        for ax in mains:  # a bar along the top and dashed bounds; the data stay visible
-            ax.axvspan(a, b, ymin=0.95, ymax=1.0, color="k", alpha=0.7, lw=0)
-            ax.axvline(a, color="k", lw=0.8, ls="--")
-            ax.axvline(b, color="k", lw=0.8, ls="--")
-        centre = start + (end - start) / 2
-        half = np.timedelta64(int(grid.zoom_duration_minutes * 30e9), "ns")
-        z0, z1 = _datetime_to_num(np.array([centre - half, centre + half]))
-        column = [zr[k] for zr in zooms]
-        column[0].set_xlim(z0, z1)
-        for z in column:
-            _date_axis(z)
-            z.axvline(a, color="k", lw=0.8, ls="--")
-            z.axvline(b, color="k", lw=0.8, ls="--")
-        for z in column[:-1]:
-            z.tick_params(labelbottom=False)
-        a_s, b_s = (str(x.astype("datetime64[s]"))[11:] for x in (start, end))
-        column[0].set_title(f"{label}  {a_s}\N{EN DASH}{b_s}".strip(), fontsize="small", y=1.0)
-    span = _format_span(min(t_first), max(t_last)) if t_first else "(no data)"
-    fig.suptitle(f"{title}  {span}", fontsize="large")
-    fig.fastspectro_metadata = _provenance(rows, mains, time_axis, label_rows)
-    if not t_first:
-        logger.warning("%s: no row has data", context)
-    return fig
+        a, b = time_axis.to_axis(
+            np.array([start, end]).astype("datetime64[ns]").astype(np.int64) / 1e9
+        )
+    for ax in mains:  # a bar along the top and dashed bounds; the data stay visible
+        ax.axvspan(a, b, ymin=0.95, ymax=1.0, color="k", alpha=0.7, lw=0)
+        ax.axvline(a, color="k", lw=0.8, ls="--")
+        ax.axvline(b, color="k", lw=0.8, ls="--")
+    centre = start + (end - start) / 2
+    half = np.timedelta64(int(grid.zoom_duration_minutes * 30e9), "ns")
+    z0, z1 = _datetime_to_num(np.array([centre - half, centre + half]))
+    column[0].set_xlim(z0, z1)
+    for z in column:
+        _date_axis(z)
+        z.axvline(a, color="k", lw=0.8, ls="--")
+        z.axvline(b, color="k", lw=0.8, ls="--")
+    for z in column[:-1]:
+        z.tick_params(labelbottom=False)
+    a_s, b_s = (str(x.astype("datetime64[s]"))[11:] for x in (start, end))
+    column[0].set_title(f"{label}  {a_s}\N{EN DASH}{b_s}".strip(), fontsize="small", y=1.0)
 
 
 def _provenance(

@@ -179,7 +179,7 @@ class Ephemeris:
         }
 
     def hemisphere(self, t0: Any, t1: Any) -> str | None:
-        """``"north"`` or ``"south"`` from the sign of the median ILAT over ``[t0, t1]``.
+        """``"north"`` or ``"south"`` if the whole span ``[t0, t1]`` is in one hemisphere.
 
         Parameters
         ----------
@@ -189,21 +189,41 @@ class Ephemeris:
         Returns
         -------
         str or None
-            The hemisphere; None when the ephemeris has no valid ILAT in the span
-            (also none interpolated at its ends) or the median is exactly 0.
+            The hemisphere of every valid ILAT sample in the span and of the ILAT
+            interpolated at its ends and middle (see :meth:`hemisphere_of`); None when
+            there is none or the span crosses the magnetic equator.
         """
         a, b = sorted(float(x) for x in _to_unix(np.array([t0, t1])).ravel())
         if not (math.isfinite(a) and math.isfinite(b)):
             return None
         ok = np.isfinite(self.ilat) & (self.time >= a) & (self.time <= b)
-        ends = self._interp(np.array([a, 0.5 * (a + b), b]), self.ilat)
-        samples = np.concatenate([self.ilat[ok], ends[np.isfinite(ends)]])
-        if samples.size == 0:
+        return self.hemisphere_of(np.concatenate([self.time[ok], [a, 0.5 * (a + b), b]]))
+
+    def hemisphere_of(self, times: Any) -> str | None:
+        """``"north"`` or ``"south"`` if the ILAT at every one of ``times`` has that sign.
+
+        A row named "downgoing" must be downgoing for all of its data: a figure whose
+        data lie on both sides of the magnetic equator gets None (rows named by pitch
+        angle only).
+
+        Parameters
+        ----------
+        times : array-like of datetime64 or float
+            E.g. the record times of the drawn data (unix seconds or ``datetime64``).
+
+        Returns
+        -------
+        str or None
+            None when no time has a valid ILAT (outside the ephemeris, in its gaps), when
+            ILAT has both signs, or when it is 0 at all of them.
+        """
+        ilat = self.at(times)["ILAT"]
+        ilat = ilat[np.isfinite(ilat) & (ilat != 0)]
+        if ilat.size == 0:
             return None
-        med = float(np.median(samples))
-        if med > 0:
+        if (ilat > 0).all():
             return "north"
-        if med < 0:
+        if (ilat < 0).all():
             return "south"
         return None
 

@@ -41,7 +41,6 @@ from fastspectro_dask.draw import (
     _grid_time_axis,
     _span_of,
     _squeezed_ticks,
-    _unix_seconds,
     render_grid,
 )
 from fastspectro_dask.geometry import (
@@ -789,14 +788,26 @@ def _grid_figure(
         )
 
 
-def _hemisphere(ephemeris: Any | None, times: np.ndarray) -> str | None:
-    """``"north"``/``"south"`` over the drawn data from the orbit file, else None."""
+def _hemisphere(ephemeris: Any | None, times: np.ndarray, context: str) -> str | None:
+    """``"north"``/``"south"`` from the orbit file if all the drawn data (records at
+    ``times``) lie in that hemisphere, else None (rows then named by pitch angle only)."""
     t = np.asarray(times)
     t = t[~np.isnat(t)] if t.size else t
     if ephemeris is None or t.size == 0:
         return None
     try:
-        return ephemeris.hemisphere(*_unix_seconds(np.array([t.min(), t.max()])))
+        hemisphere = ephemeris.hemisphere_of(t)
+        if hemisphere is None:
+            ilat = ephemeris.at(t)["ILAT"]
+            if (ilat > 0).any() and (ilat < 0).any():
+                logger.info(
+                    "%s: the data lie in both hemispheres (ILAT %+.1f to %+.1f deg): "
+                    "pitch-angle rows named by angle only, not downgoing/upgoing",
+                    context,
+                    np.nanmin(ilat),
+                    np.nanmax(ilat),
+                )
+        return hemisphere
     except Exception as exc:  # a bad orbit file never fails a figure
         logger.warning("hemisphere unknown: %s", exc)
         return None
@@ -864,8 +875,9 @@ def FAST_plot_pitch_angle_grid(
         As for :func:`FAST_plot_instrument_grid`.
     squeeze_gaps_minutes, ephemeris, engine
         As for :func:`FAST_plot_instrument_grid`. With an ephemeris, the rows centred on
-        0 and 180 deg are also named downgoing/upgoing for the hemisphere (by the sign of
-        ILAT over the drawn data).
+        0 and 180 deg are also named downgoing/upgoing for the hemisphere, when ILAT has
+        one sign at every record drawn (data on both sides of the magnetic equator: rows
+        named by pitch angle only).
 
     Returns
     -------
@@ -904,7 +916,8 @@ def _pitch_angle_grid(
     energies = np.asarray(red["energy"].values, dtype=np.float64)
     values = np.asarray(red["values"].values, dtype=np.float64)
     durations = _durations_of(red)
-    hemisphere = _hemisphere(grid.ephemeris, times)
+    drawn = red["values"].notnull().any([d for d in red["values"].dims if d != "time"])
+    hemisphere = _hemisphere(grid.ephemeris, times[drawn.values], f"orbit {orbit_number}")
     rows = []
     for i, key in enumerate(keys):
         rows.append(

@@ -116,6 +116,32 @@ def test_ephemeris_rows_hemisphere_names_and_png_provenance(tmp_path):
     assert "upgoing" in titles["parallel"] and "downgoing" in titles["antiparallel"]
 
 
+def test_pitch_angle_rows_of_data_on_both_sides_of_the_equator_are_named_by_angle(caplog):
+    """A row named downgoing must be downgoing for all its data: with records north and
+    south of the magnetic equator the rows are named by pitch angle only (and the log says
+    why); the same records all in the north are named for the north."""
+    a = _reduced(np.concatenate([np.arange(0, 600, 2.5), np.arange(3600, 4200, 2.5)]))
+    pa = a.assign_coords(category=["parallel"]).reindex(category=["parallel", "antiparallel"])
+    pa["values"] = pa["values"].fillna(5.0)
+    t = U0 + np.arange(-60.0, 4300.0, 20.0)
+    # north for the first pass, south for the second (the median of ILAT is north)
+    ilat = np.where(t < U0 + 2000, 70.0, -20.0)
+    eph = Ephemeris(time=t, alt=np.full(t.size, 1e3), ilat=ilat, mlt=np.full(t.size, 6.0))
+    assert eph.hemisphere_of(np.array([U0 + 10.0, U0 + 3700.0])) is None
+    assert eph.hemisphere(U0, U0 + 600) == "north" and eph.hemisphere(U0, U0 + 4200) is None
+    with caplog.at_level("INFO", logger="fastspectro_dask.products"):
+        fig = FAST_plot_pitch_angle_grid(pa, ephemeris=eph, instrument="ees")
+    titles = {x.get_label(): x.get_title(loc="left") for x in fig.axes if x.get_label()}
+    assert not any("going" in titles[k] for k in ("parallel", "antiparallel"))
+    assert "0\N{PLUS-MINUS SIGN}30\N{DEGREE SIGN}" in titles["parallel"]
+    assert "both hemispheres" in caplog.text
+    # the same records with data only in the first pass (north): named for the north
+    north = pa.where(pa["time"] < T0 + np.timedelta64(2000, "s"))
+    fig = FAST_plot_pitch_angle_grid(north, ephemeris=eph, instrument="ees")
+    titles = {x.get_label(): x.get_title(loc="left") for x in fig.axes if x.get_label()}
+    assert "downgoing" in titles["parallel"] and "upgoing" in titles["antiparallel"]
+
+
 def test_ephemeris_of_a_synth_orbit_file_and_mlt_wrap(synth_dataset):
     path = next(iter(synth_dataset.orb_files.values()))
     eph = read_ephemeris(path)

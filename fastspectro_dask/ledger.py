@@ -43,6 +43,7 @@ from fastspectro_dask.atomic import (
     json_dumps,
     load_json_state,
     move_aside,
+    remove_stale_temporaries,
 )
 from fastspectro_dask.quantiles import Histogram
 
@@ -248,7 +249,13 @@ class Ledger:
         return {i: {c: Merged() for c in self.cats} for i in self.instruments}
 
     def open(self) -> dict[str, Any]:
-        """Load the committed state; returns the JSON document (``{}``: start afresh)."""
+        """Load the committed state; returns the JSON document (``{}``: start afresh).
+
+        Call it under the state's :class:`~fastspectro_dask.atomic.StateLock`: it removes
+        the temporaries a killed writer left beside the JSON and the journal.
+        """
+        for path in (self.json_path, self.journal_path):
+            remove_stale_temporaries(path)
         existed = self.json_path.exists()
         state = load_json_state(self.json_path, kind="extrema") or {}
         if existed and not state:

@@ -253,3 +253,17 @@ def test_malformed_committed_line_is_named(tmp_path, line, why, caplog):
         assert reopen(tmp_path)[1] == {}
     assert "line 4" in caplog.text and why in caplog.text
     assert list(tmp_path.glob("x.ledger.jsonl.corrupt-*"))
+
+
+def test_open_removes_temporaries_a_killed_writer_left(tmp_path):
+    """A kill -9 inside an atomic write of the JSON or of a compacted journal leaves a
+    temporary beside it: the next open (under the lock) removes ours, nothing else."""
+    led, _ = committed(tmp_path, 3)
+    led.close()
+    ours = [".x.json.4242.0123456789ab.tmp", ".x.ledger.jsonl.4242.ba9876543210.tmp"]
+    other = tmp_path / ".y.json.4242.0123456789ab.tmp"
+    for name in [*ours, other.name]:
+        (tmp_path / name).write_bytes(b"partial")
+    again, doc = reopen(tmp_path)
+    assert doc["complete"] is False and again.ledger == entries(0, 3)
+    assert not any((tmp_path / name).exists() for name in ours) and other.exists()

@@ -1,11 +1,11 @@
 """The one atomic writer of the package, the lock of a state file, and their clean-up.
 
-Every file the package writes (state JSON, ledger rewrite, figures, run summary, report
-pages) goes through :func:`atomic_open`: a temporary ``.<name>.<pid>.<12 hex>.tmp`` in the
-target's folder, created ``0666`` minus the umask (not ``mkstemp``'s ``0600``), flushed and
-``fsync``-ed, then moved onto the target with :func:`os.replace`. A reader sees the old file
-or the new one, never a mix; on any error the temporary is removed, and one a ``kill -9``
-left behind is removed by :func:`remove_stale_temporaries` at the next run.
+Every file the package writes (state JSON, ledger journal rewrite, figures, run summary,
+report pages) goes through :func:`atomic_open`: a temporary ``.<name>.<pid>.<12 hex>.tmp``
+in the target's folder, created ``0666`` minus the umask (not ``mkstemp``'s ``0600``),
+flushed and ``fsync``-ed, then moved onto the target with :func:`os.replace`. A reader sees
+the old file or the new one, never a mix; on any error the temporary is removed, and one a
+``kill -9`` left behind is removed by :func:`remove_stale_temporaries` at the next run.
 
 A corrupt state file is moved aside (:func:`move_aside`, kept, never deleted) by
 :func:`load_json_state`, and :class:`StateLock` refuses a second run on the same state.
@@ -48,23 +48,13 @@ logger = logging.getLogger(__name__)
 _TMP_SUFFIX = re.compile(r"\.(?:\d+\.[0-9a-f]{12}|[a-z0-9_]{8})\.tmp")
 
 
-def fsync_dir(directory: str | os.PathLike[str]) -> None:
-    """Best-effort ``fsync`` of a folder, so that a rename in it survives a power loss."""
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike[str], *, sync_dir: bool = True) -> Iterator[IO[bytes]]:
     """Open a binary file whose content replaces ``path`` atomically when the block ends.
 
     The target is replaced only if the block completes; on any error (or interrupt) the
     temporary is removed and the target is untouched. ``sync_dir`` also ``fsync``-s the
-    folder after the rename (state files; figures skip it).
+    folder after the rename, best effort (state files; figures skip it).
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
@@ -78,15 +68,19 @@ def atomic_open(path: str | os.PathLike[str], *, sync_dir: bool = True) -> Itera
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    if sync_dir:
-        fsync_dir(path.parent)
+    if sync_dir:  # so that the rename survives a power loss
+        with contextlib.suppress(OSError):
+            fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
 
-def atomic_write(path: str | os.PathLike[str], data: bytes, *, sync_dir: bool = True) -> Path:
-    """Write ``data`` to ``path`` atomically (:func:`atomic_open`); returns the path."""
+def atomic_write(path: str | os.PathLike[str], data: bytes, *, sync_dir: bool = True) -> None:
+    """Write ``data`` to ``path`` atomically (:func:`atomic_open`)."""
     with atomic_open(path, sync_dir=sync_dir) as fh:
         fh.write(data)
-    return Path(path)
 
 
 def _to_builtin(obj: Any) -> Any:
@@ -114,10 +108,10 @@ def json_dumps(obj: Any, **kw: Any) -> str:
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | None = 1) -> None:
-    """Write ``obj`` as JSON (sorted keys) to ``path`` with :func:`atomic_write`.
+    """Write ``obj`` as JSON (:func:`json_dumps`) to ``path`` with :func:`atomic_write`.
 
     Serialised first, so a ``TypeError``/``ValueError`` (NaN, an unknown type) never
-    touches the target. numpy values, sets, tuples and paths become plain JSON.
+    touches the target.
     """
     atomic_write(path, (json_dumps(obj, indent=indent) + "\n").encode("utf-8"))
 
@@ -184,9 +178,9 @@ def load_json_state(path: str | os.PathLike[str], *, kind: str = "state") -> dic
     except FileNotFoundError:
         return None
     try:
-        obj = json.loads(raw.decode("utf-8"))
+        obj = json.loads(raw)
         reason = f"JSON {type(obj).__name__}, not an object"
-    except (UnicodeDecodeError, ValueError) as exc:
+    except ValueError as exc:  # UnicodeDecodeError included
         obj, reason = None, f"not valid JSON ({exc})" if raw.strip() else "empty file"
     if isinstance(obj, dict):
         return obj
@@ -245,12 +239,10 @@ class StateLock:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except (BlockingIOError, PermissionError) as exc:
-            with fh:
+            holder = None
+            with fh, contextlib.suppress(OSError, ValueError):
                 fh.seek(0)
-                try:
-                    holder = json.loads(fh.read(4096).decode("utf-8"))
-                except (OSError, ValueError):
-                    holder = None
+                holder = json.loads(fh.read(4096))
             raise StateLockedError(
                 self.lock_path, holder if isinstance(holder, dict) else None
             ) from exc

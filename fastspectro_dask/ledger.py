@@ -6,8 +6,9 @@ Two files (schema 3), committed every ``flush_batch_size`` orbits and at the end
   results, the merged pass-1 histograms (:class:`Merged`, bounded whatever the mission size)
   and ``journal``, the *commit record* of the ledger (``id``, ``lines``, ``bytes``,
   ``sha256`` of its committed part);
-* ``extrema.ledger.jsonl`` (:func:`journal_path`): a :class:`JsonLinesJournal` of
-  ``{"op": "put", "path", ...entry}`` and ``{"op": "del", "path"}`` lines after a header.
+* ``extrema.ledger.jsonl`` (:func:`journal_path`): an append-only journal of
+  ``{"op": "put", "path", ...entry}`` and ``{"op": "del", "path"}`` lines (:func:`encode`)
+  after a header that carries the journal's random ``id``.
 
 A flush appends and ``fsync``-s the batch's lines, *then* replaces the JSON: that replace is
 the commit point, and neither step costs more as the ledger grows. On load only the
@@ -29,7 +30,7 @@ import logging
 import os
 import uuid
 import zlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -37,16 +38,16 @@ import numpy as np
 
 from fastspectro_dask.atomic import (
     _utc_now,
-    atomic_open,
+    atomic_write,
     atomic_write_json,
-    fsync_dir,
     json_dumps,
     load_json_state,
     move_aside,
+    remove_stale_temporaries,
 )
 from fastspectro_dask.quantiles import Histogram
 
-__all__ = ["SCHEMA", "JsonLinesJournal", "Ledger", "Merged", "committed_ledger", "journal_path"]
+__all__ = ["SCHEMA", "Ledger", "Merged", "committed_ledger", "encode", "journal_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,243 +57,57 @@ SCHEMA = 3
 #: this fraction of the live entries.
 _COMPACT_MIN_SUPERSEDED = 1024
 _COMPACT_FRACTION = 0.25
+_KIND = "extrema ledger journal"  # in the warning of a file moved aside
 _PASS1_ENCODING = (
     "zlib + base64 of little-endian arrays; hist: the uint16 differences of the ascending bin "
     "keys (float32 bits >> 16; the first difference is from 0), then their int64 counts; "
     "energy: the ascending float64 energies, then their int64 counts"
 )
-_ENTRY_FIELDS = frozenset({"orbit", "instrument", "size", "mtime_ns", "status"})
-_COUNTED_FIELDS = _ENTRY_FIELDS | {"entry", "min_positive"}
 
 
-class JsonLinesJournal:
-    """An append-only JSON-lines file whose committed length is recorded elsewhere.
+def encode(record: Mapping[str, Any]) -> bytes:
+    """One journal line: compact JSON, sorted keys, ``\\n``-terminated."""
+    return (json_dumps(record, separators=(",", ":")) + "\n").encode("utf-8")
 
-    :meth:`add` queues records; :meth:`commit` appends them, ``fsync``-s and returns the
-    commit record ``{"file", "id", "lines", "bytes", "sha256"}`` that the caller stores in
-    its JSON, written afterwards. :meth:`load` accepts the first candidate record that the
-    file's prefix matches (the header line carries a random ``id``), truncates an
-    uncommitted tail and moves a journal that matches none aside. A rewrite
-    (:meth:`prepare_rewrite`, :meth:`finish_rewrite`) replaces the whole file.
+
+def _read_journal(path: Path, commits: Iterable[Any]) -> tuple[list[dict[str, Any]], dict, Any]:
+    """The committed lines of the journal at ``path`` (header first), the commit record of
+    the first of ``commits`` it matches and the running sha256 of that prefix.
+
+    ``ValueError`` saying why none matches (or that there is no journal).
     """
-
-    def __init__(self, path: str | os.PathLike[str], *, kind: str = "journal") -> None:
-        self.path = Path(path)
-        self.kind = kind
-        self.header: dict[str, Any] | None = None
-        self._fh: IO[bytes] | None = None  # the append handle
-        self._pending: list[bytes] = []
-        self._next: tuple[Any, ...] | None = None  # a prepared rewrite: state and header
-        self._state: tuple[Any, ...] | None = None  # committed (id, sha256, bytes, lines)
-        #: Bytes appended by the last :meth:`commit`.
-        self.last_commit_bytes = 0
-
-    #: Where a rewrite is prepared (deterministic: a stale one is overwritten).
-    tmp_path = property(lambda self: self.path.with_name(f".{self.path.name}.rewrite.tmp"))
-    lines = property(
-        lambda self: self._state[3] if self._state else 0, doc="Committed lines, header included."
-    )
-    size = property(lambda self: self._state[2] if self._state else 0, doc="Committed bytes.")
-    pending = property(lambda self: len(self._pending), doc="Records queued, not committed.")
-
-    def _record(self, state: tuple[Any, ...] | None) -> dict[str, Any] | None:
-        if state is None:
-            return None
-        jid, h, nbytes, nlines = state[:4]
-        return {
-            "file": self.path.name,
-            "id": jid,
-            "lines": nlines,
-            "bytes": nbytes,
-            "sha256": h.hexdigest(),
-        }
-
-    @property
-    def record(self) -> dict[str, Any] | None:
-        """The commit record of what is committed now (``None`` before create/load)."""
-        return self._record(self._state)
-
-    @staticmethod
-    def encode(record: Mapping[str, Any]) -> bytes:
-        """One record as its line: compact JSON, sorted keys, ``\\n``-terminated."""
-        return (json_dumps(record, separators=(",", ":")) + "\n").encode("utf-8")
-
-    def _loaded(self) -> tuple[Any, ...]:
-        if self._state is None:
-            raise RuntimeError(f"{self.path}: create() or load() the journal first")
-        return self._state
-
-    def add(self, record: Mapping[str, Any]) -> None:
-        """Queue one record (a mapping) for the next :meth:`commit`."""
-        self._loaded()
-        if not isinstance(record, Mapping):
-            raise TypeError("a journal record must be a mapping")
-        self._pending.append(self.encode(record))
-
-    def discard_pending(self) -> None:
-        """Forget the queued records."""
-        self._pending = []
-
-    def _append_fd(self) -> int:
-        if self._fh is None:
-            self._fh = open(self.path, "ab", buffering=0)  # closed by close() (or the GC)
-        return self._fh.fileno()
-
-    def commit(self) -> dict[str, Any]:
-        """Append the queued records, ``fsync``, return the new commit record.
-
-        On an error the file is cut back to the committed length and the records stay queued.
-        """
-        jid, h, nbytes, nlines = self._loaded()
-        data = b"".join(self._pending)
-        if data:
-            fd = self._append_fd()
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.ftruncate(fd, nbytes)
-                raise
-            (h := h.copy()).update(data)
-            self._state = (jid, h, nbytes + len(data), nlines + len(self._pending))
-            self._pending = []
-        self.last_commit_bytes = len(data)
-        return self.record  # type: ignore[return-value]
-
-    def prepare_rewrite(
-        self, header: Mapping[str, Any] | None = None, records: Iterable[Mapping[str, Any]] = ()
-    ) -> dict[str, Any]:
-        """Write a whole new journal to :attr:`tmp_path`; returns its future commit record."""
-        if self._pending:
-            raise RuntimeError("commit or discard the queued records before a rewrite")
-        jid = uuid.uuid4().hex
-        head = {**(header or {}), "journal": self.kind, "id": jid, "created_utc": _utc_now()}
-        h, nbytes, nlines = hashlib.sha256(), 0, 0
-        with atomic_open(self.tmp_path, sync_dir=False) as fh:
-            for line in map(self.encode, (head, *records)):
-                fh.write(line)
-                h.update(line)
-                nbytes, nlines = nbytes + len(line), nlines + 1
-        self._next = (jid, h, nbytes, nlines, head)
-        return self._record(self._next)  # type: ignore[return-value]
-
-    def finish_rewrite(self) -> dict[str, Any]:
-        """Move the prepared journal onto :attr:`path`; returns its commit record."""
-        if self._next is None:
-            raise RuntimeError("no rewrite prepared")
-        self.close()
-        os.replace(self.tmp_path, self.path)
-        fsync_dir(self.path.parent)
-        self._state, self.header, self._next = self._next[:4], self._next[4], None
-        return self.record  # type: ignore[return-value]
-
-    def discard_rewrite(self) -> None:
-        """Drop a prepared rewrite (the current journal stays)."""
-        self._next = None
-        with contextlib.suppress(OSError):
-            os.unlink(self.tmp_path)
-
-    def create(
-        self, header: Mapping[str, Any] | None = None, records: Iterable[Mapping[str, Any]] = ()
-    ) -> dict[str, Any]:
-        """Start a new journal at :attr:`path`; returns its commit record."""
-        self.discard_pending()
-        self.prepare_rewrite(header, records)
-        return self.finish_rewrite()
-
-    def load(
-        self, commits: Iterable[Mapping[str, Any] | None], *, repair: bool = True
-    ) -> list[dict[str, Any]] | None:
-        """Open the journal at the first of ``commits`` it matches; return its records.
-
-        Returns the committed records after the header (in :attr:`header`), or ``None``
-        when there is no candidate, the file is missing (a warning) or it matches none
-        (moved aside). ``repair=False`` only reads: no truncation, nothing moved.
-        """
-        self.close()
-        self._state, self._pending, self.header = None, [], None
-        if repair:
-            with contextlib.suppress(OSError):
-                os.unlink(self.tmp_path)  # a rewrite that was never put in place
-        commits = [c for c in commits if isinstance(c, Mapping)]
-        if not commits:
-            return None
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ValueError(f"{path} is missing") from None
+    reason = "its commit record in the JSON is malformed"
+    for c in commits:
         try:
-            raw = memoryview(self.path.read_bytes())
-        except FileNotFoundError:
-            logger.warning("%s journal %s is missing", self.kind, self.path)
-            return None
-        reason, records = "its commit record in the JSON is malformed", None
-        for c in commits:
-            try:
-                jid, nbytes, nlines, sha = (
-                    str(c["id"]),
-                    int(c["bytes"]),
-                    int(c["lines"]),
-                    c["sha256"],
-                )
-            except (KeyError, TypeError, ValueError):
-                continue
-            h = hashlib.sha256(raw[:nbytes])
-            if nbytes > len(raw):
-                reason = f"{len(raw)} bytes, but {nbytes} were committed"
-            elif h.hexdigest() != sha:
-                reason = "its content does not match the committed checksum"
-            else:
+            nbytes, nlines, sha = int(c["bytes"]), int(c["lines"]), str(c["sha256"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        h = hashlib.sha256(raw[:nbytes])
+        if nbytes > len(raw):
+            reason = f"{len(raw)} bytes, but {nbytes} were committed"
+        elif h.hexdigest() != sha:
+            reason = "its content does not match the committed checksum"
+        else:
+            lines = raw[:nbytes].split(b"\n")
+            if lines.pop() or len(lines) != nlines or not nlines:
+                raise ValueError(f"{len(lines)} full lines, but {nlines} were committed")
+            out = []
+            for n, line in enumerate(lines, start=1):
                 try:
-                    records = self._parse(bytes(raw[:nbytes]), jid, nlines)
-                    self._state = (jid, h, nbytes, nlines)
-                except ValueError as exc:
-                    reason = str(exc)
-                break
-        if records is None:
-            if repair:
-                move_aside(self.path, kind=f"{self.kind} journal", reason=reason)
-            return None
-        if len(raw) > self.size and repair:
-            logger.info(
-                "%s: ignoring %d uncommitted bytes at the end (an interrupted flush); truncated",
-                *(self.path, len(raw) - self.size),
-            )
-            with open(self.path, "r+b") as fh:
-                fh.truncate(self.size)
-                os.fsync(fh.fileno())
-        self.header = records.pop(0)
-        return records
-
-    @staticmethod
-    def _parse(data: bytes, jid: str, nlines: int) -> list[dict[str, Any]]:
-        if not data.endswith(b"\n"):
-            raise ValueError("the committed part does not end with a full line")
-        lines = data.split(b"\n")[:-1]
-        if len(lines) != nlines:
-            raise ValueError(f"{len(lines)} lines, but {nlines} were committed")
-        out = []
-        for n, line in enumerate(lines, start=1):
-            try:
-                out.append(json.loads(line))
-            except (UnicodeDecodeError, ValueError) as exc:
-                raise ValueError(f"line {n} is not valid JSON ({exc})") from None
-            if not isinstance(out[-1], dict):
-                raise ValueError(f"line {n} is not a JSON object")
-        if out[0].get("id") != jid:
-            raise ValueError("its header does not carry the committed journal id")
-        return out
-
-    def move_aside(self, reason: str) -> Path | None:
-        """Close the journal and move its file aside, if it exists."""
-        self.close()
-        self._state, self._pending = None, []
-        return move_aside(self.path, kind=f"{self.kind} journal", reason=reason)
-
-    def close(self) -> None:
-        """Close the append handle (queued records stay queued)."""
-        fh, self._fh = self._fh, None
-        if fh is not None:
-            fh.close()
+                    out.append(json.loads(line))
+                except ValueError as exc:  # UnicodeDecodeError included
+                    raise ValueError(f"line {n} is not valid JSON ({exc})") from None
+                if not isinstance(out[-1], dict):
+                    raise ValueError(f"line {n} is not a JSON object")
+            if out[0].get("id") != c.get("id"):
+                raise ValueError("its header does not carry the committed journal id")
+            rec = {"file": path.name, "id": c["id"], "lines": nlines, "bytes": nbytes}
+            return out, {**rec, "sha256": sha}, h
+    raise ValueError(reason)
 
 
 # --------------------------------------------------------------------------------------
@@ -304,10 +119,6 @@ def _pack(*arrays: np.ndarray) -> str:
     return base64.b64encode(zlib.compress(b"".join(a.tobytes() for a in arrays), 6)).decode()
 
 
-def _unpack(text: str) -> bytes:
-    return zlib.decompress(base64.b64decode(text.encode("ascii"), validate=True))
-
-
 class Merged:
     """Merged pass-1 summary of one (instrument, category): dense, exact integers."""
 
@@ -316,11 +127,11 @@ class Merged:
         self.energy: dict[float, int] = {}
 
     def add(self, summary: Mapping[str, Any], sign: int = 1) -> None:
+        """Add (``sign=-1``: subtract) one file's pass-1 summary."""
         h = Histogram.from_json(summary["hist"])
         self.counts[h.keys.astype(np.int64)] += sign * h.counts
         for e, c in zip(*summary["energy"], strict=True):
-            total = self.energy.get(float(e), 0) + sign * int(c)
-            if total:
+            if total := self.energy.get(float(e), 0) + sign * int(c):
                 self.energy[float(e)] = total
             else:
                 self.energy.pop(float(e), None)
@@ -333,8 +144,7 @@ class Merged:
 
     def to_compact(self) -> dict[str, Any]:
         """The schema-3 form: one short line per array pair (:data:`_PASS1_ENCODING`)."""
-        keys = np.flatnonzero(self.counts)
-        es = sorted(self.energy)
+        keys, es = np.flatnonzero(self.counts), sorted(self.energy)
         return {
             "n": int(self.counts.sum()),
             "bins": int(keys.size),
@@ -345,27 +155,22 @@ class Merged:
 
     @classmethod
     def from_compact(cls, obj: Mapping[str, Any]) -> Merged:
-        """Inverse of :meth:`to_compact`; ``ValueError`` on anything inconsistent."""
-        try:
-            nb, ne, n = int(obj["bins"]), int(obj["energies"]), int(obj["n"])
-            raw, raw_e = _unpack(obj["hist"]), _unpack(obj["energy"])
-        except (KeyError, TypeError, ValueError, zlib.error) as exc:
-            raise ValueError(f"pass-1 histogram not readable: {exc}") from None
-        if len(raw) != 10 * nb or len(raw_e) != 16 * ne:
-            raise ValueError("pass-1 histogram: array lengths do not match")
-        keys = np.cumsum(np.frombuffer(raw[: 2 * nb], "<u2").astype(np.int64))
-        counts = np.frombuffer(raw[2 * nb :], "<i8")
-        es, cs = np.frombuffer(raw_e[: 8 * ne], "<f8"), np.frombuffer(raw_e[8 * ne :], "<i8")
-        if (
-            (nb and (np.any(np.diff(keys) <= 0) or np.any(counts <= 0) or keys[-1] >= 1 << 16))
-            or int(counts.sum()) != n
-            or np.any(cs <= 0)
-            or np.any(np.diff(es) <= 0)
-        ):
-            raise ValueError("pass-1 histogram: inconsistent content")
+        """Inverse of :meth:`to_compact`; ``ValueError`` if it does not decode to ``n``."""
         m = cls()
-        m.counts[keys] = counts
-        m.energy = {float(e): int(c) for e, c in zip(es, cs, strict=True)}
+        try:
+            nb, ne = int(obj["bins"]), int(obj["energies"])
+            raw, raw_e = (
+                zlib.decompress(base64.b64decode(obj[k], validate=True)) for k in ("hist", "energy")
+            )
+            keys = np.cumsum(np.frombuffer(raw[: 2 * nb], "<u2").astype(np.int64))
+            counts = np.frombuffer(raw[2 * nb :], "<i8")
+            m.counts[keys] = counts
+            es, cs = np.frombuffer(raw_e[: 8 * ne], "<f8"), np.frombuffer(raw_e[8 * ne :], "<i8")
+            m.energy = dict(zip(es.tolist(), cs.tolist(), strict=True))
+            if keys.size != nb or es.size != ne or int(counts.sum()) != int(obj["n"]):
+                raise ValueError("array lengths or sum do not match")
+        except (KeyError, TypeError, ValueError, IndexError, zlib.error) as exc:
+            raise ValueError(f"pass-1 histogram not readable: {exc}") from None
         return m
 
 
@@ -376,42 +181,35 @@ class Merged:
 
 def journal_path(json_path: Path) -> Path:
     """``extrema.json`` -> ``extrema.ledger.jsonl`` (any other name: ``<name>.ledger.jsonl``)."""
-    name = json_path.name
-    return json_path.with_name(f"{name.removesuffix('.json')}.ledger.jsonl")
+    return json_path.with_name(f"{json_path.name.removesuffix('.json')}.ledger.jsonl")
 
 
 def replay(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The ledger (relative path -> entry) that journal records describe (consumed)."""
+    """The ledger (relative path -> entry) that journal records describe (consumed).
+
+    ``KeyError``/``ValueError`` on a record that is neither a put nor the del of a path
+    that is there.
+    """
     ledger: dict[str, dict[str, Any]] = {}
-    for n, rec in enumerate(records, start=2):  # line 1 is the header
-        op, rel = rec.pop("op", None), rec.pop("path", None)
-        if not isinstance(rel, str):
-            raise ValueError(f"ledger line {n}: no path")
-        counted = rec.get("status") == "counted"
-        if op == "put" and (
-            not rec.keys() >= (_COUNTED_FIELDS if counted else _ENTRY_FIELDS)
-            or (counted and not isinstance(rec["min_positive"], dict))
-        ):
-            raise ValueError(f"ledger line {n}: incomplete entry for {rel}")
+    for rec in records:
+        op, rel = rec.pop("op", None), rec.pop("path")
         if op == "put":
             ledger[rel] = rec
-        elif op != "del":
-            raise ValueError(f"ledger line {n}: unknown op {op!r}")
-        elif ledger.pop(rel, None) is None:
-            raise ValueError(f"ledger line {n}: removes {rel}, which is not there")
+        elif op == "del":
+            del ledger[rel]
+        else:
+            raise ValueError(f"ledger: unknown op {op!r} for {rel}")
     return ledger
 
 
 def committed_ledger(json_path: str | os.PathLike[str]) -> dict[str, dict[str, Any]] | None:
     """The committed ledger of an extrema JSON, read only (no repair); ``None`` if none."""
-    json_path = Path(json_path)
     try:
-        state = json.loads(json_path.read_text())
-    except (OSError, ValueError):
+        state = json.loads(Path(json_path).read_text())
+        commits = (state.get("journal"), state.get("journal_next"))
+        return replay(_read_journal(journal_path(Path(json_path)), commits)[0][1:])
+    except (OSError, ValueError, AttributeError):
         return None
-    journal = JsonLinesJournal(journal_path(json_path))
-    records = journal.load([state.get("journal"), state.get("journal_next")], repair=False)
-    return None if records is None else replay(records)
 
 
 class Ledger:
@@ -431,71 +229,62 @@ class Ledger:
         instruments: Sequence[str],
         cats: Sequence[str],
     ) -> None:
-        self.json_path = json_path
-        self.params = dict(params)
-        self.input_root = input_root
+        self.json_path, self.params, self.input_root = json_path, dict(params), input_root
         self.instruments, self.cats = list(instruments), list(cats)
-        self.journal = JsonLinesJournal(journal_path(json_path), kind="extrema ledger")
+        self.journal_path = journal_path(json_path)
         self.ledger: dict[str, dict[str, Any]] = {}
         self.merged = self._zeros()
+        #: The journal's commit record (``None`` before :meth:`open`).
+        self.record: dict[str, Any] | None = None
         #: ``{"journal_bytes", "json_bytes"}`` written by the last flush.
         self.last_flush: dict[str, int] = {}
+        self._sha: Any = None  # the running sha256 of the journal's committed part
+        self._pending: list[bytes] = []  # journal lines queued for the next commit
+        self._fh: IO[bytes] | None = None  # the journal's append handle
+
+    size = property(lambda self: self.record["bytes"] if self.record else 0, doc="Journal bytes.")
+    pending = property(lambda self: len(self._pending), doc="Journal lines not committed.")
 
     def _zeros(self) -> dict[str, dict[str, Merged]]:
         return {i: {c: Merged() for c in self.cats} for i in self.instruments}
 
-    def _header(self) -> dict[str, Any]:
-        return {
-            "schema": SCHEMA,
-            "extrema_json": self.json_path.name,
-            "input_root": self.input_root,
-        }
-
-    def _put_records(self) -> Iterator[dict[str, Any]]:
-        return ({"op": "put", "path": rel, **self.ledger[rel]} for rel in sorted(self.ledger))
-
     def open(self) -> dict[str, Any]:
-        """Load the committed state; returns the JSON document (``{}``: start afresh)."""
+        """Load the committed state; returns the JSON document (``{}``: start afresh).
+
+        Call it under the state's :class:`~fastspectro_dask.atomic.StateLock`: it removes
+        the temporaries a killed writer left beside the JSON and the journal.
+        """
+        for path in (self.json_path, self.journal_path):
+            remove_stale_temporaries(path)
         existed = self.json_path.exists()
         state = load_json_state(self.json_path, kind="extrema") or {}
-        if existed and not state and self.journal.path.exists():
-            self.journal.move_aside("its extrema JSON was corrupt")
+        if existed and not state:
+            move_aside(self.journal_path, kind=_KIND, reason="its extrema JSON was corrupt")
         if state and state.get("params") != self.params:
             logger.warning(
                 "%s: computed for other parameters (%s); starting afresh",
                 *(self.json_path, state.get("params")),
             )
-            state = {}
-        if state and not state.get("journal"):
+        elif state and not state.get("journal"):
             logger.info("%s: no committed ledger; starting afresh", self.json_path)
-            state = {}
-        if state and not self._load(state):
-            state = {}
-        if not state:
-            if self.journal.path.exists():
-                logger.info("%s: replacing the previous ledger", self.journal.path)
-            self.journal.create(self._header())
-        return state
+        elif state and self._load(state):
+            return state
+        if self.journal_path.exists():
+            logger.info("%s: replacing the previous ledger", self.journal_path)
+        self._replace(*self._rewrite())
+        return {}
 
     def _load(self, state: Mapping[str, Any]) -> bool:
-        records = self.journal.load([state.get("journal"), state.get("journal_next")])
-        if records is None:
-            logger.warning(
-                "%s: its ledger %s is unusable; recounting every file",
-                *(self.json_path, self.journal.path),
-            )
-            return False
+        """Read the journal ``state`` names and the merged histograms; False: recount."""
         try:
-            self.ledger, self.merged = replay(records), self._zeros()
-            got = state.get("pass1")
-            if not isinstance(got, Mapping) or not isinstance(got.get("merged"), Mapping):
-                raise ValueError("no merged pass-1 histograms")
+            commits = (state.get("journal"), state.get("journal_next"))
+            records, record, sha = _read_journal(self.journal_path, commits)
+            self.ledger, merged = replay(records[1:]), state["pass1"]["merged"]
             for inst, cm in self.merged.items():
                 for cat in cm:
-                    if (obj := got["merged"].get(inst, {}).get(cat)) is not None:
+                    if (obj := merged.get(inst, {}).get(cat)) is not None:
                         cm[cat] = Merged.from_compact(obj)
-            # the ledger's sample counts must add up to the merged histograms' (exact ints)
-            for inst, cm in self.merged.items():
+                # the ledger's sample counts must add up to the merged histograms' (exact ints)
                 total = sum(
                     int(e.get("n", 0))
                     for e in self.ledger.values()
@@ -503,33 +292,86 @@ class Ledger:
                 )
                 if (have := int(cm[self.cats[0]].counts.sum())) != total:
                     raise ValueError(f"{inst}: ledger counts {total} samples, histograms {have}")
-        except ValueError as exc:
-            self.journal.move_aside(f"it does not match {self.json_path.name}: {exc}")
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            why = str(exc) if isinstance(exc, ValueError) else repr(exc)
+            move_aside(self.journal_path, kind=_KIND, reason=why)
+            logger.warning(
+                "%s: its ledger is unusable (%s); recounting every file", *(self.json_path, why)
+            )
             self.ledger, self.merged = {}, self._zeros()
             return False
+        self.record, self._sha = record, sha
+        if (size := self.journal_path.stat().st_size) > self.size:
+            logger.info(
+                "%s: ignoring %d uncommitted bytes at the end (an interrupted flush); truncated",
+                *(self.journal_path, size - self.size),
+            )
+            with open(self.journal_path, "r+b") as fh:
+                fh.truncate(self.size)
+                os.fsync(fh.fileno())
         return True
+
+    def _rewrite(self) -> tuple[bytes, dict[str, Any]]:
+        """A new journal (a new ``id``) of the ledger now: its content and commit record."""
+        jid, root = uuid.uuid4().hex, self.input_root
+        head = {"schema": SCHEMA, "extrema_json": self.json_path.name, "input_root": root}
+        head |= {"journal": "extrema ledger", "id": jid, "created_utc": _utc_now()}
+        puts = ({"op": "put", "path": rel, **self.ledger[rel]} for rel in sorted(self.ledger))
+        data = b"".join(map(encode, (head, *puts)))
+        rec = {"file": self.journal_path.name, "id": jid, "lines": data.count(b"\n")}
+        return data, {**rec, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+    def _replace(self, data: bytes, record: dict[str, Any]) -> dict[str, Any]:
+        """Put a :meth:`_rewrite` in place (atomically); queued lines are dropped."""
+        self.close()
+        atomic_write(self.journal_path, data)
+        self._pending, self._sha, self.record = [], hashlib.sha256(data), record
+        return record
 
     def put(self, rel: str, entry: dict[str, Any]) -> None:
         """Record a file's outcome (replacing any earlier one)."""
-        self.journal.add({"op": "put", "path": rel, **entry})
+        self._pending.append(encode({"op": "put", "path": rel, **entry}))
         self.ledger[rel] = entry
 
     def delete(self, rel: str) -> None:
         """Forget a file (the caller subtracted its contribution)."""
-        self.journal.add({"op": "del", "path": rel})
+        self._pending.append(encode({"op": "del", "path": rel}))
         del self.ledger[rel]
 
     def restart(self) -> None:
         """Forget everything: an empty ledger and histograms, committed at once."""
-        self.journal.discard_pending()
-        self.ledger.clear()
-        for cm in self.merged.values():
-            for m in cm.values():
-                m.counts[:] = 0
-                m.energy.clear()
+        self.ledger, self.merged = {}, self._zeros()
         # the JSON first: from here a crash means "start afresh", never a mismatch
         atomic_write_json(self.json_path, self._doc({}, False, None))
-        self.journal.create(self._header())
+        self._replace(*self._rewrite())
+
+    def _append_fd(self) -> int:
+        if self._fh is None:
+            self._fh = open(self.journal_path, "ab", buffering=0)  # closed by close()
+        return self._fh.fileno()
+
+    def commit(self) -> dict[str, Any]:
+        """Append the queued journal lines, ``fsync``; returns the new commit record.
+
+        On an error the file is cut back to the committed length and the lines stay queued.
+        """
+        data, rec = b"".join(self._pending), self.record
+        if data:
+            fd = self._append_fd()
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, rec["bytes"])
+                raise
+            self._sha.update(data)
+            lines, nbytes = rec["lines"] + len(self._pending), rec["bytes"] + len(data)
+            self.record = {**rec, "lines": lines, "bytes": nbytes, "sha256": self._sha.hexdigest()}
+            self._pending = []
+        return self.record
 
     def _doc(
         self, fields: Mapping[str, Any], complete: bool, journal: Mapping[str, Any] | None
@@ -551,10 +393,11 @@ class Ledger:
     ) -> dict[str, Any]:
         """Commit the queued ledger lines, then write the JSON; returns the JSON document."""
         fields = {**({} if results is None else {"results": results}), **(extra or {})}
-        doc = self._doc(fields, complete, self.journal.commit())
+        before = self.size
+        doc = self._doc(fields, complete, self.commit())
         atomic_write_json(self.json_path, doc)
         self.last_flush = {
-            "journal_bytes": self.journal.last_commit_bytes,
+            "journal_bytes": self.size - before,
             "json_bytes": self.json_path.stat().st_size,
         }
         return doc
@@ -569,25 +412,23 @@ class Ledger:
 
         ``doc`` is the JSON just written by :meth:`flush`; its ``journal`` is updated.
         """
-        live, before = len(self.ledger), self.journal.lines
+        live, before = len(self.ledger), self.record["lines"]
         superseded = before - 1 - live
         if superseded < max(_COMPACT_MIN_SUPERSEDED, _COMPACT_FRACTION * live):
             return False
-        nxt = self.journal.prepare_rewrite(self._header(), self._put_records())
-        try:  # both records valid while the new journal is moved into place
-            atomic_write_json(self.json_path, {**doc, "journal_next": nxt})
-            self.journal.finish_rewrite()
-        except BaseException:
-            self.journal.discard_rewrite()
-            raise
-        doc["journal"] = self.journal.record
+        data, nxt = self._rewrite()
+        # both records valid while the new journal is moved into place
+        atomic_write_json(self.json_path, {**doc, "journal_next": nxt})
+        doc["journal"] = self._replace(data, nxt)
         atomic_write_json(self.json_path, doc)
         logger.info(
             "%s: compacted, %d lines -> %d (%d superseded)",
-            *(self.journal.path, before, self.journal.lines, superseded),
+            *(self.journal_path, before, nxt["lines"], superseded),
         )
         return True
 
     def close(self) -> None:
         """Close the journal's append handle."""
-        self.journal.close()
+        fh, self._fh = self._fh, None
+        if fh is not None:
+            fh.close()

@@ -340,8 +340,8 @@ def _killing_child(root: Path, out: Path, when: str) -> str:
     return (
         "import os, signal\n"
         "from fastspectro_dask import extrema as ext\n"
-        "from fastspectro_dask.ledger import JsonLinesJournal\n"
-        "orig = JsonLinesJournal.commit\n"
+        "from fastspectro_dask.ledger import Ledger\n"
+        "orig = Ledger.commit\n"
         "n = [0]\n"
         "def commit(self):\n"
         "    if self.pending:\n"
@@ -356,7 +356,7 @@ def _killing_child(root: Path, out: Path, when: str) -> str:
         "            orig(self)\n"
         "        os.kill(os.getpid(), signal.SIGKILL)\n"
         "    return orig(self)\n"
-        "JsonLinesJournal.commit = commit\n"
+        "Ledger.commit = commit\n"
         f"ext.compute_global_extrema({str(root)!r}, extrema_json_path="
         f"{str(out / 'extrema.json')!r}, flush_batch_size=1, max_workers=1)\n"
     )
@@ -589,7 +589,7 @@ def test_flush_cost_does_not_grow_with_the_ledger(tmp_path):
             rel = f"2000/01/fa_esa_l2_ees_{i:014d}_{1000 + i // 4}_v02.cdf"
             store.put(rel, entry)
             store.merged["ees"]["all"].counts[0x3F80] += 1642
-            lines += len(led.JsonLinesJournal.encode({"op": "put", "path": rel, **entry}))
+            lines += len(led.encode({"op": "put", "path": rel, **entry}))
         store.flush(False)
         per_flush.append((store.last_flush["journal_bytes"], store.last_flush["json_bytes"]))
         # the journal append is exactly the batch's lines
@@ -599,7 +599,7 @@ def test_flush_cost_does_not_grow_with_the_ledger(tmp_path):
     assert max(journal) == min(journal)  # 40 files each time, 40..4000 already counted
     assert max(json_sizes) - min(json_sizes) <= 32  # only counters' digits change
     assert max(json_sizes) < 20_000
-    total = store.journal.size
+    total = store.size
     assert total > 50 * per_flush[-1][0]  # the journal is far larger than one flush
     store.close()
     again = led.Ledger(tmp_path / "extrema.json", params, "/data", INSTS, cats)
@@ -612,7 +612,7 @@ def test_flushes_of_a_real_run_append_only_their_orbits(small_mission, tmp_path,
     real_flush = led.Ledger.flush
 
     def spy(self, *a, **k):
-        pending = self.journal.pending
+        pending = self.pending
         doc = real_flush(self, *a, **k)
         flushes.append((pending, self.last_flush["journal_bytes"], self.last_flush["json_bytes"]))
         return doc

@@ -178,9 +178,10 @@ def write_atomic(path: Path, data: bytes) -> Path:
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return atomic_write(path, data, sync_dir=False)
+        atomic_write(path, data, sync_dir=False)
     except OSError as exc:
         raise PlottingError(f"saving figure to {path} failed: {type(exc).__name__}: {exc}") from exc
+    return path
 
 
 class _Layout:

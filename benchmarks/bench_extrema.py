@@ -27,13 +27,18 @@ variant itself added.
     (state up to date) and with another percentile (pass 2 only, from the zarr cache).
 (d) ours' peak memory at ``--orbits-small`` vs ``--orbits-large`` orbits: growth in %.
 (e) bookkeeping only (no CDF is read): the cost of one pass-1 flush of ``--flush-files``
-    ledger entries (10 orbits x 4 instruments by default) when 2k / 20k / 200k files are
-    already counted, with synthetic ledger entries and realistic merged histograms.
-    "old" is the schema-2 state: the whole JSON (ledger inline) rewritten with
-    ``atomic_write_json``; "new" is ``_Store.flush``: the batch's lines appended to the
-    ledger journal and ``fsync``-ed, then the small JSON replaced. Bytes are those written
-    per flush; times are medians in this process. Also the time to load the state when a
-    run starts, and the total flush cost projected over a whole mission.
+    ledger entries (10 orbits x 4 instruments by default) when N = 2k / 20k / 200k files
+    are already counted, with synthetic ledger entries and realistic merged histograms.
+    "ours" is ``fastspectro_dask.ledger.Ledger`` through its public API (``put`` then
+    ``flush``: the batch's lines appended to the ledger journal and ``fsync``-ed, then the
+    small JSON replaced). "naive" is the baseline of keeping the whole state in one
+    document: the same JSON with the ledger inline, rewritten with ``atomic_write_json``
+    every flush. It is built in this file: the former schema-2 writer (and
+    ``Merged.to_json``) no longer exist, so the exact schema-2 document cannot be
+    reproduced; its content and write path were the same as this baseline's. Bytes are
+    those written per flush; times are medians in this process. Also the time to open
+    (load) each state when a run starts, the journal's size, and the total flush cost
+    projected over a whole mission.
 
     python benchmarks/bench_extrema.py [--orbits 20] [--records 400] [--rounds 3]
         [--orbits-small 10] [--orbits-large 40] [--rerun-percentile 99] [--keep DIR]
@@ -250,11 +255,13 @@ def make_missions(base: Path, counts: list[int], records: int, seed: int) -> dic
 
 
 # --------------------------------------------------------------------------------------
-# (e) Bookkeeping only: per-flush cost of the extrema state, old (schema 2) vs new
+# (e) Bookkeeping only: per-flush cost of the extrema ledger vs a naive whole-JSON rewrite
 # --------------------------------------------------------------------------------------
 
 _INSTS = ("ees", "eeb", "ies", "ieb")
 _CATS = ("all", "downgoing", "upgoing", "perpendicular")
+_ROOT = "/data/fast/esa/l2"  # the input root recorded in the state (never read)
+_FIRST_KEY, _N_KEYS = 0x3F80, 20 * 128  # float32 bits >> 16 of 1.0, 20 octaves of bins
 
 
 def _ledger_entry(i: int) -> tuple[str, dict]:
@@ -277,26 +284,38 @@ def _ledger_entry(i: int) -> tuple[str, dict]:
     }
 
 
-def _merged_histograms(seed: int = 0) -> dict:
-    """16 merged pass-1 summaries as a mission fills them: ~2,600 float32 bins (1 to 2**20
-    counts, 128 per octave) and ~200 distinct energies each."""
+def _merged_histograms(ledger: dict[str, dict], seed: int = 0) -> dict:
+    """16 merged pass-1 summaries as a mission fills them: up to 2,560 float32 bins (128 per
+    octave) and ~200 distinct energies each. Each histogram holds exactly the samples the
+    ledger counts for its instrument, as :meth:`~fastspectro_dask.ledger.Ledger.open`
+    checks."""
     import numpy as np
 
-    from fastspectro_dask.extrema import _Merged
+    from fastspectro_dask.ledger import Merged
 
     rng = np.random.default_rng(seed)
-    out = {}
+    es = np.unique(np.geomspace(4.0, 30000.0, 200).astype(np.float32))
+    out: dict[str, dict] = {}
     for inst in _INSTS:
+        total = sum(e["n"] for e in ledger.values() if e["instrument"] == inst)
         out[inst] = {}
         for cat in _CATS:
-            m = _Merged()
-            keys = np.arange(0x3F80, 0x3F80 + 20 * 128)
-            m.counts[keys] = rng.integers(1, 10, keys.size)
-            es = np.unique(np.geomspace(4.0, 30000.0, 200).astype(np.float32))
+            m = Merged()
+            weights = rng.random(_N_KEYS)
+            m.counts[_FIRST_KEY : _FIRST_KEY + _N_KEYS] = rng.multinomial(
+                total, weights / weights.sum()
+            )
             cs = rng.integers(1, 10**9, es.size)
             m.energy = {float(e): int(c) for e, c in zip(es, cs, strict=True)}
             out[inst][cat] = m
     return out
+
+
+def _count(merged: dict, batch: list[tuple[str, dict]]) -> None:
+    """Add a batch of counted files' samples to the merged histograms (one bin each)."""
+    for _rel, e in batch:
+        for m in merged[e["instrument"]].values():
+            m.counts[_FIRST_KEY + e["orbit"] % _N_KEYS] += e["n"]
 
 
 def _fs_type(path: Path) -> str:
@@ -312,143 +331,184 @@ def _fs_type(path: Path) -> str:
     return kind
 
 
-def bookkeeping(work: Path, sizes: list[int], batch: int, flushes: int) -> list[dict]:
-    """Per-flush cost with ``n`` files already counted, old and new, for each size."""
-    import logging
+def _naive(
+    d: Path, params: dict, ledger: dict, extra: list, batch: int, flushes: int
+) -> dict[str, float]:
+    """The naive baseline: the whole state, ledger inline, one JSON rewritten every flush.
 
-    from fastspectro_dask.extrema import _SCHEMA, _Store
-    from fastspectro_dask.state import atomic_write_json, load_json_state
+    The document is what the ledger's JSON holds (params, merged histograms in their
+    compact form) plus ``files``: the ledger itself. It is built here, not by the package
+    (the schema-2 writer and ``Merged.to_json`` it used are gone). Written with the same
+    atomic writer; loading it = parse + decode the merged histograms, as ``Ledger.open``
+    decodes them.
+    """
+    from fastspectro_dask.atomic import atomic_write_json, load_json_state
+    from fastspectro_dask.ledger import Merged
 
-    logging.disable(logging.INFO)
-    merged = _merged_histograms()
-    params = {"variable": VARIABLE, "categories": {c: [] for c in _CATS}, "schema": _SCHEMA}
-    rows = []
-    for n in sizes:
-        d = work / f"bookkeeping-{n}"
-        d.mkdir(parents=True, exist_ok=True)
-        ledger = dict(_ledger_entry(i) for i in range(n))
-        extra = [_ledger_entry(i) for i in range(n, n + batch * flushes)]
-
-        # old: the schema-2 write_state, whole document every flush
-        old_path = d / "old.json"
-        old_ledger = dict(ledger)
-        old_t, old_b = [], 0
-        for k in range(max(1, min(flushes, 3 if n >= 100_000 else 5))):
-            old_ledger.update(extra[k * batch : (k + 1) * batch])
-            t0 = time.perf_counter()
-            doc = {
-                "schema": 2,
-                "params": {**params, "schema": 2},
-                "complete": False,
-                "updated_utc": "2026-01-01T00:00:00+00:00",
-                "input_root": "/data/fast/esa/l2",
-                "files": old_ledger,
-                "pass1": {i: {c: m.to_json() for c, m in cm.items()} for i, cm in merged.items()},
-            }
-            atomic_write_json(old_path, doc)
-            old_t.append(time.perf_counter() - t0)
-            old_b = old_path.stat().st_size
+    path, ledger = d / "naive.json", dict(ledger)
+    merged = _merged_histograms(ledger)
+    times, nbytes = [], 0
+    for k in range(flushes):
+        chunk = extra[k * batch : (k + 1) * batch]
+        _count(merged, chunk)
         t0 = time.perf_counter()
-        load_json_state(old_path, kind="extrema")
-        old_load = time.perf_counter() - t0
+        ledger.update(chunk)
+        doc = {
+            "schema": "naive",
+            "params": params,
+            "complete": False,
+            "input_root": _ROOT,
+            "files": ledger,
+            "pass1": {i: {c: m.to_compact() for c, m in cm.items()} for i, cm in merged.items()},
+        }
+        atomic_write_json(path, doc)
+        times.append(time.perf_counter() - t0)
+        nbytes = path.stat().st_size
+    t0 = time.perf_counter()
+    state = load_json_state(path, kind="extrema")
+    decoded = {
+        i: {c: Merged.from_compact(o) for c, o in cm.items()} for i, cm in state["pass1"].items()
+    }
+    load = time.perf_counter() - t0
+    assert len(state["files"]) == len(ledger) and len(decoded) == len(_INSTS)
+    return {"naive_s": statistics.median(times), "naive_bytes": nbytes, "naive_load_s": load}
 
-        # new: the schema-3 store, journal with n entries then flushes of `batch`
-        new_json = d / "extrema.json"
-        store = _Store(new_json, params, "/data/fast/esa/l2", _INSTS, _CATS)
-        store.open()
-        store.ledger.update(ledger)
-        store.journal.create(store._header(), store._put_records())
-        store.merged = merged
-        # the ledger's sample counts add up to the histograms' (checked when loading)
-        fill = 0x3F80 + 20 * 128 - 1
-        for inst in _INSTS:
-            want = sum(e["n"] for e in ledger.values() if e["instrument"] == inst)
-            counts = merged[inst][_CATS[0]].counts
-            counts[fill] = want - (int(counts.sum()) - int(counts[fill]))
-            assert counts[fill] > 0, "ledger too small for the synthetic histograms"
-        store.flush(False)
-        new_t, new_jb, new_sb = [], [], []
+
+def _ours(
+    d: Path, params: dict, ledger: dict, extra: list, batch: int, flushes: int
+) -> dict[str, float]:
+    """Ours: :class:`~fastspectro_dask.ledger.Ledger` through its public API only
+    (``open``, ``put``, the ``merged`` state the caller keeps, ``flush``, ``last_flush``,
+    ``size``, ``close``): a journal of ``len(ledger)`` entries, then timed flushes of
+    ``batch`` entries each, then the time to open the result in a new ``Ledger``."""
+    from fastspectro_dask.ledger import Ledger
+
+    json_path = d / "extrema.json"
+    store = Ledger(json_path, params, _ROOT, _INSTS, _CATS)
+    try:
+        store.open()  # nothing there yet: an empty journal
+        for rel, e in ledger.items():
+            store.put(rel, e)
+        store.merged = _merged_histograms(ledger)
+        store.flush(False)  # the mission so far: N entries committed
+        times, journal_b, json_b = [], [], []
         for k in range(flushes):
+            chunk = extra[k * batch : (k + 1) * batch]
+            _count(store.merged, chunk)
             t0 = time.perf_counter()
-            for rel, e in extra[k * batch : (k + 1) * batch]:
-                store.merged[e["instrument"]][_CATS[0]].counts[fill] += e["n"]
+            for rel, e in chunk:
                 store.put(rel, e)
             store.flush(False)
-            new_t.append(time.perf_counter() - t0)
-            new_jb.append(store.last_flush["journal_bytes"])
-            new_sb.append(store.last_flush["json_bytes"])
-        journal_mb = store.journal.size / 1e6
+            times.append(time.perf_counter() - t0)
+            journal_b.append(store.last_flush["journal_bytes"])
+            json_b.append(store.last_flush["json_bytes"])
+        journal_mb = store.size / 1e6
+    finally:
         store.close()
-        t0 = time.perf_counter()
-        again = _Store(new_json, params, "/data/fast/esa/l2", _INSTS, _CATS)
-        again.open()
-        new_load = time.perf_counter() - t0
-        assert len(again.ledger) == n + batch * flushes
-        again.close()
-        rows.append(
-            {
-                "n": n,
-                "old_s": statistics.median(old_t),
-                "old_bytes": old_b,
-                "old_load_s": old_load,
-                "new_s": statistics.median(new_t),
-                "new_journal_bytes": statistics.median(new_jb),
-                "new_json_bytes": statistics.median(new_sb),
-                "new_load_s": new_load,
-                "journal_mb": journal_mb,
-            }
-        )
-        shutil.rmtree(d, ignore_errors=True)
+    again = Ledger(json_path, params, _ROOT, _INSTS, _CATS)
+    t0 = time.perf_counter()
+    state = again.open()
+    load = time.perf_counter() - t0
+    again.close()
+    # a load that fell back to "start afresh" would time nothing: it must find every entry
+    assert state and len(again.ledger) == len(ledger) + batch * flushes, "ledger not reloaded"
+    return {
+        "ours_s": statistics.median(times),
+        "ours_journal_bytes": statistics.median(journal_b),
+        "ours_json_bytes": statistics.median(json_b),
+        "ours_load_s": load,
+        "journal_mb": journal_mb,
+    }
+
+
+def bookkeeping(work: Path, sizes: list[int], batch: int, flushes: int) -> list[dict]:
+    """Per-flush cost with ``n`` files already counted, naive and ours, for each size."""
+    import logging
+
+    from fastspectro_dask.ledger import SCHEMA
+
+    params = {"variable": VARIABLE, "categories": {c: [] for c in _CATS}, "schema": SCHEMA}
+    previous = logging.root.manager.disable
+    logging.disable(logging.INFO)
+    try:
+        rows = []
+        for n in sizes:
+            d = work / f"bookkeeping-{n}"
+            d.mkdir(parents=True, exist_ok=True)
+            ledger = dict(_ledger_entry(i) for i in range(n))
+            extra = [_ledger_entry(i) for i in range(n, n + batch * flushes)]
+            # the naive rewrite grows with n: a few flushes are enough for its median
+            naive_flushes = max(1, min(flushes, 3 if n >= 100_000 else 5))
+            row = {"n": n, "naive_flushes": naive_flushes}
+            row |= _naive(d, params, ledger, extra, batch, naive_flushes)
+            row |= _ours(d, params, ledger, extra, batch, flushes)
+            rows.append(row)
+            shutil.rmtree(d, ignore_errors=True)
+    finally:
+        logging.disable(previous)
     return rows
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds:.1f} s"
+
+
 def print_bookkeeping(rows: list[dict], batch: int, flushes: int, work: Path) -> None:
+    counts = sorted({r["naive_flushes"] for r in rows})
+    naive_flushes = "-".join(map(str, counts[:1] + counts[1:][-1:]))
     table = []
     for r in rows:
-        new_b = r["new_journal_bytes"] + r["new_json_bytes"]
+        ours_b = r["ours_journal_bytes"] + r["ours_json_bytes"]
         table.append(
             [
                 f"{r['n']:,}",
-                f"{r['old_s'] * 1e3:.1f}",
-                f"{r['old_bytes'] / 1e6:.2f}",
-                f"{r['new_s'] * 1e3:.2f}",
-                f"{r['new_journal_bytes'] / 1e3:.1f} + {r['new_json_bytes'] / 1e3:.1f}",
-                f"{r['old_s'] / r['new_s']:.0f}x",
-                f"{r['old_bytes'] / new_b:.0f}x",
-                f"{r['old_load_s']:.2f} / {r['new_load_s']:.2f}",
+                f"{r['naive_s'] * 1e3:.1f}",
+                f"{r['naive_bytes'] / 1e6:.2f}",
+                f"{r['ours_s'] * 1e3:.2f}",
+                f"{r['ours_journal_bytes'] / 1e3:.1f} + {r['ours_json_bytes'] / 1e3:.1f}",
+                f"{r['naive_s'] / r['ours_s']:.1f}x",
+                f"{r['naive_bytes'] / ours_b:.1f}x",
+                f"{r['naive_load_s']:.3f} / {r['ours_load_s']:.3f}",
+                f"{r['journal_mb']:.2f}",
             ]
         )
     print(
         fmt_table(
             f"(e) bookkeeping only: one pass-1 flush of {batch} ledger entries with N files "
-            f"already counted (median of {flushes} new flushes; old: 3-5) "
+            f"already counted (median of {flushes} flushes of ours, of {naive_flushes} of "
+            "naive) "
             f"[{_fs_type(work)} at {work}]",
             [
                 "files already counted (N)",
-                "old ms",
-                "old MB",
-                "new ms",
-                "new kB (journal + JSON)",
-                "time old/new",
-                "bytes old/new",
-                "load at start s, old / new",
+                "naive ms",
+                "naive MB",
+                "ours ms",
+                "ours kB (journal + JSON)",
+                "time naive/ours",
+                "bytes naive/ours",
+                "open s, naive / ours",
+                "journal MB",
             ],
             table,
         )
     )
+    print(
+        "    naive: the whole state (ledger inline) rewritten as one JSON every flush; "
+        "ours: Ledger.flush (the batch appended to the journal + fsync, then the small JSON)"
+    )
     big = rows[-1]
-    n_flush = big["n"] // batch
-    # old: each flush rewrites everything counted so far, so over a mission of N files the
-    # flushes cost about n_flush x (cost at N) / 2; new: n_flush x (cost per flush)
-    old_total = n_flush * big["old_s"] / 2
-    new_total = n_flush * statistics.median(r["new_s"] for r in rows)
-    old_bytes = n_flush * big["old_bytes"] / 2
-    new_bytes = n_flush * (big["new_journal_bytes"] + big["new_json_bytes"])
+    n_flush = max(1, big["n"] // batch)
+    # naive: each flush rewrites everything counted so far, so over a mission of N files the
+    # flushes cost about n_flush x (cost at N) / 2; ours: n_flush x (cost per flush)
+    naive_total = n_flush * big["naive_s"] / 2
+    ours_total = n_flush * statistics.median(r["ours_s"] for r in rows)
+    naive_bytes = n_flush * big["naive_bytes"] / 2
+    ours_bytes = n_flush * (big["ours_journal_bytes"] + big["ours_json_bytes"])
     print(
         f"    projected over a {big['n']:,}-file mission ({n_flush:,} flushes of {batch}): "
-        f"old ~{old_total / 3600:.2f} h and {old_bytes / 1e9:.0f} GB written, new "
-        f"~{new_total:.0f} s and {new_bytes / 1e9:.2f} GB; ledger journal at "
-        f"{big['n']:,} files: {big['journal_mb']:.0f} MB (append-only, read once per run)"
+        f"naive ~{_duration(naive_total)} and {naive_bytes / 1e9:.2f} GB written, ours "
+        f"~{_duration(ours_total)} and {ours_bytes / 1e9:.2f} GB; ledger journal at "
+        f"{big['n']:,} files: {big['journal_mb']:.1f} MB (append-only, read once per run)"
     )
 
 
@@ -468,7 +528,11 @@ def fmt_table(title: str, header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([f"\n{title}", line(header), sep, *map(line, rows)])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict] | None:
+    """Run the benchmark (``argv``: the command line, default ``sys.argv[1:]``).
+
+    Returns the rows of (e) (``None`` in a ``--child`` process).
+    """
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--orbits", type=int, default=20, help="mission size of (a)-(c)")
     ap.add_argument("--records", type=int, default=400, help="records per survey file")
@@ -484,7 +548,7 @@ def main() -> None:
         help="(e) files already counted, comma-separated",
     )
     ap.add_argument("--flush-files", type=int, default=40, help="(e) ledger entries per flush")
-    ap.add_argument("--flushes", type=int, default=20, help="(e) new-state flushes timed")
+    ap.add_argument("--flushes", type=int, default=20, help="(e) flushes of ours timed")
     ap.add_argument(
         "--bookkeeping-only", action="store_true", help="run only (e); no CDF file is written"
     )
@@ -492,11 +556,11 @@ def main() -> None:
     ap.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--reruns", action="store_true", help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.child:
         res = child(args.child, args.root, args.out, args.rerun_percentile, args.reruns)
         print(json.dumps(res))
-        return
+        return None
 
     import cdflib
     import dask
@@ -523,7 +587,7 @@ def main() -> None:
         if args.bookkeeping_only:
             rows = bookkeeping(work, sizes, args.flush_files, args.flushes)
             print_bookkeeping(rows, args.flush_files, args.flushes, work)
-            return
+            return rows
         counts = sorted({args.orbits, args.orbits_small, args.orbits_large})
         t0 = time.perf_counter()
         roots = make_missions(work / "data", counts, args.records, args.seed)
@@ -713,6 +777,7 @@ def main() -> None:
             f"\ntotal benchmark time: {time.perf_counter() - t_start:.0f} s; load average "
             f"(1 min) at start {load0[0]:.2f}, at end {os.getloadavg()[0]:.2f}"
         )
+        return rows
     finally:
         if work_ctx is not None:
             work_ctx.cleanup()

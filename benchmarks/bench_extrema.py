@@ -34,8 +34,9 @@ variant itself added.
     small JSON replaced). "naive" is the baseline of keeping the whole state in one
     document: the same JSON with the ledger inline, rewritten with ``atomic_write_json``
     every flush. It is built in this file: the former schema-2 writer (and
-    ``Merged.to_json``) no longer exist, so the exact schema-2 document cannot be
-    reproduced; its content and write path were the same as this baseline's. Bytes are
+    ``Merged.to_json``) no longer exist, so the schema-2 document itself cannot be built
+    any more; this baseline is the same idea (ledger inline, whole document rewritten),
+    with the histograms in today's compact form. Bytes are
     those written per flush; times are medians in this process. Also the time to open
     (load) each state when a run starts, the journal's size, and the total flush cost
     projected over a whole mission.

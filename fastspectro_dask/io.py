@@ -307,9 +307,17 @@ class _FileInfo:
             return self.attrs[name].get(attribute)
         key = (name, attribute)
         if key not in self._single:
+            # by the variable's number where that names the same entry: cdflib then does
+            # not walk the chain of variable descriptors to find the name
+            number = self._var_number.get(name.strip().lower())
+            which = (
+                name
+                if number is None or attribute.strip().lower() not in self._var_scoped
+                else number
+            )
             with self.source.lock:
                 try:
-                    entry = self.source.cdf().attget(attribute, name)
+                    entry = self.source.cdf().attget(attribute, which)
                 except Exception:  # no such attribute (or entry): absent
                     entry = None
             self._single[key] = None if entry is None else _plain(entry.Data)
@@ -342,7 +350,23 @@ class _FileInfo:
 
     def _inspect(self, cdf: cdflib.CDF, big: tuple[str, ...], wanted: set[str] | None) -> None:
         path = self.path
-        names = list(cdf.cdf_info().zVariables)
+        cdf_info = cdf.cdf_info()
+        names = list(cdf_info.zVariables)
+        # attget(attribute, number) reads the entry that attget(attribute, name) reads if
+        # the file has no rVariables and the first attribute of that name has variable
+        # scope (by name, cdflib skips global ones; by number it does not)
+        self._var_number: dict[str, int] = {}
+        if not cdf_info.rVariables:
+            for number, var in enumerate(names):
+                self._var_number.setdefault(var.strip().lower(), number)
+        self._var_scoped: set[str] = set()
+        seen: set[str] = set()
+        for att in cdf_info.Attributes:
+            for att_name, scope in att.items():
+                low = att_name.strip().lower()
+                if low not in seen and scope == "Variable":
+                    self._var_scoped.add(low)
+                seen.add(low)
         missing = [v for v in (*_REQUIRED_SUPPORT, *big) if v not in names]
         if missing:
             cause = f"missing required variable(s) {', '.join(missing)}"
@@ -557,12 +581,16 @@ class _RecordArray(BackendArray):
             raw = raw.transpose(0, 2, 1)
         if not self.float_out:
             return raw
-        if self.counts_table is not None and raw.dtype == np.uint8:
-            out = self._decode_counts(raw, start, stop)
+        parts = self._block_parts(start, stop) if self.is_big else None
+        if parts is not None and parts[1]:
+            out = self._read_blocks(raw, start, stop, parts[0])
         else:
-            out = self._floats(raw, start, stop)
-        if self.is_big:
-            self._mask_blocks(out, start, stop)
+            if self.counts_table is not None and raw.dtype == np.uint8:
+                out = self._decode_counts(raw, start, stop)
+            else:
+                out = self._floats(raw, start, stop)
+            if self.is_big:
+                self._mask_blocks(out, start, stop)
         if self.invalid is not None:
             out[self.invalid[start:stop]] = np.nan
         return out
@@ -606,11 +634,14 @@ class _RecordArray(BackendArray):
         except Exception:
             return np.zeros(stop - start, bool)
 
-    def _mask_blocks(self, out: np.ndarray, start: int, stop: int) -> None:
-        """NaN beyond each record's ``[:nbins, :nenergy]`` block.
+    def _block_parts(
+        self, start: int, stop: int
+    ) -> tuple[list[tuple[slice | np.ndarray, int, int]], bool]:
+        """Records grouped by valid block: ``([(records, nbins, nenergy), ...], by_runs)``.
 
-        Records of one mode come in runs: each run is masked through slices (no
-        boolean gather); if the mode changes very often, records are grouped by block.
+        Records of one mode come in runs: each run is a slice (no boolean gather), and
+        ``by_runs`` is True; if the mode changes very often (``_MASK_RUNS``), records are
+        grouped by block through boolean masks.
         """
         nb = self.nbins[start:stop]
         ne = self.nenergy[start:stop]
@@ -618,16 +649,83 @@ class _RecordArray(BackendArray):
         change = np.flatnonzero(key[1:] != key[:-1]) + 1
         if change.size < _MASK_RUNS:
             bounds = [0, *change.tolist(), key.size]
-            parts = [(slice(a, z), int(key[a])) for a, z in itertools.pairwise(bounds) if z > a]
+            runs = [(slice(a, z), int(key[a])) for a, z in itertools.pairwise(bounds) if z > a]
         else:
-            parts = [(key == k, int(k)) for k in np.unique(key)]
-        n_angle = out.shape[1]
-        for sel, k in parts:
-            b, e = k // 4096, k % 4096
-            if b < n_angle:
-                out[sel, b:, :] = np.nan
-            if e < out.shape[2]:
-                out[sel, : min(b, n_angle), e:] = np.nan
+            runs = [(key == k, int(k)) for k in np.unique(key)]
+        by_runs = change.size < _MASK_RUNS
+        return [(sel, k // 4096, k % 4096) for sel, k in runs], by_runs
+
+    def _mask_blocks(self, out: np.ndarray, start: int, stop: int) -> None:
+        """NaN beyond each record's ``[:nbins, :nenergy]`` block."""
+        _nan_outside(out, _RecordArray._block_parts(self, start, stop)[0])
+
+    def _read_blocks(
+        self, raw: np.ndarray, start: int, stop: int, parts: list[tuple[slice, int, int]]
+    ) -> np.ndarray:
+        """:meth:`_floats` or :meth:`_decode_counts` and :meth:`_mask_blocks` in one:
+        values converted (fill -> NaN) inside each run's valid block only, NaN beyond.
+
+        The same bits as converting everything and then masking (beyond the block every
+        value becomes NaN whatever it was), and the same memory layout (a transposed
+        file gives a transposed array).
+        """
+        n_angle, n_energy = raw.shape[1:]
+        counts = self.counts_table is not None and raw.dtype == np.uint8
+        if counts:
+            out = np.empty_like(raw, dtype=np.float32)  # raw's layout, as table[raw] has
+        elif raw.dtype == self.dtype and raw.flags.writeable:
+            out = raw  # as _floats: converted in place
+        else:
+            out = np.empty_like(raw, dtype=self.dtype)
+        fill = self.fill
+        lut = None
+        if counts:
+            lut = self.counts_table
+            if fill is not None and 0 <= fill <= 255 and fill == int(fill):
+                lut = lut.copy()
+                lut[int(fill)] = np.nan
+        fill_value = None if counts or fill is None else raw.dtype.type(fill)
+        over: np.ndarray | None = None
+        for sel, b, e in parts:
+            block = (sel, slice(0, min(b, n_angle)), slice(0, min(e, n_energy)))
+            src = raw[block]
+            if counts:
+                out[block] = lut[src]
+                continue
+            if out is not raw:
+                out[block] = src
+            if fill_value is None:
+                continue
+            fill_mask = src == fill_value
+            if self.name == "data" and fill_mask.any():
+                # 255 is an overflow, not a fill, in flagged records
+                if over is None:
+                    over = self._overflow_records(start, stop)
+                fill_mask &= ~over[sel][:, None, None]
+            np.copyto(out[block], np.nan, where=fill_mask)
+        if counts and lut is not self.counts_table and int(fill) == 255:
+            inside = [raw[sel, : min(b, n_angle), : min(e, n_energy)] for sel, b, e in parts]
+            if any(a.size and a.max() == 255 for a in inside):
+                over = self._overflow_records(start, stop)
+                if over.any():
+                    out[over] = self.counts_table[raw[over]]
+        elif counts and lut is not self.counts_table:
+            over = self._overflow_records(start, stop)
+            if over.any():
+                out[over] = self.counts_table[raw[over]]
+        _nan_outside(out, parts)
+        return out
+
+
+def _nan_outside(out: np.ndarray, parts: list[tuple[slice | np.ndarray, int, int]]) -> None:
+    """NaN beyond each group's ``[:nbins, :nenergy]`` block (``parts`` as
+    :meth:`_RecordArray._block_parts` gives them)."""
+    n_angle = out.shape[1]
+    for sel, b, e in parts:
+        if b < n_angle:
+            out[sel, b:, :] = np.nan
+        if e < out.shape[2]:
+            out[sel, : min(b, n_angle), e:] = np.nan
 
 
 class _TableArray(BackendArray):

@@ -188,14 +188,23 @@ def hemisphere_name(ranges: Sequence[tuple[float, float]], hemisphere: str | Non
     return "downgoing" if along == (hemisphere == "north") else "upgoing"
 
 
-def _range_weights(p_sorted: np.ndarray, a: float, b: float) -> np.ndarray:
+def _shifted_copies(p_sorted: np.ndarray) -> np.ndarray:
+    """``(rows, 4 n)``: the centres shifted by -360, 0, +360 and +720 deg, side by side."""
+    return np.concatenate([p_sorted - 360.0, p_sorted, p_sorted + 360.0, p_sorted + 720.0], axis=1)
+
+
+def _range_weights(
+    p_sorted: np.ndarray, a: float, b: float, x: np.ndarray | None = None
+) -> np.ndarray:
     """Weights of sorted, finite centres ``(rows, n)`` for the range ``[a, b]``.
 
     Returns the weights of shape ``(rows, 4, n)``: of every copy of every centre
-    (shifted by -360, 0, +360, +720 deg).
+    (shifted by -360, 0, +360, +720 deg; ``x``, :func:`_shifted_copies` of ``p_sorted``,
+    if the caller has it).
     """
     rows, n = p_sorted.shape
-    x = np.concatenate([p_sorted - 360.0, p_sorted, p_sorted + 360.0, p_sorted + 720.0], axis=1)
+    if x is None:
+        x = _shifted_copies(p_sorted)
     w = ((x >= a) & (x <= b)).astype(np.float64)
     r = np.arange(rows)
     i_lo = (x < a).sum(axis=1) - 1  # last centre below the range (exists: x[0] < 0 <= a)
@@ -284,10 +293,11 @@ def _unique_weights_all(
         cols = uniq[sel]
         order = np.argsort(cols, axis=1, kind="stable")[:, :n]  # finite bins, sorted
         p_sorted = np.take_along_axis(cols, order, axis=1)
+        x = _shifted_copies(p_sorted)  # shared by every range
         for uw, ranges in zip(out, categories, strict=True):
             acc = np.zeros((sel.size, n))
             for lo, hi in ranges:
-                w = _range_weights(p_sorted, *_unwrapped(lo, hi))
+                w = _range_weights(p_sorted, *_unwrapped(lo, hi), x=x)
                 for copy in range(4):  # copy by copy: the sums of np.add.at, bit for bit
                     acc += w[:, copy]
             block = np.zeros((sel.size, uniq.shape[1]))

@@ -537,3 +537,75 @@ def test_threads_reading_one_file_agree(ees_file):
     got = ds.compute(scheduler="threads")
     want = load_esa(ees_file, variables=list(BIG_VARIABLES))
     xr.testing.assert_identical(got, want)
+
+
+@pytest.mark.parametrize("counts", [False, True])
+def test_read_by_runs_equals_convert_then_mask(tmp_path, ees_file, monkeypatch, counts):
+    """The read that converts inside each run's valid block only (fill -> NaN, counts
+    decoded) gives the bits of converting everything and then masking (the path taken
+    when the mode changes more often than ``_MASK_RUNS``), fills and overflows included,
+    in the same memory layout."""
+    import fastspectro_dask.io as fio
+
+    orbit = int(ees_file.name.split("_")[-2])
+    plan = _OrbitPlan(orbit, SEED, RECORDS)
+    rec, _ = plan.records_for("ees")
+    data = rec.arrays["data"].copy()
+    data[0, 0, 0] = data[1, 0, 0] = data[3, 2, 5] = 255
+    data[4] = 255
+    dq = rec.data_quality.copy()
+    dq[0] |= 2
+    dq[4] |= 2
+    dq[1] &= ~np.uint8(2)
+    eflux = rec.arrays["eflux"].copy()
+    eflux[5, 1, 1] = FILL_FLOAT  # a fill inside the valid block
+    valid = np.ones(data.shape[0], np.uint8)
+    valid[2] = 0
+    overrides = {"data": data, "data_quality": dq, "valid": valid, "eflux": eflux}
+    paths = {"plain": plan.write(tmp_path / "plain", "ees", overrides=overrides)}
+    big = {"pitch_angle": rec.arrays["pitch_angle"], "domega": rec.arrays["domega"]}
+    big.update(data=data, eflux=eflux)
+    transposed = {
+        **overrides,
+        **{v: np.ascontiguousarray(a.transpose(0, 2, 1)) for v, a in big.items()},
+    }
+    paths["transposed"] = plan.write(
+        tmp_path / "tr",
+        "ees",
+        overrides=transposed,
+        dims_override={v: [96, 64] for v in ("data", "eflux", "pitch_angle", "domega")},
+    )
+    names = ["data", "eflux", "pitch_angle", "domega"]
+    for path in paths.values():
+        by_runs = fio._build_dataset(path, names, None, eager=True, counts=counts)
+        with monkeypatch.context() as m:
+            m.setattr(fio, "_MASK_RUNS", 0)  # every record its own group: convert, then mask
+            whole = fio._build_dataset(path, names, None, eager=True, counts=counts)
+        for v in names:
+            got, want = by_runs[v].values, whole[v].values
+            assert got.dtype == want.dtype and got.strides == want.strides, v
+            assert got.tobytes() == want.tobytes(), v
+        assert np.isnan(by_runs["eflux"].values[5, 1, 1])
+        assert by_runs["data"].values[4, 0, 0] == (
+            fio.count_midpoints(burst=False)[255] if counts else 255.0
+        )
+
+
+def test_attributes_read_by_number_are_those_read_by_name(ees_file):
+    """FILLVAL and UNITS are read by variable number (no walk of the variable chain):
+    the same entries as cdflib's attget by name, absent ones None."""
+    from fastspectro_dask.io import _FileInfo, _plain
+
+    info = _FileInfo(ees_file, ["data", "eflux"])
+    cdf = cdflib.CDF(str(ees_file))
+    checked = 0
+    for name in cdf.cdf_info().zVariables:
+        for attribute in ("FILLVAL", "UNITS", "DEPEND_1", "LABLAXIS"):
+            try:
+                want = _plain(cdf.attget(attribute, name).Data)
+            except Exception:
+                want = None
+            assert repr(info.attr(name, attribute)) == repr(want), (name, attribute)
+            checked += want is not None
+    assert checked > 50
+    info.source.close()

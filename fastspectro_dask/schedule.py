@@ -319,6 +319,11 @@ class Task:
     group: Hashable | None = None
 
 
+def _release(futures: list) -> None:
+    for fut in futures:
+        fut.release()
+
+
 def _fetched(started: tuple[list, Any]) -> bool:
     """Whether a batch's results are in (or there is nothing to wait for)."""
     fetch = started[1][1]
@@ -451,7 +456,7 @@ class TaskLoop:
         for task, fut in zip(batch, futures, strict=True):
             self.inflight[fut.key] = (task, fut)
         self._placed.update(zip(keys, homes, strict=True))
-        ac.update(futures)
+        self._on_loop(ac.update, futures)
         self.submitted += len(batch)
         self.max_inflight = max(self.max_inflight, len(self.inflight))
         self._submitted_hook(len(self.inflight))
@@ -495,6 +500,15 @@ class TaskLoop:
             self._load[home] -= 1
             if not self._load[home]:
                 del self._load[home]
+
+    def _on_loop(self, fn: Callable[[list], Any], futures: list) -> None:
+        """``fn(futures)`` on the client's event loop: what it does per future there (a
+        callback each) costs no wake-up of the loop from this thread per future."""
+        loop = getattr(self.client, "loop", None)
+        if loop is None:  # not a real client
+            fn(futures)
+        else:
+            loop.add_callback(fn, futures)
 
     def _submitted_hook(self, inflight: int) -> None:
         """Called after each submission with the number of tasks in flight (for tests)."""
@@ -608,7 +622,7 @@ class TaskLoop:
                     handle(task, None, exc)
                 else:
                     handle(task, result, None)
-            fut.release()
+        self._on_loop(_release, [fut for _t, fut in done])
 
     # -- the run -------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ The file has one top-level key per line (sorted), each value compact on its line
 from __future__ import annotations
 
 import bisect
+import concurrent.futures
 import json
 import logging
 import operator
@@ -46,6 +47,8 @@ PROGRESS_SCHEMA = "fastspectro_dask.progress"
 PROGRESS_VERSION = 1
 #: Error reasons whose orbits a resumed run processes again by default.
 RETRYABLE_REASONS: tuple[str, ...] = ("timeout", "worker-lost", "generic")
+#: The thread of background writes (:class:`ProgressStore` ``background=True``).
+_WRITER = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="progress-write")
 _KEY_RE = re.compile(
     r"(?P<y>[^_]+)_(?P<z>[^_]+)_(?P<kind>completed|last_orbit)"
     r"|(?P<inst>[^_]+)_(?P<ey>[^_]+)_(?P<ez>[^_]+)_error-(?P<reason>[a-z0-9-]+)(?P<files>_files)?"
@@ -143,10 +146,6 @@ class _SortedInts:
         for b in sorted(self._buckets):
             yield from sorted(self._buckets[b])
 
-    def update(self, xs: Iterable[int]) -> None:
-        for x in xs:
-            self.add(x)
-
     def add(self, x: int) -> None:
         self._buckets.setdefault(x >> 9, set()).add(x)
         self._texts.pop(x >> 9, None)
@@ -182,7 +181,10 @@ class ProgressStore:
 
     Durability: processed orbits are written in batches of ``flush_batch_size`` (or after
     ``flush_interval_seconds`` with changes), so at most ``flush_batch_size - 1`` processed
-    orbits are ever unrecorded. Errors of an orbit in progress stay in memory until it is
+    orbits are ever unrecorded. ``background=True``: a batch is written in a thread while the
+    next ones are recorded, each write on disk before the next starts (so before
+    ``flush_batch_size`` further orbits are recorded); :meth:`flush` waits for it; its error
+    is raised by the next write or flush. Errors of an orbit in progress stay in memory until it is
     processed: a crash leaves it unprocessed, never half-recorded. A write keeps every key
     of the other scale combinations (re-read first only when another writer replaced the
     file). The first outcome of an orbit in a session replaces what earlier runs recorded.
@@ -202,6 +204,7 @@ class ProgressStore:
         instrument_order: Sequence[str] = ("ees", "eeb", "ies", "ieb"),
         retry_reasons: Iterable[str] = RETRYABLE_REASONS,
         clock: Callable[[], float] = time.monotonic,
+        background: bool = False,
     ) -> None:
         for what, name in [("y_scale", y_scale), ("z_scale", z_scale)]:
             _check_name(what, name)
@@ -222,6 +225,8 @@ class ProgressStore:
         self.flush_interval_seconds = flush_interval_seconds
         self.instrument_order = tuple(instrument_order)
         self.clock = clock
+        self.background = background
+        self._writing: concurrent.futures.Future | None = None  # a background write
         #: How many times this store wrote the progress file.
         self.writes = 0
         self._prefix = f"{y_scale}_{z_scale}"
@@ -345,7 +350,8 @@ class ProgressStore:
                     )
                 orbits = [v for v in value if not isinstance(v, bool) and isinstance(v, int)]
                 if k.kind == "completed":
-                    self._completed.update(orbits)
+                    for orbit in orbits:
+                        self._completed.add(orbit)
                     continue
                 if k.reason not in ERROR_REASONS:
                     logger.warning("%s: keeping unknown error reason key %s", self.path, key)
@@ -369,25 +375,41 @@ class ProgressStore:
         body = ",\n".join(f"{json.dumps(k)}:{text[k]}" for k in sorted(text))
         return f"{{\n{body}\n}}\n".encode()
 
-    def _write(self) -> None:
+    def _write(self, background: bool = False) -> None:
+        self._settle()  # one write at a time, in order
         if _identity(self.path) != self._disk:  # another writer replaced it: keep its keys
             on_disk = load_json_state(self.path, kind="progress")
             if on_disk is not None:
                 self._keep_others(on_disk)
-        atomic_write(self.path, self._encode())
-        self._disk = _identity(self.path)
-        self.writes += 1
+        text = self._encode()
         self._dirty = False
         self._since_flush.clear()
         self._last_flush = self.clock()
+        self._writing = _WRITER.submit(self._put, text)
+        if not background:
+            self._settle()
+
+    def _put(self, text: bytes) -> None:
+        atomic_write(self.path, text)
+        self._disk = _identity(self.path)
+        self.writes += 1
+
+    def _settle(self) -> None:
+        """Wait for the write under way; its error raised here (written again at a flush)."""
+        writing, self._writing = self._writing, None
+        if writing is not None and writing.exception() is not None:
+            self._dirty = True
+            raise writing.exception()
 
     def flush(self) -> bool:
-        """Write now if anything changed since the last write; whether it wrote."""
+        """Write now if anything changed since the last write, and wait until every write
+        is on disk; whether it wrote."""
         self._require_open()
-        if self._dirty:
+        wrote = self._dirty
+        if wrote:
             self._write()
-            return True
-        return False
+        self._settle()
+        return wrote
 
     def maybe_flush(self) -> bool:
         """Write if a batch is full or the flush interval elapsed; whether it wrote."""
@@ -396,7 +418,11 @@ class ProgressStore:
             self.flush_interval_seconds is not None
             and self.clock() - self._last_flush >= self.flush_interval_seconds
         )
-        return self.flush() if due else False
+        if wrote := due and self._dirty:
+            self._write(self.background)
+        elif due:  # nothing new: the batch is reported once the last write is on disk
+            self._settle()
+        return wrote
 
     @property
     def pending_orbits(self) -> int:

@@ -12,7 +12,11 @@ Used by the extrema pass 1 (:mod:`fastspectro_dask.extrema`) and by the render p
   (``LocalCluster``, ``client=``, ``--scheduler-address``/``--scheduler-file``,
   ``--cluster``). While no worker is there, ``floor`` tasks wait on the scheduler; a
   caller's ``window`` is an upper bound.
-* **Batched submission** (``client.map`` over the free slots) and **a wait that wakes on
+* **Client-side placement**: every task goes to one worker as a loose restriction (its
+  layout group's worker, else the one with the fewest tasks in flight per thread; any
+  worker may still run or steal it), so the scheduler sends it at once instead of
+  queuing it as a root task and sending it one completion at a time.
+* **Batched submission** (one ``client.map`` over the free slots) and **a wait that wakes on
   completion** (no polling); the results of a batch of completed tasks come in one
   ``gather``, up to :data:`MAX_FETCHING` batches at once, recorded oldest first.
 * **One place for the client-side batched flushes**: ``on_idle`` (the interval flush)
@@ -31,6 +35,7 @@ Used by the extrema pass 1 (:mod:`fastspectro_dask.extrema`) and by the render p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import sys
@@ -314,6 +319,11 @@ class Task:
     group: Hashable | None = None
 
 
+def _release(futures: list) -> None:
+    for fut in futures:
+        fut.release()
+
+
 def _fetched(started: tuple[list, Any]) -> bool:
     """Whether a batch's results are in (or there is nothing to wait for)."""
     fetch = started[1][1]
@@ -391,6 +401,8 @@ class TaskLoop:
         self.exhausted = False
         self.homes: dict[Hashable, str] = {}  # task group -> the worker it prefers
         self.groups: set[Hashable] = set()  # the task groups seen
+        self._placed: dict[str, str | None] = {}  # task in flight -> the worker it was given
+        self._load: Counter[str] = Counter()  # worker -> tasks in flight given to it
         self.outcome = "running"
 
     # -- the window ----------------------------------------------------------------------
@@ -424,21 +436,27 @@ class TaskLoop:
             self.exhausted = True
         if not batch:
             return
-        by_home: dict[str | None, list[Task]] = {}
-        for task in batch:
-            by_home.setdefault(self._home(task.group), []).append(task)
-        for home, tasks in by_home.items():
+        keys = [t.key for t in batch]
+        homes = [self._place(t.group) for t in batch]  # all None while no worker is known
+        # every task loosely placed, each on its own worker, in one graph update: the
+        # scheduler sends it at once instead of queuing it as a root task
+        placed = {k: [h] for k, h in zip(keys, homes, strict=True) if h is not None}
+        with (
+            dask.annotate(workers=placed.__getitem__, allow_other_workers=True)
+            if placed
+            else contextlib.nullcontext()
+        ):
             futures = self.client.map(
                 self.fn,
-                *zip(*(t.args for t in tasks), strict=True),
-                key=[t.key for t in tasks],
+                *zip(*(t.args for t in batch), strict=True),
+                key=keys,
                 pure=False,
                 retries=0,
-                **({} if home is None else {"workers": [home], "allow_other_workers": True}),
             )
-            for task, fut in zip(tasks, futures, strict=True):
-                self.inflight[fut.key] = (task, fut)
-            ac.update(futures)
+        for task, fut in zip(batch, futures, strict=True):
+            self.inflight[fut.key] = (task, fut)
+        self._placed.update(zip(keys, homes, strict=True))
+        self._on_loop(ac.update, futures)
         self.submitted += len(batch)
         self.max_inflight = max(self.max_inflight, len(self.inflight))
         self._submitted_hook(len(self.inflight))
@@ -461,6 +479,36 @@ class TaskLoop:
             home = min(workers, key=lambda a: (held[a] / workers[a][1], a))
             self.homes[group] = home
         return home
+
+    def _place(self, group: Hashable | None) -> str | None:
+        """The worker a task is given, loosely: its group's home (:meth:`_home`), else
+        the connected worker with the fewest tasks in flight per thread (counted here, by
+        placement). ``None`` while no worker is connected."""
+        workers = self.view.workers
+        if not workers:
+            return None
+        home = self._home(group)
+        if home is None:
+            load = self._load
+            home = min(workers, key=lambda a: (load[a] / workers[a][1], a))
+        self._load[home] += 1
+        return home
+
+    def _unplace(self, key: str) -> None:
+        home = self._placed.pop(key, None)
+        if home is not None:
+            self._load[home] -= 1
+            if not self._load[home]:
+                del self._load[home]
+
+    def _on_loop(self, fn: Callable[[list], Any], futures: list) -> None:
+        """``fn(futures)`` on the client's event loop: what it does per future there (a
+        callback each) costs no wake-up of the loop from this thread per future."""
+        loop = getattr(self.client, "loop", None)
+        if loop is None:  # not a real client
+            fn(futures)
+        else:
+            loop.add_callback(fn, futures)
 
     def _submitted_hook(self, inflight: int) -> None:
         """Called after each submission with the number of tasks in flight (for tests)."""
@@ -496,6 +544,8 @@ class TaskLoop:
             self.client.cancel(futures)
         self.abandoned = [t for t, _f in self.inflight.values()]
         self.inflight.clear()
+        self._placed.clear()
+        self._load.clear()
 
     def _watchdog(self) -> bool:
         if self.worker_wait is None:
@@ -518,6 +568,7 @@ class TaskLoop:
         done = []
         for fut in batch:
             entry = self.inflight.pop(fut.key, None)
+            self._unplace(fut.key)
             if entry is not None:
                 done.append((entry[0], fut))
         finished = [f for _t, f in done if f.status == "finished"]
@@ -571,7 +622,7 @@ class TaskLoop:
                     handle(task, None, exc)
                 else:
                     handle(task, result, None)
-            fut.release()
+        self._on_loop(_release, [fut for _t, fut in done])
 
     # -- the run -------------------------------------------------------------------------
 

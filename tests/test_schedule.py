@@ -558,27 +558,33 @@ def _identity(i: int) -> int:
     return i
 
 
-def test_tasks_of_a_group_prefer_one_worker_loosely(monkeypatch):
-    """Tasks of one group (one figure layout) are submitted with their group's worker as a
-    loose restriction (any worker may still run or steal them) once two groups per worker
-    are known; groups are spread over the workers; ungrouped tasks, and the tasks before
-    enough groups are known, carry no restriction; a group whose worker left gets another."""
+class _Restrictions(distributed.diagnostics.plugin.SchedulerPlugin):
+    """Records the worker restrictions the scheduler receives with each task."""
+
+    def __init__(self) -> None:
+        self.got: dict[str, tuple[frozenset, bool]] = {}
+
+    def update_graph(self, scheduler, *, keys, annotations=None, **kw) -> None:
+        annotations = annotations or {}
+        for key in keys:
+            self.got[key] = (
+                frozenset(annotations.get("workers", {}).get(key) or ()),
+                bool(annotations.get("allow_other_workers", {}).get(key)),
+            )
+
+
+def test_every_task_is_placed_loosely_and_groups_prefer_one_worker():
+    """Every task reaches the scheduler with one connected worker as a loose restriction
+    (any worker may still run or steal it; not queued as a root task): its group's worker
+    (one figure layout) once two groups per worker are known, groups spread over the
+    workers; otherwise the worker with the fewest tasks in flight per thread. A group whose
+    worker left gets another."""
     cluster, client = _local(2)
     try:
         client.wait_for_workers(2, timeout=120)
-        loop = TaskLoop(client, _identity, worker_wait=None)
-        restrictions: dict[str, tuple[frozenset, bool]] = {}
-        submit = client.map
-
-        def spy(fn, *args, key, **kw):  # what each submission asks of the scheduler
-            for k in key:
-                restrictions[k] = (
-                    frozenset(kw.get("workers") or ()),
-                    kw.get("allow_other_workers"),
-                )
-            return submit(fn, *args, key=key, **kw)
-
-        monkeypatch.setattr(client, "map", spy)
+        spy = _Restrictions()
+        cluster.scheduler.add_plugin(spy, name="restrictions-spy")
+        loop = TaskLoop(client, _identity, worker_wait=None)  # window 2 * 2 + 2 = 6
         # one group for the first 10 tasks (the dry run's shape: no preference), then four
         groups = {i: "a" if i < 10 else ("a", "b", "c", "d", None)[i % 5] for i in range(40)}
         got: list[int] = []
@@ -588,16 +594,19 @@ def test_tasks_of_a_group_prefer_one_worker_loosely(monkeypatch):
         )
         workers = set(cluster.scheduler.workers)
         assert sorted(got) == list(range(40))
+        assert not loop._placed and not loop._load  # every placement given back
         assert set(loop.homes) == {"a", "b", "c", "d"} and set(loop.homes.values()) == workers
         assert sorted(Counter(loop.homes.values()).values()) == [2, 2]
-        first_home = min(i for i in range(40) if restrictions[f"t-{i}"][0])
-        assert first_home > 10  # not before four groups were seen
-        for i, g in groups.items():
-            where, loose = restrictions[f"t-{i}"]
-            if g is None or i < first_home:
-                assert where == frozenset()
-            else:
-                assert where == {loop.homes[g]} and loose
+        for i in range(40):
+            where, loose = spy.got[f"t-{i}"]
+            assert len(where) == 1 and where <= workers and loose
+        # the first fill (nothing in flight yet): three tasks per worker
+        first = Counter(next(iter(spy.got[f"t-{i}"][0])) for i in range(6))
+        assert sorted(first.values()) == [3, 3]
+        # groups b, c, d are first seen by tasks 11, 12, 13: four groups for two workers
+        for i in range(13, 40):
+            if groups[i] is not None:
+                assert spy.got[f"t-{i}"][0] == {loop.homes[groups[i]]}
         # the worker of group "a" leaves: "a" is given the one left
         gone = loop.homes["a"]
         loop.view.workers = {a: w for a, w in loop.view.workers.items() if a != gone}
@@ -605,3 +614,18 @@ def test_tasks_of_a_group_prefer_one_worker_loosely(monkeypatch):
     finally:
         client.close()
         cluster.close()
+
+
+def test_tasks_without_a_home_go_to_the_least_loaded_worker_by_threads():
+    loop = _fake_loop(threads=4, extra=0)
+    loop.view.workers = {"w1": ("one", 1), "w3": ("three", 3)}
+    placed = {f"t-{i}": loop._place(None) for i in range(8)}
+    loop._placed.update(placed)
+    assert Counter(placed.values()) == {"w1": 2, "w3": 6}  # in flight per thread: 2 each
+    for key in [k for k, w in placed.items() if w == "w3"][:3]:
+        loop._unplace(key)  # three of w3's tasks finished: the next ones go to w3
+    assert [loop._place(None) for _ in range(3)] == ["w3", "w3", "w3"]
+    loop.view.workers = {"w1": ("one", 1)}  # w3 left: everything to w1
+    assert loop._place(None) == "w1"
+    loop.view.workers = {}  # no worker known: no placement
+    assert loop._place(None) is None

@@ -146,6 +146,10 @@ class _SortedInts:
         for b in sorted(self._buckets):
             yield from sorted(self._buckets[b])
 
+    def update(self, xs: Iterable[int]) -> None:
+        for x in xs:
+            self.add(x)
+
     def add(self, x: int) -> None:
         self._buckets.setdefault(x >> 9, set()).add(x)
         self._texts.pop(x >> 9, None)
@@ -181,10 +185,12 @@ class ProgressStore:
 
     Durability: processed orbits are written in batches of ``flush_batch_size`` (or after
     ``flush_interval_seconds`` with changes), so at most ``flush_batch_size - 1`` processed
-    orbits are ever unrecorded. ``background=True``: a batch is written in a thread while the
-    next ones are recorded, each write on disk before the next starts (so before
-    ``flush_batch_size`` further orbits are recorded); :meth:`flush` waits for it; its error
-    is raised by the next write or flush. Errors of an orbit in progress stay in memory until it is
+    orbits are ever unrecorded. With ``background=True`` a batch's write (its text made
+    first, on the caller's thread) goes on in a thread while the next orbits are recorded;
+    the next write waits for it, so a write is on disk before ``flush_batch_size`` further
+    orbits are (:meth:`mark_orbit_done` returns only then), and :meth:`flush` and
+    :meth:`close` return once everything is on disk. A failed background write raises at
+    the next write, flush or close. Errors of an orbit in progress stay in memory until it is
     processed: a crash leaves it unprocessed, never half-recorded. A write keeps every key
     of the other scale combinations (re-read first only when another writer replaced the
     file). The first outcome of an orbit in a session replaces what earlier runs recorded.
@@ -278,7 +284,10 @@ class ProgressStore:
                 self.flush()
         finally:
             self._open = False
-            self._lock.release()
+            try:
+                self._settle()  # also after an error: no write goes on after the lock
+            finally:
+                self._lock.release()
 
     def __enter__(self) -> ProgressStore:
         return self.open()
@@ -350,8 +359,7 @@ class ProgressStore:
                     )
                 orbits = [v for v in value if not isinstance(v, bool) and isinstance(v, int)]
                 if k.kind == "completed":
-                    for orbit in orbits:
-                        self._completed.add(orbit)
+                    self._completed.update(orbits)
                     continue
                 if k.reason not in ERROR_REASONS:
                     logger.warning("%s: keeping unknown error reason key %s", self.path, key)
@@ -395,7 +403,8 @@ class ProgressStore:
         self.writes += 1
 
     def _settle(self) -> None:
-        """Wait for the write under way; its error raised here (written again at a flush)."""
+        """Wait for the write under way, if any; its error is raised here (and what it
+        held is written again by the next flush)."""
         writing, self._writing = self._writing, None
         if writing is not None and writing.exception() is not None:
             self._dirty = True
@@ -418,11 +427,12 @@ class ProgressStore:
             self.flush_interval_seconds is not None
             and self.clock() - self._last_flush >= self.flush_interval_seconds
         )
-        if wrote := due and self._dirty:
+        if due and self._dirty:
             self._write(self.background)
-        elif due:  # nothing new: the batch is reported once the last write is on disk
+            return True
+        if due:  # nothing new, but the batch's orbits are not reported before the last write
             self._settle()
-        return wrote
+        return False
 
     @property
     def pending_orbits(self) -> int:

@@ -30,9 +30,7 @@ Four measurements, each printed as a plain-text table (medians over ``--rounds``
 3. **Bookkeeping dry run.** :func:`fastspectro_dask.pipeline._loop` driven with one no-op
    ``RenderJob`` per orbit (product ``instruments``, fake paths), :func:`noop_render` (defined
    here; workers import it as ``bench_pipeline.noop_render``, the benchmarks folder is put on
-   ``sys.path``/``PYTHONPATH``), a real ``ProgressStore(flush_batch_size=10,
-   background=True)`` (as the pipeline's: ``write s`` is the time the loop is blocked by
-   progress writes, ``disk s`` the time of their atomic writes in the background),
+   ``sys.path``/``PYTHONPATH``), a real ``ProgressStore(flush_batch_size=10)``,
    ``_Signals(False)``, a 2-worker LocalCluster (``distributed.worker.daemon: False``),
    default window and timeouts (120 s / 600 s). Reports tasks/s, client CPU per task, the RSS
    of this process (which also hosts the LocalCluster's scheduler) sampled every 20 ms from a
@@ -597,24 +595,17 @@ def run_loop(
         orbits, index = list(jobs), {o: {} for o in jobs}
     with tempfile.TemporaryDirectory(dir=tmp) as d:
         path = Path(d) / "progress.json"
-        write_s = {"_write": 0.0, "_put": 0.0}
-        with ProgressStore(
-            path, "linear", "log", flush_batch_size=flush_batch_size, background=True
-        ) as store:  # as the pipeline's
+        write_s = [0.0]
+        with ProgressStore(path, "linear", "log", flush_batch_size=flush_batch_size) as store:
             store.set_orbits(orbits)
+            real_write = store._write
 
-            def timing(name: str) -> Callable:
-                real = getattr(store, name)
+            def timed_write() -> None:
+                t = time.perf_counter()
+                real_write()
+                write_s[0] += time.perf_counter() - t
 
-                def timed(*a: Any) -> None:
-                    t = time.perf_counter()
-                    real(*a)
-                    write_s[name] += time.perf_counter() - t
-
-                return timed
-
-            for name in write_s:  # the loop blocked by a write; a write's disk part
-                setattr(store, name, timing(name))  # instance attributes: the store calls them
+            store._write = timed_write  # instance attribute: maybe_flush/flush call it
             summary = RunSummary()
             c0, t0 = time.process_time(), time.perf_counter()
             source = jobs if plan is None else plan(Path(d), summary)
@@ -647,8 +638,7 @@ def run_loop(
         "wall": wall,
         "cpu": cpu,
         "writes": writes,
-        "write_s": write_s["_write"],
-        "disk_s": write_s["_put"],
+        "write_s": write_s[0],
         "size": size,
         "figures": summary.figures_written,
         "errors": dict(summary.errors),
@@ -949,16 +939,14 @@ def dry_run(tmp: Path, args) -> None:
             "",
             "Dry run, measured",
             f"{'orbits':>7} {'wall s':>8} {'tasks/s':>8} {'ms/task':>8} {'client CPU ms/task':>19}"
-            f" {'JSON writes':>12} {'write s':>8} {'write %':>8} {'disk s':>7}"
-            f" {'progress.json':>14}",
-            "-" * 110,
+            f" {'JSON writes':>12} {'write s':>8} {'write %':>8} {'progress.json':>14}",
+            "-" * 102,
         ]
         for n, r in runs.items():
             lines.append(
                 f"{n:>7} {r['wall']:8.1f} {n / r['wall']:8.1f} {1e3 * r['wall'] / n:8.2f} "
                 f"{1e3 * r['cpu'] / n:19.2f} {r['writes']:>12} {r['write_s']:8.1f} "
-                f"{100 * r['write_s'] / r['wall']:7.0f}% {r['disk_s']:7.1f}"
-                f" {r['size'] / 1e3:11.1f} kB"
+                f"{100 * r['write_s'] / r['wall']:7.0f}% {r['size'] / 1e3:11.1f} kB"
             )
         lines += [
             "",

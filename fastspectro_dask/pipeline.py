@@ -258,10 +258,8 @@ def FAST_plot_spectrograms_directory(
         by default, ``progress.json``, ``extrema.json``, ``logs/`` and ``reduced.zarr``.
         ``output_base`` is an alias.
     flush_batch_size : int
-        Write the progress (and extrema) JSON every this many completed orbits; the
-        progress JSON in the background while the next orbits are recorded, each write on
-        disk before ``flush_batch_size`` further orbits are recorded: a SIGKILL loses the
-        orbits of the write under way, if any, and at most ``flush_batch_size - 1`` more [10].
+        Write the progress (and extrema) JSON every this many completed orbits; at most
+        ``flush_batch_size - 1`` finished orbits are lost to a SIGKILL [10].
     log_flush_batch_size : int, optional
         Write buffered log records every this many records [``flush_batch_size``].
     max_workers : int, optional
@@ -442,7 +440,6 @@ def _open_state(
         flush_batch_size=cfg.flush_batch_size,
         flush_interval_seconds=cfg.flush_interval_seconds,
         instrument_order=cfg.instrument_order,
-        background=True,  # a batch is written while the next orbits are recorded
     )
     store.acquire_lock()
     stack.callback(store.close)

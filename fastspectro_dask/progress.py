@@ -14,7 +14,6 @@ The file has one top-level key per line (sorted), each value compact on its line
 from __future__ import annotations
 
 import bisect
-import concurrent.futures
 import json
 import logging
 import operator
@@ -47,8 +46,6 @@ PROGRESS_SCHEMA = "fastspectro_dask.progress"
 PROGRESS_VERSION = 1
 #: Error reasons whose orbits a resumed run processes again by default.
 RETRYABLE_REASONS: tuple[str, ...] = ("timeout", "worker-lost", "generic")
-#: The thread of background writes (:class:`ProgressStore` ``background=True``).
-_WRITER = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="progress-write")
 _KEY_RE = re.compile(
     r"(?P<y>[^_]+)_(?P<z>[^_]+)_(?P<kind>completed|last_orbit)"
     r"|(?P<inst>[^_]+)_(?P<ey>[^_]+)_(?P<ez>[^_]+)_error-(?P<reason>[a-z0-9-]+)(?P<files>_files)?"
@@ -185,12 +182,7 @@ class ProgressStore:
 
     Durability: processed orbits are written in batches of ``flush_batch_size`` (or after
     ``flush_interval_seconds`` with changes), so at most ``flush_batch_size - 1`` processed
-    orbits are ever unrecorded. With ``background=True`` a batch's write (its text made
-    first, on the caller's thread) goes on in a thread while the next orbits are recorded;
-    the next write waits for it, so a write is on disk before ``flush_batch_size`` further
-    orbits are (:meth:`mark_orbit_done` returns only then), and :meth:`flush` and
-    :meth:`close` return once everything is on disk. A failed background write raises at
-    the next write, flush or close. Errors of an orbit in progress stay in memory until it is
+    orbits are ever unrecorded. Errors of an orbit in progress stay in memory until it is
     processed: a crash leaves it unprocessed, never half-recorded. A write keeps every key
     of the other scale combinations (re-read first only when another writer replaced the
     file). The first outcome of an orbit in a session replaces what earlier runs recorded.
@@ -210,7 +202,6 @@ class ProgressStore:
         instrument_order: Sequence[str] = ("ees", "eeb", "ies", "ieb"),
         retry_reasons: Iterable[str] = RETRYABLE_REASONS,
         clock: Callable[[], float] = time.monotonic,
-        background: bool = False,
     ) -> None:
         for what, name in [("y_scale", y_scale), ("z_scale", z_scale)]:
             _check_name(what, name)
@@ -231,8 +222,6 @@ class ProgressStore:
         self.flush_interval_seconds = flush_interval_seconds
         self.instrument_order = tuple(instrument_order)
         self.clock = clock
-        self.background = background
-        self._writing: concurrent.futures.Future | None = None  # a background write
         #: How many times this store wrote the progress file.
         self.writes = 0
         self._prefix = f"{y_scale}_{z_scale}"
@@ -284,10 +273,7 @@ class ProgressStore:
                 self.flush()
         finally:
             self._open = False
-            try:
-                self._settle()  # also after an error: no write goes on after the lock
-            finally:
-                self._lock.release()
+            self._lock.release()
 
     def __enter__(self) -> ProgressStore:
         return self.open()
@@ -383,42 +369,25 @@ class ProgressStore:
         body = ",\n".join(f"{json.dumps(k)}:{text[k]}" for k in sorted(text))
         return f"{{\n{body}\n}}\n".encode()
 
-    def _write(self, background: bool = False) -> None:
-        self._settle()  # one write at a time, in order
+    def _write(self) -> None:
         if _identity(self.path) != self._disk:  # another writer replaced it: keep its keys
             on_disk = load_json_state(self.path, kind="progress")
             if on_disk is not None:
                 self._keep_others(on_disk)
-        text = self._encode()
+        atomic_write(self.path, self._encode())
+        self._disk = _identity(self.path)
+        self.writes += 1
         self._dirty = False
         self._since_flush.clear()
         self._last_flush = self.clock()
-        self._writing = _WRITER.submit(self._put, text)
-        if not background:
-            self._settle()
-
-    def _put(self, text: bytes) -> None:
-        atomic_write(self.path, text)
-        self._disk = _identity(self.path)
-        self.writes += 1
-
-    def _settle(self) -> None:
-        """Wait for the write under way, if any; its error is raised here (and what it
-        held is written again by the next flush)."""
-        writing, self._writing = self._writing, None
-        if writing is not None and writing.exception() is not None:
-            self._dirty = True
-            raise writing.exception()
 
     def flush(self) -> bool:
-        """Write now if anything changed since the last write, and wait until every write
-        is on disk; whether it wrote."""
+        """Write now if anything changed since the last write; whether it wrote."""
         self._require_open()
-        wrote = self._dirty
-        if wrote:
+        if self._dirty:
             self._write()
-        self._settle()
-        return wrote
+            return True
+        return False
 
     def maybe_flush(self) -> bool:
         """Write if a batch is full or the flush interval elapsed; whether it wrote."""
@@ -427,12 +396,7 @@ class ProgressStore:
             self.flush_interval_seconds is not None
             and self.clock() - self._last_flush >= self.flush_interval_seconds
         )
-        if due and self._dirty:
-            self._write(self.background)
-            return True
-        if due:  # nothing new, but the batch's orbits are not reported before the last write
-            self._settle()
-        return False
+        return self.flush() if due else False
 
     @property
     def pending_orbits(self) -> int:

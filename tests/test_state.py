@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 
@@ -167,91 +166,6 @@ def test_batching_write_count(tmp_path: Path, n: int, batch: int) -> None:
         assert read(target)["linear_log_completed"] == list(range(100, 100 + n))
     else:
         assert not target.exists()
-
-
-class _HeldWrites:
-    """``atomic_write`` of the progress module, each write held until released: which
-    writes began, and the store's waits for one."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, store: ProgressStore) -> None:
-        import fastspectro_dask.progress as progress
-
-        self.began: list[threading.Event] = []
-        self.release: list[threading.Event] = []
-        self.waiting = threading.Event()
-        self._real = progress.atomic_write
-        monkeypatch.setattr(progress, "atomic_write", self._write)
-        settle = store._settle
-
-        def settling() -> None:
-            if store._writing is not None and not store._writing.done():
-                self.waiting.set()
-            settle()
-
-        monkeypatch.setattr(store, "_settle", settling)
-        for _ in range(8):
-            self.began.append(threading.Event())
-            self.release.append(threading.Event())
-
-    def _write(self, path: Path, data: bytes) -> None:
-        k = sum(e.is_set() for e in self.began)
-        self.began[k].set()
-        assert self.release[k].wait(60)
-        self._real(path, data)
-
-
-def test_background_writes_wait_for_each_other(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A batch is written in the background while the next orbits are recorded; the
-    orbit that fills the next batch waits (in ``mark_orbit_done``) until the earlier
-    write is on disk; ``flush`` returns once everything is on disk."""
-    target = tmp_path / "progress.json"
-    with ProgressStore(target, "linear", "log", flush_batch_size=3, background=True) as store:
-        held = _HeldWrites(monkeypatch, store)
-        returned: list[int] = []
-
-        def record() -> None:
-            for orbit in range(1, 7):
-                store.record_success(orbit)
-                returned.append(orbit)
-
-        recorder = threading.Thread(target=record)
-        recorder.start()
-        assert held.began[0].wait(60)  # the first batch is being written
-        assert held.waiting.wait(60)  # orbit 6 fills the next batch: it waits for it
-        assert returned == [1, 2, 3, 4, 5] and not target.exists()
-        held.release[0].set()
-        assert held.began[1].wait(60)  # then the second batch is written
-        recorder.join(60)
-        assert returned == [1, 2, 3, 4, 5, 6] and store.writes == 1
-        assert read(target)["linear_log_completed"] == [1, 2, 3]
-        held.release[1].set()
-        store.record_success(7)
-        held.release[2].set()
-        assert store.flush() is True  # the last orbit, written and on disk
-        assert read(target)["linear_log_completed"] == list(range(1, 8))
-    assert store.writes == 3
-
-
-def test_a_failed_background_write_raises_at_the_next_flush(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import fastspectro_dask.progress as progress
-
-    def disk_full(path: Path, data: bytes) -> None:
-        raise OSError(28, "No space left on device")
-
-    target = tmp_path / "progress.json"
-    store = ProgressStore(target, "linear", "log", flush_batch_size=1, background=True)
-    with store:
-        monkeypatch.setattr(progress, "atomic_write", disk_full)
-        assert store.record_success(1) is True  # handed to the writer
-        with pytest.raises(OSError, match="No space left"):
-            store.flush()
-        monkeypatch.undo()
-        assert store.flush() is True  # what the failed write held, written again
-    assert read(target)["linear_log_completed"] == [1]
 
 
 def test_errors_plus_mark_done_count_as_processed(tmp_path: Path) -> None:

@@ -143,10 +143,6 @@ class _SortedInts:
         for b in sorted(self._buckets):
             yield from sorted(self._buckets[b])
 
-    def update(self, xs: Iterable[int]) -> None:
-        for x in xs:
-            self.add(x)
-
     def add(self, x: int) -> None:
         self._buckets.setdefault(x >> 9, set()).add(x)
         self._texts.pop(x >> 9, None)
@@ -345,7 +341,8 @@ class ProgressStore:
                     )
                 orbits = [v for v in value if not isinstance(v, bool) and isinstance(v, int)]
                 if k.kind == "completed":
-                    self._completed.update(orbits)
+                    for orbit in orbits:
+                        self._completed.add(orbit)
                     continue
                 if k.reason not in ERROR_REASONS:
                     logger.warning("%s: keeping unknown error reason key %s", self.path, key)

@@ -38,6 +38,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import subprocess
 import sys
 import threading
 import time
@@ -77,6 +78,9 @@ LINGER_SECONDS = 0.02
 #: Batches of results fetched at the same time at most (one ``gather`` each): the next
 #: batches are submitted and recorded while a busy node answers the earlier ones.
 MAX_FETCHING = 4
+#: With no worker connected, the batch system is asked at most this often whether the
+#: jobs still awaited are queued (seconds; SLURM only, see :meth:`ClusterView.pending_jobs`).
+QUEUE_CHECK_SECONDS = 10.0
 #: dask config key of the watchdog's wait.
 WORKER_WAIT_KEY = "fastspectro.worker-wait"
 
@@ -153,6 +157,8 @@ class ClusterView:
         self._empty_since: float | None = None
         self._asking: Any = None  # a reading of the workers under way (wait=False)
         self._blocking = False  # readings without waiting failed here: always wait
+        self.left_queue: set[str] = set()  # worker names of jobs gone before connecting
+        self._queue_read_at = -float("inf")
 
     def refresh(self, force: bool = False, wait: bool = True) -> int:
         """Re-read the workers (at most every ``refresh`` seconds); returns the threads.
@@ -230,13 +236,33 @@ class ClusterView:
     def pending_jobs(self) -> int:
         """Workers asked for (a dask-jobqueue or other ``SpecCluster``) that never
         connected: jobs still in the batch queue. 0 when the cluster is not ours to see
-        (an external scheduler)."""
+        (an external scheduler). A SLURM job that left the queue before its workers
+        connected (cancelled, failed: ``squeue`` no longer lists it, asked at most every
+        :data:`QUEUE_CHECK_SECONDS`) is not pending any more."""
         cluster = self._cluster()
         try:
             requested = set(cluster.requested) if cluster is not None else set()
         except Exception:  # not a SpecCluster
             return 0
-        return len({str(n) for n in requested} - self.seen_names)
+        waiting = {str(n) for n in requested} - self.seen_names
+        now = time.monotonic()
+        if waiting - self.left_queue and now - self._queue_read_at >= QUEUE_CHECK_SECONDS:
+            self._queue_read_at = now
+            self._check_queue(cluster, waiting)
+        return len(waiting - self.left_queue)
+
+    def _check_queue(self, cluster, waiting: set[str]) -> None:
+        """Ask the batch system about the jobs whose workers are all still awaited."""
+        for name, job in list((getattr(cluster, "workers", None) or {}).items()):
+            members = _spec_members(cluster, name)
+            if not members <= waiting or members <= self.left_queue or _in_batch_queue(job):
+                continue
+            self.left_queue |= members
+            logger.warning(
+                "%s left the batch queue before its workers connected (cancelled or "
+                "failed): not waited for",
+                _job_label(cluster, name),
+            )
 
     def _resubmit_lost_jobs(self) -> None:
         """A dask-jobqueue cluster asked for a fixed number of jobs (``--jobs N``): a job
@@ -282,6 +308,29 @@ class ClusterView:
         if self._empty_since is None or self.pending_jobs():
             return 0.0
         return time.monotonic() - self._empty_since
+
+
+def _in_batch_queue(job) -> bool:
+    """Whether the batch system still holds a dask-jobqueue ``job`` (pending or running).
+
+    Asked of SLURM only (``squeue --jobs=ID``: not listed, or "Invalid job id", once it
+    has ended); True for other systems and whenever the answer is unclear."""
+    job_id = getattr(job, "job_id", None)
+    if not job_id or "slurm" not in type(job).__name__.lower():
+        return True
+    try:
+        out = subprocess.run(
+            ["squeue", "--noheader", "--format=%i", f"--jobs={job_id}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        logger.debug("squeue about batch job %s: %s", job_id, exc)
+        return True
+    if out.returncode == 0:
+        return str(job_id) in out.stdout.split()
+    return "invalid job id" not in out.stderr.lower()
 
 
 def _job_label(cluster, name: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections import Counter
@@ -339,6 +340,49 @@ def test_a_lost_job_is_named_by_its_batch_job_id(caplog):
         "2 lost job(s) (job-0: batch job 4711, job-1) resubmitted: scale(jobs=2)"
     )
     assert view.resubmitted == 2 and sorted(cluster.worker_spec) == ["job-2", "job-3"]
+
+
+class _FakeSLURMJob:
+    """A dask-jobqueue SLURM job as ClusterView sees it: its batch job id."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+
+
+def test_a_job_cancelled_before_connecting_stops_holding_the_watchdog(
+    tmp_path, monkeypatch, caplog
+):
+    """Jobs pending in SLURM hold the watchdog off; one cancelled in the queue before its
+    workers connected (squeue no longer lists it) does not: with every job gone the
+    watchdog counts again, each job named once in a warning."""
+    import fastspectro_dask.schedule as sched
+
+    queued = tmp_path / "queued"
+    queued.write_text("4711\n4712\n")
+    squeue = tmp_path / "bin" / "squeue"
+    squeue.parent.mkdir()
+    squeue.write_text(  # prints the asked job id while it is listed in `queued`
+        f'#!/bin/sh\nid=${{3#--jobs=}}\ngrep -qx "$id" {queued} && echo "$id"\nexit 0\n'
+    )
+    squeue.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{squeue.parent}:{os.environ['PATH']}")
+    monkeypatch.setattr(sched, "QUEUE_CHECK_SECONDS", 0.0)
+    cluster = _FakeJobqueue(jobs=2)
+    cluster.workers = {"job-0": _FakeSLURMJob("4711"), "job-1": _FakeSLURMJob("4712")}
+    view = sched.ClusterView(_FakeClient(cluster), refresh=0.0)
+    caplog.set_level(logging.WARNING, logger="fastspectro_dask.schedule")
+    assert view.refresh() == 0 and view.pending_jobs() == 4 and view.idle_for() == 0.0
+    queued.write_text("4712\n")  # scancel 4711 while it was pending
+    assert view.pending_jobs() == 2 and view.idle_for() == 0.0
+    queued.write_text("")  # and 4712
+    assert view.pending_jobs() == 0 and view.idle_for() > 0.0
+    gone = [r.getMessage() for r in caplog.records if "left the batch queue" in r.getMessage()]
+    assert gone == [
+        "job-0: batch job 4711 left the batch queue before its workers connected "
+        "(cancelled or failed): not waited for",
+        "job-1: batch job 4712 left the batch queue before its workers connected "
+        "(cancelled or failed): not waited for",
+    ]
 
 
 class _HeldScheduler:

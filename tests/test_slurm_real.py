@@ -179,3 +179,58 @@ def test_cli_on_real_slurm_jobs_pending_at_first_then_one_cancelled(slurm, tmp_p
     # none timed out; the run cancelled its jobs at the end
     assert set(first_jobs) <= set(_registered_jobs(job_logs, slurm["worker"]))
     assert not squeue_jobs(slurm["worker"])
+
+
+@pytest.mark.slow
+def test_cli_on_real_slurm_every_job_cancelled_while_pending_ends_the_run(slurm, tmp_path):
+    """Both worker jobs cancelled in the queue before a worker connected: the watchdog no
+    longer waits for them (squeue has dropped them), ends the run after --worker-wait with
+    the documented exit code and message, and the log names each job."""
+    pytest.importorskip("dask_jobqueue")
+    from fastspectro_dask.cli import EXIT_NO_WORKERS
+    from fastspectro_dask.schedule import QUEUE_CHECK_SECONDS
+
+    data, out, job_logs = tmp_path / "data", tmp_path / "out", tmp_path / "jobs"
+    write_synthetic_dataset(data, orbits=2, records=20, seed=3)
+    compute_global_extrema(data, extrema_json_path=out / "extrema.json")
+    blocker = _sbatch_blocker(slurm["blocker"])
+    _until(lambda: squeue_jobs(slurm["blocker"]).get(blocker) == "RUNNING", "running blocker")
+    args = jobqueue_plot_args(
+        data,
+        out,
+        *("--worker-wait", "3", "--no-report"),
+        jobs=2,
+        cluster_kw=(f"job_name={slurm['worker']}", f"log_directory={job_logs}"),
+    )
+    stdout, stderr = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with stdout.open("w") as so, stderr.open("w") as se:
+        run = subprocess.Popen(
+            cli_command(*args), stdout=so, stderr=se, env=cli_env(), cwd=tmp_path
+        )
+    try:
+        jobs = _until(
+            lambda: (
+                (jobs := squeue_jobs(slurm["worker"]))
+                and len(jobs) == 2
+                and set(jobs.values()) == {"PENDING"}
+                and jobs
+            ),
+            "two pending worker jobs",
+            run,
+        )
+        subprocess.run(["scancel", *jobs], check=True, timeout=15)
+        run.wait(timeout=WAIT + QUEUE_CHECK_SECONDS)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait(timeout=30)
+    res_out, res_err = stdout.read_text(), stderr.read_text()
+    assert run.returncode == EXIT_NO_WORKERS, res_out[-2000:] + res_err[-4000:]
+    assert "no Dask worker for 3 s and none pending" in res_out + res_err
+    assert "Traceback" not in res_out + res_err
+    assert not list(out.rglob("*.png"))
+    (log_file,) = (out / "logs").glob("*.log")
+    gone = re.findall(
+        r"batch job (\d+) left the batch queue before its workers", log_file.read_text()
+    )
+    assert sorted(gone) == sorted(jobs)

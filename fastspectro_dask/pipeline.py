@@ -865,10 +865,7 @@ def _loop(
         source = iter([(o, js, dict(known_map.get(o, {}))) for o, js in jobs.items()])
     else:
         source = iter(jobs)
-    left: dict[int, int] = {}
-    orbit_errors: dict[int, dict[str, tuple[str, str]]] = {}
     bar = _progress_bar(total or 0, progress_bar)
-    reasons: Counter[str] = Counter()
     clock = orbit_timeout is not None and ensure_orbit_clock(client)
     run_id = f"{os.getpid()}-{time.monotonic_ns()}"
     log_info = logger.isEnabledFor(logging.INFO)
@@ -883,36 +880,13 @@ def _loop(
         phase="rendering",
     )
 
-    def finish_orbit(orbit: int) -> None:
-        left.pop(orbit, None)
-        errs = orbit_errors.pop(orbit)
-        if errs:
-            for inst, (reason, _msg) in errs.items():
-                fp = None
-                if reason == "invalid-cdf" and inst in index[orbit]:
-                    with contextlib.suppress(OSError):
-                        fp = file_fingerprint(index[orbit][inst])
-                store.record_error(orbit, inst, reason, file_fingerprint=fp)
-                reasons[reason] += 1
-            store.mark_orbit_done(orbit)
-        else:
-            store.record_success(orbit)
-            summary.orbits_completed += 1
-        summary.orbits_processed += 1
-        bar.update(1)
-        if errs:
-            bar.set_postfix(
-                errors=sum(reasons.values()), timeouts=reasons["timeout"], refresh=False
-            )
+    book = _OrbitBook(store, summary, index, bar)
 
     def tasks() -> Iterator[Task]:
         """Orbits planned only as the window has room: memory stays flat for any mission."""
         for orbit, orbit_jobs, known in source:
-            orbit_errors[orbit] = dict(known)
-            left[orbit] = len(orbit_jobs)
-            if not orbit_jobs:  # nothing to render (figures exist): done at once
-                finish_orbit(orbit)
-                continue
+            if not book.begin(orbit, len(orbit_jobs), known):
+                continue  # nothing to render (figures exist): done at once
             # one task: its own start is the orbit's; more: the scheduler's orbit clock
             group = f"{run_id}-{orbit}" if clock and len(orbit_jobs) > 1 else None
             for job in orbit_jobs:
@@ -930,38 +904,10 @@ def _loop(
         if exc is not None:
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise exc
-            reason = _classify(exc)
-            for inst in _blame(job, exc):
-                orbit_errors[job.orbit].setdefault(inst, (reason, str(exc)))
-            for level, line in _log_notes(exc):
-                logger.log(level, "worker: %s", line)
-            logger.error(
-                "orbit %d %s: %s (%s: %s)", job.orbit, job.product, reason, type(exc).__name__, exc
-            )
-            remote_tb = getattr(exc, "__remote_traceback__", None)
-            if remote_tb:  # the log file keeps the detail; the terminal, one line
-                logger.info(
-                    "orbit %d %s: traceback in the render sandbox:\n%s",
-                    job.orbit,
-                    job.product,
-                    str(remote_tb).rstrip(),
-                )
+            book.failed(job, exc)
         else:
-            summary.figures_written += 1
-            if manifest is not None:
-                _append_manifest(manifest, job, result)
-            for inst, (reason, msg) in result["errors"].items():
-                orbit_errors[job.orbit].setdefault(inst, (reason, msg))
-                logger.error("orbit %d %s: %s (%s)", job.orbit, inst, reason, msg)
-            for level, line in result.get("log", ()):
-                logger.log(level, "worker: %s", line)
-            if log_info:
-                logger.info(
-                    "orbit %d %s written in %.2f s", job.orbit, job.product, result["seconds"]
-                )
-        left[job.orbit] -= 1
-        if left[job.orbit] == 0:
-            finish_orbit(job.orbit)
+            book.written(job, result, manifest, log_info)
+        book.task_done(job.orbit)
 
     with contextlib.ExitStack() as stack:
         if manifest is not None:  # one append handle for the loop, line-buffered
@@ -970,22 +916,106 @@ def _loop(
         try:
             outcome = loop.run(tasks(), handle)
         except NoWorkersError:
-            _count_abandoned(client, loop.abandoned, orbit_errors, manifest, summary)
+            _count_abandoned(client, loop.abandoned, book.orbit_errors, manifest, summary)
             summary.interrupted = True
             raise
         finally:
             bar.close()
-            for reason, n in reasons.items():
+            for reason, n in book.reasons.items():
                 summary.errors[reason] = summary.errors.get(reason, 0) + n
         if outcome == "stopped":
             summary.interrupted = True
-            _count_abandoned(client, loop.abandoned, orbit_errors, manifest, summary)
+            _count_abandoned(client, loop.abandoned, book.orbit_errors, manifest, summary)
             if loop.abandoned:
                 logger.warning(
                     "cancelled %d render tasks in flight; their orbits will be redone by the "
                     "next run",
                     len(loop.abandoned),
                 )
+
+
+class _OrbitBook:
+    """The loop's account of the orbits in progress: tasks left and errors per orbit,
+    recorded in the progress store (and the run summary, the progress bar) once an
+    orbit's last task is back."""
+
+    def __init__(self, store: ProgressStore, summary: RunSummary, index, bar) -> None:
+        self.store, self.summary, self.index, self.bar = store, summary, index, bar
+        self.left: dict[int, int] = {}
+        self.orbit_errors: dict[int, dict[str, tuple[str, str]]] = {}
+        self.reasons: Counter[str] = Counter()
+
+    def begin(self, orbit: int, n_tasks: int, known: dict[str, tuple[str, str]]) -> bool:
+        """An orbit enters the loop with ``n_tasks`` tasks and the errors already known;
+        False (and recorded at once) when it has no task."""
+        self.orbit_errors[orbit] = dict(known)
+        self.left[orbit] = n_tasks
+        if not n_tasks:
+            self.finish(orbit)
+        return bool(n_tasks)
+
+    def failed(self, job: RenderJob, exc: BaseException) -> None:
+        """A task's error: classified, blamed on its instruments, logged (one line; the
+        worker's traceback in the log file only)."""
+        reason = _classify(exc)
+        for inst in _blame(job, exc):
+            self.orbit_errors[job.orbit].setdefault(inst, (reason, str(exc)))
+        for level, line in _log_notes(exc):
+            logger.log(level, "worker: %s", line)
+        logger.error(
+            "orbit %d %s: %s (%s: %s)", job.orbit, job.product, reason, type(exc).__name__, exc
+        )
+        remote_tb = getattr(exc, "__remote_traceback__", None)
+        if remote_tb:  # the log file keeps the detail; the terminal, one line
+            logger.info(
+                "orbit %d %s: traceback in the render sandbox:\n%s",
+                job.orbit,
+                job.product,
+                str(remote_tb).rstrip(),
+            )
+
+    def written(self, job: RenderJob, result: dict, manifest: Any, log_info: bool) -> None:
+        """A figure written: the manifest line, the instruments' own errors, the worker's
+        log lines."""
+        self.summary.figures_written += 1
+        if manifest is not None:
+            _append_manifest(manifest, job, result)
+        for inst, (reason, msg) in result["errors"].items():
+            self.orbit_errors[job.orbit].setdefault(inst, (reason, msg))
+            logger.error("orbit %d %s: %s (%s)", job.orbit, inst, reason, msg)
+        for level, line in result.get("log", ()):
+            logger.log(level, "worker: %s", line)
+        if log_info:
+            logger.info("orbit %d %s written in %.2f s", job.orbit, job.product, result["seconds"])
+
+    def task_done(self, orbit: int) -> None:
+        self.left[orbit] -= 1
+        if self.left[orbit] == 0:
+            self.finish(orbit)
+
+    def finish(self, orbit: int) -> None:
+        """Record an orbit whose tasks are all back: its errors, else its success."""
+        self.left.pop(orbit, None)
+        errs = self.orbit_errors.pop(orbit)
+        store, summary = self.store, self.summary
+        if errs:
+            for inst, (reason, _msg) in errs.items():
+                fp = None
+                if reason == "invalid-cdf" and inst in self.index[orbit]:
+                    with contextlib.suppress(OSError):
+                        fp = file_fingerprint(self.index[orbit][inst])
+                store.record_error(orbit, inst, reason, file_fingerprint=fp)
+                self.reasons[reason] += 1
+            store.mark_orbit_done(orbit)
+        else:
+            store.record_success(orbit)
+            summary.orbits_completed += 1
+        summary.orbits_processed += 1
+        self.bar.update(1)
+        if errs:
+            self.bar.set_postfix(
+                errors=sum(self.reasons.values()), timeouts=self.reasons["timeout"], refresh=False
+            )
 
 
 #: Render tasks in flight beyond two per worker thread: they cover the client's round trip

@@ -119,3 +119,34 @@ def dask_client():
         yield c
         c.close()
         cluster.close()
+
+
+#: Test modules that took longest, longest first (``--durations``, 2 processes, loaded
+#: machine): they start first, so that no long module is left for the end of the run.
+LONGEST_MODULES = (
+    "test_pipeline.py",
+    "test_engine.py",
+    "test_fuzz_kill.py",
+    "test_cli.py",
+    "test_extrema.py",
+    "test_benchmarks_smoke.py",
+    "test_report.py",
+    "test_slurm_real.py",
+    "test_readme_figure.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The modules of :data:`LONGEST_MODULES` first, then the others with slow tests, then
+    the rest, each module's tests in their own order: pytest-xdist (``--dist loadfile
+    --no-loadscope-reorder``) hands out whole modules in this order, so the long ones start
+    at once and the short ones fill the end of the run."""
+    slow_modules = {item.path for item in items if item.get_closest_marker("slow")}
+
+    def rank(item: pytest.Item) -> tuple[int, int]:
+        name = item.path.name
+        if name in LONGEST_MODULES:
+            return (0, LONGEST_MODULES.index(name))
+        return (1, 0) if item.path in slow_modules else (2, 0)
+
+    items.sort(key=rank)  # stable: each module keeps its order

@@ -22,6 +22,13 @@ def hang_on_victim(job: RenderJob) -> dict:
     return render_job(job)
 
 
+def hang_on_victim_noting_pid(job: RenderJob) -> dict:
+    """:func:`hang_on_victim` that first writes its process id to ``{out}/hung-{pid}``."""
+    if job.orbit == VICTIM and job.product == "instruments":
+        (_out_root(job) / f"hung-{os.getpid()}").write_text("")
+    return hang_on_victim(job)
+
+
 def crash_on_victim(job: RenderJob) -> dict:
     if job.orbit == VICTIM and job.product == "instruments":
         os._exit(11)  # the process doing the work dies

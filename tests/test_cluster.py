@@ -148,7 +148,7 @@ def test_slurm_job_script_from_kwargs_and_config(fake_batch, monkeypatch):
             },
         ) as client:
             assert expected_worker_threads(client) == 8  # 2 jobs x 4 cores
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + 120  # a bound on a hang
             while len(_job_scripts(fake_batch)) < 2 and time.monotonic() < deadline:
                 time.sleep(0.05)
     scripts = _job_scripts(fake_batch)
@@ -179,7 +179,7 @@ def test_pbs_job_script_and_adapt(fake_batch, monkeypatch):
         cluster_kwargs={"cores": 2, "memory": "4GB", "interface": "lo", "walltime": "01:00:00"},
     ) as client:
         assert expected_worker_threads(client) == 6  # adaptive maximum: 3 jobs x 2 cores
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120  # a bound on a hang
         while not _job_scripts(fake_batch) and time.monotonic() < deadline:
             time.sleep(0.05)  # adapt keeps the minimum of 1 job
     script = _job_scripts(fake_batch)[0]
@@ -307,7 +307,7 @@ def external_scheduler(tmp_path):
         )
     ]
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120  # a bound on a hang
         while not sched_file.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
         assert sched_file.exists(), "the scheduler did not start"
@@ -331,8 +331,8 @@ def external_scheduler(tmp_path):
         )
         from distributed import Client
 
-        with Client(scheduler_file=str(sched_file), timeout=30, set_as_default=False) as c:
-            c.wait_for_workers(1, timeout=60)
+        with Client(scheduler_file=str(sched_file), timeout=120, set_as_default=False) as c:
+            c.wait_for_workers(1, timeout=120)
         yield sched_file
     finally:
         if sched_file.exists():  # a clean, quick stop of the scheduler and its worker

@@ -138,6 +138,7 @@ def test_dpi_and_figsize(orbit, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # 1,100 figures: minutes on a loaded machine (a bound on a hang)
 def test_memory_stays_flat_over_1000_figures(orbit, tmp_path):
     """1,000 figures in one process: the layout is reused and the RSS does not grow."""
     red, eph, ext = orbit

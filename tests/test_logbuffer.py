@@ -150,8 +150,8 @@ def test_worker_logs_forwarded_to_file(tmp_path: Path, pkg_logger) -> None:
     ):
         with buffered_file_logging(tmp_path, capacity=100, filename="w.log") as log:
             assert forward_worker_logs(client) is True
-            pid = client.submit(_log_on_worker, "hello", pure=False).result(timeout=60)
-            deadline = time.monotonic() + 20
+            pid = client.submit(_log_on_worker, "hello", pure=False).result(timeout=120)
+            deadline = time.monotonic() + 120  # a bound on a hang
             while log.buffered == 0 and time.monotonic() < deadline:
                 time.sleep(0.05)  # records arrive asynchronously on the event stream
             assert log.flushes == 0

@@ -102,25 +102,37 @@ def test_full_run_bad_files_and_resume(bad_mission, tmp_path, client):
     assert forced.figures_written == forced.orbits_total
 
 
+#: The timeout of the hung render in the timeout tests: the hang is certain (an infinite
+#: loop), so the bound only has to be longer than any real render of the other orbits, which
+#: run under the same timeout, even on a loaded machine (a few seconds of waiting).
+HANG_TIMEOUT = 20
+
+
+def _hung_render_stopped(out: Path) -> None:
+    """The hung render's process was killed by its timeout, not abandoned."""
+    import psutil
+
+    (pid,) = (int(p.name.split("-")[1]) for p in out.glob("hung-*"))
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+
+
 def test_hanging_render_is_a_timeout_and_the_batch_goes_on(mission, tmp_path, client):
     out = tmp_path / "out"
-    t0 = time.monotonic()
     s = plot(
         mission,
         out,
         client,
-        render_fn=_hooks.hang_on_victim,
-        instrument_timeout_seconds=3,
+        render_fn=_hooks.hang_on_victim_noting_pid,
+        instrument_timeout_seconds=HANG_TIMEOUT,
         orbit_timeout_seconds=math.inf,  # no bound
     )
-    elapsed = time.monotonic() - t0
     p = progress(out)
     victim = _hooks.VICTIM
     assert p["ees_linear_log_error-timeout"] == [victim]
     assert victim not in p["linear_log_completed"]
     assert len(p["linear_log_completed"]) == 2
     assert s.errors["timeout"] >= 2  # every instrument of the orbit's grid
-    assert elapsed < 60
+    _hung_render_stopped(out)
     # the worker slot was freed: a second run retries the timed-out orbit and succeeds
     again = plot(mission, out, client)
     assert again.orbits_processed == 1 and again.orbits_completed == 1
@@ -133,17 +145,16 @@ def test_hanging_render_is_a_timeout_and_the_batch_goes_on(mission, tmp_path, cl
 
 def test_orbit_timeout_bounds_all_tasks_of_an_orbit(mission, tmp_path, client):
     out = tmp_path / "out"
-    t0 = time.monotonic()
     plot(
         mission,
         out,
         client,
-        render_fn=_hooks.hang_on_victim,
+        render_fn=_hooks.hang_on_victim_noting_pid,
         instrument_timeout_seconds=math.inf,  # no bound
-        orbit_timeout_seconds=4,
+        orbit_timeout_seconds=HANG_TIMEOUT,
     )
-    assert time.monotonic() - t0 < 60
     assert progress(out)["ies_linear_log_error-timeout"] == [_hooks.VICTIM]
+    _hung_render_stopped(out)
 
 
 def test_crash_in_render_is_worker_lost(mission, tmp_path, client):
@@ -160,7 +171,7 @@ def test_killed_worker_is_worker_lost(mission, tmp_path, client):
     p = progress(out)
     assert p["ees_linear_log_error-worker-lost"] == [_hooks.VICTIM]
     assert len(p["linear_log_completed"]) == 2
-    client.wait_for_workers(2, timeout=60)
+    client.wait_for_workers(2, timeout=120)
 
 
 def test_divide_by_zero_category(mission, tmp_path, client):
@@ -381,14 +392,40 @@ def test_kill9_of_the_whole_run_then_resume(tmp_path, client):
 
 
 _SIGNAL_SCRIPT = """
+import logging
 import sys
+import time
 from fastspectro_dask.pipeline import FAST_plot_spectrograms_directory
 from tests import _hooks
+
+
+class HoldTheFirstSignal(logging.Handler):
+    # Reached from inside the run's handler of the first signal (its log line): says so on
+    # stdout, then stays in that handler, so the second signal certainly comes while the
+    # run is still stopping (a signal handler can be interrupted by the next one).
+    def emit(self, record):
+        if "received: stopping submission" in record.getMessage():
+            print("FIRST SIGNAL HANDLED", flush=True)
+            while True:
+                time.sleep(0.05)
+
+
+if sys.argv[3:] == ["--hold-first-signal"]:
+    logging.getLogger().addHandler(HoldTheFirstSignal())
 s = FAST_plot_spectrograms_directory(sys.argv[1], sys.argv[2], max_workers=1,
-    flush_batch_size=1, products=("instruments", "pitch-angle"), render_fn=_hooks.slow,
-    progress_bar=False, window=1)
+    flush_batch_size=1, products=("instruments", "pitch-angle"),
+    render_fn=_hooks.ready_then_block_on_victim, progress_bar=False, window=1)
 print("INTERRUPTED" if s.interrupted else "FINISHED", s.signal, flush=True)
 """
+
+
+def _wait_for_the_victim(out: Path, proc: subprocess.Popen) -> None:
+    """Until the victim's render announces itself (and stays busy), or the process ends."""
+    deadline = time.time() + 240  # a bound on a hang, not a timing assumption
+    while not (out / "victim-ready").exists() and proc.poll() is None:
+        assert time.time() < deadline, "the victim's render never started"
+        time.sleep(0.05)
+    assert (out / "victim-ready").exists(), f"the run ended first (exit {proc.returncode})"
 
 
 @pytest.mark.slow
@@ -401,9 +438,7 @@ def test_sigterm_then_double_sigint_in_a_real_process(mission, tmp_path):
         text=True,
         env=env,
     )
-    deadline = time.time() + 180
-    while time.time() < deadline and not list(out.rglob("*.png")):
-        time.sleep(0.1)
+    _wait_for_the_victim(out, proc)  # mid-run, certainly: the victim's render is busy
     proc.send_signal(signal.SIGTERM)
     stdout, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0
@@ -413,22 +448,24 @@ def test_sigterm_then_double_sigint_in_a_real_process(mission, tmp_path):
     assert set(p.get("linear_log_completed", [])) <= drawn
     # two signals: the second one exits at once, with KeyboardInterrupt, state intact
     proc = subprocess.Popen(
-        [sys.executable, "-c", _SIGNAL_SCRIPT, str(mission), str(tmp_path / "out2")],
+        [
+            *(sys.executable, "-c", _SIGNAL_SCRIPT),
+            *(str(mission), str(tmp_path / "out2"), "--hold-first-signal"),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=env,
     )
-    deadline = time.time() + 180
-    while time.time() < deadline and not list((tmp_path / "out2").rglob("*.png")):
-        time.sleep(0.1)
+    _wait_for_the_victim(tmp_path / "out2", proc)
     proc.send_signal(signal.SIGINT)
-    time.sleep(0.2)
+    # the second signal only once the first one is handled (two signals sent before the
+    # process runs its handler would count as one), while the run is still stopping
+    lines = iter(proc.stdout.readline, "")
+    assert "FIRST SIGNAL HANDLED\n" in lines, "the first SIGINT was not handled"
     proc.send_signal(signal.SIGINT)
-    t0 = time.time()
     _, stderr = proc.communicate(timeout=120)
-    assert time.time() - t0 < 60
-    assert proc.returncode != 0 and "KeyboardInterrupt" in stderr
+    assert proc.returncode != 0 and "KeyboardInterrupt" in stderr, stderr
     json.loads((tmp_path / "out2" / "progress.json").read_text())  # still valid JSON
 
 

@@ -873,8 +873,8 @@ def dry_run(tmp: Path, args) -> None:
         window = 2 * n_workers(client) + 2
         print(
             f"\n[3] {load()}\nbookkeeping dry run: the pipeline's planner (_plan, lazy) and "
-            f"_loop with no-op tasks, 2 workers, "
-            f"window {window}, "
+            f"_loop with no-op tasks, 2 workers, _loop's own elastic window (from the "
+            f"cluster's threads; the per-task cost table's minimal loops: window {window}), "
             f"ProgressStore(flush_batch_size=10), budget {args.budget:.0f} s per size; "
             f"RSS before the cluster {mb(rss_before_cluster)} MiB"
         )

@@ -13,13 +13,15 @@ computed again on the other one).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -109,19 +111,36 @@ def _seen_workers(log_dir: Path, name: str, count: int) -> dict[str, str]:
     return seen if len(seen) == count else {}
 
 
-def test_cli_on_real_slurm_jobs_pending_at_first_then_one_cancelled(slurm, tmp_path):
-    pytest.importorskip("dask_jobqueue")
+@dataclass
+class _Run:
+    """A CLI plot run on two SLURM worker jobs (see :func:`_plot_behind_blocker`)."""
+
+    run: subprocess.Popen
+    out: Path
+    job_logs: Path
+    blocker: str
+    stdout: Path
+    stderr: Path
+
+    def texts(self) -> tuple[str, str]:
+        return self.stdout.read_text(), self.stderr.read_text()
+
+
+@contextlib.contextmanager
+def _plot_behind_blocker(slurm, tmp_path: Path, orbits: int, *options: str) -> Iterator[_Run]:
+    """``fastspectro plot`` with ``--jobs 2`` on ``orbits`` synthetic orbits, started while
+    an exclusive blocker job holds the node, so its worker jobs wait pending in the queue;
+    killed at the end if still running. The extrema are computed first (local threads):
+    the run reuses them, so its render tasks are submitted while the jobs wait."""
     data, out, job_logs = tmp_path / "data", tmp_path / "out", tmp_path / "jobs"
-    write_synthetic_dataset(data, orbits=ORBITS, records=20, seed=3)
-    # the extrema first (local threads): the run reuses them, so its render tasks are
-    # submitted while the worker jobs still wait in the queue
+    write_synthetic_dataset(data, orbits=orbits, records=20, seed=3)
     compute_global_extrema(data, extrema_json_path=out / "extrema.json")
     blocker = _sbatch_blocker(slurm["blocker"])
     _until(lambda: squeue_jobs(slurm["blocker"]).get(blocker) == "RUNNING", "running blocker")
     args = jobqueue_plot_args(
         data,
         out,
-        *("--orbit-timeout", str(ORBIT_TIMEOUT), "--worker-wait", "300", "--no-report"),
+        *options,
         jobs=2,
         cluster_kw=(f"job_name={slurm['worker']}", f"log_directory={job_logs}"),
     )
@@ -131,19 +150,36 @@ def test_cli_on_real_slurm_jobs_pending_at_first_then_one_cancelled(slurm, tmp_p
             cli_command(*args), stdout=so, stderr=se, env=cli_env(), cwd=tmp_path
         )
     try:
-        first_jobs = _until(
-            lambda: (
-                (jobs := squeue_jobs(slurm["worker"]))
-                and len(jobs) == 2
-                and set(jobs.values()) == {"PENDING"}
-                and jobs
-            ),
-            "two pending worker jobs",
-            run,
-        )
+        yield _Run(run, out, job_logs, blocker, stdout, stderr)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait(timeout=30)
+
+
+def _two_pending_worker_jobs(slurm, run: subprocess.Popen) -> dict[str, str]:
+    """The run's two worker jobs, once both wait pending in the queue."""
+    return _until(
+        lambda: (
+            (jobs := squeue_jobs(slurm["worker"]))
+            and len(jobs) == 2
+            and set(jobs.values()) == {"PENDING"}
+            and jobs
+        ),
+        "two pending worker jobs",
+        run,
+    )
+
+
+def test_cli_on_real_slurm_jobs_pending_at_first_then_one_cancelled(slurm, tmp_path):
+    pytest.importorskip("dask_jobqueue")
+    options = ("--orbit-timeout", str(ORBIT_TIMEOUT), "--worker-wait", "300", "--no-report")
+    with _plot_behind_blocker(slurm, tmp_path, ORBITS, *options) as r:
+        run, out, job_logs = r.run, r.out, r.job_logs
+        first_jobs = _two_pending_worker_jobs(slurm, run)
         held_from = time.monotonic()  # pending longer than an orbit's timeout
         _until(lambda: time.monotonic() - held_from > ORBIT_TIMEOUT + 2, "end of hold", run)
-        subprocess.run(["scancel", blocker], check=True, timeout=15)
+        subprocess.run(["scancel", r.blocker], check=True, timeout=15)
         _until(lambda: list(out.rglob("*.png")), "first figure", run)
         # the job of the last worker in the cluster's spec (``SLURMCluster-1``): its
         # name is the one a SpecCluster would give the next job
@@ -152,11 +188,7 @@ def test_cli_on_real_slurm_jobs_pending_at_first_then_one_cancelled(slurm, tmp_p
         assert victim in first_jobs
         subprocess.run(["scancel", victim], check=True, timeout=15)
         run.wait(timeout=WAIT)
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait(timeout=30)
-    res_out, res_err = stdout.read_text(), stderr.read_text()
+    res_out, res_err = r.texts()
     assert run.returncode == 0, res_out[-2000:] + res_err[-4000:]
     assert "SLURM cluster: 2 job(s) submitted" in res_out
     pngs = sorted(out.rglob("*_instruments_y-linear_z-log.png"))
@@ -181,7 +213,6 @@ def test_cli_on_real_slurm_jobs_pending_at_first_then_one_cancelled(slurm, tmp_p
     assert not squeue_jobs(slurm["worker"])
 
 
-@pytest.mark.slow
 def test_cli_on_real_slurm_every_job_cancelled_while_pending_ends_the_run(slurm, tmp_path):
     """Both worker jobs cancelled in the queue before a worker connected: the watchdog no
     longer waits for them (squeue has dropped them), ends the run after --worker-wait with
@@ -190,41 +221,12 @@ def test_cli_on_real_slurm_every_job_cancelled_while_pending_ends_the_run(slurm,
     from fastspectro_dask.cli import EXIT_NO_WORKERS
     from fastspectro_dask.schedule import QUEUE_CHECK_SECONDS
 
-    data, out, job_logs = tmp_path / "data", tmp_path / "out", tmp_path / "jobs"
-    write_synthetic_dataset(data, orbits=2, records=20, seed=3)
-    compute_global_extrema(data, extrema_json_path=out / "extrema.json")
-    blocker = _sbatch_blocker(slurm["blocker"])
-    _until(lambda: squeue_jobs(slurm["blocker"]).get(blocker) == "RUNNING", "running blocker")
-    args = jobqueue_plot_args(
-        data,
-        out,
-        *("--worker-wait", "3", "--no-report"),
-        jobs=2,
-        cluster_kw=(f"job_name={slurm['worker']}", f"log_directory={job_logs}"),
-    )
-    stdout, stderr = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
-    with stdout.open("w") as so, stderr.open("w") as se:
-        run = subprocess.Popen(
-            cli_command(*args), stdout=so, stderr=se, env=cli_env(), cwd=tmp_path
-        )
-    try:
-        jobs = _until(
-            lambda: (
-                (jobs := squeue_jobs(slurm["worker"]))
-                and len(jobs) == 2
-                and set(jobs.values()) == {"PENDING"}
-                and jobs
-            ),
-            "two pending worker jobs",
-            run,
-        )
+    with _plot_behind_blocker(slurm, tmp_path, 2, "--worker-wait", "3", "--no-report") as r:
+        run, out = r.run, r.out
+        jobs = _two_pending_worker_jobs(slurm, run)
         subprocess.run(["scancel", *jobs], check=True, timeout=15)
         run.wait(timeout=WAIT + QUEUE_CHECK_SECONDS)
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait(timeout=30)
-    res_out, res_err = stdout.read_text(), stderr.read_text()
+    res_out, res_err = r.texts()
     assert run.returncode == EXIT_NO_WORKERS, res_out[-2000:] + res_err[-4000:]
     assert "no Dask worker for 3 s and none pending" in res_out + res_err
     assert "Traceback" not in res_out + res_err

@@ -217,7 +217,7 @@ class Ephemeris:
             None when no time has a valid ILAT (outside the ephemeris, in its gaps), when
             ILAT has both signs, or when it is 0 at all of them.
         """
-        ilat = self.at(times)["ILAT"]
+        ilat = self._interp(_to_unix(times), self.ilat)  # as :meth:`at`, ILAT alone
         ilat = ilat[np.isfinite(ilat) & (ilat != 0)]
         if ilat.size == 0:
             return None

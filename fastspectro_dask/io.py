@@ -27,11 +27,12 @@ Conventions of the returned Dataset
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -599,12 +600,19 @@ class _RecordArray(BackendArray):
         """``raw`` as float (a copy only where needed), fill values NaN."""
         out = raw.astype(self.dtype, copy=not raw.flags.writeable or raw.dtype != self.dtype)
         if self.fill is not None:
-            fill_mask = raw == raw.dtype.type(self.fill)
-            if fill_mask.any():
-                if self.name == "data":  # 255 is an overflow, not a fill, in flagged records
-                    fill_mask &= ~self._overflow_records(start, stop)[:, None, None]
-                np.copyto(out, np.nan, where=fill_mask)
+            self._nan_fills(out, raw, lambda: self._overflow_records(start, stop))
         return out
+
+    def _nan_fills(
+        self, out: np.ndarray, src: np.ndarray, overflow: Callable[[], np.ndarray]
+    ) -> None:
+        """NaN in ``out`` where ``src`` holds the fill value, except, in ``data``, in the
+        records ``overflow()`` flags (src's records): there 255 is a saturated count."""
+        fill_mask = src == src.dtype.type(self.fill)
+        if fill_mask.any():
+            if self.name == "data":
+                fill_mask &= ~overflow()[:, None, None]
+            np.copyto(out, np.nan, where=fill_mask)
 
     def _decode_counts(self, raw: np.ndarray, start: int, stop: int) -> np.ndarray:
         """Counts from the uint8 codes in one 256-entry gather; the fill code is NaN.
@@ -612,19 +620,33 @@ class _RecordArray(BackendArray):
         The same values as decoding the float32 codes that :meth:`_floats` gives (fill
         NaN except in counter-overflow records, where 255 is a saturated count).
         """
-        table = self.counts_table
-        fill = self.fill
+        lut = self._counts_lut()
+        out = lut[raw]
+        if lut is not self.counts_table:
+            self._saturated_counts(out, raw, start, stop, [raw])
+        return out
+
+    def _counts_lut(self) -> np.ndarray:
+        """The 256-entry decode table with the fill code NaN (the table itself when the
+        fill value is no uint8 code)."""
+        table, fill = self.counts_table, self.fill
         if fill is None or not 0 <= fill <= 255 or fill != int(fill):
-            return table[raw]
+            return table
         lut = table.copy()
         lut[int(fill)] = np.nan
-        out = lut[raw]
-        if int(fill) == 255 and raw.max() < 255:
-            return out
+        return lut
+
+    def _saturated_counts(
+        self, out: np.ndarray, raw: np.ndarray, start: int, stop: int, codes: list[np.ndarray]
+    ) -> None:
+        """Decode the records with the counter-overflow bit again with the plain table:
+        there the fill code is a saturated count. With fill code 255 only if one of the
+        arrays ``codes`` (the codes decoded) holds a 255."""
+        if int(self.fill) == 255 and not any(c.size and c.max() == 255 for c in codes):
+            return
         over = self._overflow_records(start, stop)
         if over.any():
-            out[over] = table[raw[over]]
-        return out
+            out[over] = self.counts_table[raw[over]]
 
     def _overflow_records(self, start: int, stop: int) -> np.ndarray:
         """Records whose data_quality has the counter-overflow bit (2) set."""
@@ -677,42 +699,23 @@ class _RecordArray(BackendArray):
             out = raw  # as _floats: converted in place
         else:
             out = np.empty_like(raw, dtype=self.dtype)
-        fill = self.fill
-        lut = None
-        if counts:
-            lut = self.counts_table
-            if fill is not None and 0 <= fill <= 255 and fill == int(fill):
-                lut = lut.copy()
-                lut[int(fill)] = np.nan
-        fill_value = None if counts or fill is None else raw.dtype.type(fill)
-        over: np.ndarray | None = None
-        for sel, b, e in parts:
-            block = (sel, slice(0, min(b, n_angle)), slice(0, min(e, n_energy)))
+        lut = self._counts_lut() if counts else None
+        # the overflow records, read once when first needed
+        overflow = functools.cache(lambda: self._overflow_records(start, stop))
+        blocks = [
+            (sel, slice(0, min(b, n_angle)), slice(0, min(e, n_energy))) for sel, b, e in parts
+        ]
+        for block in blocks:
             src = raw[block]
             if counts:
                 out[block] = lut[src]
                 continue
             if out is not raw:
                 out[block] = src
-            if fill_value is None:
-                continue
-            fill_mask = src == fill_value
-            if self.name == "data" and fill_mask.any():
-                # 255 is an overflow, not a fill, in flagged records
-                if over is None:
-                    over = self._overflow_records(start, stop)
-                fill_mask &= ~over[sel][:, None, None]
-            np.copyto(out[block], np.nan, where=fill_mask)
-        if counts and lut is not self.counts_table and int(fill) == 255:
-            inside = [raw[sel, : min(b, n_angle), : min(e, n_energy)] for sel, b, e in parts]
-            if any(a.size and a.max() == 255 for a in inside):
-                over = self._overflow_records(start, stop)
-                if over.any():
-                    out[over] = self.counts_table[raw[over]]
-        elif counts and lut is not self.counts_table:
-            over = self._overflow_records(start, stop)
-            if over.any():
-                out[over] = self.counts_table[raw[over]]
+            if self.fill is not None:
+                self._nan_fills(out[block], src, lambda sel=block[0]: overflow()[sel])
+        if counts and lut is not self.counts_table:
+            self._saturated_counts(out, raw, start, stop, [raw[block] for block in blocks])
         _nan_outside(out, parts)
         return out
 

@@ -492,22 +492,6 @@ def _collapse_categories(
     """
     if how not in ("sum", "mean", "rate"):
         raise ValueError(f"how must be 'sum', 'mean' or 'rate', not {how!r}")
-    if np.shape(values)[2] == 1:
-        # over a single channel einsum and ndarray.sum add the angles pairwise, in an
-        # order that depends on their number: an empty second channel keeps angle order
-        def pad(a: np.ndarray | None, fill: Any) -> np.ndarray | None:
-            return None if a is None else np.concatenate([a, np.full_like(a, fill)], axis=2)
-
-        out = _collapse_categories(
-            pad(np.asarray(values, dtype=np.float32), np.nan),
-            pad(np.asarray(pitch), np.nan),
-            pad(None if domega is None else np.asarray(domega), np.nan),
-            integ,
-            cats=cats,
-            how=how,
-            finite_values=pad(finite_values, False),
-        )
-        return out[:, :, :1]
     values = np.asarray(values, dtype=np.float32)
     pitch = np.asarray(pitch)
     if pitch.dtype != np.float32:
@@ -547,9 +531,8 @@ def _extent_groups(finite: np.ndarray) -> list[tuple[np.ndarray, int, int]]:
     """Records grouped by the extent of their valid bins: ``(records, n_angle, n_energy)``.
 
     A record's extent is one past its last angle and last energy with a valid bin
-    (records with none are left out: their values stay NaN), at least 2 channels where
-    there are. Beyond it nothing is valid, so a group can be reduced on
-    ``[:n_angle, :n_energy]`` alone.
+    (records with none are left out: their values stay NaN). Beyond it nothing is valid,
+    so a group can be reduced on ``[:n_angle, :n_energy]`` alone.
     """
     _, a_n, e_n = finite.shape
     if a_n == 0 or e_n == 0:  # nothing finite in the file (an all-fill or quiet file)
@@ -557,8 +540,7 @@ def _extent_groups(finite: np.ndarray) -> list[tuple[np.ndarray, int, int]]:
     by_angle = finite.any(axis=2)
     by_energy = finite.any(axis=1)
     a_ext = a_n - np.argmax(by_angle[:, ::-1], axis=1)
-    # at least 2 channels: over a single one einsum sums angles in another order
-    e_ext = np.maximum(e_n - np.argmax(by_energy[:, ::-1], axis=1), min(e_n, 2))
+    e_ext = e_n - np.argmax(by_energy[:, ::-1], axis=1)
     some = by_angle.any(axis=1)
     keys = np.where(some, a_ext * (e_n + 1) + e_ext, -1)
     found = [int(k) for k in np.unique(keys) if k >= 0]
@@ -636,15 +618,24 @@ def _collapse_regular(
     (time, category, angle) the weights of each record's columns; ``base`` the ``domega``
     weights (0 on invalid bins) for ``mean``.
     """
+    e_n = filled.shape[2]
+    if e_n == 1:
+        # over a single channel einsum (and the sum over angle of ``w``) add the angles
+        # pairwise, in an order set by their number: an empty second channel keeps the
+        # angle order of every other block
+        filled = np.concatenate([filled, np.zeros_like(filled)], axis=2)
+        if base is not None:
+            base = np.concatenate([base, np.zeros_like(base)], axis=2)
     # products and sums in float64: a float32 product would underflow (tiny values) or
     # round before the division
     if how == "mean":
         w = weights[:, :, :, None] * base[:, None, :, :]  # (t, k, a, e)
         total = np.einsum("tae,tkae->tke", filled, w, dtype=np.float64)
-        den = w.sum(axis=2)
+        den = w.sum(axis=2)[:, :, :e_n]
     else:
         total = np.einsum("tae,tka->tke", filled, weights, dtype=np.float64)
         den = np.ascontiguousarray(weights.transpose(2, 0, 1)).sum(axis=0)[:, :, None]
+    total = total[:, :, :e_n]
     rate = None if integ is None else integ.reshape(-1, 1, 1)
     _finish(res.transpose(1, 0, 2), total, den, regular[:, None, :], rate, how)
 

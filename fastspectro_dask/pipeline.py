@@ -734,7 +734,8 @@ def _iter_jobs(
             path = figure_path(
                 opts.out, orbit, start, product, y_name, z_scale, fmt=style.figure_format
             )
-            if path.exists() and not cfg.overwrite:
+            before = _file_identity(str(path))  # one stat per figure, at planning
+            if before is not None and not cfg.overwrite:
                 summary.figures_existing += 1
                 continue
             orbit_jobs.append(
@@ -753,6 +754,7 @@ def _iter_jobs(
                     style=style,
                     orb_file=orb_file,
                     pad=pad,
+                    replaces=before,
                 )
             )
         yield orbit, orbit_jobs, known
@@ -761,8 +763,8 @@ def _iter_jobs(
 def _append_manifest(path: Path | Any, job: RenderJob, result: Mapping[str, Any]) -> None:
     """One JSON line per figure: what was drawn, with which limits and options.
 
-    ``path`` is the manifest's path, or a line-buffered text file open for appending (the
-    render loop keeps one open: one write per figure, no open/close)."""
+    ``path`` is the manifest's path, or a text file open for appending (the render loop
+    keeps one open, buffered: no open/close per figure)."""
     line = json.dumps(
         {
             "figure": os.path.relpath(job.output, path.parent),
@@ -782,7 +784,7 @@ def _append_manifest(path: Path | Any, job: RenderJob, result: Mapping[str, Any]
         sort_keys=True,
     )
     if hasattr(path, "write"):
-        path.write(line + "\n")  # line-buffered: written at once
+        path.write(line + "\n")
         return
     with open(path, "a", encoding="utf-8") as fh:  # one short append per figure
         fh.write(line + "\n")
@@ -897,10 +899,10 @@ def _loop(
                 # figures of one layout prefer one worker: each layout built once, not
                 # once per worker
                 layout = (job.product, *job.instruments)
-                yield Task(key, args, (job, _file_identity(job.output)), layout)
+                yield Task(key, args, job, layout)
 
     def handle(task: Task, result: Any, exc: BaseException | None) -> None:
-        job = task.item[0]
+        job = task.item
         if exc is not None:
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise exc
@@ -910,9 +912,11 @@ def _loop(
         book.task_done(job.orbit)
 
     with contextlib.ExitStack() as stack:
-        if manifest is not None:  # one append handle for the loop, line-buffered
-            manifest = _Appender(manifest)
+        if manifest is not None:  # one append handle for the loop, flushed before the
+            manifest = _Appender(manifest)  # progress file records the orbits of its lines
             stack.callback(manifest.close)
+            store.before_write = manifest.flush
+            stack.callback(setattr, store, "before_write", None)
         try:
             outcome = loop.run(tasks(), handle)
         except NoWorkersError:
@@ -1024,19 +1028,34 @@ _PIPELINE_DEPTH = 32
 
 
 class _Appender:
-    """A text file opened for appending at the first write (line-buffered), kept open."""
+    """Lines for a text file, appended at :meth:`flush` (before each progress write: an
+    orbit recorded done has its lines on disk) and at :meth:`close`, in one write each;
+    every line whole, after a torn one too."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.parent = path.parent  # as a Path's: where relative names start
+        self._lines: list[str] = []
         self._fh: Any = None
 
     def write(self, text: str) -> None:
+        self._lines.append(text)
+
+    def flush(self) -> None:
+        if not self._lines:
+            return
         if self._fh is None:
-            self._fh = open(self.path, "a", encoding="utf-8", buffering=1)
-        self._fh.write(text)
+            self._fh = open(self.path, "ab", buffering=0)
+            if self._fh.tell():  # a line a killed run left torn: ended first
+                with open(self.path, "rb") as fh:
+                    fh.seek(-1, os.SEEK_END)
+                    if fh.read(1) != b"\n":
+                        self._lines.insert(0, "\n")
+        text, self._lines = "".join(self._lines), []
+        self._fh.write(text.encode("utf-8"))
 
     def close(self) -> None:
+        self.flush()
         if self._fh is not None:
             self._fh.close()
             self._fh = None
@@ -1049,8 +1068,8 @@ def _count_abandoned(client, abandoned, orbit_errors, manifest, summary: RunSumm
         return
     _stop_renders(client, [t.key for t in abandoned])
     for task in abandoned:
-        job, before = task.item
-        if _file_identity(job.output) not in (None, before):
+        job = task.item
+        if _file_identity(job.output) not in (None, job.replaces):
             summary.figures_written += 1
             if manifest is not None:
                 _append_manifest(manifest, job, {"errors": orbit_errors.get(job.orbit, {})})

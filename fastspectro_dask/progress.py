@@ -220,6 +220,9 @@ class ProgressStore:
         self.clock = clock
         #: How many times this store wrote the progress file.
         self.writes = 0
+        #: Called before each write: what must be on disk before the orbits it records
+        #: (the render loop's buffered manifest lines).
+        self.before_write: Callable[[], Any] | None = None
         self._prefix = f"{y_scale}_{z_scale}"
         self._lock = StateLock(self.path)
         self._open = self._dirty = False
@@ -367,6 +370,8 @@ class ProgressStore:
         return f"{{\n{body}\n}}\n".encode()
 
     def _write(self) -> None:
+        if self.before_write is not None:
+            self.before_write()
         if _identity(self.path) != self._disk:  # another writer replaced it: keep its keys
             on_disk = load_json_state(self.path, kind="progress")
             if on_disk is not None:

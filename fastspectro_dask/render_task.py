@@ -51,6 +51,7 @@ class RenderJob:
     style: RenderStyle  # the run's drawing settings (fastspectro_dask.config)
     orb_file: str | None = None  # the orbit's fa_k0_orb ephemeris file, if any
     pad: PadSpec | None = None  # the pad reduction (cached with the rest), if made
+    replaces: tuple[int, int] | None = None  # (inode, mtime_ns) of the figure overwritten
 
     @property
     def instruments(self) -> list[str]:

@@ -43,7 +43,7 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +57,7 @@ __all__ = [
     "LINGER_SECONDS",
     "MAX_FETCHING",
     "REFRESH_SECONDS",
+    "SWITCH_INTERVAL",
     "ClusterView",
     "OrbitClock",
     "Task",
@@ -81,8 +82,25 @@ MAX_FETCHING = 4
 #: With no worker connected, the batch system is asked at most this often whether the
 #: jobs still awaited are queued (seconds; SLURM only, see :meth:`ClusterView.pending_jobs`).
 QUEUE_CHECK_SECONDS = 10.0
+#: The client process's GIL switch interval while a loop runs (seconds; Python's default
+#: is 0.005). The client shares its process with the event loop thread (and, with a
+#: ``LocalCluster`` or dask-jobqueue cluster, the scheduler): each time the loop's thread
+#: waits for a file write or a lock it may then wait a whole interval for that busy thread
+#: to hand the GIL back. Measured in ``benchmarks/bench_pipeline.py``'s dry run.
+SWITCH_INTERVAL = 0.001
 #: dask config key of the watchdog's wait.
 WORKER_WAIT_KEY = "fastspectro.worker-wait"
+
+
+@contextlib.contextmanager
+def _switch_interval(seconds: float) -> Iterator[None]:
+    """The GIL switch interval set to at most ``seconds`` inside, restored after."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(min(before, seconds))
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
 
 
 def worker_wait_seconds() -> float | None:
@@ -695,54 +713,55 @@ class TaskLoop:
         no_workers = False
         stranded: list = []  # tasks whose results were being fetched when no worker was left
         fetching: deque = deque()  # batches whose results are being fetched, oldest first
-        try:
+        with _switch_interval(SWITCH_INTERVAL):
             try:
-                self._fill(it, ac)
-                while self.inflight or not (self.exhausted or self.stop.is_set()):
-                    if self.stop.is_set():
-                        break
-                    if ac.has_ready():  # a chunk's worth, while the workers stay busy
-                        self._wait(ac, 0.0)
-                    batch = ac.next_batch(block=False)
-                    if not batch:
-                        if fetching:  # nothing new: record what is being fetched
-                            self._finish_batch(fetching.popleft(), handle)
-                            continue
-                        if self.on_idle is not None:
-                            self.on_idle()
-                        self._wait(ac, self.view.refresh_seconds)
-                        if not ac.has_ready():  # nothing came: a look at the cluster
-                            self.view.refresh()
-                            if self._watchdog():
-                                no_workers = True
-                                break
-                        self._fill(it, ac)
-                        continue
-                    # pipelined: this batch's results are fetched while new tasks are
-                    # submitted and the batches fetched before it are recorded
-                    fetching.append(self._start_batch(batch))
+                try:
                     self._fill(it, ac)
-                    while fetching and (len(fetching) > MAX_FETCHING or _fetched(fetching[0])):
+                    while self.inflight or not (self.exhausted or self.stop.is_set()):
+                        if self.stop.is_set():
+                            break
+                        if ac.has_ready():  # a chunk's worth, while the workers stay busy
+                            self._wait(ac, 0.0)
+                        batch = ac.next_batch(block=False)
+                        if not batch:
+                            if fetching:  # nothing new: record what is being fetched
+                                self._finish_batch(fetching.popleft(), handle)
+                                continue
+                            if self.on_idle is not None:
+                                self.on_idle()
+                            self._wait(ac, self.view.refresh_seconds)
+                            if not ac.has_ready():  # nothing came: a look at the cluster
+                                self.view.refresh()
+                                if self._watchdog():
+                                    no_workers = True
+                                    break
+                            self._fill(it, ac)
+                            continue
+                        # pipelined: this batch's results are fetched while new tasks are
+                        # submitted and the batches fetched before it are recorded
+                        fetching.append(self._start_batch(batch))
+                        self._fill(it, ac)
+                        while fetching and (len(fetching) > MAX_FETCHING or _fetched(fetching[0])):
+                            self._finish_batch(fetching.popleft(), handle)
+                    while fetching and not no_workers:
                         self._finish_batch(fetching.popleft(), handle)
-                while fetching and not no_workers:
-                    self._finish_batch(fetching.popleft(), handle)
-            except _StrandedError as exc:
-                no_workers = True
-                stranded = list(exc.tasks)
-            for started in fetching:  # their results are stranded with the rest
-                stranded.extend(t for t, _f in started[0])
-            if self.stop.is_set() and (self.inflight or not self.exhausted):
-                self.outcome = "stopped"
-                self._abandon()
-            elif no_workers:
-                self.outcome = "no-workers"
-                self._abandon()
-                self.abandoned.extend(stranded)
-            else:
-                self.outcome = "done"
-        finally:
-            if self.on_exit is not None:
-                self.on_exit()
+                except _StrandedError as exc:
+                    no_workers = True
+                    stranded = list(exc.tasks)
+                for started in fetching:  # their results are stranded with the rest
+                    stranded.extend(t for t, _f in started[0])
+                if self.stop.is_set() and (self.inflight or not self.exhausted):
+                    self.outcome = "stopped"
+                    self._abandon()
+                elif no_workers:
+                    self.outcome = "no-workers"
+                    self._abandon()
+                    self.abandoned.extend(stranded)
+                else:
+                    self.outcome = "done"
+            finally:
+                if self.on_exit is not None:
+                    self.on_exit()
         if no_workers:
             raise NoWorkersError(
                 f"no Dask worker for {self.worker_wait:g} s and none pending: the run "

@@ -196,6 +196,53 @@ def test_flushes_happen_when_the_contract_says(mission, tmp_path, client):
     assert logged["progress_writes"] == s.progress_writes > 0  # not 0 (issue 13.11)
 
 
+def test_manifest_lines_are_on_disk_before_the_progress_write_of_their_orbits(
+    mission, tmp_path, client, monkeypatch
+):
+    """The manifest is buffered, and written before each progress write: an orbit that
+    the progress file records done has its figures' lines in the manifest."""
+    import fastspectro_dask.progress as progress_mod
+
+    out = tmp_path / "out"
+    seen: list[tuple[set[int], set[int]]] = []
+    real = progress_mod.atomic_write
+
+    def spy(path, data, **kw):
+        if Path(path).name == "progress.json":
+            done = set(json.loads(data)["linear_log_completed"])
+            lines = (out / "manifest.jsonl").read_text().splitlines()
+            seen.append((done, {json.loads(x)["orbit"] for x in lines}))
+        return real(path, data, **kw)
+
+    monkeypatch.setattr(progress_mod, "atomic_write", spy)
+    s = plot(mission, out, client, flush_batch_size=2)
+    assert s.orbits_completed == 3 and len(seen) == s.progress_writes == 2
+    for done, in_manifest in seen:
+        assert done and done <= in_manifest
+
+
+def test_manifest_appender_ends_a_torn_line_and_writes_whole_lines(tmp_path):
+    from fastspectro_dask.pipeline import _Appender
+
+    path = tmp_path / "manifest.jsonl"
+    path.write_bytes(b'{"orbit": 1}\n{"orb')  # a run killed in the middle of a line
+    app = _Appender(path)
+    app.write('{"orbit": 2}\n')
+    assert path.read_bytes().endswith(b'{"orb')  # buffered until a flush
+    app.flush()
+    app.write('{"orbit": 3}\n')
+    app.close()
+    assert path.read_text().splitlines() == [
+        '{"orbit": 1}',
+        '{"orb',
+        '{"orbit": 2}',
+        '{"orbit": 3}',
+    ]
+    empty = tmp_path / "none.jsonl"
+    _Appender(empty).close()
+    assert not empty.exists()  # nothing to write: no file
+
+
 @pytest.mark.parametrize(
     "hook", [_hooks.write_then_terminate_on_victim, _hooks.terminate_then_hang_on_victim]
 )

@@ -391,7 +391,7 @@ class Ledger:
         extra = {k: v for k, v in doc.items() if k not in ("files", "journal_next")}
         return self.flush(bool(doc.get("complete")), None, extra)
 
-    def maybe_compact(self, doc: dict[str, Any]) -> bool:
+    def maybe_compact(self, doc: dict[str, Any]) -> None:
         """Rewrite the journal without superseded lines if there are many (end of a run).
 
         ``doc`` is the JSON just written by :meth:`flush`; its ``journal`` is updated.
@@ -399,7 +399,7 @@ class Ledger:
         live, before = len(self.ledger), self.record["lines"]
         superseded = before - 1 - live
         if superseded < max(_COMPACT_MIN_SUPERSEDED, _COMPACT_FRACTION * live):
-            return False
+            return
         data, nxt = self._rewrite()
         # both records valid while the new journal is moved into place
         atomic_write_json(self.json_path, {**doc, "journal_next": nxt})
@@ -409,7 +409,6 @@ class Ledger:
             "%s: compacted, %d lines -> %d (%d superseded)",
             *(self.journal_path, before, nxt["lines"], superseded),
         )
-        return True
 
     def close(self) -> None:
         """Close the journal's append handle."""

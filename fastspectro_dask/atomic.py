@@ -1,14 +1,12 @@
 """The one atomic writer of the package, the lock of a state file, and their clean-up.
 
-Every file the package writes (state JSON, ledger journal rewrite, figures, run summary,
-report pages) goes through :func:`atomic_open`: a temporary ``.<name>.<pid>.<12 hex>.tmp``
-in the target's folder, created ``0666`` minus the umask (not ``mkstemp``'s ``0600``),
+Every file the package writes goes through :func:`atomic_open`: a temporary
+``.<name>.<pid>.<12 hex>.tmp`` in the target's folder, created ``0666`` minus the umask,
 flushed and ``fsync``-ed, then moved onto the target with :func:`os.replace`. A reader sees
-the old file or the new one, never a mix; on any error the temporary is removed, and one a
-``kill -9`` left behind is removed by :func:`remove_stale_temporaries` at the next run.
-
-A corrupt state file is moved aside (:func:`move_aside`, kept, never deleted) by
-:func:`load_json_state`, and :class:`StateLock` refuses a second run on the same state.
+the old file or the new one, never a mix; one a ``kill -9`` left behind is removed by
+:func:`remove_stale_temporaries` at the next run. A corrupt state file is moved aside
+(kept, never deleted) by :func:`load_json_state`; :class:`StateLock` refuses a second run
+on the same state.
 """
 
 from __future__ import annotations
@@ -52,9 +50,9 @@ _TMP_SUFFIX = re.compile(r"\.(?:\d+\.[0-9a-f]{12}|[a-z0-9_]{8})\.tmp")
 def atomic_open(path: str | os.PathLike[str], *, sync_dir: bool = True) -> Iterator[IO[bytes]]:
     """Open a binary file whose content replaces ``path`` atomically when the block ends.
 
-    The target is replaced only if the block completes; on any error (or interrupt) the
-    temporary is removed and the target is untouched. ``sync_dir`` also ``fsync``-s the
-    folder after the rename, best effort (state files; figures skip it).
+    On any error (or interrupt) the temporary is removed and the target is untouched.
+    ``sync_dir`` also ``fsync``-s the folder after the rename, best effort (state files;
+    figures skip it).
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
@@ -107,21 +105,21 @@ def json_dumps(obj: Any, **kw: Any) -> str:
         return json.dumps(_to_builtin(obj), sort_keys=True, allow_nan=False, **kw)
 
 
-def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | None = 1) -> None:
-    """Write ``obj`` as JSON (:func:`json_dumps`) to ``path`` with :func:`atomic_write`.
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    """Write ``obj`` as JSON (:func:`json_dumps`, ``indent=1``) to ``path`` atomically.
 
     Serialised first, so a ``TypeError``/``ValueError`` (NaN, an unknown type) never
     touches the target.
     """
-    atomic_write(path, (json_dumps(obj, indent=indent) + "\n").encode("utf-8"))
+    atomic_write(path, (json_dumps(obj, indent=1) + "\n").encode("utf-8"))
 
 
 def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
     """Remove the temporaries of :func:`atomic_open` that a killed run left beside ``path``.
 
-    Only ``.<name>.<pid>.<12 hex>.tmp`` (or earlier versions' ``.<name>.<8 chars>.tmp``)
-    of this very file, only in its folder. Call it under the state's lock only: a live
-    writer's temporary would be removed under its feet otherwise. Returns what was removed.
+    Only those of this very file (:data:`_TMP_SUFFIX`), only in its folder. Call it under
+    the state's lock only: a live writer's temporary would be removed under its feet
+    otherwise. Returns what was removed.
     """
     path = Path(path)
     prefix, removed = f".{path.name}", []

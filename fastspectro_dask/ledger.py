@@ -70,11 +70,14 @@ def encode(record: Mapping[str, Any]) -> bytes:
     return (json_dumps(record, separators=(",", ":")) + "\n").encode("utf-8")
 
 
-def _read_journal(path: Path, commits: Iterable[Any]) -> tuple[list[dict[str, Any]], dict, Any]:
-    """The committed lines of the journal at ``path`` (header first), the commit record of
-    the first of ``commits`` it matches and the running sha256 of that prefix.
+def _read_journal(
+    path: Path, commits: Iterable[Any]
+) -> tuple[dict[str, dict[str, Any]], dict, Any]:
+    """The ledger (relative path -> entry) in the committed part of the journal at ``path``,
+    the commit record of the first of ``commits`` that part matches and its running sha256.
 
-    ``ValueError`` saying why none matches (or that there is no journal).
+    ``ValueError`` saying why none matches (or that there is no journal); ``KeyError`` or
+    ``ValueError`` on a line that is neither a put nor the del of a path that is there.
     """
     try:
         raw = path.read_bytes()
@@ -95,24 +98,28 @@ def _read_journal(path: Path, commits: Iterable[Any]) -> tuple[list[dict[str, An
             lines = raw[:nbytes].split(b"\n")
             if lines.pop() or len(lines) != nlines or not nlines:
                 raise ValueError(f"{len(lines)} full lines, but {nlines} were committed")
-            out = []
+            records = []
             for n, line in enumerate(lines, start=1):
                 try:
-                    out.append(json.loads(line))
+                    records.append(json.loads(line))
                 except ValueError as exc:  # UnicodeDecodeError included
                     raise ValueError(f"line {n} is not valid JSON ({exc})") from None
-                if not isinstance(out[-1], dict):
+                if not isinstance(records[-1], dict):
                     raise ValueError(f"line {n} is not a JSON object")
-            if out[0].get("id") != c.get("id"):
+            if records[0].get("id") != c.get("id"):
                 raise ValueError("its header does not carry the committed journal id")
+            ledger: dict[str, dict[str, Any]] = {}
+            for entry in records[1:]:
+                op, rel = entry.pop("op", None), entry.pop("path")
+                if op == "put":
+                    ledger[rel] = entry
+                elif op == "del":
+                    del ledger[rel]
+                else:
+                    raise ValueError(f"ledger: unknown op {op!r} for {rel}")
             rec = {"file": path.name, "id": c["id"], "lines": nlines, "bytes": nbytes}
-            return out, {**rec, "sha256": sha}, h
+            return ledger, {**rec, "sha256": sha}, h
     raise ValueError(reason)
-
-
-# --------------------------------------------------------------------------------------
-# The merged pass-1 histograms of one (instrument, category), and their codec
-# --------------------------------------------------------------------------------------
 
 
 def _pack(*arrays: np.ndarray) -> str:
@@ -174,32 +181,9 @@ class Merged:
         return m
 
 
-# --------------------------------------------------------------------------------------
-# The ledger: the extrema JSON and its journal, committed together
-# --------------------------------------------------------------------------------------
-
-
 def journal_path(json_path: Path) -> Path:
     """``extrema.json`` -> ``extrema.ledger.jsonl`` (any other name: ``<name>.ledger.jsonl``)."""
     return json_path.with_name(f"{json_path.name.removesuffix('.json')}.ledger.jsonl")
-
-
-def replay(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The ledger (relative path -> entry) that journal records describe (consumed).
-
-    ``KeyError``/``ValueError`` on a record that is neither a put nor the del of a path
-    that is there.
-    """
-    ledger: dict[str, dict[str, Any]] = {}
-    for rec in records:
-        op, rel = rec.pop("op", None), rec.pop("path")
-        if op == "put":
-            ledger[rel] = rec
-        elif op == "del":
-            del ledger[rel]
-        else:
-            raise ValueError(f"ledger: unknown op {op!r} for {rel}")
-    return ledger
 
 
 def committed_ledger(json_path: str | os.PathLike[str]) -> dict[str, dict[str, Any]] | None:
@@ -207,7 +191,7 @@ def committed_ledger(json_path: str | os.PathLike[str]) -> dict[str, dict[str, A
     try:
         state = json.loads(Path(json_path).read_text())
         commits = (state.get("journal"), state.get("journal_next"))
-        return replay(_read_journal(journal_path(Path(json_path)), commits)[0][1:])
+        return _read_journal(journal_path(Path(json_path)), commits)[0]
     except (OSError, ValueError, AttributeError):
         return None
 
@@ -278,8 +262,8 @@ class Ledger:
         """Read the journal ``state`` names and the merged histograms; False: recount."""
         try:
             commits = (state.get("journal"), state.get("journal_next"))
-            records, record, sha = _read_journal(self.journal_path, commits)
-            self.ledger, merged = replay(records[1:]), state["pass1"]["merged"]
+            self.ledger, record, sha = _read_journal(self.journal_path, commits)
+            merged = state["pass1"]["merged"]
             for inst, cm in self.merged.items():
                 for cat in cm:
                     if (obj := merged.get(inst, {}).get(cat)) is not None:
@@ -407,7 +391,7 @@ class Ledger:
         extra = {k: v for k, v in doc.items() if k not in ("files", "journal_next")}
         return self.flush(bool(doc.get("complete")), None, extra)
 
-    def maybe_compact(self, doc: dict[str, Any]) -> bool:
+    def maybe_compact(self, doc: dict[str, Any]) -> None:
         """Rewrite the journal without superseded lines if there are many (end of a run).
 
         ``doc`` is the JSON just written by :meth:`flush`; its ``journal`` is updated.
@@ -415,7 +399,7 @@ class Ledger:
         live, before = len(self.ledger), self.record["lines"]
         superseded = before - 1 - live
         if superseded < max(_COMPACT_MIN_SUPERSEDED, _COMPACT_FRACTION * live):
-            return False
+            return
         data, nxt = self._rewrite()
         # both records valid while the new journal is moved into place
         atomic_write_json(self.json_path, {**doc, "journal_next": nxt})
@@ -425,7 +409,6 @@ class Ledger:
             "%s: compacted, %d lines -> %d (%d superseded)",
             *(self.journal_path, before, nxt["lines"], superseded),
         )
-        return True
 
     def close(self) -> None:
         """Close the journal's append handle."""

@@ -859,216 +859,218 @@ def _write_breakdown(st, path: Path) -> str:
 
 
 def dry_run(tmp: Path, args) -> None:
-    from fastspectro_dask.cluster import n_workers
-    from fastspectro_dask.pipeline import _run_job
-    from fastspectro_dask.state import ProgressStore
+    from fastspectro_dask.cluster import client_context
 
     os.environ["PYTHONPATH"] = os.pathsep.join(
         [str(HERE), *filter(None, [os.environ.get("PYTHONPATH")])]
     )
     rss_before_cluster = rss_bytes()
-    cluster, client = make_cluster(2)
-    try:
-        client.wait_for_workers(2)
-        window = 2 * n_workers(client) + 2
-        print(
-            f"\n[3] {load()}\nbookkeeping dry run: the pipeline's planner (_plan, lazy) and "
-            f"_loop with no-op tasks, 2 workers, _loop's own elastic window (from the "
-            f"cluster's threads; the per-task cost table's minimal loops: window {window}), "
-            f"ProgressStore(flush_batch_size=10), budget {args.budget:.0f} s per size; "
-            f"RSS before the cluster {mb(rss_before_cluster)} MiB"
-        )
-        template = ledger_template(tmp, client)
-        index, state = fake_mission(50, template)
-        warm = run_planned(client, {"index": index, "state": state}, tmp)  # children started
-        del index, state
-        if warm["figures"] != 50:
-            raise RuntimeError(f"warm-up failed: {warm}")
+    # the pipeline's own local cluster (fastspectro_dask.cluster.client_context)
+    with client_context(max_workers=2, dashboard_address=":0") as client:
+        _dry_run(tmp, args, client, client.cluster, rss_before_cluster)
 
-        runs: dict[int, dict] = {}
-        mem: dict[int, dict] = {}
-        skipped: list[int] = []
-        for n in args.dry_sizes:
-            if runs:
-                fit = fit_model(runs)
-                if predict(fit, n) > args.budget:
-                    fits = [
-                        m
-                        for m in range(5000, n, 5000)
-                        if m > max(runs) and predict(fit, m) <= args.budget
-                    ]
-                    print(
-                        f"  {n} orbits predicted at {predict(fit, n):.0f} s > budget "
-                        f"{args.budget:.0f} s: "
-                        + (f"running {fits[-1]} instead" if fits else "not run")
-                    )
-                    skipped.append(n)
-                    if not fits:
-                        continue
-                    n = fits[-1]
-            gc.collect()
-            with RssSampler() as sampler:
-                index, state = fake_mission(n, template)
-                mission = {"index": index, "state": state}
-                del index, state
-                rss_jobs = rss_bytes()
-                res = run_planned(client, mission, tmp)
-                rss_loop_end = rss_bytes()
-            del mission
-            gc.collect()
-            runs[n] = res
-            mem[n] = {
-                "during": [sampler.at(res["t0"] + f * res["wall"]) for f in LOOP_FRACTIONS],
-                "start": sampler.start,
-                "jobs": rss_jobs,
-                "peak": sampler.peak,
-                "end": rss_loop_end,
-                "freed": rss_bytes(),
-            }
-            spans = getattr(cluster.scheduler, "extensions", {}).get("spans")
-            print(
-                f"  {n} orbits: {res['wall']:.1f} s, {res['figures']} tasks ok, "
-                f"errors {res['errors'] or 'none'}; after the run: scheduler tasks "
-                f"{len(cluster.scheduler.tasks)}, task groups "
-                f"{len(cluster.scheduler.task_groups)}, "
-                f"spans {len(spans.spans) if spans else '?'}, client futures "
-                f"{len(client.futures)}; {res['sizes']}"
-            )
 
-        lines = [
-            "",
-            "Dry run, measured",
-            f"{'orbits':>7} {'wall s':>8} {'tasks/s':>8} {'ms/task':>8} {'client CPU ms/task':>19}"
-            f" {'JSON writes':>12} {'write s':>8} {'write %':>8} {'progress.json':>14}",
-            "-" * 102,
-        ]
-        for n, r in runs.items():
-            lines.append(
-                f"{n:>7} {r['wall']:8.1f} {n / r['wall']:8.1f} {1e3 * r['wall'] / n:8.2f} "
-                f"{1e3 * r['cpu'] / n:19.2f} {r['writes']:>12} {r['write_s']:8.1f} "
-                f"{100 * r['write_s'] / r['wall']:7.0f}% {r['size'] / 1e3:11.1f} kB"
-            )
-        lines += [
-            "",
-            "Client RSS (this process: client + scheduler), MiB",
-            f"{'orbits':>7} {'start':>7} {'index+state':>11} {'peak':>7} {'loop end':>9}"
-            f" {'freed':>11} {'peak-start':>11} {'KiB/orbit':>10} {'peak-index+st':>16}",
-            "-" * 98,
-        ]
-        for n, m in mem.items():
-            lines.append(
-                f"{n:>7} {mb(m['start']):>7} {mb(m['jobs']):>11} {mb(m['peak']):>7} "
-                f"{mb(m['end']):>9} {mb(m['freed']):>11} {mb(m['peak'] - m['start']):>11} "
-                f"{(m['peak'] - m['start']) / 1024 / n:10.2f} {mb(m['peak'] - m['jobs']):>16}"
-            )
-        lines += [
-            "",
-            "Client RSS during the loop (state dropped after planning), MiB, at "
-            + " / ".join(f"{100 * f:.0f} %" for f in LOOP_FRACTIONS)
-            + " of its wall time",
-        ]
-        for n, m in mem.items():
-            lines.append(f"{n:>7}  " + " / ".join(mb(x) for x in m["during"]))
-        if len(mem) >= 2:
-            items = list(mem.items())
-            (n0, m0), (n1, m1) = items[0], items[-1]
-            g0, g1 = m0["peak"] - m0["start"], m1["peak"] - m1["start"]
-            lines.append(
-                f"growth of the peak over start from {n0} to {n1} orbits: {mb(g0)} -> {mb(g1)} MiB"
-                f" ({(g1 - g0) / 1024 / (n1 - n0):.2f} KiB per extra orbit); of the index and "
-                f"extrema state alone: {mb(m0['jobs'] - m0['start'])} -> "
-                f"{mb(m1['jobs'] - m1['start'])} MiB; during the loop (peak - index+state): "
-                f"{mb(m0['peak'] - m0['jobs'])} -> {mb(m1['peak'] - m1['jobs'])} MiB"
-            )
-        if skipped:
+def _dry_run(tmp: Path, args, client, cluster, rss_before_cluster: int) -> None:
+    from fastspectro_dask.cluster import n_workers
+    from fastspectro_dask.pipeline import _run_job
+    from fastspectro_dask.state import ProgressStore
+
+    client.wait_for_workers(2)
+    window = 2 * n_workers(client) + 2
+    print(
+        f"\n[3] {load()}\nbookkeeping dry run: the pipeline's planner (_plan, lazy) and "
+        f"_loop with no-op tasks, 2 workers, _loop's own elastic window (from the "
+        f"cluster's threads; the per-task cost table's minimal loops: window {window}), "
+        f"ProgressStore(flush_batch_size=10), budget {args.budget:.0f} s per size; "
+        f"RSS before the cluster {mb(rss_before_cluster)} MiB"
+    )
+    template = ledger_template(tmp, client)
+    index, state = fake_mission(50, template)
+    warm = run_planned(client, {"index": index, "state": state}, tmp)  # children started
+    del index, state
+    if warm["figures"] != 50:
+        raise RuntimeError(f"warm-up failed: {warm}")
+
+    runs: dict[int, dict] = {}
+    mem: dict[int, dict] = {}
+    skipped: list[int] = []
+    for n in args.dry_sizes:
+        if runs:
             fit = fit_model(runs)
-            sizes = sorted(mem)
-            growth = {k: mem[k]["peak"] - mem[k]["start"] for k in sizes}
-            if len(sizes) >= 2:  # intercept + slope through the two largest runs
-                slope = (growth[sizes[-1]] - growth[sizes[-2]]) / (sizes[-1] - sizes[-2])
-                rss_model = "fixed part + slope of the two largest runs"
-            else:
-                slope = growth[sizes[-1]] / sizes[-1]
-                rss_model = "proportional to orbits"
-            slope = max(slope, 0.0)
-            fixed = growth[sizes[-1]] - slope * sizes[-1]
-            lines += ["", "EXTRAPOLATED (not measured) from the runs above"]
-            for n in skipped:
-                with tempfile.TemporaryDirectory(dir=tmp) as d:  # exact final file size
-                    with ProgressStore(
-                        Path(d) / "p.json", "linear", "log", flush_batch_size=10**9
-                    ) as st:
-                        st.set_orbits(range(10_000, 10_000 + n))
-                        for o in range(10_000, 10_000 + n):
-                            st.record_success(o)
-                    size = (Path(d) / "p.json").stat().st_size
-                lin, a, b = fit
-                lines.append(
-                    f"  {n} orbits: ~{predict(fit, n):.0f} s (~{n / predict(fit, n):.0f} tasks/s): "
-                    f"{lin * n:.0f} s of per-task work ({1e3 * lin:.2f} ms/task) + "
-                    f"{write_seconds(fit, n):.0f} s of progress writes ({n // FLUSH} writes, "
-                    f"each ~{1e3 * a:.1f} ms + {1e6 * b:.2f} us per orbit in the file); peak RSS "
-                    f"growth ~{mb(fixed + slope * n)} MiB ({rss_model}); final progress.json "
-                    f"{size / 1e3:.1f} kB (exact: written once)"
+            if predict(fit, n) > args.budget:
+                fits = [
+                    m
+                    for m in range(5000, n, 5000)
+                    if m > max(runs) and predict(fit, m) <= args.budget
+                ]
+                print(
+                    f"  {n} orbits predicted at {predict(fit, n):.0f} s > budget "
+                    f"{args.budget:.0f} s: "
+                    + (f"running {fits[-1]} instead" if fits else "not run")
                 )
-
-        print("\n".join(lines))
-        lines = []
-        if args.store_orbits:
-            print(store_only(tmp, args.store_orbits))
-
-        # -- where the per-task time goes: interleaved variants ---------------------------
-        nt = args.ipc_tasks
-        if nt <= 0:
-            return
-        jobs = fake_jobs(nt)
-        flat = [j for o in jobs for j in jobs[o]]
-        noop = _noop()
-        variants: dict[str, Callable[[], Any]] = {
-            "_loop, progress writes every 10 orbits": lambda: run_loop(client, jobs, tmp),
-            "_loop, no progress writes until the end": lambda: run_loop(
-                client, jobs, tmp, flush_batch_size=10**9
-            ),
-            "window loop, sandbox (_run_job), 20 ms poll": lambda: mini_loop(
-                client, flat, _run_job, (120.0, None, noop), limit=window, poll=0.02
-            ),
-            "window loop, no sandbox, 20 ms poll": lambda: mini_loop(
-                client, flat, noop, (), limit=window, poll=0.02
-            ),
-            "window loop, sandbox, blocking wait": lambda: mini_loop(
-                client, flat, _run_job, (120.0, None, noop), limit=window, poll=None
-            ),
-            "window loop, no sandbox, blocking wait": lambda: mini_loop(
-                client, flat, noop, (), limit=window, poll=None
-            ),
+                skipped.append(n)
+                if not fits:
+                    continue
+                n = fits[-1]
+        gc.collect()
+        with RssSampler() as sampler:
+            index, state = fake_mission(n, template)
+            mission = {"index": index, "state": state}
+            del index, state
+            rss_jobs = rss_bytes()
+            res = run_planned(client, mission, tmp)
+            rss_loop_end = rss_bytes()
+        del mission
+        gc.collect()
+        runs[n] = res
+        mem[n] = {
+            "during": [sampler.at(res["t0"] + f * res["wall"]) for f in LOOP_FRACTIONS],
+            "start": sampler.start,
+            "jobs": rss_jobs,
+            "peak": sampler.peak,
+            "end": rss_loop_end,
+            "freed": rss_bytes(),
         }
-        times: dict[str, list[float]] = {k: [] for k in variants}
-        cpu: dict[str, list[float]] = {k: [] for k in variants}
-        for _ in range(args.rounds):
-            for name, fn in variants.items():
-                c0, t0 = time.process_time(), time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - t0)
-                cpu[name].append(time.process_time() - c0)
-        base = median(times["window loop, no sandbox, blocking wait"])
-        lines += [
-            "",
-            f"Per-task cost, {nt} no-op tasks, window {window}, median of {args.rounds} "
-            f"interleaved rounds",
-            f"{'variant':<42} {'tasks/s':>8} {'ms/task':>8} {'client CPU ms/task':>19}"
-            f" {'vs bare':>8}",
-            "-" * 89,
-        ]
-        for name in variants:
-            t = median(times[name])
+        spans = getattr(cluster.scheduler, "extensions", {}).get("spans")
+        print(
+            f"  {n} orbits: {res['wall']:.1f} s, {res['figures']} tasks ok, "
+            f"errors {res['errors'] or 'none'}; after the run: scheduler tasks "
+            f"{len(cluster.scheduler.tasks)}, task groups "
+            f"{len(cluster.scheduler.task_groups)}, "
+            f"spans {len(spans.spans) if spans else '?'}, client futures "
+            f"{len(client.futures)}; {res['sizes']}"
+        )
+
+    lines = [
+        "",
+        "Dry run, measured",
+        f"{'orbits':>7} {'wall s':>8} {'tasks/s':>8} {'ms/task':>8} {'client CPU ms/task':>19}"
+        f" {'JSON writes':>12} {'write s':>8} {'write %':>8} {'progress.json':>14}",
+        "-" * 102,
+    ]
+    for n, r in runs.items():
+        lines.append(
+            f"{n:>7} {r['wall']:8.1f} {n / r['wall']:8.1f} {1e3 * r['wall'] / n:8.2f} "
+            f"{1e3 * r['cpu'] / n:19.2f} {r['writes']:>12} {r['write_s']:8.1f} "
+            f"{100 * r['write_s'] / r['wall']:7.0f}% {r['size'] / 1e3:11.1f} kB"
+        )
+    lines += [
+        "",
+        "Client RSS (this process: client + scheduler), MiB",
+        f"{'orbits':>7} {'start':>7} {'index+state':>11} {'peak':>7} {'loop end':>9}"
+        f" {'freed':>11} {'peak-start':>11} {'KiB/orbit':>10} {'peak-index+st':>16}",
+        "-" * 98,
+    ]
+    for n, m in mem.items():
+        lines.append(
+            f"{n:>7} {mb(m['start']):>7} {mb(m['jobs']):>11} {mb(m['peak']):>7} "
+            f"{mb(m['end']):>9} {mb(m['freed']):>11} {mb(m['peak'] - m['start']):>11} "
+            f"{(m['peak'] - m['start']) / 1024 / n:10.2f} {mb(m['peak'] - m['jobs']):>16}"
+        )
+    lines += [
+        "",
+        "Client RSS during the loop (state dropped after planning), MiB, at "
+        + " / ".join(f"{100 * f:.0f} %" for f in LOOP_FRACTIONS)
+        + " of its wall time",
+    ]
+    for n, m in mem.items():
+        lines.append(f"{n:>7}  " + " / ".join(mb(x) for x in m["during"]))
+    if len(mem) >= 2:
+        items = list(mem.items())
+        (n0, m0), (n1, m1) = items[0], items[-1]
+        g0, g1 = m0["peak"] - m0["start"], m1["peak"] - m1["start"]
+        lines.append(
+            f"growth of the peak over start from {n0} to {n1} orbits: {mb(g0)} -> {mb(g1)} MiB"
+            f" ({(g1 - g0) / 1024 / (n1 - n0):.2f} KiB per extra orbit); of the index and "
+            f"extrema state alone: {mb(m0['jobs'] - m0['start'])} -> "
+            f"{mb(m1['jobs'] - m1['start'])} MiB; during the loop (peak - index+state): "
+            f"{mb(m0['peak'] - m0['jobs'])} -> {mb(m1['peak'] - m1['jobs'])} MiB"
+        )
+    if skipped:
+        fit = fit_model(runs)
+        sizes = sorted(mem)
+        growth = {k: mem[k]["peak"] - mem[k]["start"] for k in sizes}
+        if len(sizes) >= 2:  # intercept + slope through the two largest runs
+            slope = (growth[sizes[-1]] - growth[sizes[-2]]) / (sizes[-1] - sizes[-2])
+            rss_model = "fixed part + slope of the two largest runs"
+        else:
+            slope = growth[sizes[-1]] / sizes[-1]
+            rss_model = "proportional to orbits"
+        slope = max(slope, 0.0)
+        fixed = growth[sizes[-1]] - slope * sizes[-1]
+        lines += ["", "EXTRAPOLATED (not measured) from the runs above"]
+        for n in skipped:
+            with tempfile.TemporaryDirectory(dir=tmp) as d:  # exact final file size
+                with ProgressStore(
+                    Path(d) / "p.json", "linear", "log", flush_batch_size=10**9
+                ) as st:
+                    st.set_orbits(range(10_000, 10_000 + n))
+                    for o in range(10_000, 10_000 + n):
+                        st.record_success(o)
+                size = (Path(d) / "p.json").stat().st_size
+            lin, a, b = fit
             lines.append(
-                f"{name:<42} {nt / t:8.1f} {1e3 * t / nt:8.2f} {1e3 * median(cpu[name]) / nt:19.2f}"
-                f" {t / base:7.2f}x"
+                f"  {n} orbits: ~{predict(fit, n):.0f} s (~{n / predict(fit, n):.0f} tasks/s): "
+                f"{lin * n:.0f} s of per-task work ({1e3 * lin:.2f} ms/task) + "
+                f"{write_seconds(fit, n):.0f} s of progress writes ({n // FLUSH} writes, "
+                f"each ~{1e3 * a:.1f} ms + {1e6 * b:.2f} us per orbit in the file); peak RSS "
+                f"growth ~{mb(fixed + slope * n)} MiB ({rss_model}); final progress.json "
+                f"{size / 1e3:.1f} kB (exact: written once)"
             )
-        print("\n".join(lines))
-    finally:
-        client.close()
-        cluster.close()
+
+    print("\n".join(lines))
+    lines = []
+    if args.store_orbits:
+        print(store_only(tmp, args.store_orbits))
+
+    # -- where the per-task time goes: interleaved variants ---------------------------
+    nt = args.ipc_tasks
+    if nt <= 0:
+        return
+    jobs = fake_jobs(nt)
+    flat = [j for o in jobs for j in jobs[o]]
+    noop = _noop()
+    variants: dict[str, Callable[[], Any]] = {
+        "_loop, progress writes every 10 orbits": lambda: run_loop(client, jobs, tmp),
+        "_loop, no progress writes until the end": lambda: run_loop(
+            client, jobs, tmp, flush_batch_size=10**9
+        ),
+        "window loop, sandbox (_run_job), 20 ms poll": lambda: mini_loop(
+            client, flat, _run_job, (120.0, None, noop), limit=window, poll=0.02
+        ),
+        "window loop, no sandbox, 20 ms poll": lambda: mini_loop(
+            client, flat, noop, (), limit=window, poll=0.02
+        ),
+        "window loop, sandbox, blocking wait": lambda: mini_loop(
+            client, flat, _run_job, (120.0, None, noop), limit=window, poll=None
+        ),
+        "window loop, no sandbox, blocking wait": lambda: mini_loop(
+            client, flat, noop, (), limit=window, poll=None
+        ),
+    }
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    cpu: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(args.rounds):
+        for name, fn in variants.items():
+            c0, t0 = time.process_time(), time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+    base = median(times["window loop, no sandbox, blocking wait"])
+    lines += [
+        "",
+        f"Per-task cost, {nt} no-op tasks, window {window}, median of {args.rounds} "
+        f"interleaved rounds",
+        f"{'variant':<42} {'tasks/s':>8} {'ms/task':>8} {'client CPU ms/task':>19} {'vs bare':>8}",
+        "-" * 89,
+    ]
+    for name in variants:
+        t = median(times[name])
+        lines.append(
+            f"{name:<42} {nt / t:8.1f} {1e3 * t / nt:8.2f} {1e3 * median(cpu[name]) / nt:19.2f}"
+            f" {t / base:7.2f}x"
+        )
+    print("\n".join(lines))
 
 
 # --------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import dask
+from dask.utils import parse_timedelta
 from distributed import Client, LocalCluster
 from distributed.diagnostics.plugin import WorkerPlugin
 
@@ -33,6 +34,7 @@ __all__ = [
     "CLUSTER_KINDS",
     "DAEMON_ENV_LINE",
     "DEFAULT_DASHBOARD_ADDRESS",
+    "MONITOR_INTERVALS",
     "ClusterConfigError",
     "JobqueueMissingError",
     "WorkerTerminalPlugin",
@@ -157,6 +159,27 @@ def _sigint_ignored_by_children() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+#: Least intervals of the local cluster's periodic monitors, which run in the client's
+#: process (the scheduler and the nannies live there) and share its one event-loop thread
+#: with the scheduling of every task: each nanny's memory monitor (distributed's default
+#: 100 ms) and the scheduler's system monitor (500 ms; the dashboard's System page). Their
+#: ``psutil`` reads took ~10 % of that thread in ``benchmarks/bench_pipeline.py``'s dry
+#: run. A longer interval set in the user's dask config is kept.
+MONITOR_INTERVALS = {
+    "distributed.worker.memory.monitor-interval": "1s",
+    "distributed.admin.system-monitor.interval": "2s",
+}
+
+
+def _monitor_intervals() -> dict[str, str]:
+    """:data:`MONITOR_INTERVALS`, or the user's dask config where it asks for longer."""
+    return {
+        key: least
+        for key, least in MONITOR_INTERVALS.items()
+        if parse_timedelta(dask.config.get(key, least)) < parse_timedelta(least)
+    }
+
+
 @contextlib.contextmanager
 def client_context(
     client: Client | None = None,
@@ -173,7 +196,8 @@ def client_context(
     start the child processes in which renders run with a real timeout. They ignore
     SIGINT (the client stops them; a Ctrl-C while they start takes no effect) and keep
     distributed's per-task error blocks out of the terminal
-    (:class:`WorkerTerminalPlugin`). A given ``client`` is used as it is.
+    (:class:`WorkerTerminalPlugin`). Its monitors poll at :data:`MONITOR_INTERVALS` at
+    most. A given ``client`` is used as it is.
 
     Parameters
     ----------
@@ -191,7 +215,7 @@ def client_context(
     workers = max_workers or os.cpu_count() or 1
     # held while the cluster lives: the nanny reads it again when it restarts a worker (a
     # killed one), which would otherwise come back daemonic, without render sandboxes
-    daemon = dask.config.set({"distributed.worker.daemon": False})
+    daemon = dask.config.set({"distributed.worker.daemon": False, **_monitor_intervals()})
     with _sigint_ignored_by_children():
         cluster = LocalCluster(
             n_workers=workers,

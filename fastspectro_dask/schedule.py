@@ -46,6 +46,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import dask
 from distributed.diagnostics.plugin import SchedulerPlugin
@@ -153,6 +154,17 @@ def _workers_of(info: dict) -> dict[str, tuple[str, int]]:
     }
 
 
+def _on_loopback(address: str) -> bool:
+    """Whether a worker address (``tcp://127.0.0.1:4242``, ``inproc://...``) is local."""
+    host = urlsplit(address).hostname or ""
+    return (
+        address.startswith("inproc://")
+        or host == "localhost"
+        or host.startswith("127.")
+        or host == "::1"
+    )
+
+
 class ClusterView:
     """Threads, arrivals, departures and pending jobs of a client's cluster.
 
@@ -168,6 +180,8 @@ class ClusterView:
         self.refresh_seconds = refresh
         self.workers: dict[str, tuple[str, int]] = {}
         self.threads = 0
+        #: Every connected worker listens on this host's loopback (a local cluster).
+        self.local = False
         self.seen_names: set[str] = set()
         self.lost: set[str] = set()
         self.resubmitted = 0
@@ -239,6 +253,7 @@ class ClusterView:
         if arrived and self.workers:
             logger.info("%d worker(s) joined the cluster", len(arrived))
         self.workers = workers
+        self.local = bool(workers) and all(_on_loopback(a) for a in workers)
         self.seen_names.update(n for n, _t in workers.values())
         self.threads = sum(t for _n, t in workers.values())
         if self.threads:
@@ -642,7 +657,9 @@ class TaskLoop:
         fetch = None
         if finished:
             try:
-                coro = self.client.gather(finished, asynchronous=True)
+                # straight from the workers when they are on this host (no hop through
+                # the scheduler, which shares this process's event loop with the client)
+                coro = self.client.gather(finished, asynchronous=True, direct=self.view.local)
                 fetch = asyncio.run_coroutine_threadsafe(coro, self.client.loop.asyncio_loop)
             except Exception:  # fetched one by one in _finish_batch
                 fetch = None

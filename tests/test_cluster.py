@@ -486,3 +486,16 @@ def test_a_worker_restarted_by_the_nanny_can_still_start_render_sandboxes():
             time.sleep(0.1)
         assert [d for _p, d in now.values()] == [False]
     assert dask.config.get("distributed.worker.daemon") is True  # restored after the run
+
+
+def test_local_cluster_monitors_poll_at_most_as_often_as_monitor_intervals():
+    from dask.utils import parse_timedelta
+
+    from fastspectro_dask.cluster import MONITOR_INTERVALS, _monitor_intervals
+
+    mem, system = MONITOR_INTERVALS
+    with dask.config.set({mem: "100ms", system: "500ms"}):  # distributed's defaults
+        assert _monitor_intervals() == MONITOR_INTERVALS
+    with dask.config.set({mem: "5s", system: "500ms"}):  # a longer one of the user's is kept
+        assert _monitor_intervals() == {system: MONITOR_INTERVALS[system]}
+    assert all(parse_timedelta(v) >= 1 for v in MONITOR_INTERVALS.values())

@@ -90,6 +90,48 @@ def test_a_callers_window_is_an_upper_bound(monkeypatch):
     assert len(got) == 5 and set(seen) == {1} and loop.outcome == "done"
 
 
+def test_results_come_straight_from_local_workers_with_a_short_switch_interval(monkeypatch):
+    """On a local cluster the loop gathers from the workers directly, and runs with the
+    GIL switch interval at SWITCH_INTERVAL, restored when it ends."""
+    import sys
+
+    from fastspectro_dask.schedule import SWITCH_INTERVAL
+
+    gathers: list[object] = []
+    real_gather = distributed.Client.gather
+
+    def spy(self, futures, *a, direct=None, **kw):
+        gathers.append(direct)
+        return real_gather(self, futures, *a, direct=direct, **kw)
+
+    monkeypatch.setattr(distributed.Client, "gather", spy)
+    before = sys.getswitchinterval()
+    assert before > SWITCH_INTERVAL
+    cluster, client = _local(2, processes=True)
+    try:
+        loop = TaskLoop(client, _identity, worker_wait=None)
+        seen: list[tuple[int, float]] = []
+        loop.run(
+            (Task(f"i-{i}", (i,), i) for i in range(12)),
+            lambda t, r, e: seen.append((r, sys.getswitchinterval())),
+        )
+    finally:
+        client.close()
+        cluster.close()
+    assert sorted(r for r, _s in seen) == list(range(12))
+    assert {s for _r, s in seen} == {SWITCH_INTERVAL}
+    assert sys.getswitchinterval() == before
+    assert loop.view.local and gathers and set(gathers) == {True}
+
+
+def test_loopback_addresses():
+    from fastspectro_dask.schedule import _on_loopback
+
+    assert _on_loopback("tcp://127.0.0.1:4242") and _on_loopback("tcp://[::1]:1")
+    assert _on_loopback("tls://localhost:5") and _on_loopback("inproc://10.0.0.1/1/2")
+    assert not _on_loopback("tcp://10.0.0.3:4242") and not _on_loopback("ucx://node12:1")
+
+
 def test_orbit_clock_starts_on_a_worker_not_at_submission():
     """Tasks of a group submitted while no worker exists: the clock starts with the first
     one on a worker, so the time pending does not count."""

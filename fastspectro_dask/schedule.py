@@ -154,6 +154,11 @@ def _workers_of(info: dict) -> dict[str, tuple[str, int]]:
     }
 
 
+def _least_per_thread(workers: dict[str, tuple[str, int]], counts: Counter[str]) -> str:
+    """The worker with the fewest ``counts`` per thread (ties: the first address)."""
+    return min(workers, key=lambda a: (counts[a] / workers[a][1], a))
+
+
 def _on_loopback(address: str) -> bool:
     """Whether a worker address (``tcp://127.0.0.1:4242``, ``inproc://...``) is local."""
     host = urlsplit(address).hostname or ""
@@ -557,8 +562,9 @@ class TaskLoop:
             return None
         home = self.homes.get(group)
         if home not in workers:
-            held = Counter(h for h in self.homes.values() if h in workers)
-            home = min(workers, key=lambda a: (held[a] / workers[a][1], a))
+            home = _least_per_thread(
+                workers, Counter(h for h in self.homes.values() if h in workers)
+            )
             self.homes[group] = home
         return home
 
@@ -571,8 +577,7 @@ class TaskLoop:
             return None
         home = self._home(group)
         if home is None:
-            load = self._load
-            home = min(workers, key=lambda a: (load[a] / workers[a][1], a))
+            home = _least_per_thread(workers, self._load)
         self._load[home] += 1
         return home
 

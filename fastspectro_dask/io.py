@@ -32,6 +32,7 @@ import itertools
 import logging
 import os
 import re
+import weakref
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -177,11 +178,48 @@ def _check_whole_file_compressed(path: Path, head: bytes, size: int) -> None:
 
 def _open_cdf(path: Path) -> cdflib.CDF:
     try:
-        return cdflib.CDF(str(path))
+        cdf = cdflib.CDF(str(path))
     except FileNotFoundError:
         raise
     except Exception as exc:  # cdflib raises OSError/ValueError/struct errors on junk
         raise InvalidCDFError(path, f"cdflib cannot open it ({type(exc).__name__}: {exc})") from exc
+    _memoize_descriptors(cdf)
+    return cdf
+
+
+#: cdflib readers of one descriptor record (variable or attribute) at a file offset.
+_DESCRIPTOR_READERS = ("_read_vdr_fast", "_read_vdr", "_read_adr_fast", "_read_adr")
+
+
+def _memoize_descriptors(cdf: cdflib.CDF) -> None:
+    """Read each variable and attribute descriptor of an open file once.
+
+    cdflib finds a variable or attribute by name by walking the file's chain of
+    descriptors from its head, reading every one on the way, at every ``varget``,
+    ``varinq`` and ``attget`` (~30 walks over ~60 descriptors per file read). The file
+    does not change while it is open: the records read at an offset are kept on this
+    reader (no reference cycle: the reader is held weakly). A failed read is not kept,
+    it fails again as before.
+    """
+    ref = weakref.ref(cdf)
+    for name in _DESCRIPTOR_READERS:
+        read = getattr(type(cdf), name, None)
+        if read is not None:  # (another cdflib: plain reads)
+            setattr(cdf, name, _memoized(read, ref))
+
+
+def _memoized(read: Callable[[Any, int], Any], ref: weakref.ref) -> Callable[[int], Any]:
+    """``read(ref(), position)``, each position read once."""
+    kept: dict[int, Any] = {}
+
+    def memo(position: int) -> Any:
+        try:
+            return kept[position]
+        except KeyError:
+            kept[position] = value = read(ref(), position)
+            return value
+
+    return memo
 
 
 def _read(cdf: cdflib.CDF, path: Path, name: str, **kw: Any) -> np.ndarray:

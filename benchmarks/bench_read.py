@@ -18,6 +18,12 @@ with :func:`fastspectro_dask.synth.write_esa_file`, then times, interleaved in e
   (``reduce_dataset(open_esa(path)).compute(scheduler="synchronous")``), the nested
   graph that ``reduce_file`` used to compute inside its task.
 
+(b), (c) and (d) read the same blocks and inflate them with the same zlib, but gather them
+themselves (``fastspectro_dask.io._varget_blocks``: straight into one buffer, where
+cdflib's ``varget`` joins them into a byte string and copies it again); (a) stays
+cdflib's ``varget``. Most of that difference is page faults on fresh buffers, so it
+depends on how the allocator reuses memory in the process.
+
 Prints per-file medians over the rounds and ratios to (a). Goal: (b)/(a) <= 1.3.
 
     python benchmarks/bench_read.py [--files 4] [--records 800] [--rounds 3]

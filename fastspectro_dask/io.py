@@ -32,6 +32,8 @@ import itertools
 import logging
 import os
 import re
+import weakref
+import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -177,17 +179,135 @@ def _check_whole_file_compressed(path: Path, head: bytes, size: int) -> None:
 
 def _open_cdf(path: Path) -> cdflib.CDF:
     try:
-        return cdflib.CDF(str(path))
+        cdf = cdflib.CDF(str(path))
     except FileNotFoundError:
         raise
     except Exception as exc:  # cdflib raises OSError/ValueError/struct errors on junk
         raise InvalidCDFError(path, f"cdflib cannot open it ({type(exc).__name__}: {exc})") from exc
+    _memoize_descriptors(cdf)
+    return cdf
+
+
+#: cdflib readers of one descriptor record (variable or attribute) at a file offset.
+_DESCRIPTOR_READERS = ("_read_vdr_fast", "_read_vdr", "_read_adr_fast", "_read_adr")
+
+
+def _memoize_descriptors(cdf: cdflib.CDF) -> None:
+    """Read each variable and attribute descriptor of an open file once.
+
+    cdflib finds a variable or attribute by name by walking the file's chain of
+    descriptors from its head, reading every one on the way, at every ``varget``,
+    ``varinq`` and ``attget`` (~30 walks over ~60 descriptors per file read). The file
+    does not change while it is open: the records read at an offset are kept on this
+    reader (no reference cycle: the reader is held weakly). A failed read is not kept,
+    it fails again as before.
+    """
+    ref = weakref.ref(cdf)
+    for name in _DESCRIPTOR_READERS:
+        read = getattr(type(cdf), name, None)
+        if read is not None:  # (another cdflib: plain reads)
+            setattr(cdf, name, _memoized(read, ref))
+
+
+def _memoized(read: Callable[[Any, int], Any], ref: weakref.ref) -> Callable[[int], Any]:
+    """``read(ref(), position)``, each position read once."""
+    kept: dict[int, Any] = {}
+
+    def memo(position: int) -> Any:
+        try:
+            return kept[position]
+        except KeyError:
+            kept[position] = value = read(ref(), position)
+            return value
+
+    return memo
+
+
+#: CDF data type codes whose values ``cdflib``'s ``_read_data`` reads as plain numbers.
+_NUMERIC_CDF_TYPES = frozenset({1, 2, 4, 8, 11, 12, 14, 21, 22, 31, 33, 41, 44, 45})
+#: Section types of a variable's value records: plain (VVR) and compressed (CVVR).
+_VVR, _CVVR = 7, 13
+
+
+def _varget_blocks(
+    cdf: cdflib.CDF, name: str, startrec: int = 0, endrec: int | None = None
+) -> np.ndarray | None:
+    """``cdf.varget(name, startrec=, endrec=)`` for the usual case, else None.
+
+    cdflib's ``varget`` gathers a variable's value blocks into one byte string, then
+    copies it again to cut the records asked for. This reads the blocks (inflating the
+    GZIP ones) straight into one buffer and hands it to cdflib's own conversion
+    (``_read_data``), so the array (values, dtype, byte order, shape, writeability) is
+    the one ``varget`` returns. It applies to a record-varying, non-sparse numeric
+    variable of a CDF v3 file whose blocks are contiguous and inflate to exactly their
+    records; anything else (a failure too) gives None, and cdflib reads the variable
+    itself, with its own result or error.
+    """
+    try:
+        vdr = cdf.vdr_info(name)
+        if (
+            cdf.cdfversion != 3
+            or vdr.sparse != 0
+            or not vdr.record_vary
+            or vdr.max_rec < 0
+            or vdr.data_type not in _NUMERIC_CDF_TYPES
+        ):
+            return None
+        endrec = vdr.max_rec if endrec is None else endrec
+        if startrec < 0 or endrec < startrec or endrec > vdr.max_rec:
+            return None
+        offsets, first, last = cdf._read_vxrs(
+            vdr.head_vxr, vvr_offsets=[], vvr_start=[], vvr_end=[]
+        )
+        # the blocks cdflib reads: from the first ending at or after startrec to the
+        # first ending at or after endrec
+        use = range(
+            next(i for i, end in enumerate(last) if end >= startrec),
+            next(i for i, end in enumerate(last) if end >= endrec) + 1,
+        )
+        if (
+            not use
+            or first[use[0]] > startrec
+            or any(first[j] != last[i] + 1 for i, j in itertools.pairwise(use))
+        ):
+            return None
+        rec_bytes = cdf._type_size(vdr.data_type, vdr.num_elements) * cdf._num_values(vdr)
+        base = first[use[0]]
+        buf = np.empty((last[use[-1]] - base + 1) * rec_bytes, np.uint8)
+        fh = cdf._f
+        for i in use:
+            fh.seek(offsets[i], 0)
+            block = fh.read(int.from_bytes(fh.read(8), "big") - 8)
+            kind = int.from_bytes(block[0:4], "big")
+            if kind == _CVVR:
+                inflate = zlib.decompressobj(wbits=31)  # one gzip member, CRC checked
+                size = int.from_bytes(block[8:16], "big")
+                values = inflate.decompress(memoryview(block)[16 : 16 + size])
+                if not inflate.eof or inflate.unused_data:
+                    return None
+            elif kind == _VVR:
+                values = memoryview(block)[4:]
+            else:
+                return None
+            at = (first[i] - base) * rec_bytes
+            if len(values) != (last[i] - first[i] + 1) * rec_bytes:
+                return None
+            buf[at : at + len(values)] = np.frombuffer(values, np.uint8)
+        dims = [vdr.dim_sizes[x] for x in range(vdr.num_dims) if vdr.dim_vary[x] != 0]
+        stream = buf[(startrec - base) * rec_bytes : (endrec - base + 1) * rec_bytes]
+        n = endrec - startrec + 1
+        return cdf._read_data(stream, vdr.data_type, n, vdr.num_elements, dims)
+    except Exception:  # cdflib's own read decides (and words the error)
+        return None
 
 
 def _read(cdf: cdflib.CDF, path: Path, name: str, **kw: Any) -> np.ndarray:
-    """``cdf.varget`` with every failure turned into an InvalidCDFError naming the file."""
+    """``cdf.varget`` (:func:`_varget_blocks` where it applies), every failure turned into
+    an InvalidCDFError naming the file."""
     try:
-        out = cdf.varget(name, **kw)
+        out = _varget_blocks(cdf, name, **kw)
+        if out is None:
+            out = cdf.varget(name, **kw)
     except Exception as exc:
         raise InvalidCDFError(
             path,
@@ -465,7 +585,7 @@ class _FileInfo:
         for name, kind in _SCALARS.items():
             if name in names and not self.inq[name].Rec_Vary:
                 try:
-                    self.scalars[name] = kind(np.asarray(cdf.varget(name)).reshape(-1)[0])
+                    self.scalars[name] = kind(_read(cdf, path, name).reshape(-1)[0])
                 except Exception:  # optional metadata: never fatal
                     logger.debug("%s: scalar %s unreadable", path, name)
         self.tables = [

@@ -153,14 +153,7 @@ def test_attributes_and_metadata(ees_file):
 
 
 def test_opening_computes_nothing(ees_file, monkeypatch):
-    read: list[str] = []
-    original = cdflib.CDF.varget
-
-    def spy(self, variable=None, *args, **kwargs):
-        read.append(variable)
-        return original(self, variable, *args, **kwargs)
-
-    monkeypatch.setattr(cdflib.CDF, "varget", spy)
+    read = _spy_varget(monkeypatch)
     with CountTasks() as counter:
         ds = open_esa(ees_file)
     assert counter.n == 0
@@ -474,14 +467,17 @@ def test_foreign_mission_cdf_is_invalid_naming_what_is_missing(name, source):
 
 
 def _spy_varget(monkeypatch) -> list[str]:
+    """The names of the variables read (every read goes through io._read)."""
+    import fastspectro_dask.io as fio
+
     read: list[str] = []
-    original = cdflib.CDF.varget
+    original = fio._read
 
-    def spy(self, variable=None, *args, **kwargs):
-        read.append(variable)
-        return original(self, variable, *args, **kwargs)
+    def spy(cdf, path, name, **kwargs):
+        read.append(name)
+        return original(cdf, path, name, **kwargs)
 
-    monkeypatch.setattr(cdflib.CDF, "varget", spy)
+    monkeypatch.setattr(fio, "_read", spy)
     return read
 
 
@@ -609,3 +605,98 @@ def test_attributes_read_by_number_are_those_read_by_name(ees_file):
             checked += want is not None
     assert checked > 50
     info.source.close()
+
+
+def _same_as_varget(cdf: cdflib.CDF, name: str, got: np.ndarray, **kw) -> None:
+    want = cdf.varget(name, **kw)
+    assert type(got) is type(want) and got.dtype == want.dtype and got.shape == want.shape
+    assert got.tobytes() == want.tobytes() and got.flags.writeable == want.flags.writeable
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_block_read_is_cdflibs_varget(tmp_path, compress):
+    """io reads value blocks itself (GZIP inflated into one buffer): the array cdflib's
+    varget gives (values, dtype, shape, writeability), whole and for record ranges, for
+    compressed and plain blocks; the big variables never go back to cdflib."""
+    from fastspectro_dask.io import _open_cdf, _varget_blocks
+
+    path = write_esa_file(tmp_path, "ees", 1000, records=300, seed=SEED, compress=compress)
+    cdf, ref = _open_cdf(path), cdflib.CDF(str(path))
+    rng = np.random.default_rng(0)
+    direct = set()
+    for name in ref.cdf_info().zVariables:
+        inq = ref.varinq(name)
+        ranges = [{}]
+        if inq.Rec_Vary and inq.Last_Rec > 0:
+            for _ in range(4):
+                a, b = sorted(int(v) for v in rng.integers(0, inq.Last_Rec + 1, 2))
+                ranges.append({"startrec": a, "endrec": b})
+            ranges.append({"startrec": inq.Last_Rec, "endrec": inq.Last_Rec})
+        for kw in ranges:
+            got = _varget_blocks(cdf, name, **kw)
+            if got is not None:
+                _same_as_varget(ref, name, got, **kw)
+                direct.add(name)
+    assert set(BIG_VARIABLES) | {"time_unix", "nbins", "valid"} <= direct
+    assert ref.varinq("data").Block_Factor < 300  # several blocks were joined
+
+
+def test_block_read_leaves_the_unusual_to_cdflib(tmp_path, ees_file, monkeypatch):
+    """A damaged block, or blocks that do not join up, are read by cdflib: its result and
+    its error, word for word."""
+    from fastspectro_dask.io import _open_cdf, _read, _varget_blocks
+
+    cdf = _open_cdf(ees_file)
+    offsets, first, last = cdf._read_vxrs(
+        cdf.vdr_info("eflux").head_vxr, vvr_offsets=[], vvr_start=[], vvr_end=[]
+    )
+    assert len(offsets) > 1
+    gap = ([*offsets], [first[0], *(s + 1 for s in first[1:])], [*last])
+    monkeypatch.setattr(cdf, "_read_vxrs", lambda *a, **k: gap)
+    assert _varget_blocks(cdf, "eflux") is None
+
+    raw = bytearray(ees_file.read_bytes())
+    mid = offsets[len(offsets) // 2] + 64  # inside one of eflux's compressed blocks
+    raw[mid : mid + 256] = bytes(256)
+    path = tmp_path / ees_file.name
+    path.write_bytes(bytes(raw))
+    cdf = _open_cdf(path)
+    assert _varget_blocks(cdf, "eflux") is None
+    with pytest.raises(Exception) as want:
+        cdflib.CDF(str(path)).varget("eflux")
+    with pytest.raises(InvalidCDFError) as got:
+        _read(cdf, path, "eflux")
+    assert f"({type(want.value).__name__}: {want.value})" in str(got.value)
+
+
+def test_descriptors_read_once_and_the_reader_freed(ees_file, monkeypatch):
+    """Each variable descriptor is read once per open file, and the open reader is
+    still freed as soon as it is dropped (no reference cycle)."""
+    import gc
+    import weakref
+
+    from fastspectro_dask.io import _open_cdf
+
+    reads: list[tuple[int, int]] = []
+    original = cdflib.CDF._read_vdr
+
+    def spy(self, byte_loc):
+        reads.append((id(self), byte_loc))
+        return original(self, byte_loc)
+
+    monkeypatch.setattr(cdflib.CDF, "_read_vdr", spy)
+    cdf, plain = _open_cdf(ees_file), cdflib.CDF(str(ees_file))
+    for _ in range(3):
+        for name in ("data", "eflux", "time_unix"):
+            assert cdf.varinq(name) == plain.varinq(name)
+            np.testing.assert_array_equal(cdf.varget(name), plain.varget(name))
+    mine = [loc for who, loc in reads if who == id(cdf)]
+    theirs = [loc for who, loc in reads if who == id(plain)]
+    assert sorted(mine) == sorted(set(theirs)) and len(theirs) == 6 * len(mine)
+    gc.disable()
+    try:
+        ref = weakref.ref(cdf)
+        del cdf
+        assert ref() is None
+    finally:
+        gc.enable()

@@ -970,61 +970,127 @@ def _reduce(
         values[:, :, list(drop)] = np.nan  # the retrace channel (by label: slicing-safe)
         energy[:, list(drop)] = np.nan
     else:
-        if decode:
-            arrays[0] = arrays[0].map_blocks(decompress_counts, burst=burst, dtype=np.float32)
-        import dask.array as da
-
-        arrays = [da.asarray(a).rechunk({1: -1, 2: -1}) for a in arrays]
-        extra = []
-        if integ is not None:
-            extra = [da.asarray(integ).rechunk((arrays[0].chunks[0],))[:, None, None]]
-        values = da.map_blocks(
-            _collapse_categories,
-            *arrays[:3],
-            *extra,
-            cats=cats,
-            how=how,
-            dtype=np.float64,
-            drop_axis=1,
-            new_axis=0,
-            chunks=((len(cats),), arrays[0].chunks[0], arrays[0].chunks[2]),
-            token=f"reduce-{variable}",  # a prefix: keys stay unique
-        )
-        energy = da.map_blocks(
-            reduced_energy,
-            arrays[3],
-            dtype=np.float64,
-            drop_axis=1,
-            chunks=(arrays[3].chunks[0], arrays[3].chunks[2]),
-            token="reduce-energy",
+        values, energy = _reduce_lazy(
+            arrays, integ, cats=cats, how=how, decode=decode, burst=burst, variable=variable
         )
     pad_arrays = None
     if pad is not None:
         denergy = ds["denergy_full"].data if how == "mean" else arrays[3]
         block = [arrays[0], arrays[3], denergy, arrays[1]]
-        kw = dict(window=pad.energy, how=how, drop_channels=drop)
-        if all(isinstance(a, np.ndarray) for a in block):
-            pad_arrays = _pad_block(*block, integ, **kw, seen=seen)
-        else:
-            import dask.array as da
-
-            block = [da.asarray(a).rechunk({1: -1, 2: -1}) for a in block]
-            extra = []
-            if integ is not None:
-                extra = [da.asarray(integ).rechunk((block[0].chunks[0],))[:, None, None]]
-            pad_arrays = da.map_blocks(
-                _pad_block,
-                *block,
-                *extra,
-                **kw,
-                dtype=np.float64,
-                drop_axis=2,
-                new_axis=0,
-                chunks=((2,), block[0].chunks[0], block[0].chunks[1]),
-                token=f"reduce-pad-{variable}",
-            )
-    durations = _durations_of(ds)
+        pad_arrays = _pad_arrays(
+            block, integ, window=pad.energy, how=how, drop=drop, seen=seen, variable=variable
+        )
     units = "Counts/s" if how == "rate" else ds[source].attrs.get("UNITS", "")
+    out = _reduced_dataset(ds, values, energy, cats, variable=variable, how=how, units=units)
+    if pad_arrays is not None:
+        out["pad_values"] = (
+            ("time", "pitch_bin"),
+            pad_arrays[0],
+            {"long_name": f"{variable} ({how} over the energy window)", "units": units},
+        )
+        out["pad_pitch"] = (
+            ("time", "pitch_bin"),
+            pad_arrays[1],
+            {"long_name": "pitch angle of the sorted bins", "units": "degrees"},
+        )
+        out.attrs["pad_energy"] = json.dumps(pad.to_json()["energy"])
+    out.attrs["retrace"] = int(bool(retrace))
+    if not retrace and not eager:
+        measured = out["energy_channel"] != RETRACE_CHANNEL  # by label: slicing-safe
+        for name in ("values", "energy"):
+            out[name] = out[name].where(measured).assign_attrs(out[name].attrs)
+    return out
+
+
+def _reduce_lazy(
+    arrays: list,
+    integ: Any,
+    *,
+    cats: Categories,
+    how: str,
+    decode: bool,
+    burst: bool,
+    variable: str,
+) -> tuple[Any, Any]:
+    """The category values and channel energies of Dask arrays: one task per chunk of
+    records (``arrays``: source values, pitch angles, solid angles, full energies)."""
+    import dask.array as da
+
+    if decode:
+        arrays[0] = arrays[0].map_blocks(decompress_counts, burst=burst, dtype=np.float32)
+    arrays[:] = [da.asarray(a).rechunk({1: -1, 2: -1}) for a in arrays]
+    extra = []
+    if integ is not None:
+        extra = [da.asarray(integ).rechunk((arrays[0].chunks[0],))[:, None, None]]
+    values = da.map_blocks(
+        _collapse_categories,
+        *arrays[:3],
+        *extra,
+        cats=cats,
+        how=how,
+        dtype=np.float64,
+        drop_axis=1,
+        new_axis=0,
+        chunks=((len(cats),), arrays[0].chunks[0], arrays[0].chunks[2]),
+        token=f"reduce-{variable}",  # a prefix: keys stay unique
+    )
+    energy = da.map_blocks(
+        reduced_energy,
+        arrays[3],
+        dtype=np.float64,
+        drop_axis=1,
+        chunks=(arrays[3].chunks[0], arrays[3].chunks[2]),
+        token="reduce-energy",
+    )
+    return values, energy
+
+
+def _pad_arrays(
+    block: list,
+    integ: Any,
+    *,
+    window: Any,
+    how: str,
+    drop: tuple[int, ...],
+    seen: Any,
+    variable: str,
+) -> Any:
+    """The pad product's (values, pitch) of ``block`` (source values, full energies,
+    energy widths, pitch angles): at once for NumPy arrays, one task per chunk of records
+    for Dask arrays."""
+    kw = dict(window=window, how=how, drop_channels=drop)
+    if all(isinstance(a, np.ndarray) for a in block):
+        return _pad_block(*block, integ, **kw, seen=seen)
+    import dask.array as da
+
+    block = [da.asarray(a).rechunk({1: -1, 2: -1}) for a in block]
+    extra = []
+    if integ is not None:
+        extra = [da.asarray(integ).rechunk((block[0].chunks[0],))[:, None, None]]
+    return da.map_blocks(
+        _pad_block,
+        *block,
+        *extra,
+        **kw,
+        dtype=np.float64,
+        drop_axis=2,
+        new_axis=0,
+        chunks=((2,), block[0].chunks[0], block[0].chunks[1]),
+        token=f"reduce-pad-{variable}",
+    )
+
+
+def _reduced_dataset(
+    ds: xr.Dataset,
+    values: Any,
+    energy: Any,
+    cats: Categories,
+    *,
+    variable: str,
+    how: str,
+    units: str,
+) -> xr.Dataset:
+    """The reduced dataset of ``values`` (category, time, channel) and ``energy``."""
     out = xr.Dataset(
         {
             "values": (
@@ -1039,7 +1105,7 @@ def _reduce(
             ),
             "time_delta": (
                 ("time",),
-                durations,
+                _durations_of(ds),
                 {
                     "long_name": "accumulation length (time_end - time_start), centred on time",
                     "units": "s",
@@ -1057,22 +1123,5 @@ def _reduce(
             **{k: ds.attrs[k] for k in ("instrument", "orbit", "source") if k in ds.attrs},
         },
     )
-    if pad_arrays is not None:
-        out["pad_values"] = (
-            ("time", "pitch_bin"),
-            pad_arrays[0],
-            {"long_name": f"{variable} ({how} over the energy window)", "units": units},
-        )
-        out["pad_pitch"] = (
-            ("time", "pitch_bin"),
-            pad_arrays[1],
-            {"long_name": "pitch angle of the sorted bins", "units": "degrees"},
-        )
-        out.attrs["pad_energy"] = json.dumps(pad.to_json()["energy"])
     out["category"].attrs["ranges"] = repr(cats)
-    out.attrs["retrace"] = int(bool(retrace))
-    if not retrace and not eager:
-        measured = out["energy_channel"] != RETRACE_CHANNEL  # by label: slicing-safe
-        for name in ("values", "energy"):
-            out[name] = out[name].where(measured).assign_attrs(out[name].attrs)
     return out

@@ -470,30 +470,15 @@ class _FileInfo:
         return raw
 
     def _inspect(self, cdf: cdflib.CDF, big: tuple[str, ...], wanted: set[str] | None) -> None:
-        path = self.path
         cdf_info = cdf.cdf_info()
         names = list(cdf_info.zVariables)
-        # attget(attribute, number) reads the entry that attget(attribute, name) reads if
-        # the file has no rVariables and the first attribute of that name has variable
-        # scope (by name, cdflib skips global ones; by number it does not)
-        self._var_number: dict[str, int] = {}
-        if not cdf_info.rVariables:
-            for number, var in enumerate(names):
-                self._var_number.setdefault(var.strip().lower(), number)
-        self._var_scoped: set[str] = set()
-        seen: set[str] = set()
-        for att in cdf_info.Attributes:
-            for att_name, scope in att.items():
-                low = att_name.strip().lower()
-                if low not in seen and scope == "Variable":
-                    self._var_scoped.add(low)
-                seen.add(low)
+        self._index_attributes(cdf_info, names)
         missing = [v for v in (*_REQUIRED_SUPPORT, *big) if v not in names]
         if missing:
             cause = f"missing required variable(s) {', '.join(missing)}"
             if "time_unix" in missing:  # nothing of the FAST ESA layout: say what it is
                 cause = f"not a FAST ESA L2 file ({_describe_foreign(cdf)}): {cause}"
-            raise InvalidCDFError(path, cause)
+            raise InvalidCDFError(self.path, cause)
         if wanted is not None:  # varinq walks the VDR chain: only inquire what is used
             keep = {
                 *wanted,
@@ -509,7 +494,50 @@ class _FileInfo:
         self.attrs = _LazyAttrs(self.source)
         self._single: dict[tuple[str, str], Any] = {}
         self.global_attrs = {k: _plain(v) for k, v in (cdf.globalattsget() or {}).items()}
+        self._read_time(cdf)
+        self._check_records(names)
+        self.n_angle = self._axis_len(cdf, "pitch_angle_bin", 64)
+        self.n_energy = self._axis_len(cdf, "energy_channel", 96)
+        self.transposed: dict[str, bool] = {}
+        for v in (b for b in BIG_VARIABLES if b in names and self.inq[b].Rec_Vary):
+            self.transposed[v] = self._orientation(v, self.inq[v].Dim_Sizes)
+        self.big = [b for b in BIG_VARIABLES if b in self.transposed]
+        self._read_record_sizes(cdf, names)
+        self.scalars: dict[str, Any] = {}
+        for name, kind in _SCALARS.items():
+            if name in names and not self.inq[name].Rec_Vary:
+                try:
+                    self.scalars[name] = kind(_read(cdf, self.path, name).reshape(-1)[0])
+                except Exception:  # optional metadata: never fatal
+                    logger.debug("%s: scalar %s unreadable", self.path, name)
+        self.tables = [
+            t
+            for t in _TABLES
+            if t in names and not self.inq[t].Rec_Vary and self.inq[t].Num_Dims in (2, 3)
+        ]
 
+    def _index_attributes(self, cdf_info: Any, names: list[str]) -> None:
+        """Variable numbers and the attributes of variable scope, for reading attribute
+        entries by number."""
+        # attget(attribute, number) reads the entry that attget(attribute, name) reads if
+        # the file has no rVariables and the first attribute of that name has variable
+        # scope (by name, cdflib skips global ones; by number it does not)
+        self._var_number: dict[str, int] = {}
+        if not cdf_info.rVariables:
+            for number, var in enumerate(names):
+                self._var_number.setdefault(var.strip().lower(), number)
+        self._var_scoped: set[str] = set()
+        seen: set[str] = set()
+        for att in cdf_info.Attributes:
+            for att_name, scope in att.items():
+                low = att_name.strip().lower()
+                if low not in seen and scope == "Variable":
+                    self._var_scoped.add(low)
+                seen.add(low)
+
+    def _read_time(self, cdf: cdflib.CDF) -> None:
+        """``n`` and ``time_unix``, checked: records there, every time finite and placeable."""
+        path = self.path
         n = self.inq["time_unix"].Last_Rec + 1
         if n <= 0:
             raise InvalidCDFError(
@@ -538,7 +566,10 @@ class _FileInfo:
             )
         self.time_unix = time
 
-        # Which variables share the record axis, and do they agree on its length?
+    def _check_records(self, names: list[str]) -> None:
+        """Which variables share the record axis (:attr:`rv`), and do they agree on its
+        length? The support variables hold one value per record."""
+        n, path = self.n, self.path
         self.rv = [
             v
             for v in names
@@ -559,13 +590,10 @@ class _FileInfo:
                     path, f"{v} has rank {self.inq[v].Num_Dims + 1}, expected one value per record"
                 )
 
-        self.n_angle = self._axis_len(cdf, "pitch_angle_bin", 64)
-        self.n_energy = self._axis_len(cdf, "energy_channel", 96)
-        self.transposed: dict[str, bool] = {}
-        for v in (b for b in BIG_VARIABLES if b in names and self.inq[b].Rec_Vary):
-            self.transposed[v] = self._orientation(v, self.inq[v].Dim_Sizes)
-        self.big = [b for b in BIG_VARIABLES if b in self.transposed]
-
+    def _read_record_sizes(self, cdf: cdflib.CDF, names: list[str]) -> None:
+        """``nbins``, ``nenergy`` (checked against the record size) and the records
+        flagged not valid."""
+        n, path = self.n, self.path
         self.nbins = self._read_small(cdf, "nbins").astype(np.int64).reshape(-1)
         self.nenergy = self._read_small(cdf, "nenergy").astype(np.int64).reshape(-1)
         # Records flagged not valid (valid == 0) carry no measurement.
@@ -580,19 +608,6 @@ class _FileInfo:
                 f"nbins/nenergy exceed the record size ({self.n_angle}x{self.n_energy}):"
                 f" max nbins {self.nbins.max()}, max nenergy {self.nenergy.max()}",
             )
-
-        self.scalars: dict[str, Any] = {}
-        for name, kind in _SCALARS.items():
-            if name in names and not self.inq[name].Rec_Vary:
-                try:
-                    self.scalars[name] = kind(_read(cdf, path, name).reshape(-1)[0])
-                except Exception:  # optional metadata: never fatal
-                    logger.debug("%s: scalar %s unreadable", path, name)
-        self.tables = [
-            t
-            for t in _TABLES
-            if t in names and not self.inq[t].Rec_Vary and self.inq[t].Num_Dims in (2, 3)
-        ]
 
     def _axis_len(self, cdf: cdflib.CDF, name: str, default: int) -> int:
         inq = self.inq.get(name)

@@ -386,38 +386,68 @@ def _widen_lone_runs(
     return left, right
 
 
-def panel_rgba(panel: Any, xs: np.ndarray, ys: np.ndarray, min_w: float) -> np.ndarray:
+def panel_rgba(
+    panel: Any, xs: np.ndarray, ys: np.ndarray, min_w: float, cells: np.ndarray | None = None
+) -> np.ndarray:
     """RGBA (uint8) at every pixel centre: rows ``ys`` (top first) by columns ``xs``.
 
-    Cells are colour-mapped once (the row's norm and colormap; masked cells and NaN get
-    the colormap's "bad" colour, transparent), then gathered per pixel: the record whose
-    time edges hold the pixel's x, the channel whose energy edges (that record's own)
-    hold its y. Pixels outside every cell stay transparent.
+    Each pixel takes the cell that holds it (:func:`pixel_cells`; pass ``cells``, its
+    result, when panels share it), colour-mapped with the panel's norm and colormap;
+    masked cells and NaN get the colormap's "bad" colour, transparent. Pixels outside
+    every cell stay transparent.
+    """
+    if cells is None:
+        cells = pixel_cells(panel, xs, ys, min_w)
+    values = panel.cells
+    n_cells = values.shape[0] * values.shape[1]
+    if n_cells <= cells.size:  # colour-map the cells, then gather their colours
+        colours = panel.cmap(panel.norm(values), bytes=True).reshape(n_cells, 4)
+        table = np.zeros((n_cells + 1, 4), np.uint8)  # + transparent, at index -1
+        table[:n_cells] = colours
+        return table.view(np.uint32)[cells, 0].view(np.uint8).reshape(*cells.shape, 4)
+    # more cells than pixels: gather the pixels' values, then colour-map those
+    data = np.append(np.ma.getdata(values).ravel(), 0.0)
+    mask = np.append(np.ma.getmaskarray(values).ravel(), True)
+    picked = np.ma.masked_array(data[cells], mask=mask[cells])
+    return panel.cmap(panel.norm(picked), bytes=True)
+
+
+def paste_rgba(region: np.ndarray, rgba: np.ndarray) -> None:
+    """Copy the pixels of ``rgba`` that are not fully transparent onto ``region`` (a view
+    of the canvas buffer); the rest of ``region`` keeps its pixels."""
+    np.copyto(region.view(np.uint32)[..., 0], rgba.view(np.uint32)[..., 0], where=rgba[..., 3] > 0)
+
+
+def pixel_cells(panel: Any, xs: np.ndarray, ys: np.ndarray, min_w: float) -> np.ndarray:
+    """The cell (flat index into ``panel.cells``) that holds each pixel centre, rows
+    ``ys`` (top first) by columns ``xs``; -1 where no cell does.
+
+    The record whose time edges (lone runs narrower than ``min_w`` widened,
+    :func:`_widen_lone_runs`) hold the pixel's x, the channel whose energy edges (that
+    record's own) hold its y. This is what Agg does with the reference drawing's
+    non-antialiased QuadMesh (a pixel takes the cell holding its centre).
     """
     left, right = _widen_lone_runs(panel.left, panel.right, panel.starts, panel.stops, min_w)
-    out = np.zeros((ys.size, xs.size, 4), np.uint8)
+    out = np.full((ys.size, xs.size), -1, np.intp)
     rec = np.searchsorted(left, xs, side="right") - 1
     ok = rec >= 0
     ok[ok] &= xs[ok] < right[rec[ok]]
     if not ok.any():
         return out
-    colours = panel.cmap(panel.norm(panel.cells), bytes=True)  # (n, k, 4)
     run_of = np.repeat(np.arange(panel.starts.size), panel.stops - panel.starts)
     cols = np.flatnonzero(ok)
     col_rec = rec[cols]
-    col_run = run_of[col_rec]
-    for r in np.unique(col_run).tolist():
+    runs, col_run = np.unique(run_of[col_rec], return_inverse=True)
+    channel = np.full((ys.size, runs.size), -1, np.intp)  # per run: the channel of each row
+    for j, r in enumerate(runs.tolist()):
         a = panel.starts[r]
         k = int(panel.count[a])
         if k == 0:
             continue
         idx = np.searchsorted(panel.edges[a, : k + 1], ys, side="right") - 1
-        rows_ok = np.flatnonzero((idx >= 0) & (idx < k))
-        if rows_ok.size == 0:
-            continue
-        these = col_run == r
-        block = colours[col_rec[these]][:, idx[rows_ok]]  # (columns, rows, 4)
-        out[np.ix_(rows_ok, cols[these])] = block.transpose(1, 0, 2)
+        channel[:, j] = np.where((idx >= 0) & (idx < k), idx, -1)
+    ch = channel[:, col_run]
+    out[:, cols] = np.where(ch >= 0, col_rec * panel.cells.shape[1] + ch, -1)
     return out
 
 
@@ -509,6 +539,7 @@ def _row_specs(
     (None for a placeholder or a row without data)."""
     y_scale = style.y_scale
     specs, panels = [], []
+    shared: dict[tuple, tuple] = {}  # rows on the same records share their geometry
     for row in rows:
         if row.empty:
             specs.append(_RowSpec(row.key, row.title, "placeholder"))
@@ -519,6 +550,7 @@ def _row_specs(
             **_panel_kwargs(row, s, style, percentile, colormap, time_axis),
             norm=None,
             gap_factor=DEFAULT_GAP_FACTOR,
+            shared=shared,
         )
         y_label = s.get("y_label", DEFAULT_Y_LABEL)
         if panel.norm is None:
@@ -550,16 +582,19 @@ def _draw_panels(
     hatched breaks over them. Returns each panel's RGBA raster (None where none)."""
     x_lo, x_hi = time_axis.extent
     rasters = []
+    shared: dict[tuple, tuple] = {}  # panels on the same records and pixels: one pixel map
     for ax, panel in zip(layout.mains, panels, strict=True):
         ax.set_xlim(x_lo, x_hi)
         if panel is None:
             rasters.append(None)
             continue
         rs, cs, xs, ys = _pixel_centres(ax, layout.height)
-        rgba = panel_rgba(panel, xs, ys, (x_hi - x_lo) / ax.bbox.width)
-        region = buf[rs, cs]
-        drawn = rgba[..., 3] > 0
-        region[drawn] = rgba[drawn]
+        min_w = (x_hi - x_lo) / ax.bbox.width
+        key = (id(panel.records), xs.tobytes(), ys.tobytes(), min_w)
+        if panel.records is None or key not in shared:
+            shared[key] = (panel.records, pixel_cells(panel, xs, ys, min_w))
+        rgba = panel_rgba(panel, xs, ys, min_w, shared[key][1])
+        paste_rgba(buf[rs, cs], rgba)
         rasters.append(rgba)
     for sp in layout.spines:
         sp.axes.draw_artist(sp)

@@ -74,6 +74,12 @@ MAX_LAYOUTS = 8
 
 _LAYOUTS: OrderedDict[tuple, _Layout] = OrderedDict()
 
+#: Row titles whose pixels a layout keeps (:meth:`_Layout.draw_row_title`).
+MAX_TITLES = 32
+
+#: Pixels around a row title's box that must match for its kept pixels to be pasted.
+_TITLE_MARGIN = 4
+
 
 def clear_layouts() -> None:
     """Drop every cached layout of this process."""
@@ -200,9 +206,10 @@ class _Layout:
         self.specs = specs
         fig = _new_figure(figsize, dpi, None)
         mains, _zooms, caxes = _grid_axes(fig, len(specs), 0, None, bottom)
+        self.row_titles = []
         for spec, ax, cax in zip(specs, mains, caxes, strict=True):
             ax.set_label(spec.key)
-            ax.set_title(spec.title, loc="left", fontsize="medium", y=1.0)
+            self.row_titles.append(ax.set_title(spec.title, loc="left", fontsize="medium", y=1.0))
             if spec.kind == "placeholder":
                 _placeholder(ax, spec.key, cax)
                 continue
@@ -246,10 +253,49 @@ class _Layout:
             sp.set_visible(True)
         self.fig, self.mains = fig, mains
         self.height = np.asarray(fig.canvas.buffer_rgba()).shape[0]
+        self._title_pixels: OrderedDict[tuple[int, str], tuple] = OrderedDict()
         _Layout.built += 1
 
     def close(self) -> None:
         self.fig.clear()
+        self._title_pixels.clear()
+
+    def draw_row_title(self, row: int, text: str, buf: np.ndarray) -> None:
+        """Draw row ``row``'s title ``text`` into ``buf`` (the canvas buffer).
+
+        A row title repeats from orbit to orbit (an instrument, a category), yet its
+        glyphs cost some milliseconds to render. So the pixels it changes are kept, with
+        the pixels they were drawn over: where those are the same again, the kept pixels
+        are pasted, which is exactly what drawing would give; otherwise it is drawn.
+        """
+        title = self.row_titles[row]
+        title.set_text(text)
+        key = (row, text)
+        kept = self._title_pixels.get(key)
+        if kept is not None:
+            where, under, over = kept
+            if np.array_equal(buf[where], under):
+                buf[where] = over
+                return
+        before = np.array(buf, copy=True) if kept is None else None
+        self.mains[row].draw_artist(title)
+        if before is None:
+            return
+        changed = np.nonzero((buf != before).any(axis=-1))
+        if changed[0].size == 0:
+            return
+        # the changed pixels and the text's box, with a margin: the region that must be
+        # the same (under) for the kept pixels (over) to be what drawing gives
+        box = title.get_window_extent(self.fig.canvas.get_renderer())
+        h, w = buf.shape[:2]
+        r0 = min(int(changed[0].min()), int(np.floor(h - box.y1))) - _TITLE_MARGIN
+        r1 = max(int(changed[0].max()) + 1, int(np.ceil(h - box.y0))) + _TITLE_MARGIN
+        c0 = min(int(changed[1].min()), int(np.floor(box.x0))) - _TITLE_MARGIN
+        c1 = max(int(changed[1].max()) + 1, int(np.ceil(box.x1))) + _TITLE_MARGIN
+        where = (slice(max(r0, 0), min(r1, h)), slice(max(c0, 0), min(c1, w)))
+        self._title_pixels[key] = (where, before[where].copy(), buf[where].copy())
+        while len(self._title_pixels) > MAX_TITLES:
+            self._title_pixels.popitem(last=False)
 
 
 def _marks_like(side: Line2D) -> Line2D:
@@ -400,16 +446,9 @@ def panel_rgba(
         cells = pixel_cells(panel, xs, ys, min_w)
     values = panel.cells
     n_cells = values.shape[0] * values.shape[1]
-    if n_cells <= cells.size:  # colour-map the cells, then gather their colours
-        colours = panel.cmap(panel.norm(values), bytes=True).reshape(n_cells, 4)
-        table = np.zeros((n_cells + 1, 4), np.uint8)  # + transparent, at index -1
-        table[:n_cells] = colours
-        return table.view(np.uint32)[cells, 0].view(np.uint8).reshape(*cells.shape, 4)
-    # more cells than pixels: gather the pixels' values, then colour-map those
-    data = np.append(np.ma.getdata(values).ravel(), 0.0)
-    mask = np.append(np.ma.getmaskarray(values).ravel(), True)
-    picked = np.ma.masked_array(data[cells], mask=mask[cells])
-    return panel.cmap(panel.norm(picked), bytes=True)
+    table = np.zeros((n_cells + 1, 4), np.uint8)  # the cells' colours, + transparent at -1
+    table[:n_cells] = panel.cmap(panel.norm(values), bytes=True).reshape(n_cells, 4)
+    return table.view(np.uint32)[cells, 0].view(np.uint8).reshape(*cells.shape, 4)
 
 
 def paste_rgba(region: np.ndarray, rgba: np.ndarray) -> None:
@@ -489,8 +528,8 @@ def render_grid(
     fig, canvas = layout.fig, layout.fig.canvas
     canvas.restore_region(layout.background)
     buf = np.asarray(canvas.buffer_rgba())
-    for ax, spec in zip(layout.mains, specs, strict=True):
-        ax.draw_artist(ax.set_title(spec.title, loc="left", fontsize="medium", y=1.0))
+    for row, spec in enumerate(specs):
+        layout.draw_row_title(row, spec.title, buf)
     rasters = _draw_panels(layout, panels, time_axis, buf)
     _draw_time_ticks(layout, pos, labels)
     layout.title.set_text(f"{title}  {_span_of(rows)}")

@@ -440,14 +440,20 @@ def panel_rgba(
     Each pixel takes the cell that holds it (:func:`pixel_cells`; pass ``cells``, its
     result, when panels share it), colour-mapped with the panel's norm and colormap;
     masked cells and NaN get the colormap's "bad" colour, transparent. Pixels outside
-    every cell stay transparent.
+    every cell stay transparent. Only the cells that some pixel shows are colour-mapped.
     """
     if cells is None:
         cells = pixel_cells(panel, xs, ys, min_w)
     values = panel.cells
     n_cells = values.shape[0] * values.shape[1]
+    shown = np.zeros(n_cells + 1, bool)
+    shown[cells] = True
+    shown = np.flatnonzero(shown[:n_cells])
+    picked = np.ma.masked_array(
+        np.ma.getdata(values).ravel()[shown], np.ma.getmaskarray(values).ravel()[shown]
+    )
     table = np.zeros((n_cells + 1, 4), np.uint8)  # the cells' colours, + transparent at -1
-    table[:n_cells] = panel.cmap(panel.norm(values), bytes=True).reshape(n_cells, 4)
+    table[shown] = panel.cmap(panel.norm(picked), bytes=True)
     return table.view(np.uint32)[cells, 0].view(np.uint8).reshape(*cells.shape, 4)
 
 

@@ -437,8 +437,8 @@ def panel_rgba(
 ) -> np.ndarray:
     """RGBA (uint8) at every pixel centre: rows ``ys`` (top first) by columns ``xs``.
 
-    Each pixel takes the cell that holds it (:func:`pixel_cells`; pass ``cells``, its
-    result, when panels share it), colour-mapped with the panel's norm and colormap;
+    Each pixel takes the cell that holds it (:func:`pixel_cells`, or ``cells``, its
+    result), colour-mapped with the panel's norm and colormap;
     masked cells and NaN get the colormap's "bad" colour, transparent. Pixels outside
     every cell stay transparent. Only the cells that some pixel shows are colour-mapped.
     """
@@ -627,18 +627,13 @@ def _draw_panels(
     hatched breaks over them. Returns each panel's RGBA raster (None where none)."""
     x_lo, x_hi = time_axis.extent
     rasters = []
-    shared: dict[tuple, tuple] = {}  # panels on the same records and pixels: one pixel map
     for ax, panel in zip(layout.mains, panels, strict=True):
         ax.set_xlim(x_lo, x_hi)
         if panel is None:
             rasters.append(None)
             continue
         rs, cs, xs, ys = _pixel_centres(ax, layout.height)
-        min_w = (x_hi - x_lo) / ax.bbox.width
-        key = (id(panel.records), xs.tobytes(), ys.tobytes(), min_w)
-        if panel.records is None or key not in shared:
-            shared[key] = (panel.records, pixel_cells(panel, xs, ys, min_w))
-        rgba = panel_rgba(panel, xs, ys, min_w, shared[key][1])
+        rgba = panel_rgba(panel, xs, ys, (x_hi - x_lo) / ax.bbox.width)
         paste_rgba(buf[rs, cs], rgba)
         rasters.append(rgba)
     for sp in layout.spines:

@@ -109,8 +109,9 @@ def product(kind: str, engine: str, compress_level: int | None = None) -> Callab
             fig = products.FAST_plot_instrument_grid(orbit, y_scale=y_scale, extrema=ext, **kw)
         elif kind == "pa":
             fig = products.FAST_plot_pitch_angle_grid(orbit["ees"], y_scale=y_scale, **kw)
-        else:
-            fig = products.FAST_plot_pad(orbit, extrema=ext, **kw)
+        else:  # the pad's y axis is pitch angle: colour limits only, as the pipeline's
+            z_only = {k: {b: v for b, v in e.items() if b[0] == "z"} for k, e in ext.items()}
+            fig = products.FAST_plot_pad(orbit, extrema=z_only, **kw)
         if compress_level is None:
             render.save_figure(fig, path)
         else:

@@ -74,6 +74,12 @@ MAX_LAYOUTS = 8
 
 _LAYOUTS: OrderedDict[tuple, _Layout] = OrderedDict()
 
+#: Row titles whose pixels a layout keeps (:meth:`_Layout.draw_row_title`).
+MAX_TITLES = 32
+
+#: Pixels around a row title's box that must match for its kept pixels to be pasted.
+_TITLE_MARGIN = 4
+
 
 def clear_layouts() -> None:
     """Drop every cached layout of this process."""
@@ -200,9 +206,10 @@ class _Layout:
         self.specs = specs
         fig = _new_figure(figsize, dpi, None)
         mains, _zooms, caxes = _grid_axes(fig, len(specs), 0, None, bottom)
+        self.row_titles = []
         for spec, ax, cax in zip(specs, mains, caxes, strict=True):
             ax.set_label(spec.key)
-            ax.set_title(spec.title, loc="left", fontsize="medium", y=1.0)
+            self.row_titles.append(ax.set_title(spec.title, loc="left", fontsize="medium", y=1.0))
             if spec.kind == "placeholder":
                 _placeholder(ax, spec.key, cax)
                 continue
@@ -246,10 +253,49 @@ class _Layout:
             sp.set_visible(True)
         self.fig, self.mains = fig, mains
         self.height = np.asarray(fig.canvas.buffer_rgba()).shape[0]
+        self._title_pixels: OrderedDict[tuple[int, str], tuple] = OrderedDict()
         _Layout.built += 1
 
     def close(self) -> None:
         self.fig.clear()
+        self._title_pixels.clear()
+
+    def draw_row_title(self, row: int, text: str, buf: np.ndarray) -> None:
+        """Draw row ``row``'s title ``text`` into ``buf`` (the canvas buffer).
+
+        A row title repeats from orbit to orbit (an instrument, a category), yet its
+        glyphs cost some milliseconds to render. So the pixels it changes are kept, with
+        the pixels they were drawn over: where those are the same again, the kept pixels
+        are pasted, which is exactly what drawing would give; otherwise it is drawn.
+        """
+        title = self.row_titles[row]
+        title.set_text(text)
+        key = (row, text)
+        kept = self._title_pixels.get(key)
+        if kept is not None:
+            where, under, over = kept
+            if np.array_equal(buf[where], under):
+                buf[where] = over
+                return
+        before = np.array(buf, copy=True) if kept is None else None
+        self.mains[row].draw_artist(title)
+        if before is None:
+            return
+        changed = np.nonzero((buf != before).any(axis=-1))
+        if changed[0].size == 0:
+            return
+        # the changed pixels and the text's box, with a margin: the region that must be
+        # the same (under) for the kept pixels (over) to be what drawing gives
+        box = title.get_window_extent(self.fig.canvas.get_renderer())
+        h, w = buf.shape[:2]
+        r0 = min(int(changed[0].min()), int(np.floor(h - box.y1))) - _TITLE_MARGIN
+        r1 = max(int(changed[0].max()) + 1, int(np.ceil(h - box.y0))) + _TITLE_MARGIN
+        c0 = min(int(changed[1].min()), int(np.floor(box.x0))) - _TITLE_MARGIN
+        c1 = max(int(changed[1].max()) + 1, int(np.ceil(box.x1))) + _TITLE_MARGIN
+        where = (slice(max(r0, 0), min(r1, h)), slice(max(c0, 0), min(c1, w)))
+        self._title_pixels[key] = (where, before[where].copy(), buf[where].copy())
+        while len(self._title_pixels) > MAX_TITLES:
+            self._title_pixels.popitem(last=False)
 
 
 def _marks_like(side: Line2D) -> Line2D:
@@ -386,38 +432,67 @@ def _widen_lone_runs(
     return left, right
 
 
-def panel_rgba(panel: Any, xs: np.ndarray, ys: np.ndarray, min_w: float) -> np.ndarray:
+def panel_rgba(
+    panel: Any, xs: np.ndarray, ys: np.ndarray, min_w: float, cells: np.ndarray | None = None
+) -> np.ndarray:
     """RGBA (uint8) at every pixel centre: rows ``ys`` (top first) by columns ``xs``.
 
-    Cells are colour-mapped once (the row's norm and colormap; masked cells and NaN get
-    the colormap's "bad" colour, transparent), then gathered per pixel: the record whose
-    time edges hold the pixel's x, the channel whose energy edges (that record's own)
-    hold its y. Pixels outside every cell stay transparent.
+    Each pixel takes the cell that holds it (:func:`pixel_cells`, or ``cells``, its
+    result), colour-mapped with the panel's norm and colormap;
+    masked cells and NaN get the colormap's "bad" colour, transparent. Pixels outside
+    every cell stay transparent. Only the cells that some pixel shows are colour-mapped.
+    """
+    if cells is None:
+        cells = pixel_cells(panel, xs, ys, min_w)
+    values = panel.cells
+    n_cells = values.shape[0] * values.shape[1]
+    shown = np.zeros(n_cells + 1, bool)
+    shown[cells] = True
+    shown = np.flatnonzero(shown[:n_cells])
+    picked = np.ma.masked_array(
+        np.ma.getdata(values).ravel()[shown], np.ma.getmaskarray(values).ravel()[shown]
+    )
+    table = np.zeros((n_cells + 1, 4), np.uint8)  # the cells' colours, + transparent at -1
+    table[shown] = panel.cmap(panel.norm(picked), bytes=True)
+    return table.view(np.uint32)[cells, 0].view(np.uint8).reshape(*cells.shape, 4)
+
+
+def paste_rgba(region: np.ndarray, rgba: np.ndarray) -> None:
+    """Copy the pixels of ``rgba`` that are not fully transparent onto ``region`` (a view
+    of the canvas buffer); the rest of ``region`` keeps its pixels."""
+    np.copyto(region.view(np.uint32)[..., 0], rgba.view(np.uint32)[..., 0], where=rgba[..., 3] > 0)
+
+
+def pixel_cells(panel: Any, xs: np.ndarray, ys: np.ndarray, min_w: float) -> np.ndarray:
+    """The cell (flat index into ``panel.cells``) that holds each pixel centre, rows
+    ``ys`` (top first) by columns ``xs``; -1 where no cell does.
+
+    The record whose time edges (lone runs narrower than ``min_w`` widened,
+    :func:`_widen_lone_runs`) hold the pixel's x, the channel whose energy edges (that
+    record's own) hold its y. This is what Agg does with the reference drawing's
+    non-antialiased QuadMesh (a pixel takes the cell holding its centre).
     """
     left, right = _widen_lone_runs(panel.left, panel.right, panel.starts, panel.stops, min_w)
-    out = np.zeros((ys.size, xs.size, 4), np.uint8)
+    out = np.full((ys.size, xs.size), -1, np.intp)
     rec = np.searchsorted(left, xs, side="right") - 1
     ok = rec >= 0
     ok[ok] &= xs[ok] < right[rec[ok]]
     if not ok.any():
         return out
-    colours = panel.cmap(panel.norm(panel.cells), bytes=True)  # (n, k, 4)
     run_of = np.repeat(np.arange(panel.starts.size), panel.stops - panel.starts)
     cols = np.flatnonzero(ok)
     col_rec = rec[cols]
-    col_run = run_of[col_rec]
-    for r in np.unique(col_run).tolist():
+    runs, col_run = np.unique(run_of[col_rec], return_inverse=True)
+    channel = np.full((ys.size, runs.size), -1, np.intp)  # per run: the channel of each row
+    for j, r in enumerate(runs.tolist()):
         a = panel.starts[r]
         k = int(panel.count[a])
         if k == 0:
             continue
         idx = np.searchsorted(panel.edges[a, : k + 1], ys, side="right") - 1
-        rows_ok = np.flatnonzero((idx >= 0) & (idx < k))
-        if rows_ok.size == 0:
-            continue
-        these = col_run == r
-        block = colours[col_rec[these]][:, idx[rows_ok]]  # (columns, rows, 4)
-        out[np.ix_(rows_ok, cols[these])] = block.transpose(1, 0, 2)
+        channel[:, j] = np.where((idx >= 0) & (idx < k), idx, -1)
+    ch = channel[:, col_run]
+    out[:, cols] = np.where(ch >= 0, col_rec * panel.cells.shape[1] + ch, -1)
     return out
 
 
@@ -459,8 +534,8 @@ def render_grid(
     fig, canvas = layout.fig, layout.fig.canvas
     canvas.restore_region(layout.background)
     buf = np.asarray(canvas.buffer_rgba())
-    for ax, spec in zip(layout.mains, specs, strict=True):
-        ax.draw_artist(ax.set_title(spec.title, loc="left", fontsize="medium", y=1.0))
+    for row, spec in enumerate(specs):
+        layout.draw_row_title(row, spec.title, buf)
     rasters = _draw_panels(layout, panels, time_axis, buf)
     _draw_time_ticks(layout, pos, labels)
     layout.title.set_text(f"{title}  {_span_of(rows)}")
@@ -509,6 +584,7 @@ def _row_specs(
     (None for a placeholder or a row without data)."""
     y_scale = style.y_scale
     specs, panels = [], []
+    shared: dict[tuple, tuple] = {}  # rows on the same records share their geometry
     for row in rows:
         if row.empty:
             specs.append(_RowSpec(row.key, row.title, "placeholder"))
@@ -519,6 +595,7 @@ def _row_specs(
             **_panel_kwargs(row, s, style, percentile, colormap, time_axis),
             norm=None,
             gap_factor=DEFAULT_GAP_FACTOR,
+            shared=shared,
         )
         y_label = s.get("y_label", DEFAULT_Y_LABEL)
         if panel.norm is None:
@@ -557,9 +634,7 @@ def _draw_panels(
             continue
         rs, cs, xs, ys = _pixel_centres(ax, layout.height)
         rgba = panel_rgba(panel, xs, ys, (x_hi - x_lo) / ax.bbox.width)
-        region = buf[rs, cs]
-        drawn = rgba[..., 3] > 0
-        region[drawn] = rgba[drawn]
+        paste_rgba(buf[rs, cs], rgba)
         rasters.append(rgba)
     for sp in layout.spines:
         sp.axes.draw_artist(sp)

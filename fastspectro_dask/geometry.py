@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import cached_property
 from typing import Any
 
 import matplotlib.dates as mdates
@@ -211,12 +212,12 @@ def _time_geometry(
     return left, right, gap
 
 
-def _sorted_channels(
-    e: np.ndarray, v: np.ndarray, y_scale: str
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per record: usable channels sorted by energy, ascending, NaN-padded at the end.
+def _channel_order(e: np.ndarray, y_scale: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per record: its usable channels sorted by energy, ascending (unusable ones last).
 
-    Returns energies ``(n, k)``, values ``(n, k)`` and the count of usable channels.
+    Returns the channel indices ``(n, k)`` (``np.take_along_axis`` takes a record's
+    values to them), their energies ``(n, k)``, NaN-padded at the end, and the count of
+    usable channels per record (``k`` is the largest).
     """
     e = np.array(e, dtype=np.float64)
     usable = np.isfinite(e)
@@ -225,11 +226,10 @@ def _sorted_channels(
             usable &= e > 0
     e[~usable] = np.nan
     order = np.argsort(e, axis=1, kind="stable")  # NaN last
-    e_sorted = np.take_along_axis(e, order, axis=1)
-    v_sorted = np.take_along_axis(np.asarray(v, dtype=np.float64), order, axis=1)
     count = usable.sum(axis=1)
     k = int(count.max()) if count.size else 0
-    return e_sorted[:, :k], v_sorted[:, :k], count
+    order = order[:, :k]
+    return order, np.take_along_axis(e, order, axis=1), count
 
 
 def _energy_edges(e_sorted: np.ndarray, count: np.ndarray, y_scale: str) -> np.ndarray:
@@ -382,6 +382,146 @@ class _Panel:
     norm: Normalize | None = None  # None: nothing to draw ("no data")
     y_lo: float = 0.0
     y_hi: float = 1.0
+    records: _Records | None = None  # shared by the panels drawn on the same records
+
+
+@dataclass
+class _Records:
+    """The records of a panel in drawing order and the edges of their cells: all that
+    depends on the times, energies and durations alone, so the rows drawn on the same
+    records (the categories of a pitch-angle grid) compute it once.
+
+    ``keep`` (records with a time) then ``order`` (a time sort; None: already sorted)
+    take an input row's values to the drawn records; ``channels`` takes each record's
+    usable channels, ascending in energy (one row for all records when they share one
+    energy table, ``shared``).
+    """
+
+    dates: bool
+    secs: np.ndarray  # (n,) sorted record times: seconds after ``t0`` (dates) or as given
+    keep: np.ndarray | None
+    order: np.ndarray | None
+    channels: np.ndarray  # (n, k), or (k,) when ``shared``
+    shared: bool
+    e_sorted: np.ndarray  # (n, k) energies of the usable channels, ascending, NaN-padded
+    count: np.ndarray  # (n,) usable channels per record
+    durations: np.ndarray | None
+    t0: int
+    base: float
+    scale: float
+    default_dt: float
+    y_scale: str
+    gap_factor: float
+    time_axis: TimeAxis | None
+
+    def arrange(self, values: np.ndarray) -> np.ndarray:
+        """One row's values ``(records, channels)`` in drawing order: ``(n, k)``."""
+        v = values
+        if self.keep is not None:
+            v = v[self.keep]
+        if self.order is not None:
+            v = v[self.order]
+        if self.shared:
+            return v[:, self.channels]
+        return np.take_along_axis(v, self.channels, axis=1)
+
+    @cached_property
+    def cells(self) -> tuple[np.ndarray, ...]:
+        """``left, right`` (axis x units), ``gap``, run ``starts, stops`` and energy
+        ``edges`` of the records' cells."""
+        secs, e_s, count = self.secs, self.e_sorted, self.count
+        n = secs.size
+        if self.shared:
+            same = np.ones(max(n - 1, 0), bool)  # what _same_table finds for equal rows
+        else:
+            same = _same_table(e_s)
+        left, right, gap = _time_geometry(
+            secs, same, self.gap_factor, self.default_dt, self.durations
+        )
+        if self.time_axis is not None:
+            left = self.time_axis.to_axis(self.t0 / 1e9 + left)
+            right = self.time_axis.to_axis(self.t0 / 1e9 + right)
+        else:
+            left = self.base + left * self.scale
+            right = self.base + right * self.scale
+        breaks = np.flatnonzero(~same | gap) + 1
+        starts = np.concatenate([[0], breaks])
+        stops = np.concatenate([breaks, [n]])
+        if self.shared and n:  # equal rows have equal edges: one row, broadcast
+            one = _energy_edges(e_s[:1], count[:1], self.y_scale)
+            edges = np.broadcast_to(one, (n, one.shape[1]))
+        else:
+            edges = _energy_edges(e_s, count, self.y_scale)
+        return left, right, gap, starts, stops, edges
+
+
+def _records(
+    t: np.ndarray,
+    e: np.ndarray,
+    durations: Any,
+    y_scale: str,
+    gap_factor: float,
+    time_axis: TimeAxis | None,
+) -> _Records:
+    """The :class:`_Records` of times ``t`` (n,) and energies ``e``: (n, m), or (m,) for
+    one energy table shared by all records."""
+    dur = None if durations is None else _durations_in_seconds(durations, t.size)
+    # Time to axis units, sorted, without NaT/NaN.
+    dates = _is_datetime(t)
+    t0, base, scale, default_dt = 0, 0.0, 1.0, 1.0
+    if dates:
+        tn = t.astype("datetime64[ns]")
+        keep = ~np.isnat(tn)
+        ns = tn.astype(np.int64)
+        t0 = ns[keep][0] if keep.any() else 0
+        secs = (ns - t0) / 1e9
+        base = float(_datetime_to_num(np.array([t0]).astype("datetime64[ns]"))[0])
+        scale = 1.0 / 86400.0
+    else:
+        secs = t.astype(np.float64)
+        keep = np.isfinite(secs)
+    shared = e.ndim == 1
+    if keep.all():
+        keep = None
+    else:
+        secs = secs[keep]
+        e = e if shared else e[keep]
+        dur = None if dur is None else dur[keep]
+    order = None
+    if secs.size > 1 and np.any(np.diff(secs) < 0):
+        order = np.argsort(secs, kind="stable")
+        secs = secs[order]
+        e = e if shared else e[order]
+        dur = None if dur is None else dur[order]
+
+    if time_axis is not None and not dates:
+        raise ValueError("a squeezed time axis needs datetime64 times")
+
+    if shared:  # one table: sorted once, the same for every record
+        channels, e_one, count_one = _channel_order(e[None, :], y_scale)
+        channels = channels[0]
+        e_s = np.broadcast_to(e_one, (secs.size, e_one.shape[1]))
+        count = np.broadcast_to(count_one, (secs.size,))
+    else:
+        channels, e_s, count = _channel_order(e, y_scale)
+    return _Records(
+        dates=dates,
+        secs=secs,
+        keep=keep,
+        order=order,
+        channels=channels,
+        shared=shared,
+        e_sorted=e_s,
+        count=count,
+        durations=dur,
+        t0=t0,
+        base=base,
+        scale=scale,
+        default_dt=default_dt,
+        y_scale=y_scale,
+        gap_factor=gap_factor,
+        time_axis=time_axis,
+    )
 
 
 def _panel_geometry(
@@ -401,8 +541,13 @@ def _panel_geometry(
     gap_factor: float,
     durations: np.ndarray | None,
     time_axis: TimeAxis | None,
+    shared: dict | None = None,
 ) -> _Panel:
-    """Cell edges in time and energy, masked values, norm and limits of one panel."""
+    """Cell edges in time and energy, masked values, norm and limits of one panel.
+
+    ``shared``: a dict in which rows drawn on the same ``times``, ``energies`` and
+    ``durations`` objects (one figure's rows) share their :class:`_Records`.
+    """
     t = np.asarray(times)
     v = np.asarray(values, dtype=np.float64)
     e = np.asarray(energies, dtype=np.float64)
@@ -411,58 +556,28 @@ def _panel_geometry(
     if e.ndim == 1:
         if e.size != v.shape[1]:
             raise ValueError(f"energies {e.shape} do not match values {v.shape}")
-        e = np.broadcast_to(e, v.shape)
     elif e.shape != v.shape:
         raise ValueError(f"energies {e.shape} do not match values {v.shape}")
-    dur = None if durations is None else _durations_in_seconds(durations, t.size)
-
-    # Time to axis units, sorted, without NaT/NaN.
-    dates = _is_datetime(t)
-    if dates:
-        tn = t.astype("datetime64[ns]")
-        keep = ~np.isnat(tn)
-        ns = tn.astype(np.int64)
-        t0 = ns[keep][0] if keep.any() else 0
-        secs = (ns - t0) / 1e9
-        base = float(_datetime_to_num(np.array([t0]).astype("datetime64[ns]"))[0])
-        scale = 1.0 / 86400.0
-        default_dt = 1.0
+    key = (id(times), id(energies), id(durations), y_scale, gap_factor, id(time_axis))
+    held = None if shared is None else shared.get(key)
+    if held is None:
+        rec = _records(t, e, durations, y_scale, gap_factor, time_axis)
+        if shared is not None:  # the objects held with it: their ids stay theirs
+            shared[key] = (rec, times, energies, durations, time_axis)
     else:
-        secs = t.astype(np.float64)
-        keep = np.isfinite(secs)
-        base, scale, default_dt = 0.0, 1.0, 1.0
-    if not keep.all():
-        secs, e, v = secs[keep], e[keep], v[keep]
-        dur = None if dur is None else dur[keep]
-    if secs.size > 1 and np.any(np.diff(secs) < 0):
-        order = np.argsort(secs, kind="stable")
-        secs, e, v = secs[order], e[order], v[order]
-        dur = None if dur is None else dur[order]
+        rec = held[0]
 
-    if time_axis is not None and not dates:
-        raise ValueError("a squeezed time axis needs datetime64 times")
-
-    e_s, v_s, count = _sorted_channels(e, v, y_scale)
+    v_s = rec.arrange(v)
+    count = rec.count
     vm = _mask_values(v_s, z_scale)
     has_data = bool((~vm.mask).any()) if vm.size else False
     if has_data and norm is None:
         norm = _resolve_norm(v_s, vmin, vmax, z_scale, percentile)
     if not has_data or norm is None:
-        return _Panel(dates=dates, n=int(secs.size))
+        return _Panel(dates=rec.dates, n=int(rec.secs.size))
     cmap = _colormap(colormap, y_scale, z_scale)
 
-    same = _same_table(e_s)
-    left, right, gap = _time_geometry(secs, same, gap_factor, default_dt, dur)
-    if time_axis is not None:
-        left = time_axis.to_axis(t0 / 1e9 + left)
-        right = time_axis.to_axis(t0 / 1e9 + right)
-    else:
-        left = base + left * scale
-        right = base + right * scale
-    breaks = np.flatnonzero(~same | gap) + 1
-    starts = np.concatenate([[0], breaks])
-    stops = np.concatenate([breaks, [secs.size]])
-    edges_rows = _energy_edges(e_s, count, y_scale)
+    left, right, gap, starts, stops, edges_rows = rec.cells
     # Energy limits: the extent of the drawn cells unless given (checked before drawing).
     drawn = np.flatnonzero(count > 0)
     y_lo = float(edges_rows[drawn, 0].min()) if y_min is None else float(y_min)
@@ -472,8 +587,8 @@ def _panel_geometry(
     if not y_hi > y_lo:
         raise ValueError(f"energy limits must satisfy y_min < y_max, got {y_lo} and {y_hi}")
     return _Panel(
-        dates=dates,
-        n=int(secs.size),
+        dates=rec.dates,
+        n=int(rec.secs.size),
         left=left,
         right=right,
         gaps=int(gap.sum()),
@@ -486,4 +601,5 @@ def _panel_geometry(
         norm=norm,
         y_lo=y_lo,
         y_hi=y_hi,
+        records=rec,
     )

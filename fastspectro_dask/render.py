@@ -52,7 +52,6 @@ from fastspectro_dask.geometry import (  # noqa: F401 (re-exported for the engin
     _panel_geometry,
     _resolve_norm,
     _same_table,
-    _sorted_channels,
     _time_geometry,
     _to_datetime64,
 )

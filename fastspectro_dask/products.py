@@ -989,7 +989,8 @@ def FAST_plot_pad(
         None (or no pad data) gives a placeholder row.
     z_scale : {"linear", "log"}
     overrides, extrema : mapping, optional
-        Instrument -> ``z_min``, ``z_max``, ``z_label`` (y is always the full turn).
+        Instrument -> ``z_min``, ``z_max``, ``z_label`` (y is always the full turn:
+        ``y_min``/``y_max`` there are ignored).
     variable : {"data", "eflux", "rate"}
         What to reduce from raw Datasets.
     pad_energy : (lo, hi), optional
@@ -1009,6 +1010,18 @@ def FAST_plot_pad(
     return _pad(orbit, grid, variable, instrument_order, orbit_number, pad_energy)
 
 
+def _without_y_limits(
+    per_row: Mapping[str, Mapping[str, Any]] | None,
+) -> dict[str, dict[str, Any]] | None:
+    """Row settings without ``y_min``/``y_max``."""
+    if per_row is None:
+        return None
+    return {
+        k: {f: v for f, v in (row or {}).items() if f not in ("y_min", "y_max")}
+        for k, row in per_row.items()
+    }
+
+
 def _pad(
     orbit: Mapping[str, xr.Dataset | None],
     grid: _Grid,
@@ -1021,7 +1034,14 @@ def _pad(
     from fastspectro_dask.padreduce import pitch_edges, sample_periodic
     from fastspectro_dask.reduce import PadSpec
 
-    grid = replace(grid, style=replace(grid.style, y_scale="linear"))
+    # y is the full turn whatever the limits say (an instrument's energy limits are not
+    # pitch angles): only the colour limits and labels of extrema and overrides apply
+    grid = replace(
+        grid,
+        style=replace(grid.style, y_scale="linear"),
+        extrema=_without_y_limits(grid.extrema),
+        overrides=_without_y_limits(grid.overrides),
+    )
     keys = [str(k) for k in instrument_order]
     if orbit_number is None:
         orbit_number = _orbit_of(orbit.get(k) for k in keys)

@@ -198,6 +198,41 @@ def _pad_dataset() -> xr.Dataset:
     )
 
 
+@pytest.mark.parametrize(
+    "limits",
+    [
+        {"extrema": {"ees": {"y_min": 5.0, "y_max": 3.0e4, "z_min": 2.0, "z_max": 50.0}}},
+        {"overrides": {"ees": {"y_min": 5.0, "y_max": 3.0e4, "z_min": 2.0, "z_max": 50.0}}},
+    ],
+)
+def test_pad_y_axis_is_the_full_turn_whatever_the_limits_say(limits):
+    """An instrument's energy limits passed as extrema (or y limits as overrides) do not
+    make the pad's pitch-angle axis 5-30000 deg, in either engine; its colour limits do
+    apply."""
+    import json
+
+    from fastspectro_dask.products import FAST_plot_pad
+
+    def plot(engine: str):
+        return FAST_plot_pad(
+            {"ees": _pad_dataset()},
+            instrument_order=("ees",),
+            z_scale="linear",
+            engine=engine,
+            **limits,
+        )
+
+    fig = plot("reference")
+    (ax,) = [a for a in fig.axes if a.get_label() == "ees"]
+    assert ax.get_ylim() == (0.0, 360.0)
+    (mesh,) = [c for c in ax.collections if hasattr(c, "get_clim")]
+    assert mesh.get_clim() == (2.0, 50.0)
+    fast = plot("fast")
+    assert fast.texts["ylims"] == [(0.0, 360.0)]
+    drawn = json.loads(fast.metadata["fastspectro:limits"])["ees"]
+    assert drawn == {"y_min": 0.0, "y_max": 360.0, "z_min": 2.0, "z_max": 50.0}
+
+
 @pytest.mark.parametrize("shift90", [False, True])
 def test_pad_figure_bins_per_record_and_the_wrap_bin_at_both_ends(shift90):
     from matplotlib.collections import QuadMesh

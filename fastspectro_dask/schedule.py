@@ -728,6 +728,14 @@ class TaskLoop:
         cancelled and are in :attr:`abandoned`). Raises :class:`NoWorkersError` (the
         watchdog; tasks in flight abandoned). ``on_exit`` runs before it returns or raises.
         """
+        with _switch_interval(SWITCH_INTERVAL):
+            return self._run(source, handle)
+
+    def _run(
+        self,
+        source: Iterable[Task],
+        handle: Callable[[Task, Any, BaseException | None], Any],
+    ) -> str:
         from distributed import as_completed
 
         it = iter(source)
@@ -735,55 +743,54 @@ class TaskLoop:
         no_workers = False
         stranded: list = []  # tasks whose results were being fetched when no worker was left
         fetching: deque = deque()  # batches whose results are being fetched, oldest first
-        with _switch_interval(SWITCH_INTERVAL):
+        try:
             try:
-                try:
-                    self._fill(it, ac)
-                    while self.inflight or not (self.exhausted or self.stop.is_set()):
-                        if self.stop.is_set():
-                            break
-                        if ac.has_ready():  # a chunk's worth, while the workers stay busy
-                            self._wait(ac, 0.0)
-                        batch = ac.next_batch(block=False)
-                        if not batch:
-                            if fetching:  # nothing new: record what is being fetched
-                                self._finish_batch(fetching.popleft(), handle)
-                                continue
-                            if self.on_idle is not None:
-                                self.on_idle()
-                            self._wait(ac, self.view.refresh_seconds)
-                            if not ac.has_ready():  # nothing came: a look at the cluster
-                                self.view.refresh()
-                                if self._watchdog():
-                                    no_workers = True
-                                    break
-                            self._fill(it, ac)
-                            continue
-                        # pipelined: this batch's results are fetched while new tasks are
-                        # submitted and the batches fetched before it are recorded
-                        fetching.append(self._start_batch(batch))
-                        self._fill(it, ac)
-                        while fetching and (len(fetching) > MAX_FETCHING or _fetched(fetching[0])):
+                self._fill(it, ac)
+                while self.inflight or not (self.exhausted or self.stop.is_set()):
+                    if self.stop.is_set():
+                        break
+                    if ac.has_ready():  # a chunk's worth, while the workers stay busy
+                        self._wait(ac, 0.0)
+                    batch = ac.next_batch(block=False)
+                    if not batch:
+                        if fetching:  # nothing new: record what is being fetched
                             self._finish_batch(fetching.popleft(), handle)
-                    while fetching and not no_workers:
+                            continue
+                        if self.on_idle is not None:
+                            self.on_idle()
+                        self._wait(ac, self.view.refresh_seconds)
+                        if not ac.has_ready():  # nothing came: a look at the cluster
+                            self.view.refresh()
+                            if self._watchdog():
+                                no_workers = True
+                                break
+                        self._fill(it, ac)
+                        continue
+                    # pipelined: this batch's results are fetched while new tasks are
+                    # submitted and the batches fetched before it are recorded
+                    fetching.append(self._start_batch(batch))
+                    self._fill(it, ac)
+                    while fetching and (len(fetching) > MAX_FETCHING or _fetched(fetching[0])):
                         self._finish_batch(fetching.popleft(), handle)
-                except _StrandedError as exc:
-                    no_workers = True
-                    stranded = list(exc.tasks)
-                for started in fetching:  # their results are stranded with the rest
-                    stranded.extend(t for t, _f in started[0])
-                if self.stop.is_set() and (self.inflight or not self.exhausted):
-                    self.outcome = "stopped"
-                    self._abandon()
-                elif no_workers:
-                    self.outcome = "no-workers"
-                    self._abandon()
-                    self.abandoned.extend(stranded)
-                else:
-                    self.outcome = "done"
-            finally:
-                if self.on_exit is not None:
-                    self.on_exit()
+                while fetching and not no_workers:
+                    self._finish_batch(fetching.popleft(), handle)
+            except _StrandedError as exc:
+                no_workers = True
+                stranded = list(exc.tasks)
+            for started in fetching:  # their results are stranded with the rest
+                stranded.extend(t for t, _f in started[0])
+            if self.stop.is_set() and (self.inflight or not self.exhausted):
+                self.outcome = "stopped"
+                self._abandon()
+            elif no_workers:
+                self.outcome = "no-workers"
+                self._abandon()
+                self.abandoned.extend(stranded)
+            else:
+                self.outcome = "done"
+        finally:
+            if self.on_exit is not None:
+                self.on_exit()
         if no_workers:
             raise NoWorkersError(
                 f"no Dask worker for {self.worker_wait:g} s and none pending: the run "

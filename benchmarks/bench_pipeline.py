@@ -867,14 +867,15 @@ def dry_run(tmp: Path, args) -> None:
     rss_before_cluster = rss_bytes()
     # the pipeline's own local cluster (fastspectro_dask.cluster.client_context)
     with client_context(max_workers=2, dashboard_address=":0") as client:
-        _dry_run(tmp, args, client, client.cluster, rss_before_cluster)
+        _dry_run(tmp, args, client, rss_before_cluster)
 
 
-def _dry_run(tmp: Path, args, client, cluster, rss_before_cluster: int) -> None:
+def _dry_run(tmp: Path, args, client, rss_before_cluster: int) -> None:
     from fastspectro_dask.cluster import n_workers
     from fastspectro_dask.pipeline import _run_job
     from fastspectro_dask.state import ProgressStore
 
+    cluster = client.cluster
     client.wait_for_workers(2)
     window = 2 * n_workers(client) + 2
     print(

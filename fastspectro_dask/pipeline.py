@@ -760,14 +760,11 @@ def _iter_jobs(
         yield orbit, orbit_jobs, known
 
 
-def _append_manifest(path: Path | Any, job: RenderJob, result: Mapping[str, Any]) -> None:
-    """One JSON line per figure: what was drawn, with which limits and options.
-
-    ``path`` is the manifest's path, or a text file open for appending (the render loop
-    keeps one open, buffered: no open/close per figure)."""
+def _append_manifest(manifest: _Appender, job: RenderJob, result: Mapping[str, Any]) -> None:
+    """One JSON line per figure: what was drawn, with which limits and options."""
     line = json.dumps(
         {
-            "figure": os.path.relpath(job.output, path.parent),
+            "figure": os.path.relpath(job.output, manifest.path.parent),
             "orbit": job.orbit,
             "product": job.product,
             "y_scale": job.style.y_scale,
@@ -783,11 +780,7 @@ def _append_manifest(path: Path | Any, job: RenderJob, result: Mapping[str, Any]
         },
         sort_keys=True,
     )
-    if hasattr(path, "write"):
-        path.write(line + "\n")
-        return
-    with open(path, "a", encoding="utf-8") as fh:  # one short append per figure
-        fh.write(line + "\n")
+    manifest.write(line + "\n")
 
 
 def _file_identity(path: str) -> tuple[int, int] | None:
@@ -1034,7 +1027,6 @@ class _Appender:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.parent = path.parent  # as a Path's: where relative names start
         self._lines: list[str] = []
         self._fh: Any = None
 
@@ -1045,12 +1037,11 @@ class _Appender:
         if not self._lines:
             return
         if self._fh is None:
-            self._fh = open(self.path, "ab", buffering=0)
-            if self._fh.tell():  # a line a killed run left torn: ended first
-                with open(self.path, "rb") as fh:
-                    fh.seek(-1, os.SEEK_END)
-                    if fh.read(1) != b"\n":
-                        self._lines.insert(0, "\n")
+            self._fh = open(self.path, "a+b", buffering=0)  # writes go to the end
+            if self._fh.seek(0, os.SEEK_END):  # a line a killed run left torn: ended first
+                self._fh.seek(-1, os.SEEK_END)
+                if self._fh.read(1) != b"\n":
+                    self._lines.insert(0, "\n")
         text, self._lines = "".join(self._lines), []
         self._fh.write(text.encode("utf-8"))
 

@@ -43,7 +43,7 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Hashable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -58,7 +58,6 @@ __all__ = [
     "LINGER_SECONDS",
     "MAX_FETCHING",
     "REFRESH_SECONDS",
-    "SWITCH_INTERVAL",
     "ClusterView",
     "OrbitClock",
     "Task",
@@ -83,25 +82,8 @@ MAX_FETCHING = 4
 #: With no worker connected, the batch system is asked at most this often whether the
 #: jobs still awaited are queued (seconds; SLURM only, see :meth:`ClusterView.pending_jobs`).
 QUEUE_CHECK_SECONDS = 10.0
-#: The client process's GIL switch interval while a loop runs (seconds; Python's default
-#: is 0.005). The client shares its process with the event loop thread (and, with a
-#: ``LocalCluster`` or dask-jobqueue cluster, the scheduler): each time the loop's thread
-#: waits for a file write or a lock it may then wait a whole interval for that busy thread
-#: to hand the GIL back. Measured in ``benchmarks/bench_pipeline.py``'s dry run.
-SWITCH_INTERVAL = 0.001
 #: dask config key of the watchdog's wait.
 WORKER_WAIT_KEY = "fastspectro.worker-wait"
-
-
-@contextlib.contextmanager
-def _switch_interval(seconds: float) -> Iterator[None]:
-    """The GIL switch interval set to at most ``seconds`` inside, restored after."""
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(min(before, seconds))
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(before)
 
 
 def worker_wait_seconds() -> float | None:
@@ -728,14 +710,6 @@ class TaskLoop:
         cancelled and are in :attr:`abandoned`). Raises :class:`NoWorkersError` (the
         watchdog; tasks in flight abandoned). ``on_exit`` runs before it returns or raises.
         """
-        with _switch_interval(SWITCH_INTERVAL):
-            return self._run(source, handle)
-
-    def _run(
-        self,
-        source: Iterable[Task],
-        handle: Callable[[Task, Any, BaseException | None], Any],
-    ) -> str:
         from distributed import as_completed
 
         it = iter(source)

@@ -90,13 +90,8 @@ def test_a_callers_window_is_an_upper_bound(monkeypatch):
     assert len(got) == 5 and set(seen) == {1} and loop.outcome == "done"
 
 
-def test_results_come_straight_from_local_workers_with_a_short_switch_interval(monkeypatch):
-    """On a local cluster the loop gathers from the workers directly, and runs with the
-    GIL switch interval at SWITCH_INTERVAL, restored when it ends."""
-    import sys
-
-    from fastspectro_dask.schedule import SWITCH_INTERVAL
-
+def test_results_come_straight_from_local_workers(monkeypatch):
+    """On a local cluster the loop gathers results from the workers directly."""
     gathers: list[object] = []
     real_gather = distributed.Client.gather
 
@@ -105,22 +100,15 @@ def test_results_come_straight_from_local_workers_with_a_short_switch_interval(m
         return real_gather(self, futures, *a, direct=direct, **kw)
 
     monkeypatch.setattr(distributed.Client, "gather", spy)
-    before = sys.getswitchinterval()
-    assert before > SWITCH_INTERVAL
     cluster, client = _local(2, processes=True)
     try:
         loop = TaskLoop(client, _identity, worker_wait=None)
-        seen: list[tuple[int, float]] = []
-        loop.run(
-            (Task(f"i-{i}", (i,), i) for i in range(12)),
-            lambda t, r, e: seen.append((r, sys.getswitchinterval())),
-        )
+        seen: list[int] = []
+        loop.run((Task(f"i-{i}", (i,), i) for i in range(12)), lambda t, r, e: seen.append(r))
     finally:
         client.close()
         cluster.close()
-    assert sorted(r for r, _s in seen) == list(range(12))
-    assert {s for _r, s in seen} == {SWITCH_INTERVAL}
-    assert sys.getswitchinterval() == before
+    assert sorted(seen) == list(range(12))
     assert loop.view.local and gathers and set(gathers) == {True}
 
 

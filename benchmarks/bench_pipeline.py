@@ -27,12 +27,18 @@ Four measurements, each printed as a plain-text table (medians over ``--rounds``
    other (warm: imports and font cache loaded). Compared to the 1-worker pipeline's render
    phase (same work, one render process): overhead ratio and overhead per figure. The cold
    import of the render stack (paid once by every sandbox child) is timed in a subprocess.
-3. **Bookkeeping dry run.** :func:`fastspectro_dask.pipeline._loop` driven with one no-op
-   ``RenderJob`` per orbit (product ``instruments``, fake paths), :func:`noop_render` (defined
-   here; workers import it as ``bench_pipeline.noop_render``, the benchmarks folder is put on
-   ``sys.path``/``PYTHONPATH``), a real ``ProgressStore(flush_batch_size=10)``,
-   ``_Signals(False)``, a 2-worker LocalCluster (``distributed.worker.daemon: False``),
-   default window and timeouts (120 s / 600 s). Reports tasks/s, client CPU per task, the RSS
+3. **Bookkeeping dry run.** The pipeline's phase 3 as it runs it: the planner
+   (:func:`fastspectro_dask.pipeline._plan`, lazy, figure paths checked on disk) over a
+   fake mission of N orbits x 4 files (an index and an extrema ledger shaped like real
+   ones), the products of ``--dry-products`` (default: a default run's, ``instruments
+   pitch-angle pad``, 6 figures per orbit; ``instruments`` alone is one figure per
+   orbit), feeding :func:`fastspectro_dask.pipeline._loop` with :func:`noop_render`
+   (defined here; workers import it as ``bench_pipeline.noop_render``, the benchmarks
+   folder is put on ``sys.path``/``PYTHONPATH``), a real
+   ``ProgressStore(flush_batch_size=10)``, the manifest, ``_Signals(False)``, the
+   pipeline's own 2-worker local cluster, default window and timeouts (120 s / 600 s).
+   Reports figures/s and Dask tasks/s (an orbit's figures are one task but at the run's
+   tail), client CPU per figure, the RSS
    of this process (which also hosts the LocalCluster's scheduler) sampled every 20 ms from a
    thread (start, after building the jobs, peak, end), progress JSON writes and the seconds
    spent in them, and the final progress.json size. Sizes run in order (default 10,000 then
@@ -44,12 +50,13 @@ Four measurements, each printed as a plain-text table (medians over ``--rounds``
    with the cost of one write split into its parts. Then, at ``--ipc-tasks`` tasks (0: not),
    interleaved: ``_loop``
    with and without progress writes, and a minimal loop with the same window and 20 ms poll
-   with the task in the sandbox (``_run_job``) or run directly in the worker (no sandbox),
+   with the task in the sandbox (``_run_jobs``) or run directly in the worker (no sandbox),
    and both with a blocking wait instead of the poll: the cost of the sandbox's IPC, of the
    poll, and of the bookkeeping.
 
     python benchmarks/bench_pipeline.py [--orbits 12] [--records 400] [--rounds 3]
-        [--dry-sizes 10000,50000] [--budget 360] [--ipc-tasks 2000] [--store-orbits 50000]
+        [--dry-sizes 10000,50000] [--dry-products instruments,pitch-angle,pad]
+        [--budget 360] [--ipc-tasks 2000] [--store-orbits 50000]
         [--cli-orbits 12] [--cli-records 800] [--only-cli] [--skip-cli] [--skip-e2e]
         [--skip-dry]
 """
@@ -609,6 +616,7 @@ def run_loop(
             summary = RunSummary()
             c0, t0 = time.process_time(), time.perf_counter()
             source = jobs if plan is None else plan(Path(d), summary)
+            tasks = _count_tasks()
             _loop(
                 client,
                 store,
@@ -641,9 +649,28 @@ def run_loop(
         "write_s": write_s[0],
         "size": size,
         "figures": summary.figures_written,
+        "tasks": tasks[0],
         "errors": dict(summary.errors),
         "sizes": sizes,
     }
+
+
+def _count_tasks() -> list[int]:
+    """``[n]``: the Dask tasks the next ``TaskLoop.run`` submits (filled when it returns)."""
+    from fastspectro_dask.schedule import TaskLoop
+
+    count = [0]
+    real_run = TaskLoop.run
+
+    def run(self, source, handle):
+        try:
+            return real_run(self, source, handle)
+        finally:
+            count[0] = self.submitted
+            TaskLoop.run = real_run
+
+    TaskLoop.run = run
+    return count
 
 
 def ledger_template(tmp: Path, client) -> dict[str, Any]:
@@ -688,7 +715,9 @@ def fake_mission(n: int, template: dict[str, Any], start: int = 10_000):
     return index, state
 
 
-def run_planned(client, mission: dict[str, Any], tmp: Path) -> dict[str, Any]:
+def run_planned(
+    client, mission: dict[str, Any], tmp: Path, products: tuple[str, ...]
+) -> dict[str, Any]:
     """The pipeline's phase 3 as it runs it: ``_plan`` (lazy planning from the index and
     the extrema state, figure paths checked on disk; the state is then dropped, as the
     pipeline does) feeding ``_loop`` with a real ProgressStore and the manifest; no-op
@@ -703,7 +732,7 @@ def run_planned(client, mission: dict[str, Any], tmp: Path) -> dict[str, Any]:
     def plan(out: Path, summary) -> Any:
         opts = _Options(
             config=RunConfig.resolve(
-                products=("instruments",),
+                products=products,
                 flush_batch_size=FLUSH,
                 progress_bar=False,
             ),
@@ -872,7 +901,7 @@ def dry_run(tmp: Path, args) -> None:
 
 def _dry_run(tmp: Path, args, client, rss_before_cluster: int) -> None:
     from fastspectro_dask.cluster import n_workers
-    from fastspectro_dask.pipeline import _run_job
+    from fastspectro_dask.pipeline import _run_jobs
     from fastspectro_dask.state import ProgressStore
 
     cluster = client.cluster
@@ -887,10 +916,14 @@ def _dry_run(tmp: Path, args, client, rss_before_cluster: int) -> None:
     )
     template = ledger_template(tmp, client)
     index, state = fake_mission(50, template)
-    warm = run_planned(client, {"index": index, "state": state}, tmp)  # children started
+    products = tuple(args.dry_products)
+    # children started
+    warm = run_planned(client, {"index": index, "state": state}, tmp, products)
     del index, state
-    if warm["figures"] != 50:
+    per_orbit = warm["figures"] / 50
+    if warm["errors"] or per_orbit != int(per_orbit) or not per_orbit:
         raise RuntimeError(f"warm-up failed: {warm}")
+    print(f"  products {' '.join(products)}: {per_orbit:.0f} figures per orbit")
 
     runs: dict[int, dict] = {}
     mem: dict[int, dict] = {}
@@ -919,7 +952,7 @@ def _dry_run(tmp: Path, args, client, rss_before_cluster: int) -> None:
             mission = {"index": index, "state": state}
             del index, state
             rss_jobs = rss_bytes()
-            res = run_planned(client, mission, tmp)
+            res = run_planned(client, mission, tmp, products)
             rss_loop_end = rss_bytes()
         del mission
         gc.collect()
@@ -934,7 +967,8 @@ def _dry_run(tmp: Path, args, client, rss_before_cluster: int) -> None:
         }
         spans = getattr(cluster.scheduler, "extensions", {}).get("spans")
         print(
-            f"  {n} orbits: {res['wall']:.1f} s, {res['figures']} tasks ok, "
+            f"  {n} orbits: {res['wall']:.1f} s, {res['figures']} figures ok in "
+            f"{res['tasks']} Dask tasks, "
             f"errors {res['errors'] or 'none'}; after the run: scheduler tasks "
             f"{len(cluster.scheduler.tasks)}, task groups "
             f"{len(cluster.scheduler.task_groups)}, "
@@ -945,14 +979,17 @@ def _dry_run(tmp: Path, args, client, rss_before_cluster: int) -> None:
     lines = [
         "",
         "Dry run, measured",
-        f"{'orbits':>7} {'wall s':>8} {'tasks/s':>8} {'ms/task':>8} {'client CPU ms/task':>19}"
+        f"{'orbits':>7} {'figures':>8} {'tasks':>7} {'wall s':>8} {'figures/s':>10}"
+        f" {'tasks/s':>8} {'client CPU ms/figure':>21}"
         f" {'JSON writes':>12} {'write s':>8} {'write %':>8} {'progress.json':>14}",
-        "-" * 102,
+        "-" * 133,
     ]
     for n, r in runs.items():
+        f = r["figures"]
         lines.append(
-            f"{n:>7} {r['wall']:8.1f} {n / r['wall']:8.1f} {1e3 * r['wall'] / n:8.2f} "
-            f"{1e3 * r['cpu'] / n:19.2f} {r['writes']:>12} {r['write_s']:8.1f} "
+            f"{n:>7} {f:>8} {r['tasks']:>7} {r['wall']:8.1f} {f / r['wall']:10.1f} "
+            f"{r['tasks'] / r['wall']:8.1f} "
+            f"{1e3 * r['cpu'] / f:21.2f} {r['writes']:>12} {r['write_s']:8.1f} "
             f"{100 * r['write_s'] / r['wall']:7.0f}% {r['size'] / 1e3:11.1f} kB"
         )
     lines += [
@@ -1011,8 +1048,8 @@ def _dry_run(tmp: Path, args, client, rss_before_cluster: int) -> None:
                 size = (Path(d) / "p.json").stat().st_size
             lin, a, b = fit
             lines.append(
-                f"  {n} orbits: ~{predict(fit, n):.0f} s (~{n / predict(fit, n):.0f} tasks/s): "
-                f"{lin * n:.0f} s of per-task work ({1e3 * lin:.2f} ms/task) + "
+                f"  {n} orbits: ~{predict(fit, n):.0f} s (~{n * per_orbit / predict(fit, n):.0f}"
+                f" figures/s): {lin * n:.0f} s of per-orbit work ({1e3 * lin:.2f} ms/orbit) + "
                 f"{write_seconds(fit, n):.0f} s of progress writes ({n // FLUSH} writes, "
                 f"each ~{1e3 * a:.1f} ms + {1e6 * b:.2f} us per orbit in the file); peak RSS "
                 f"growth ~{mb(fixed + slope * n)} MiB ({rss_model}); final progress.json "
@@ -1029,24 +1066,24 @@ def _dry_run(tmp: Path, args, client, rss_before_cluster: int) -> None:
     if nt <= 0:
         return
     jobs = fake_jobs(nt)
-    flat = [j for o in jobs for j in jobs[o]]
+    flat = [jobs[o] for o in jobs]  # one figure per task
     noop = _noop()
     variants: dict[str, Callable[[], Any]] = {
         "_loop, progress writes every 10 orbits": lambda: run_loop(client, jobs, tmp),
         "_loop, no progress writes until the end": lambda: run_loop(
             client, jobs, tmp, flush_batch_size=10**9
         ),
-        "window loop, sandbox (_run_job), 20 ms poll": lambda: mini_loop(
-            client, flat, _run_job, (120.0, None, noop), limit=window, poll=0.02
+        "window loop, sandbox (_run_jobs), 20 ms poll": lambda: mini_loop(
+            client, flat, _run_jobs, (120.0, None, noop), limit=window, poll=0.02
         ),
         "window loop, no sandbox, 20 ms poll": lambda: mini_loop(
-            client, flat, noop, (), limit=window, poll=0.02
+            client, [j for o in jobs for j in jobs[o]], noop, (), limit=window, poll=0.02
         ),
         "window loop, sandbox, blocking wait": lambda: mini_loop(
-            client, flat, _run_job, (120.0, None, noop), limit=window, poll=None
+            client, flat, _run_jobs, (120.0, None, noop), limit=window, poll=None
         ),
         "window loop, no sandbox, blocking wait": lambda: mini_loop(
-            client, flat, noop, (), limit=window, poll=None
+            client, [j for o in jobs for j in jobs[o]], noop, (), limit=window, poll=None
         ),
     }
     times: dict[str, list[float]] = {k: [] for k in variants}
@@ -1151,6 +1188,12 @@ def main() -> None:
         type=lambda s: [int(x) for x in s.split(",")],
         default=[10_000, 50_000],
         help="orbit counts of the dry run, in order (default 10000,50000)",
+    )
+    ap.add_argument(
+        "--dry-products",
+        type=lambda s: tuple(s.split(",")),
+        default=("instruments", "pitch-angle", "pad"),
+        help="products of the dry run (default: a default run's, 6 figures per orbit)",
     )
     ap.add_argument("--budget", type=float, default=360.0, help="seconds per dry-run size")
     ap.add_argument(

@@ -5,9 +5,11 @@
 1. discovery of the input folder (orbit -> instrument -> file);
 2. the exact global extrema (:func:`~fastspectro_dask.extrema.compute_global_extrema`),
    reusing a current extrema JSON, which also fills the zarr cache of reduced spectrograms;
-3. one render task per (orbit, product) — the instrument grid (``instruments``) and one
-   pitch-angle grid per instrument (``pa-ees``, ...) — submitted through a **bounded window**
-   of futures, so client memory and graph size stay flat for any number of orbits;
+3. the figures of each (orbit, product) — the instrument grid (``instruments``), one
+   pitch-angle grid per instrument (``pa-ees``, ...), the pitch-angle distribution
+   (``pad``) — one Dask task per orbit (per figure at the run's tail, to spread the last
+   orbits over the workers), submitted through a **bounded window** of futures, so client
+   memory and graph size stay flat for any number of orbits;
 4. an ``as_completed`` loop on the client that handles results in batches, records each
    outcome in the progress JSON (flushed every ``flush_batch_size`` completed orbits, and
    every ``flush_interval_seconds``), writes buffered logs every ``log_flush_batch_size``
@@ -25,7 +27,6 @@ figures they wrote before that are counted (the summary counts what is on disk).
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import os
@@ -75,33 +76,44 @@ logger = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------
 
 
-def _run_job(
-    job: RenderJob,
+def _run_jobs(
+    jobs: Sequence[RenderJob],
     instrument_timeout: float | None,
     orbit_timeout: float | None,
     render_fn: Callable[[RenderJob], dict[str, Any]] = render_job,
     tag: str | None = None,
     orbit_group: str | None = None,
-) -> dict[str, Any]:
-    """The Dask task: :func:`~fastspectro_dask.render_task.run_job` with the orbit clock.
+) -> list[dict[str, Any] | Exception]:
+    """The Dask task: figures of one orbit, one after the other, each rendered by
+    :func:`~fastspectro_dask.render_task.run_job` in the sandbox with its own timeout;
+    each one's report, or its error, in order.
 
-    Timeouts count from the task's start on a worker, never from its submission: the
-    instrument timeout from the moment the sandbox child is ready for the figure, the
-    orbit timeout from the start on a worker of the orbit's first task (``orbit_group``,
-    on the scheduler's :class:`~fastspectro_dask.schedule.OrbitClock`; ``None``: this
-    task's own start). ``tag`` (the task key) lets the client stop the render when it
-    cancels the task (:func:`~fastspectro_dask.sandbox.stop_calls`).
+    One task for several figures costs the scheduler, the workers and the client one
+    task's handling instead of one per figure. Timeouts count from the start on a worker,
+    never from the submission: the instrument timeout from the moment the sandbox child is
+    ready for the figure, the orbit timeout from this task's start, or, when the orbit is
+    split over several tasks, from the start on a worker of its first task
+    (``orbit_group``, on the scheduler's :class:`~fastspectro_dask.schedule.OrbitClock`).
+    ``tag`` (the task key) lets the client stop the render when it cancels the task
+    (:func:`~fastspectro_dask.sandbox.stop_calls`); the figures not started by then are
+    refused.
     """
     from fastspectro_dask.schedule import group_elapsed
 
-    return run_job(
-        job,
-        instrument_timeout,
-        orbit_timeout,
-        render_fn,
-        tag,
-        orbit_elapsed=functools.partial(group_elapsed, orbit_group),
-    )
+    t0 = time.monotonic()
+
+    def elapsed() -> float:
+        if orbit_group is None:
+            return time.monotonic() - t0
+        return group_elapsed(orbit_group)
+
+    out: list[dict[str, Any] | Exception] = []
+    for job in jobs:
+        try:
+            out.append(run_job(job, instrument_timeout, orbit_timeout, render_fn, tag, elapsed))
+        except Exception as exc:  # this figure's error; the orbit's other figures go on
+            out.append(exc)
+    return out
 
 
 # --------------------------------------------------------------------------------------
@@ -821,6 +833,26 @@ def _blame(job: RenderJob, exc: BaseException) -> list[str]:
     return job.instruments
 
 
+#: An orbit's figures go in one Dask task while at least this many orbits per worker
+#: thread are still to plan: a long run's client, scheduler and workers then handle one
+#: task per orbit instead of one per figure. At a run's tail, and in a run of fewer
+#: orbits, one task per figure: the last orbits' figures spread over the workers, and the
+#: figures of one layout keep to one worker (a layout costs about a fresh figure, ~1 s,
+#: once per worker process; an orbit's task needs all of them on every worker).
+_ORBITS_PER_THREAD = 8
+
+
+def _task_split(
+    jobs: Sequence[RenderJob], left: int | None, threads: int
+) -> list[list[RenderJob]]:
+    """An orbit's figures as Dask tasks: all in one while enough orbits are left to keep
+    every worker thread busy (``left``: orbits still to plan after this one; ``None``:
+    unknown, taken as many), else one task each."""
+    if left is None or left >= _ORBITS_PER_THREAD * threads:
+        return [list(jobs)]
+    return [[job] for job in jobs]
+
+
 def _loop(
     client,
     store: ProgressStore,
@@ -866,7 +898,7 @@ def _loop(
     log_info = logger.isEnabledFor(logging.INFO)
     loop = TaskLoop(
         client,
-        _run_job,
+        _run_jobs,
         window=window,
         extra=_PIPELINE_DEPTH,
         stop=signals.stop,
@@ -879,30 +911,34 @@ def _loop(
 
     def tasks() -> Iterator[Task]:
         """Orbits planned only as the window has room: memory stays flat for any mission."""
+        left = total
         for orbit, orbit_jobs, known in source:
+            if left is not None:
+                left -= 1
             if not book.begin(orbit, len(orbit_jobs), known):
                 continue  # nothing to render (figures exist): done at once
-            # one task: its own start is the orbit's; more: the scheduler's orbit clock
-            group = f"{run_id}-{orbit}" if clock and len(orbit_jobs) > 1 else None
-            for job in orbit_jobs:
-                key = (
-                    f"render-{job.orbit}-{job.product}-y{y_scale}-z{z_scale}-{time.monotonic_ns()}"
-                )
-                args = (job, instrument_timeout, orbit_timeout, render_fn, key, group)
+            for jobs in _task_split(orbit_jobs, left, loop.view.threads):
+                # one task for the orbit: its own start is the orbit's; more: the
+                # scheduler's orbit clock
+                group = f"{run_id}-{orbit}" if clock and len(jobs) < len(orbit_jobs) else None
+                what = jobs[0].product if len(jobs) == 1 else f"{len(jobs)}-figures"
+                key = f"render-{orbit}-{what}-y{y_scale}-z{z_scale}-{time.monotonic_ns()}"
+                args = (jobs, instrument_timeout, orbit_timeout, render_fn, key, group)
                 # figures of one layout prefer one worker: each layout built once, not
-                # once per worker
-                layout = (job.product, *job.instruments)
-                yield Task(key, args, job, layout)
+                # once per worker (an orbit's figures together have every layout)
+                layout = (jobs[0].product, *jobs[0].instruments) if len(jobs) == 1 else None
+                yield Task(key, args, jobs, layout)
 
     def handle(task: Task, result: Any, exc: BaseException | None) -> None:
-        job = task.item
-        if exc is not None:
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                raise exc
-            book.failed(job, exc)
-        else:
-            book.written(job, result, manifest, log_info)
-        book.task_done(job.orbit)
+        if exc is not None and isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise exc
+        for k, job in enumerate(task.item):
+            outcome = exc if exc is not None else result[k]
+            if isinstance(outcome, BaseException):
+                book.failed(job, outcome)
+            else:
+                book.written(job, outcome, manifest, log_info)
+            book.task_done(job.orbit)
 
     with contextlib.ExitStack() as stack:
         if manifest is not None:  # one append handle for the loop, flushed before the
@@ -1058,8 +1094,7 @@ def _count_abandoned(client, abandoned, orbit_errors, manifest, summary: RunSumm
     if not abandoned:
         return
     _stop_renders(client, [t.key for t in abandoned])
-    for task in abandoned:
-        job = task.item
+    for job in (job for task in abandoned for job in task.item):
         if _file_identity(job.output) not in (None, job.replaces):
             summary.figures_written += 1
             if manifest is not None:

@@ -211,3 +211,19 @@ def block_from_victim_on(job: RenderJob) -> dict:
         while os.getppid() == parent:
             time.sleep(0.05)
     return noop(job)
+
+
+def fail_pa_of_victim(job: RenderJob) -> dict:
+    """The victim's ``pa-ees`` figure fails; every other figure is a no-op."""
+    if job.orbit == VICTIM and job.product == "pa-ees":
+        raise ValueError("the victim's pitch-angle figure failed")
+    return noop(job)
+
+
+def hang_instruments_of_victim(job: RenderJob) -> dict:
+    """The victim's ``instruments`` figure never ends (until its timeout kills it); every
+    other figure is a no-op."""
+    if job.orbit == VICTIM and job.product == "instruments":
+        while True:
+            time.sleep(0.01)
+    return noop(job)

@@ -182,6 +182,84 @@ def _run_loop(client, tmp: Path, jobs, render_fn, **kw):
     return summary
 
 
+def _orbit_jobs(tmp: Path, orbits, products=("instruments", "pa-ees", "pad")):
+    """Per orbit, fake jobs of several products (for no-op render hooks)."""
+    import dataclasses
+
+    return {
+        o: [
+            dataclasses.replace(
+                _job(tmp, o), product=p, output=str(tmp / "2000" / "01" / str(o) / f"{o}_{p}.png")
+            )
+            for p in products
+        ]
+        for o in orbits
+    }
+
+
+def _task_sizes(monkeypatch) -> list[int]:
+    """Figures per Dask task of the loops run from now on, in submission order."""
+    sizes: list[int] = []
+    real_run = TaskLoop.run
+
+    def run(self, source, handle):
+        def spy(tasks):
+            for task in tasks:
+                sizes.append(len(task.item))
+                yield task
+
+        return real_run(self, spy(source), handle)
+
+    monkeypatch.setattr(TaskLoop, "run", run)
+    return sizes
+
+
+def test_an_orbit_is_one_task_until_the_runs_tail(tmp_path, monkeypatch, caplog):
+    """1 worker thread, 12 orbits of 3 figures: while 8 or more orbits are left after it,
+    an orbit's figures are one Dask task; the last 8 orbits, one task per figure. A figure
+    that fails inside an orbit's task is that figure's error only."""
+    from fastspectro_dask.pipeline import _ORBITS_PER_THREAD
+
+    assert _ORBITS_PER_THREAD == 8
+    orbits = list(range(_hooks.VICTIM, _hooks.VICTIM + 12))  # the victim: a grouped orbit
+    jobs = _orbit_jobs(tmp_path, orbits)
+    sizes = _task_sizes(monkeypatch)
+    cluster, client = _local(1)
+    try:
+        client.wait_for_workers(1)
+        caplog.set_level(logging.INFO, logger="fastspectro_dask")
+        s = _run_loop(client, tmp_path, jobs, _hooks.fail_pa_of_victim, orbit_timeout=600.0)
+    finally:
+        client.close()
+        cluster.close()
+    assert sizes == [3] * 4 + [1] * 24
+    assert s.figures_written == 35 and s.errors == {"generic": 1}
+    assert s.orbits_processed == 12 and s.orbits_completed == 11
+    state = json.loads((tmp_path / "progress.json").read_text())
+    assert state["ees_linear_log_error-generic"] == [_hooks.VICTIM]
+    assert any(f"orbit {_hooks.VICTIM} pa-ees: generic" in r.getMessage() for r in caplog.records)
+
+
+def test_the_orbit_timeout_spans_the_figures_of_an_orbits_task(tmp_path, monkeypatch):
+    """The first figure of an orbit's task uses up the orbit's time (killed at the orbit
+    timeout): the figures after it in the task are not started, and time out."""
+    orbits = list(range(_hooks.VICTIM, _hooks.VICTIM + 9))  # only the victim grouped
+    jobs = _orbit_jobs(tmp_path, orbits)
+    sizes = _task_sizes(monkeypatch)
+    cluster, client = _local(1)
+    try:
+        client.wait_for_workers(1)
+        s = _run_loop(client, tmp_path, jobs, _hooks.hang_instruments_of_victim, orbit_timeout=1.0)
+    finally:
+        client.close()
+        cluster.close()
+    assert sizes == [3] + [1] * 24
+    assert s.figures_written == 24 and s.errors == {"timeout": 1}
+    state = json.loads((tmp_path / "progress.json").read_text())
+    assert state["ees_linear_log_error-timeout"] == [_hooks.VICTIM]
+    assert state["linear_log_completed"] == orbits[1:]
+
+
 def test_time_pending_before_a_worker_exists_is_not_an_orbit_timeout(tmp_path):
     """The render loop submits with no worker; one comes after longer than the orbit
     timeout: no orbit times out."""

@@ -847,8 +847,9 @@ def _task_split(
 ) -> list[list[RenderJob]]:
     """An orbit's figures as Dask tasks: all in one while enough orbits are left to keep
     every worker thread busy (``left``: orbits still to plan after this one; ``None``:
-    unknown, taken as many), else one task each."""
-    if left is None or left >= _ORBITS_PER_THREAD * threads:
+    unknown, taken as many; ``threads``: connected now, at least one is counted while
+    none is), else one task each."""
+    if left is None or left >= _ORBITS_PER_THREAD * max(threads, 1):
         return [list(jobs)]
     return [[job] for job in jobs]
 

@@ -781,3 +781,15 @@ def test_tasks_without_a_home_go_to_the_least_loaded_worker_by_threads():
     assert loop._place(None) == "w1"
     loop.view.workers = {}  # no worker known: no placement
     assert loop._place(None) is None
+
+
+def test_task_split_groups_an_orbit_while_enough_orbits_are_left():
+    from fastspectro_dask.pipeline import _ORBITS_PER_THREAD, _task_split
+
+    jobs = ["instruments", "pa-ees", "pad"]  # stand-ins: the split only counts them
+    assert _task_split(jobs, None, 4) == [jobs]  # unknown total: many
+    assert _task_split(jobs, _ORBITS_PER_THREAD * 4, 4) == [jobs]
+    assert _task_split(jobs, _ORBITS_PER_THREAD * 4 - 1, 4) == [[j] for j in jobs]
+    # no worker yet: one thread counted, so a small run is spread as it was
+    assert _task_split(jobs, _ORBITS_PER_THREAD - 1, 0) == [[j] for j in jobs]
+    assert _task_split(jobs, _ORBITS_PER_THREAD, 0) == [jobs]

@@ -505,11 +505,26 @@ def compute_global_extrema(
         max_workers=max_workers,
         retrace=retrace,
     )
-    y_scale, z_scale, instrument_order = cfg.style.y_scale, cfg.style.z_scale, cfg.instrument_order
-    max_percentile, flush_batch_size = cfg.max_processing_percentile, cfg.flush_batch_size
-    compute_mins, max_workers = cfg.compute_mins, cfg.max_workers
-    variable, retrace = cfg.reduction.variable, cfg.reduction.retrace
     root = Path(directory_path)
+    json_path = _state_json_path(root, extrema_json_path)
+    cache = ReducedCache(cache_path or json_path.parent / "reduced.zarr")
+    if index is None:
+        index = discover(root, instruments=cfg.instrument_order)
+    current = _inventory(index, root)
+    store = _new_store(json_path, root, cfg, pad)
+    # one writer at a time: the journal is append-only and the JSON records its length
+    with StateLock(json_path):
+        try:
+            job = _new_job(
+                store, root, current, cache, cfg, pad=pad, client=client, progress=progress
+            )
+            return _compute(job)
+        finally:
+            store.close()
+
+
+def _state_json_path(root: Path, extrema_json_path: str | os.PathLike[str] | None) -> Path:
+    """The extrema JSON's path (default: the current folder, never the input), folder made."""
     # default: the current folder (as the original FAST_calculated_extrema.json), never the input
     json_path = Path(extrema_json_path) if extrema_json_path else Path.cwd() / "extrema.json"
     if not extrema_json_path and json_path.parent.resolve().is_relative_to(root.resolve()):
@@ -519,48 +534,55 @@ def compute_global_extrema(
             "run from another folder or pass extrema_json_path= (and cache_path=)"
         )
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    cache = ReducedCache(cache_path or json_path.parent / "reduced.zarr")
+    return json_path
+
+
+def _new_store(json_path: Path, root: Path, cfg: RunConfig, pad: PadSpec | None) -> _Store:
+    """The state store (not yet opened) for these reduction parameters and keys."""
     cats = dict(cfg.reduction.categories)
     params = {
-        "variable": variable,
+        "variable": cfg.reduction.variable,
         "categories": {k: [list(r) for r in v] for k, v in cats.items()},
-        "retrace": bool(retrace),
+        "retrace": bool(cfg.reduction.retrace),
         "pad": None if pad is None else pad.to_json(),
         "reduction": REDUCTION_VERSION,
         "schema": _SCHEMA,
     }
-
-    if index is None:
-        index = discover(root, instruments=instrument_order)
-    current = _inventory(index, root)
-
     keys_counted = [*cats, *([PAD] if pad is not None else [])]
-    store = _Store(json_path, params, str(root.absolute()), instrument_order, keys_counted)
-    # one writer at a time: the journal is append-only and the JSON records its length
-    with StateLock(json_path):
-        try:
-            job = _Job(
-                store,
-                root,
-                current,
-                cache,
-                cats,
-                y_scale=y_scale,
-                z_scale=z_scale,
-                instrument_order=instrument_order,
-                max_percentile=max_percentile,
-                flush_batch_size=flush_batch_size,
-                compute_mins=compute_mins,
-                variable=variable,
-                retrace=retrace,
-                pad=pad,
-                client=client,
-                max_workers=max_workers,
-                progress=progress,
-            )
-            return _compute(job)
-        finally:
-            store.close()
+    return _Store(json_path, params, str(root.absolute()), cfg.instrument_order, keys_counted)
+
+
+def _new_job(
+    store: _Store,
+    root: Path,
+    current: dict[str, dict[str, Any]],
+    cache: ReducedCache,
+    cfg: RunConfig,
+    *,
+    pad: PadSpec | None,
+    client: Client | None,
+    progress: Callable[[int, int], None] | None,
+) -> _Job:
+    """The :class:`_Job` of a run, its settings taken from the resolved ``cfg``."""
+    return _Job(
+        store,
+        root,
+        current,
+        cache,
+        dict(cfg.reduction.categories),
+        y_scale=cfg.style.y_scale,
+        z_scale=cfg.style.z_scale,
+        instrument_order=cfg.instrument_order,
+        max_percentile=cfg.max_processing_percentile,
+        flush_batch_size=cfg.flush_batch_size,
+        compute_mins=cfg.compute_mins,
+        variable=cfg.reduction.variable,
+        retrace=cfg.reduction.retrace,
+        pad=pad,
+        client=client,
+        max_workers=cfg.max_workers,
+        progress=progress,
+    )
 
 
 @dataclass(frozen=True)

@@ -220,25 +220,13 @@ def make_spectrogram(
         durations=durations,
         time_axis=time_axis,
     )
-    ax.set_yscale(y_scale)
-    if panel.dates and time_axis is None:
-        ax.xaxis_date(tz=_UTC)
-        _date_axis(ax)
-    if y_label:
-        ax.set_ylabel(y_label)
+    _prepare_axes(ax, panel, y_scale, y_label, time_axis)
     if panel.norm is None:
         ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center")
         return []
-    meshes = _panel_meshes(panel, rasterized)
-    for mesh in meshes:
-        ax.add_collection(mesh, autolim=False)
-    meshes = _set_limits(ax, panel, meshes)
-
+    meshes = _draw_meshes(ax, panel, rasterized)
     if colorbar and meshes:
-        fig = ax.get_figure()
-        cb = fig.colorbar(meshes[0], cax=cax) if cax is not None else fig.colorbar(meshes[0], ax=ax)
-        if z_label:
-            cb.set_label(z_label)
+        _add_colorbar(ax, meshes[0], cax, z_label)
     logger.debug(
         "spectrogram: %d records, %d runs, %d gaps, %d meshes",
         panel.n,
@@ -247,6 +235,34 @@ def make_spectrogram(
         len(meshes),
     )
     return meshes
+
+
+def _prepare_axes(
+    ax: Axes, panel: _Panel, y_scale: str, y_label: str | None, time_axis: TimeAxis | None
+) -> None:
+    """The y scale, UT date ticks (unless on a ``time_axis``) and y label, before any data."""
+    ax.set_yscale(y_scale)
+    if panel.dates and time_axis is None:
+        ax.xaxis_date(tz=_UTC)
+        _date_axis(ax)
+    if y_label:
+        ax.set_ylabel(y_label)
+
+
+def _draw_meshes(ax: Axes, panel: _Panel, rasterized: bool) -> list[QuadMesh]:
+    """Add the panel's meshes to ``ax`` and set its limits; returns the meshes as drawn."""
+    meshes = _panel_meshes(panel, rasterized)
+    for mesh in meshes:
+        ax.add_collection(mesh, autolim=False)
+    return _set_limits(ax, panel, meshes)
+
+
+def _add_colorbar(ax: Axes, mesh: QuadMesh, cax: Axes | None, z_label: str | None) -> None:
+    """The colour bar of ``mesh``: in ``cax`` if given, else taking room from ``ax``."""
+    fig = ax.get_figure()
+    cb = fig.colorbar(mesh, cax=cax) if cax is not None else fig.colorbar(mesh, ax=ax)
+    if z_label:
+        cb.set_label(z_label)
 
 
 def _panel_meshes(panel: _Panel, rasterized: bool) -> list[QuadMesh]:

@@ -842,9 +842,7 @@ def _blame(job: RenderJob, exc: BaseException) -> list[str]:
 _ORBITS_PER_THREAD = 8
 
 
-def _task_split(
-    jobs: Sequence[RenderJob], left: int | None, threads: int
-) -> list[list[RenderJob]]:
+def _task_split(jobs: Sequence[RenderJob], left: int | None, threads: int) -> list[list[RenderJob]]:
     """An orbit's figures as Dask tasks: all in one while enough orbits are left to keep
     every worker thread busy (``left``: orbits still to plan after this one; ``None``:
     unknown, taken as many; ``threads``: connected now, at least one is counted while
@@ -896,7 +894,6 @@ def _loop(
     bar = _progress_bar(total or 0, progress_bar)
     clock = orbit_timeout is not None and ensure_orbit_clock(client)
     run_id = f"{os.getpid()}-{time.monotonic_ns()}"
-    log_info = logger.isEnabledFor(logging.INFO)
     loop = TaskLoop(
         client,
         _run_jobs,
@@ -930,25 +927,15 @@ def _loop(
                 layout = (jobs[0].product, *jobs[0].instruments) if len(jobs) == 1 else None
                 yield Task(key, args, jobs, layout)
 
-    def handle(task: Task, result: Any, exc: BaseException | None) -> None:
-        if exc is not None and isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            raise exc
-        for k, job in enumerate(task.item):
-            outcome = exc if exc is not None else result[k]
-            if isinstance(outcome, BaseException):
-                book.failed(job, outcome)
-            else:
-                book.written(job, outcome, manifest, log_info)
-            book.task_done(job.orbit)
-
     with contextlib.ExitStack() as stack:
         if manifest is not None:  # one append handle for the loop, flushed before the
             manifest = _Appender(manifest)  # progress file records the orbits of its lines
             stack.callback(manifest.close)
             store.before_write = manifest.flush
             stack.callback(setattr, store, "before_write", None)
+            book.manifest = manifest
         try:
-            outcome = loop.run(tasks(), handle)
+            outcome = loop.run(tasks(), book.handle)
         except NoWorkersError:
             _count_abandoned(client, loop.abandoned, book.orbit_errors, manifest, summary)
             summary.interrupted = True
@@ -975,6 +962,8 @@ class _OrbitBook:
 
     def __init__(self, store: ProgressStore, summary: RunSummary, index, bar) -> None:
         self.store, self.summary, self.index, self.bar = store, summary, index, bar
+        self.manifest: _Appender | None = None  # the figures' lines, when kept
+        self.log_info = logger.isEnabledFor(logging.INFO)
         self.left: dict[int, int] = {}
         self.orbit_errors: dict[int, dict[str, tuple[str, str]]] = {}
         self.reasons: Counter[str] = Counter()
@@ -987,6 +976,19 @@ class _OrbitBook:
         if not n_tasks:
             self.finish(orbit)
         return bool(n_tasks)
+
+    def handle(self, task: Any, result: Any, exc: BaseException | None) -> None:
+        """A task's outcome (:meth:`~fastspectro_dask.schedule.TaskLoop.run`): its error
+        for each of its figures, else each figure's own report or error, in turn."""
+        if exc is not None and isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise exc
+        for k, job in enumerate(task.item):
+            outcome = exc if exc is not None else result[k]
+            if isinstance(outcome, BaseException):
+                self.failed(job, outcome)
+            else:
+                self.written(job, outcome)
+            self.task_done(job.orbit)
 
     def failed(self, job: RenderJob, exc: BaseException) -> None:
         """A task's error: classified, blamed on its instruments, logged (one line; the
@@ -1008,18 +1010,18 @@ class _OrbitBook:
                 str(remote_tb).rstrip(),
             )
 
-    def written(self, job: RenderJob, result: dict, manifest: Any, log_info: bool) -> None:
+    def written(self, job: RenderJob, result: dict) -> None:
         """A figure written: the manifest line, the instruments' own errors, the worker's
         log lines."""
         self.summary.figures_written += 1
-        if manifest is not None:
-            _append_manifest(manifest, job, result)
+        if self.manifest is not None:
+            _append_manifest(self.manifest, job, result)
         for inst, (reason, msg) in result["errors"].items():
             self.orbit_errors[job.orbit].setdefault(inst, (reason, msg))
             logger.error("orbit %d %s: %s (%s)", job.orbit, inst, reason, msg)
         for level, line in result.get("log", ()):
             logger.log(level, "worker: %s", line)
-        if log_info:
+        if self.log_info:
             logger.info("orbit %d %s written in %.2f s", job.orbit, job.product, result["seconds"])
 
     def task_done(self, orbit: int) -> None:

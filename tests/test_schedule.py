@@ -249,7 +249,9 @@ def test_the_orbit_timeout_spans_the_figures_of_an_orbits_task(tmp_path, monkeyp
     cluster, client = _local(1)
     try:
         client.wait_for_workers(1)
-        s = _run_loop(client, tmp_path, jobs, _hooks.hang_instruments_of_victim, orbit_timeout=1.0)
+        # the orbit timeout leaves the orbits after the victim's (split, with the orbit
+        # clock) room for the fresh sandbox child the kill makes them start
+        s = _run_loop(client, tmp_path, jobs, _hooks.hang_instruments_of_victim, orbit_timeout=8.0)
     finally:
         client.close()
         cluster.close()

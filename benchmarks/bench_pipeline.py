@@ -655,6 +655,19 @@ def run_loop(
     }
 
 
+def _per_figure_tasks(run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``run()`` with every figure its own Dask task (the pipeline's split before an
+    orbit's figures were one task): the baseline of the dry run."""
+    import fastspectro_dask.pipeline as pipeline
+
+    kept = pipeline._ORBITS_PER_THREAD
+    pipeline._ORBITS_PER_THREAD = 10**12  # never enough orbits left to group
+    try:
+        return run()
+    finally:
+        pipeline._ORBITS_PER_THREAD = kept
+
+
 def _count_tasks() -> list[int]:
     """``[n]``: the Dask tasks the next ``TaskLoop.run`` submits (filled when it returns)."""
     from fastspectro_dask.schedule import TaskLoop
@@ -926,6 +939,7 @@ def _dry_run(tmp: Path, args, client, rss_before_cluster: int) -> None:
     print(f"  products {' '.join(products)}: {per_orbit:.0f} figures per orbit")
 
     runs: dict[int, dict] = {}
+    baseline: dict[int, dict] = {}  # one Dask task per figure, as before orbits were tasks
     mem: dict[int, dict] = {}
     skipped: list[int] = []
     for n in args.dry_sizes:
@@ -957,6 +971,12 @@ def _dry_run(tmp: Path, args, client, rss_before_cluster: int) -> None:
         del mission
         gc.collect()
         runs[n] = res
+        if n == args.dry_baseline_size:  # the same orbits, one task per figure, right after
+            index, state = fake_mission(n, template)
+            mission = {"index": index, "state": state}
+            del index, state
+            baseline[n] = _per_figure_tasks(lambda m=mission: run_planned(client, m, tmp, products))
+            del mission
         mem[n] = {
             "during": [sampler.at(res["t0"] + f * res["wall"]) for f in LOOP_FRACTIONS],
             "start": sampler.start,
@@ -991,6 +1011,14 @@ def _dry_run(tmp: Path, args, client, rss_before_cluster: int) -> None:
             f"{r['tasks'] / r['wall']:8.1f} "
             f"{1e3 * r['cpu'] / f:21.2f} {r['writes']:>12} {r['write_s']:8.1f} "
             f"{100 * r['write_s'] / r['wall']:7.0f}% {r['size'] / 1e3:11.1f} kB"
+        )
+    for n, b in baseline.items():
+        r = runs[n]
+        lines.append(
+            f"  baseline, {n} orbits, one Dask task per figure (run right after): "
+            f"{b['tasks']} tasks, {b['wall']:.1f} s, {b['figures'] / b['wall']:.1f} figures/s, "
+            f"client CPU {1e3 * b['cpu'] / b['figures']:.2f} ms/figure; an orbit per task: "
+            f"{b['wall'] / r['wall']:.2f}x faster"
         )
     lines += [
         "",
@@ -1194,6 +1222,12 @@ def main() -> None:
         type=lambda s: tuple(s.split(",")),
         default=("instruments", "pitch-angle", "pad"),
         help="products of the dry run (default: a default run's, 6 figures per orbit)",
+    )
+    ap.add_argument(
+        "--dry-baseline-size",
+        type=int,
+        default=10_000,
+        help="dry-run size also run with one Dask task per figure, right after (0: none)",
     )
     ap.add_argument("--budget", type=float, default=360.0, help="seconds per dry-run size")
     ap.add_argument(

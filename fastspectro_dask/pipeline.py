@@ -277,11 +277,11 @@ def FAST_plot_spectrograms_directory(
     max_workers : int, optional
         Workers of the local cluster made when no ``client`` is given [cores].
     orbit_timeout_seconds : float
-        Bound on all of an orbit's render tasks, from the start of its first one on a
+        Bound on all of an orbit's figures, from the start of its first one on a
         worker (time waiting for a worker, e.g. in a batch queue, is not counted) [600];
         ``math.inf`` (or ``null`` in the config): no bound.
     instrument_timeout_seconds : float
-        Bound on one render task, from the moment its sandbox child is ready for it (the
+        Bound on one figure, from the moment its sandbox child is ready for it (the
         start-up of a fresh child is not counted) [120]; ``math.inf``: no bound.
     ignore_progress_json : bool
         Forget earlier progress of this scale combination: a fresh pass [False].

@@ -41,9 +41,18 @@ variant itself added.
     (load) each state when a run starts, the journal's size, and the total flush cost
     projected over a whole mission.
 
+(f) ``--cluster-pass1 N``, alone: pass 1 on the pipeline's own 2-worker local cluster
+    (``fastspectro_dask.cluster.client_context``) over N orbits whose reduced files are
+    already in the zarr cache (a fresh extrema JSON each run: every file is counted again
+    from its cached summary, no CDF is decoded), so the scheduling loop's cost per file
+    is what is measured: ``compute_global_extrema``'s own pass-1 seconds, with 4 files per
+    Dask task (ours) and, interleaved round by round, one task per file (the baseline,
+    ``extrema._SEVERAL_WHILE_PER_THREAD`` set out of reach). Medians of ``--rounds``.
+
     python benchmarks/bench_extrema.py [--orbits 20] [--records 400] [--rounds 3]
         [--orbits-small 10] [--orbits-large 40] [--rerun-percentile 99] [--keep DIR]
         [--ledger-sizes 2000,20000,200000] [--flush-files 40] [--bookkeeping-only]
+        [--cluster-pass1 N]
 """
 
 from __future__ import annotations
@@ -513,6 +522,80 @@ def print_bookkeeping(rows: list[dict], batch: int, flushes: int, work: Path) ->
     )
 
 
+def cluster_pass1(work: Path, orbits: int, records: int, rounds: int, seed: int) -> dict:
+    """(f): pass-1 seconds per run, ours and one task per file, interleaved."""
+    import logging
+
+    from fastspectro_dask import extrema as ext
+    from fastspectro_dask.cluster import client_context
+    from fastspectro_dask.extrema import compute_global_extrema
+    from fastspectro_dask.schedule import TaskLoop
+    from fastspectro_dask.synth import write_synthetic_dataset
+
+    root = work / "pass1-data"
+    write_synthetic_dataset(root, orbits=orbits, records=records, seed=seed)
+    cache = work / "pass1-reduced.zarr"
+    ours = ext._SEVERAL_WHILE_PER_THREAD
+    variants = {"ours, 4 files per task": ours, "one task per file": 10**12}
+    seconds: dict[str, list[float]] = {k: [] for k in variants}
+    tasks: dict[str, int] = {}
+    logging.getLogger("fastspectro_dask").setLevel(logging.WARNING)
+    submitted: list[int] = []  # Dask tasks of each pass 1, from the scheduling loop
+    real_run = TaskLoop.run
+
+    def counted_run(self, source, handle):
+        try:
+            return real_run(self, source, handle)
+        finally:
+            submitted.append(self.submitted)
+
+    def pass1(label: str, several: int, out: Path) -> dict:
+        ext._SEVERAL_WHILE_PER_THREAD = several
+        try:
+            return compute_global_extrema(
+                root,
+                "linear",
+                "log",
+                extrema_json_path=out / "extrema.json",
+                cache_path=cache,
+                client=client,
+            )
+        finally:
+            ext._SEVERAL_WHILE_PER_THREAD = ours
+            tasks[label] = submitted[-1] if submitted else 0
+
+    TaskLoop.run = counted_run
+    try:
+        with client_context(max_workers=2, dashboard_address=":0") as client:
+            client.wait_for_workers(2)
+            first = pass1("fill", ours, work / "pass1-fill")  # the cache filled: CDFs decoded
+            files = len(first["files"])
+            for r in range(rounds):
+                for label, several in variants.items():
+                    state = pass1(label, several, work / f"pass1-{r}-{several}")
+                    if state["results"] != first["results"]:
+                        raise RuntimeError(f"{label}: other limits than the first run")
+                    seconds[label].append(state["timing_seconds"]["pass1"])
+    finally:
+        TaskLoop.run = real_run
+    base = statistics.median(seconds["one task per file"])
+    print(
+        f"\n(f) pass 1 on a 2-worker local cluster, warm cache (no CDF decoded), {orbits} "
+        f"orbits, {files} files; medians of {rounds} interleaved rounds"
+    )
+    print(
+        f"{'variant':28s} {'tasks':>6s} {'pass 1 s':>9s} {'files/s':>8s} {'runs':>24s}"
+        f" {'speed-up':>9s}"
+    )
+    for label, runs in seconds.items():
+        m = statistics.median(runs)
+        shown = ", ".join(f"{x:.1f}" for x in runs)
+        print(
+            f"{label:28s} {tasks[label]:6d} {m:9.2f} {files / m:8.1f} {shown:>24s} {base / m:8.2f}x"
+        )
+    return {"files": files, "seconds": seconds, "tasks": tasks}
+
+
 def med(results: list[dict], key: str) -> float:
     return statistics.median(r[key] for r in results)
 
@@ -553,6 +636,13 @@ def main(argv: list[str] | None = None) -> list[dict] | None:
     ap.add_argument(
         "--bookkeeping-only", action="store_true", help="run only (e); no CDF file is written"
     )
+    ap.add_argument(
+        "--cluster-pass1",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run only (f): pass 1 on a local cluster over N orbits, warm cache",
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -585,6 +675,9 @@ def main(argv: list[str] | None = None) -> list[dict] | None:
         work = Path(work_ctx.name)
     try:
         sizes = [int(x) for x in args.ledger_sizes.split(",") if x.strip()]
+        if args.cluster_pass1:
+            cluster_pass1(work, args.cluster_pass1, 20, args.rounds, args.seed)
+            return None
         if args.bookkeeping_only:
             rows = bookkeeping(work, sizes, args.flush_files, args.flushes)
             print_bookkeeping(rows, args.flush_files, args.flushes, work)

@@ -248,6 +248,26 @@ def _category_values(
 # --------------------------------------------------------------------------------------
 
 
+#: Calls (files) per Dask task while at least :data:`_SEVERAL_WHILE_PER_THREAD` more are
+#: left per worker thread: a mission's client, scheduler and workers then handle one task
+#: per ``_CALLS_PER_TASK`` files instead of one per file; the last ones, one task each, so
+#: that they spread over the workers.
+_CALLS_PER_TASK = 4
+_SEVERAL_WHILE_PER_THREAD = 32
+
+
+def _each(fn: Callable[..., Any], calls: Sequence[tuple]) -> list[Any]:
+    """The Dask task of :func:`_run`: ``fn(*args)`` for each ``args`` in turn; each one's
+    result, or its error (one file's error is not its neighbours')."""
+    out: list[Any] = []
+    for args in calls:
+        try:
+            out.append(fn(*args))
+        except Exception as exc:
+            out.append(exc)
+    return out
+
+
 def _run(
     fn: Callable[..., Any],
     calls: Sequence[tuple[tuple, dict]],
@@ -265,19 +285,14 @@ def _run(
     On a client: the one scheduling loop (:class:`~fastspectro_dask.schedule.TaskLoop`),
     whose window follows the cluster's current threads (``2 * threads + extra``; workers
     that arrive late get work at once) with a watchdog (raises
-    :class:`~fastspectro_dask.errors.NoWorkersError`). Without: local threads, at most
-    ``window`` calls in flight. ``on_exit`` runs at the end, also after an exception.
+    :class:`~fastspectro_dask.errors.NoWorkersError`), several calls per task while many
+    are left (:func:`_run_on_cluster`). Without: local threads, at most ``window`` calls
+    in flight. ``on_exit`` runs at the end, also after an exception.
     """
     if client is not None:
-        from fastspectro_dask.schedule import Task, TaskLoop
-
         if any(kw for _a, kw in calls):
             raise ValueError("keyword arguments are not passed to cluster tasks")
-        loop = TaskLoop(
-            client, fn, extra=extra, floor=max(4, extra), on_exit=on_exit, phase="extrema"
-        )
-        tasks = (Task(key_of(args), args, i) for i, (args, _kw) in enumerate(calls))
-        loop.run(tasks, lambda task, result, exc: handle(task.item, result, exc))
+        _run_on_cluster(fn, [a for a, _kw in calls], handle, client, key_of, extra, on_exit)
         return
     pending = iter(range(len(calls)))
     try:
@@ -306,6 +321,46 @@ def _run(
     finally:
         if on_exit is not None:
             on_exit()
+
+
+def _run_on_cluster(
+    fn: Callable[..., Any],
+    calls: Sequence[tuple],
+    handle: Callable[[int, Any, BaseException | None], None],
+    client: Client,
+    key_of: Callable[[tuple], str],
+    extra: int,
+    on_exit: Callable[[], Any] | None,
+) -> None:
+    """:func:`_run` on a client: ``fn(*calls[i])`` through the scheduling loop,
+    :data:`_CALLS_PER_TASK` calls per Dask task (:func:`_each`) while at least
+    :data:`_SEVERAL_WHILE_PER_THREAD` more per worker thread are left, then one each."""
+    from fastspectro_dask.schedule import Task, TaskLoop
+
+    loop = TaskLoop(
+        client, _each, extra=extra, floor=max(4, extra), on_exit=on_exit, phase="extrema"
+    )
+
+    def tasks() -> Iterator[Task]:
+        i = 0
+        while i < len(calls):
+            left = len(calls) - i - _CALLS_PER_TASK  # after a task of several
+            many = left >= _SEVERAL_WHILE_PER_THREAD * max(loop.view.threads, 1)
+            items = list(range(i, min(len(calls), i + (_CALLS_PER_TASK if many else 1))))
+            args = tuple(calls[k] for k in items)
+            key = key_of(args[0]) + (f"-{len(items)}-files" if len(items) > 1 else "")
+            yield Task(key, (fn, args), items)
+            i += len(items)
+
+    def each(task: Task, result: Any, exc: BaseException | None) -> None:
+        for k, i in enumerate(task.item):
+            got = exc if exc is not None else result[k]
+            if isinstance(got, BaseException):
+                handle(i, None, got)
+            else:
+                handle(i, got, None)
+
+    loop.run(tasks(), each)
 
 
 def _take(it: Iterator[int], n: int) -> list[int]:

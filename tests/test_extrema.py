@@ -216,6 +216,44 @@ def test_distributed_client_matches_threads(small_mission, tmp_path):
     assert on_cluster["results"] == local["results"]
 
 
+def test_several_files_per_cluster_task_match_threads(small_mission, tmp_path, monkeypatch):
+    """Pass 1 on a cluster, 4 files per Dask task while enough are left (here: while one
+    more per thread is): the same limits and the same per-file statuses (each broken file
+    its own error, its task's other files counted) as local threads, in fewer tasks."""
+    distributed = pytest.importorskip("distributed")
+    from fastspectro_dask.schedule import TaskLoop
+
+    monkeypatch.setattr(ext, "_SEVERAL_WHILE_PER_THREAD", 1)
+    sizes: list[int] = []
+    real_run = TaskLoop.run
+
+    def run_counting(self, source, handle):
+        def spy(tasks):
+            for task in tasks:
+                sizes.append(len(task.item))
+                yield task
+
+        return real_run(self, spy(source), handle)
+
+    monkeypatch.setattr(TaskLoop, "run", run_counting)
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        client.wait_for_workers(1)
+        on_cluster = run(small_mission, tmp_path / "c", client=client)
+    local = run(small_mission, tmp_path / "l")
+    n = len(local["files"])
+    assert sum(sizes) == n and len(sizes) < n
+    assert sizes[0] == ext._CALLS_PER_TASK and sizes[-2:] == [1, 1]  # the tail, one each
+    assert on_cluster["results"] == local["results"]
+    statuses = {rel: e["status"] for rel, e in on_cluster["files"].items()}
+    assert statuses == {rel: e["status"] for rel, e in local["files"].items()}
+    assert sum(s == "invalid-cdf" for s in statuses.values()) == 8
+
+
 @pytest.mark.slow
 def test_sigkill_mid_run_then_resume(small_mission, tmp_path):
     """A run killed with SIGKILL leaves a parseable state; resuming gives the same numbers."""

@@ -136,6 +136,27 @@ LONGEST_MODULES = (
 )
 
 
+@pytest.fixture
+def task_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Items (figures, files) per Dask task of every scheduling loop run in the test, in
+    submission order."""
+    from fastspectro_dask.schedule import TaskLoop
+
+    sizes: list[int] = []
+    real_run = TaskLoop.run
+
+    def run(self, source, handle):
+        def spy(tasks):
+            for task in tasks:
+                sizes.append(len(task.item))
+                yield task
+
+        return real_run(self, spy(source), handle)
+
+    monkeypatch.setattr(TaskLoop, "run", run)
+    return sizes
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The modules of :data:`LONGEST_MODULES` first, then the others with slow tests, then
     the rest, each module's tests in their own order: pytest-xdist (``--dist loadfile

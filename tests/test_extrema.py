@@ -216,26 +216,15 @@ def test_distributed_client_matches_threads(small_mission, tmp_path):
     assert on_cluster["results"] == local["results"]
 
 
-def test_several_files_per_cluster_task_match_threads(small_mission, tmp_path, monkeypatch):
+def test_several_files_per_cluster_task_match_threads(
+    small_mission, tmp_path, monkeypatch, task_sizes
+):
     """Pass 1 on a cluster, 4 files per Dask task while enough are left (here: while one
     more per thread is): the same limits and the same per-file statuses (each broken file
     its own error, its task's other files counted) as local threads, in fewer tasks."""
     distributed = pytest.importorskip("distributed")
-    from fastspectro_dask.schedule import TaskLoop
-
     monkeypatch.setattr(ext, "_SEVERAL_WHILE_PER_THREAD", 1)
-    sizes: list[int] = []
-    real_run = TaskLoop.run
-
-    def run_counting(self, source, handle):
-        def spy(tasks):
-            for task in tasks:
-                sizes.append(len(task.item))
-                yield task
-
-        return real_run(self, spy(source), handle)
-
-    monkeypatch.setattr(TaskLoop, "run", run_counting)
+    sizes = task_sizes
     with (
         distributed.LocalCluster(
             n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None

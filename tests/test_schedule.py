@@ -197,24 +197,7 @@ def _orbit_jobs(tmp: Path, orbits, products=("instruments", "pa-ees", "pad")):
     }
 
 
-def _task_sizes(monkeypatch) -> list[int]:
-    """Figures per Dask task of the loops run from now on, in submission order."""
-    sizes: list[int] = []
-    real_run = TaskLoop.run
-
-    def run(self, source, handle):
-        def spy(tasks):
-            for task in tasks:
-                sizes.append(len(task.item))
-                yield task
-
-        return real_run(self, spy(source), handle)
-
-    monkeypatch.setattr(TaskLoop, "run", run)
-    return sizes
-
-
-def test_an_orbit_is_one_task_until_the_runs_tail(tmp_path, monkeypatch, caplog):
+def test_an_orbit_is_one_task_until_the_runs_tail(tmp_path, task_sizes, caplog):
     """1 worker thread, 12 orbits of 3 figures: while 8 or more orbits are left after it,
     an orbit's figures are one Dask task; the last 8 orbits, one task per figure. A figure
     that fails inside an orbit's task is that figure's error only."""
@@ -223,7 +206,7 @@ def test_an_orbit_is_one_task_until_the_runs_tail(tmp_path, monkeypatch, caplog)
     assert _ORBITS_PER_THREAD == 8
     orbits = list(range(_hooks.VICTIM, _hooks.VICTIM + 12))  # the victim: a grouped orbit
     jobs = _orbit_jobs(tmp_path, orbits)
-    sizes = _task_sizes(monkeypatch)
+    sizes = task_sizes
     cluster, client = _local(1)
     try:
         client.wait_for_workers(1)
@@ -240,12 +223,12 @@ def test_an_orbit_is_one_task_until_the_runs_tail(tmp_path, monkeypatch, caplog)
     assert any(f"orbit {_hooks.VICTIM} pa-ees: generic" in r.getMessage() for r in caplog.records)
 
 
-def test_the_orbit_timeout_spans_the_figures_of_an_orbits_task(tmp_path, monkeypatch):
+def test_the_orbit_timeout_spans_the_figures_of_an_orbits_task(tmp_path, task_sizes):
     """The first figure of an orbit's task uses up the orbit's time (killed at the orbit
     timeout): the figures after it in the task are not started, and time out."""
     orbits = list(range(_hooks.VICTIM, _hooks.VICTIM + 9))  # only the victim grouped
     jobs = _orbit_jobs(tmp_path, orbits)
-    sizes = _task_sizes(monkeypatch)
+    sizes = task_sizes
     cluster, client = _local(1)
     try:
         client.wait_for_workers(1)

@@ -67,7 +67,7 @@ class InvalidCDFError(FastSpectroError, ValueError):
         super().__init__(f"{self.path}: {cause}")
 
     def __reduce__(self):  # keep the two-argument constructor picklable (Dask ships errors)
-        return (type(self), (self.path, self.cause))
+        return (type(self), (self.path, self.cause), dict(self.__dict__))  # and what was added
 
 
 class EmptyDataError(FastSpectroError, ValueError):

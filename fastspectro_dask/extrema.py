@@ -38,6 +38,7 @@ import hashlib
 import logging
 import os
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -258,12 +259,15 @@ _SEVERAL_WHILE_PER_THREAD = 32
 
 def _each(fn: Callable[..., Any], calls: Sequence[tuple]) -> list[Any]:
     """The Dask task of :func:`_run`: ``fn(*args)`` for each ``args`` in turn; each one's
-    result, or its error (one file's error is not its neighbours')."""
+    result, or its error (one file's error is not its neighbours'), with its traceback
+    text for the log file (``__remote_traceback__``)."""
     out: list[Any] = []
     for args in calls:
         try:
             out.append(fn(*args))
         except Exception as exc:
+            if getattr(exc, "__remote_traceback__", None) is None:
+                exc.__remote_traceback__ = traceback.format_exc()  # type: ignore[attr-defined]
             out.append(exc)
     return out
 
@@ -840,6 +844,9 @@ class _Pass1Recorder:
             reason = error_reason(exc)
             entry.update(status=reason, error=f"{type(exc).__name__}: {exc}")
             logger.error("extrema: %s skipped (%s): %s", rel, reason, exc)
+            remote_tb = getattr(exc, "__remote_traceback__", None)
+            if remote_tb:  # the log file keeps the detail; the terminal, one line
+                logger.info("extrema: %s failed on a worker:\n%s", rel, str(remote_tb).rstrip())
         return entry
 
     def _file_done(self, orbit: int) -> None:

@@ -36,6 +36,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -112,6 +113,8 @@ def _run_jobs(
         try:
             out.append(run_job(job, instrument_timeout, orbit_timeout, render_fn, tag, elapsed))
         except Exception as exc:  # this figure's error; the orbit's other figures go on
+            if getattr(exc, "__remote_traceback__", None) is None:  # for the log file
+                exc.__remote_traceback__ = traceback.format_exc()  # type: ignore[attr-defined]
             out.append(exc)
     return out
 
@@ -1004,7 +1007,7 @@ class _OrbitBook:
         remote_tb = getattr(exc, "__remote_traceback__", None)
         if remote_tb:  # the log file keeps the detail; the terminal, one line
             logger.info(
-                "orbit %d %s: traceback in the render sandbox:\n%s",
+                "orbit %d %s: traceback on the worker (or its render sandbox):\n%s",
                 job.orbit,
                 job.product,
                 str(remote_tb).rstrip(),

@@ -38,7 +38,6 @@ import hashlib
 import logging
 import os
 import time
-import traceback
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -257,21 +256,6 @@ _CALLS_PER_TASK = 4
 _SEVERAL_WHILE_PER_THREAD = 32
 
 
-def _each(fn: Callable[..., Any], calls: Sequence[tuple]) -> list[Any]:
-    """The Dask task of :func:`_run`: ``fn(*args)`` for each ``args`` in turn; each one's
-    result, or its error (one file's error is not its neighbours'), with its traceback
-    text for the log file (``__remote_traceback__``)."""
-    out: list[Any] = []
-    for args in calls:
-        try:
-            out.append(fn(*args))
-        except Exception as exc:
-            if getattr(exc, "__remote_traceback__", None) is None:
-                exc.__remote_traceback__ = traceback.format_exc()  # type: ignore[attr-defined]
-            out.append(exc)
-    return out
-
-
 def _run(
     fn: Callable[..., Any],
     calls: Sequence[tuple[tuple, dict]],
@@ -337,12 +321,13 @@ def _run_on_cluster(
     on_exit: Callable[[], Any] | None,
 ) -> None:
     """:func:`_run` on a client: ``fn(*calls[i])`` through the scheduling loop,
-    :data:`_CALLS_PER_TASK` calls per Dask task (:func:`_each`) while at least
+    :data:`_CALLS_PER_TASK` calls per Dask task
+    (:func:`~fastspectro_dask.schedule.call_each`) while at least
     :data:`_SEVERAL_WHILE_PER_THREAD` more per worker thread are left, then one each."""
-    from fastspectro_dask.schedule import Task, TaskLoop
+    from fastspectro_dask.schedule import Task, TaskLoop, call_each, outcomes
 
     loop = TaskLoop(
-        client, _each, extra=extra, floor=max(4, extra), on_exit=on_exit, phase="extrema"
+        client, call_each, extra=extra, floor=max(4, extra), on_exit=on_exit, phase="extrema"
     )
 
     def tasks() -> Iterator[Task]:
@@ -357,12 +342,8 @@ def _run_on_cluster(
             i += len(items)
 
     def each(task: Task, result: Any, exc: BaseException | None) -> None:
-        for k, i in enumerate(task.item):
-            got = exc if exc is not None else result[k]
-            if isinstance(got, BaseException):
-                handle(i, None, got)
-            else:
-                handle(i, got, None)
+        for i, got, error in outcomes(task.item, result, exc):
+            handle(i, got, error)
 
     loop.run(tasks(), each)
 

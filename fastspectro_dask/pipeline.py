@@ -36,7 +36,6 @@ import signal
 import sys
 import threading
 import time
-import traceback
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -60,6 +59,7 @@ from fastspectro_dask.logbuffer import (
 from fastspectro_dask.render_task import RenderJob, render_job, run_job
 from fastspectro_dask.render_task import log_notes as _log_notes
 from fastspectro_dask.sandbox import stop_calls
+from fastspectro_dask.schedule import call_each, group_elapsed, outcomes
 from fastspectro_dask.state import (
     ProgressStore,
     StateLock,
@@ -99,8 +99,6 @@ def _run_jobs(
     (:func:`~fastspectro_dask.sandbox.stop_calls`); the figures not started by then are
     refused.
     """
-    from fastspectro_dask.schedule import group_elapsed
-
     t0 = time.monotonic()
 
     def elapsed() -> float:
@@ -108,15 +106,9 @@ def _run_jobs(
             return time.monotonic() - t0
         return group_elapsed(orbit_group)
 
-    out: list[dict[str, Any] | Exception] = []
-    for job in jobs:
-        try:
-            out.append(run_job(job, instrument_timeout, orbit_timeout, render_fn, tag, elapsed))
-        except Exception as exc:  # this figure's error; the orbit's other figures go on
-            if getattr(exc, "__remote_traceback__", None) is None:  # for the log file
-                exc.__remote_traceback__ = traceback.format_exc()  # type: ignore[attr-defined]
-            out.append(exc)
-    return out
+    # each figure's error its own: the orbit's other figures go on
+    args = (instrument_timeout, orbit_timeout, render_fn, tag, elapsed)
+    return call_each(run_job, [(job, *args) for job in jobs])
 
 
 # --------------------------------------------------------------------------------------
@@ -983,14 +975,13 @@ class _OrbitBook:
     def handle(self, task: Any, result: Any, exc: BaseException | None) -> None:
         """A task's outcome (:meth:`~fastspectro_dask.schedule.TaskLoop.run`): its error
         for each of its figures, else each figure's own report or error, in turn."""
-        if exc is not None and isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise exc
-        for k, job in enumerate(task.item):
-            outcome = exc if exc is not None else result[k]
-            if isinstance(outcome, BaseException):
-                self.failed(job, outcome)
+        for job, report, error in outcomes(task.item, result, exc):
+            if error is not None:
+                self.failed(job, error)
             else:
-                self.written(job, outcome)
+                self.written(job, report)
             self.task_done(job.orbit)
 
     def failed(self, job: RenderJob, exc: BaseException) -> None:

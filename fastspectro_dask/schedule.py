@@ -27,6 +27,9 @@ Used by the extrema pass 1 (:mod:`fastspectro_dask.extrema`) and by the render p
   after the final flush. Workers that leave are logged once each (WARNING); with a
   dask-jobqueue cluster of a fixed number of jobs (``--jobs N``), lost jobs are submitted
   again.
+* **Several items per task**: :func:`call_each` (on the worker) runs a task's items in
+  turn, each one's error its own; :func:`outcomes` (on the client) gives each item its
+  result or error back.
 * **Deadlines from the start on a worker**: :class:`OrbitClock`, a scheduler plugin, tells
   a task how long ago the first task of its group (an orbit) started on a worker
   (:func:`group_elapsed`), so time spent waiting for a worker never counts.
@@ -42,8 +45,9 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections import Counter, deque
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -62,8 +66,10 @@ __all__ = [
     "OrbitClock",
     "Task",
     "TaskLoop",
+    "call_each",
     "ensure_orbit_clock",
     "group_elapsed",
+    "outcomes",
     "progress_bar",
     "worker_wait_seconds",
 ]
@@ -386,6 +392,36 @@ class Task:
     args: tuple
     item: Any = None
     group: Hashable | None = None
+
+
+def call_each(fn: Callable[..., Any], calls: Sequence[tuple]) -> list[Any]:
+    """On a worker, a task of several items: ``fn(*args)`` for each ``args`` in turn; each
+    one's result, or its error (one item's error is not its neighbours'), with its
+    traceback text for the log file (``__remote_traceback__``, as the render sandbox sets
+    it), which a raised error has in distributed's "Compute Failed" record instead."""
+    out: list[Any] = []
+    for args in calls:
+        try:
+            out.append(fn(*args))
+        except Exception as exc:
+            if getattr(exc, "__remote_traceback__", None) is None:
+                exc.__remote_traceback__ = traceback.format_exc()  # type: ignore[attr-defined]
+            out.append(exc)
+    return out
+
+
+def outcomes(
+    items: Sequence[Any], result: Any, error: BaseException | None
+) -> Iterator[tuple[Any, Any, BaseException | None]]:
+    """On the client, a :func:`call_each` task's outcome per item, in order:
+    ``(item, result, None)`` or ``(item, None, its error)``; the task's own ``error``
+    (cancelled, worker lost) is every item's."""
+    for k, item in enumerate(items):
+        got = error if error is not None else result[k]
+        if isinstance(got, BaseException):
+            yield item, None, got
+        else:
+            yield item, got, None
 
 
 def _release(futures: list) -> None:
